@@ -1,0 +1,114 @@
+#!/usr/bin/env node
+// The `streamserve` command: one entry point for every part of the platform.
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { createRuntime } from "../lib/runtime.js";
+import { ConfigError } from "../lib/config.js";
+import { RegistryError } from "../lib/registry.js";
+import { parseArgs, configFromFlags, UsageError } from "./args.js";
+import type { Command } from "./command.js";
+
+/** Every command, in the order `--help` lists them. */
+const COMMANDS = [
+  "up",
+  "serve",
+  "features",
+  "sink",
+  "train",
+  "monitor",
+  "models",
+  "experiments",
+  "simulate",
+  "demo",
+  "drift",
+  "report",
+] as const;
+
+const GLOBAL_FLAGS = `Flags every command takes (environment variable in brackets):
+  --grpc-port N        gRPC port (default 50051)
+  --http-port N        HTTP port for /metrics, /healthz and the dashboard (default 8080)
+  --data-dir DIR       data directory: embedded ClickHouse, log spill files (default ./data) [STREAMSERVE_DATA_DIR]
+  --redis-url URL      [REDIS_URL] (default redis://127.0.0.1:6379)
+  --nats-url URL       [NATS_URL] (default nats://127.0.0.1:4222)
+  --clickhouse-url URL ClickHouse server; unset: embedded engine in the data directory [CLICKHOUSE_URL]
+  --namespace NAME     prefix for streams, buckets and keys, to run several platforms side by side [STREAMSERVE_NAMESPACE]
+  --model NAME         registry model that Recommend serves (default recommender)
+  --log-level LEVEL    trace, debug, info, warn, error (default info) [LOG_LEVEL]`;
+
+async function loadCommand(name: string): Promise<Command | undefined> {
+  const file = new URL(`./commands/${name}.js`, import.meta.url);
+  // Under tsx the sources are .ts; built, they are .js.
+  const candidates = [file, new URL(`./commands/${name}.ts`, import.meta.url)];
+  const found = candidates.find((u) => existsSync(fileURLToPath(u)));
+  if (!found) return undefined;
+  return ((await import(found.href)) as { default: Command }).default;
+}
+
+async function help(): Promise<string> {
+  const lines = ["Usage: streamserve <command> [flags]", "", "Commands:"];
+  for (const name of COMMANDS) {
+    const c = await loadCommand(name);
+    if (c) lines.push(`  ${name.padEnd(12)} ${c.summary}`);
+  }
+  lines.push("", GLOBAL_FLAGS, "", "`streamserve <command> --help` shows a command's own flags.");
+  return lines.join("\n");
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    console.log(await help());
+    return name ? 0 : 2;
+  }
+  const command = (COMMANDS as readonly string[]).includes(name) ? await loadCommand(name) : undefined;
+  if (!command) {
+    console.error(`streamserve: unknown command "${name}". Run \`streamserve --help\` for the list.`);
+    return 2;
+  }
+  let args;
+  try {
+    args = parseArgs(rest, command.booleans);
+  } catch (err) {
+    console.error(`streamserve ${name}: ${(err as Error).message}\n\n${command.usage}`);
+    return 2;
+  }
+  if (args.flags.help) {
+    console.log(`${command.usage}\n\n${GLOBAL_FLAGS}`);
+    return 0;
+  }
+  let runtime;
+  try {
+    runtime = createRuntime(configFromFlags(args));
+  } catch (err) {
+    console.error(`streamserve ${name}: ${(err as Error).message}`);
+    return 2;
+  }
+  try {
+    return await command.run(args, runtime);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      console.error(`streamserve ${name}: ${err.message}\n\n${command.usage}`);
+      return 2;
+    }
+    if (err instanceof ConfigError || err instanceof RegistryError) {
+      console.error(`streamserve ${name}: ${err.message}`);
+      return 1;
+    }
+    const e = err as { code?: string; message?: string };
+    if (e?.code === "CONNECTION_REFUSED" || /ECONNREFUSED/.test(e?.message ?? "")) {
+      console.error(`streamserve ${name}: cannot reach a service (${e.message}). Is it running? Check --nats-url / --redis-url.`);
+      return 1;
+    }
+    runtime.log.error({ err }, `${name} failed`);
+    console.error(`streamserve ${name}: ${(err as Error)?.message ?? err}`);
+    return 1;
+  } finally {
+    await runtime.close().catch(() => undefined);
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === (await import("node:fs")).realpathSync(process.argv[1])) {
+  process.exitCode = await main(process.argv.slice(2));
+  // Connections that outlive the command (a NATS reconnect loop) must not keep the process alive.
+  setTimeout(() => process.exit(process.exitCode), 2000).unref();
+}
