@@ -99,9 +99,9 @@ export const TRENDING = {
   maxItems: 1000,
 };
 
-/** Request fields a model can read, with their vocabularies. */
+/** Request fields a model can read, with their vocabularies (unknown values take code -1). */
 export const REQUEST_FEATURES: FeatureSpec[] = [
-  { name: "device_type", source: "request", type: "categorical", default: Number.NaN, vocabulary: ["desktop", "mobile", "tablet"] },
+  { name: "device_type", source: "request", type: "categorical", default: -1, vocabulary: ["desktop", "mobile", "tablet"] },
 ];
 
 /** Every feature the pipeline maintains, as serving specs (default 0 for windowed counts). */

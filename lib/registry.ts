@@ -18,7 +18,7 @@ export interface FeatureSpec {
   type: "numeric" | "categorical";
   /** Used when the value is missing. NaN lets the trees' learned missing direction decide. */
   default: number;
-  /** Categorical values map to their index here; unknown values become NaN. */
+  /** Categorical values map to their index here; unknown values take `default`. */
   vocabulary?: string[];
 }
 
@@ -315,6 +315,16 @@ export class Registry {
   }
 
   // ---- changes ----
+
+  /** The current aliases and experiments, as the changes that would recreate them. */
+  async snapshot(): Promise<RegistryChange[]> {
+    const out: RegistryChange[] = [];
+    for (const model of await this.listModels()) {
+      for (const [alias, record] of Object.entries(await this.aliases(model))) out.push({ kind: "alias", model, alias, record });
+    }
+    for (const experiment of await this.listExperiments()) out.push({ kind: "experiment", name: experiment.name, experiment });
+    return out;
+  }
 
   /** Yields every change, starting with the current state of every key. */
   async *watch(signal?: AbortSignal): AsyncGenerator<RegistryChange> {

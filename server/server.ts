@@ -1,0 +1,191 @@
+// The gRPC server: hosts the Open Inference Protocol, the recommendation API, health and
+// reflection; follows the registry for hot swaps; serves /healthz and /metrics over HTTP; drains
+// cleanly on stop (health NOT_SERVING, in-flight calls finish, the log buffer is flushed).
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { grpc, serviceDefinition, unaryImplementation, ServiceError, Code, type CallHooks } from "../lib/grpc.js";
+import type { Part, Runtime } from "../lib/runtime.js";
+import { sendText } from "../lib/http.js";
+import { GRPCInferenceService, file_inference_grpc_predict_v2 } from "../gen/inference/grpc_predict_v2_pb.js";
+import { RecommendationService, file_streamserve_v1_recommendation } from "../gen/streamserve/v1/recommendation_pb.js";
+import { Health, HealthCheckResponse_ServingStatus, file_grpc_health_v1_health } from "../gen/grpc/health/v1/health_pb.js";
+import { ModelManager } from "./model-manager.js";
+import { TrendingCache } from "./trending.js";
+import { LogPublisher } from "./log-publisher.js";
+import { HealthService } from "./health.js";
+import { addReflection } from "./reflection.js";
+import { inferenceHandlers } from "./inference-service.js";
+import { recommendationHandlers } from "./recommendation-service.js";
+import { DEFAULT_LIMITS, type ServingLimits } from "./limits.js";
+import { serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
+
+export interface ServerOptions {
+  limits?: Partial<ServingLimits>;
+  security?: SecurityOptions;
+  /** How long stop() lets in-flight calls finish before cancelling them. @default 10000 ms */
+  drainTimeoutMs?: number;
+  /** Mount /healthz and /metrics on the runtime's HTTP server. @default true */
+  http?: boolean;
+}
+
+export interface RunningServer extends Part {
+  /** The bound gRPC port (useful with --grpc-port 0). */
+  port: number;
+  models: ModelManager;
+  logs: LogPublisher;
+  health: HealthService;
+}
+
+const SERVICES = [GRPCInferenceService.typeName, RecommendationService.typeName];
+
+export function serverVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+    return pkg.version;
+  } catch {
+    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
+    return pkg.version;
+  }
+}
+
+export async function startServer(runtime: Runtime, options: ServerOptions = {}): Promise<RunningServer> {
+  const { config, names, log: rootLog, metrics } = runtime;
+  const log = rootLog.child({ part: "server" });
+  const limits: ServingLimits = { ...DEFAULT_LIMITS, ...options.limits };
+  const shutdown = new AbortController();
+  let draining = false;
+
+  const models = new ModelManager(log, metrics, {
+    servingAlias: config.servingAlias,
+    onLoadFailure: (model, version, error) => {
+      // Every failed load is an operator-visible event and an alert, not just a log line.
+      void models.registryClient
+        ?.recordEvent({ model_name: model, kind: "load_failed", to_version: version, reason: error.message })
+        .catch(() => undefined);
+      void runtime
+        .nats()
+        .then((nc) => nc.publish(names.alertsSubject("model"), JSON.stringify({ kind: "model_load_failed", model, version, reason: error.message, time: new Date().toISOString() })))
+        .catch(() => undefined);
+    },
+  });
+  const modelsRun = models.run(() => runtime.registry(), shutdown.signal);
+
+  const trending = new TrendingCache(runtime.servingRedis(), names.trendingKey, log);
+  await trending.start();
+
+  const logs = new LogPublisher({
+    connect: () => runtime.nats(),
+    spillDir: join(config.dataDir, "spill", config.namespace || "default"),
+    log,
+    metrics,
+  });
+
+  // ---- admission and accounting for every unary call ----
+  const handled = metrics.counter("grpc_server_handled_total", "gRPC calls completed, by method and status code");
+  const latency = metrics.histogram("grpc_server_handling_seconds", "gRPC call latency, by method");
+  const inflightGauge = metrics.gauge("grpc_server_inflight", "gRPC calls running now");
+  const shed = metrics.counter("grpc_server_shed_total", "Calls refused with RESOURCE_EXHAUSTED because too many were running");
+  let inflight = 0;
+  inflightGauge.collect((g) => g.set(inflight));
+  const checkToken = tokenChecker(options.security);
+  const hooks: CallHooks = {
+    begin(path, metadata) {
+      checkToken(path, metadata);
+      if (inflight >= limits.maxInflight) {
+        shed.inc({ method: path });
+        throw new ServiceError(Code.RESOURCE_EXHAUSTED, `server busy: ${inflight} calls in flight (limit ${limits.maxInflight}); retry with backoff`);
+      }
+      inflight++;
+      const started = performance.now();
+      return (code) => {
+        inflight--;
+        handled.inc({ method: path, code: Code[code] ?? String(code) });
+        latency.observe((performance.now() - started) / 1000, { method: path });
+      };
+    },
+  };
+
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": limits.maxMessageBytes,
+    "grpc.max_send_message_length": limits.maxMessageBytes,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+  server.addService(
+    serviceDefinition(GRPCInferenceService),
+    unaryImplementation(
+      GRPCInferenceService,
+      inferenceHandlers({
+        models,
+        limits,
+        metrics,
+        server: { name: "streamserve", version: serverVersion() },
+        isReady: () => models.ready && !draining,
+      }),
+      hooks,
+      shutdown.signal,
+    ),
+  );
+  server.addService(
+    serviceDefinition(RecommendationService),
+    unaryImplementation(
+      RecommendationService,
+      recommendationHandlers({ modelName: config.modelName, names, redis: runtime.servingRedis(), models, trending, logs, limits, log, metrics }),
+      hooks,
+      shutdown.signal,
+    ),
+  );
+  const health = new HealthService(Object.fromEntries(["", ...SERVICES].map((s) => [s, HealthCheckResponse_ServingStatus.NOT_SERVING])));
+  server.addService(serviceDefinition(Health), health.implementation(shutdown.signal));
+  addReflection(server, [file_inference_grpc_predict_v2, file_streamserve_v1_recommendation, file_grpc_health_v1_health], [...SERVICES, Health.typeName]);
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${config.host}:${config.grpcPort}`, serverCredentials(options.security), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  log.info({ port, model: config.modelName, alias: config.servingAlias }, "gRPC listening");
+
+  // SERVING once the registry's current state is loaded, or known unreachable (fallback serving).
+  void (async () => {
+    while (!models.ready && !shutdown.signal.aborted) await new Promise((r) => setTimeout(r, 50));
+    if (!draining) health.setAll(HealthCheckResponse_ServingStatus.SERVING);
+    log.info({ served: models.servedVersion(config.modelName) ?? "fallback" }, "ready");
+  })();
+
+  if (options.http !== false) {
+    runtime.http.route("GET", "/healthz", (_req, res) => {
+      const ok = models.ready && !draining;
+      sendText(res, ok ? 200 : 503, JSON.stringify({ status: ok ? "SERVING" : "NOT_SERVING", model: config.modelName, version: models.servedVersion(config.modelName) ?? "fallback" }), "application/json");
+    });
+    runtime.http.route("GET", "/metrics", (_req, res) => sendText(res, 200, metrics.render(), "text/plain; version=0.0.4"));
+  }
+
+  return {
+    name: "server",
+    port,
+    models,
+    logs,
+    health,
+    async stop() {
+      draining = true;
+      health.setAll(HealthCheckResponse_ServingStatus.NOT_SERVING);
+      log.info("draining: health NOT_SERVING, waiting for in-flight calls");
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          log.warn("drain timeout: cancelling remaining calls");
+          shutdown.abort();
+          server.forceShutdown();
+          resolve();
+        }, options.drainTimeoutMs ?? 10_000);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      shutdown.abort();
+      trending.stop();
+      await logs.close();
+      await modelsRun.catch(() => undefined);
+      await models.close();
+      log.info("server stopped");
+    },
+  };
+}
