@@ -1,0 +1,85 @@
+// The monitor's side of ClickHouse: its schema additions, the `monitoring` rows it writes, and the
+// conversions that keep NaN honest. JSON cannot carry NaN or ±Infinity: ClickHouse writes them as
+// null and reads null into a Float64 as 0, which would turn "no value" into a real-looking zero.
+// Floats therefore go out as the strings ClickHouse parses ("nan", "inf") and come back null → NaN.
+import { migrate, type ClickHouse } from "../lib/clickhouse.js";
+import type { Logger } from "../lib/logger.js";
+import { MONITOR_MIGRATIONS } from "./migrations.js";
+
+export type Verdict = "ok" | "warning" | "alert" | "skipped";
+export type MonitoringKind = "feature_drift" | "prediction_drift" | "quality" | "ab";
+
+/** One row of the `monitoring` table. */
+export interface MonitoringRow {
+  time: Date;
+  model_name: string;
+  model_version: string;
+  kind: MonitoringKind;
+  /** Feature or metric name; for A/B `experiment/variant`; for quality the variant ("all" outside experiments). */
+  subject: string;
+  /** ks, psi, chi2, auc, accuracy, ece, brier, variant, srm, ... */
+  statistic: string;
+  value: number;
+  p_value: number;
+  threshold: number;
+  verdict: Verdict;
+  details: Record<string, unknown>;
+}
+
+const VERDICT_RANK: Record<Verdict, number> = { skipped: 0, ok: 1, warning: 2, alert: 3 };
+
+/** The more severe of two verdicts (skipped counts as the least). */
+export function worst(a: Verdict, b: Verdict): Verdict {
+  return VERDICT_RANK[a] >= VERDICT_RANK[b] ? a : b;
+}
+
+/**
+ * Applies the monitor's migrations (alert log, report views). Idempotent: versions already recorded
+ * in schema_migrations are skipped, so it is harmless once lib/ applies them itself.
+ */
+export async function ensureMonitorSchema(ch: ClickHouse, log: Logger): Promise<void> {
+  await migrate(ch.client, MONITOR_MIGRATIONS, log);
+}
+
+export async function writeMonitoringRows(ch: ClickHouse, rows: readonly MonitoringRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  await ch.client.insert({
+    table: "monitoring",
+    format: "JSONEachRow",
+    values: rows.map((r) => ({
+      ...r,
+      time: toClickHouseTime(r.time),
+      value: floatOut(r.value),
+      p_value: floatOut(r.p_value),
+      threshold: floatOut(r.threshold),
+      details: JSON.stringify(r.details, jsonFloat),
+    })),
+  });
+}
+
+/** A float as ClickHouse's JSON input accepts it, non-finite values included. */
+export function floatOut(v: number): number | string {
+  if (Number.isFinite(v)) return v;
+  return Number.isNaN(v) ? "nan" : v > 0 ? "inf" : "-inf";
+}
+
+/** A float read from ClickHouse JSON output, where NaN and ±Infinity arrive as null. */
+export function floatIn(v: unknown): number {
+  if (v === null || v === undefined) return NaN;
+  return typeof v === "number" ? v : Number(v);
+}
+
+/** JSON.stringify replacer for details: non-finite numbers become null, which reads back as "no value". */
+export function jsonFloat(_key: string, v: unknown): unknown {
+  return typeof v === "number" && !Number.isFinite(v) ? null : v;
+}
+
+/** `YYYY-MM-DD hh:mm:ss.mmm` in UTC: the form DateTime64(3, 'UTC') query parameters parse. */
+export function toClickHouseTime(d: Date): string {
+  return d.toISOString().replace("T", " ").replace("Z", "");
+}
+
+/** Parses ClickHouse's DateTime64 text (UTC columns) back into a Date. */
+export function fromClickHouseTime(s: string): Date {
+  return new Date(`${s.replace(" ", "T")}Z`);
+}
