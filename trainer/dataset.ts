@@ -70,6 +70,8 @@ export function toNumber(v: unknown): number {
 }
 
 const JSON_SETTINGS = { output_format_json_quote_denormals: 1 } as const;
+/** Schema inference for files: "4.8e-05" is a number (ClickHouse infers it as text by default). */
+const FILE_SETTINGS = { input_format_try_infer_exponent_floats: 1 } as const;
 
 /** Grows column arrays as rows stream in, then trims them. */
 class ColumnBuilder {
@@ -231,7 +233,7 @@ export async function loadFileDataset(client: ClickHouseClient, options: FileDat
   const params = { path, format: options.format ?? "" };
   let described: { name: string; type: string }[];
   try {
-    described = await (await client.query({ query: `DESCRIBE ${source}`, query_params: params, format: "JSONEachRow", abort_signal: options.signal })).json();
+    described = await (await client.query({ query: `DESCRIBE ${source}`, query_params: params, format: "JSONEachRow", clickhouse_settings: FILE_SETTINGS, abort_signal: options.signal })).json();
   } catch (err) {
     throw new DatasetError(`cannot read ${path}: ${(err as Error).message.split("\n")[0]}`, { cause: err });
   }
@@ -253,10 +255,11 @@ export async function loadFileDataset(client: ClickHouseClient, options: FileDat
           query: `SELECT toString(c) AS v FROM ${source} ARRAY JOIN [${quoteColumn(col.name)}] AS c WHERE c IS NOT NULL GROUP BY v ORDER BY count() DESC, v LIMIT ${MAX_LEARNED_VOCABULARY}`,
           query_params: params,
           format: "JSONCompactEachRow",
+          clickhouse_settings: FILE_SETTINGS,
           abort_signal: options.signal,
         })
       ).json<[string]>();
-            // default -1: an unseen value is no vocabulary code, as the server encodes unknown values
+      // default -1: an unseen value is no vocabulary code, as the server encodes unknown values
       specs.push({ name: col.name, source: options.defaultSource ?? "user", type: "categorical", default: -1, vocabulary: top.map((r) => r[0]) });
     } else {
       specs.push({ name: col.name, source: options.defaultSource ?? "user", type: "numeric", default: 0 });

@@ -15,6 +15,8 @@ export interface ScheduleOptions extends Omit<CycleOptions, "data" | "signal"> {
   windowMs?: number;
   /** @default "clicked" */
   label?: "clicked" | "converted";
+  /** Newest predictions left out, waiting for their outcomes. @default 5 min */
+  labelDelayMs?: number;
   /** Called with each cycle's report (skips included). */
   onReport?: (report: CycleReport | SkippedRun) => void;
 }
@@ -72,7 +74,7 @@ export function startTrainingSchedule(runtime: Runtime, options: ScheduleOptions
         return { skipped: true, reason };
       }
     }
-    const report = await runTrainingCycle(runtime, { ...o, data: { kind: "logs", label: o.label, windowMs: o.windowMs }, signal: abort.signal });
+    const report = await runTrainingCycle(runtime, { ...o, data: { kind: "logs", label: o.label, windowMs: o.windowMs, labelDelayMs: o.labelDelayMs }, signal: abort.signal });
     const end = report.data.source.window_end;
     if (typeof end === "string") trainedUntilMs = Date.parse(end);
     return report;
