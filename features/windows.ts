@@ -1,0 +1,114 @@
+// Event-time window maths and the meaning of each declared aggregation, in plain functions.
+//
+// A view's windows are tumbling: [start, start + windowMs) with start a multiple of windowMs since
+// the epoch. The watermark is the newest event time seen minus the view's watermarkMs; a window
+// is closed once the watermark reaches its end, and an event whose window is closed is late.
+//
+// The state of one window is a flat record of numbers (what the Redis script keeps in a hash):
+//   n   events applied          t   newest event time applied
+//   a<i> count / sum / max / min / distinct count of aggregation i
+//   a<i>s, a<i>n  sum and count of an average
+// This file says how each event contributes to that state (`contributions`) and how the state
+// becomes features (`featuresOf`), so the Redis script stays a dumb adder.
+import type { ActivityEvent, Aggregation, FeatureView } from "./definitions.js";
+
+export function windowStart(eventTimeMs: number, windowMs: number): number {
+  // Math.floor, not truncation: events before 1970 would otherwise land one window late.
+  return Math.floor(eventTimeMs / windowMs) * windowMs;
+}
+
+export function windowEnd(eventTimeMs: number, windowMs: number): number {
+  return windowStart(eventTimeMs, windowMs) + windowMs;
+}
+
+/** The view's watermark given the newest event time seen (−∞ before any event). */
+export function watermarkOf(view: Pick<FeatureView, "watermarkMs">, newestEventTimeMs: number): number {
+  return newestEventTimeMs - view.watermarkMs;
+}
+
+/** A window is closed once the watermark has reached its end. */
+export function isWindowClosed(windowEndMs: number, watermarkMs: number): boolean {
+  return windowEndMs <= watermarkMs;
+}
+
+/** An event is late when the watermark has already closed its window. */
+export function isLate(view: Pick<FeatureView, "windowMs" | "watermarkMs">, eventTimeMs: number, newestEventTimeMs: number): boolean {
+  return isWindowClosed(windowEnd(eventTimeMs, view.windowMs), watermarkOf(view, newestEventTimeMs));
+}
+
+/** How the Redis script folds one aggregation's per-event contribution into the window state. */
+export type StateOp = "add" | "avg" | "max" | "min" | "distinct";
+
+export function stateOp(a: Aggregation): StateOp {
+  switch (a.kind) {
+    case "count":
+    case "sum":
+      return "add";
+    case "avg":
+      return "avg";
+    case "max":
+      return "max";
+    case "min":
+      return "min";
+    case "count_distinct":
+      return "distinct";
+  }
+}
+
+/** Hash fields holding aggregation i's state, in the order the script reads and returns them. */
+export function stateFieldsOf(a: Aggregation, i: number): string[] {
+  return stateOp(a) === "avg" ? [`a${i}s`, `a${i}n`] : [`a${i}`];
+}
+
+/** Every state field of a view: n, t, rev, then each aggregation's fields. */
+export function stateFields(view: FeatureView): string[] {
+  return ["n", "t", "rev", ...view.aggregations.flatMap((a, i) => stateFieldsOf(a, i))];
+}
+
+function matches(a: Aggregation, e: ActivityEvent): boolean {
+  return !("where" in a) || a.where === undefined || e.event_type === a.where.event_type;
+}
+
+/**
+ * One event's contribution to each aggregation of the view, as the strings the script receives:
+ * "" contributes nothing (the condition did not match), otherwise a number to add / average /
+ * compare, or for a distinct count the value itself.
+ */
+export function contributions(view: FeatureView, e: ActivityEvent): string[] {
+  return view.aggregations.map((a) => {
+    if (a.kind === "count_distinct") return String(e[a.field] ?? "");
+    if (!matches(a, e)) return "";
+    if (a.kind === "count") return "1";
+    return String(e[a.field]);
+  });
+}
+
+/** A window's state as numbers, keyed by state field (missing fields read as absent). */
+export type WindowState = Readonly<Record<string, number | undefined>>;
+
+/**
+ * The features of a window from its state: every aggregation by name, then the derived features
+ * computed from those. Empty aggregates read as 0 (an average over no events, a max of nothing),
+ * the default a model sees for a missing feature.
+ */
+export function featuresOf(view: FeatureView, state: WindowState): Record<string, number> {
+  const out: Record<string, number> = {};
+  view.aggregations.forEach((a, i) => {
+    switch (stateOp(a)) {
+      case "avg": {
+        const n = state[`a${i}n`] ?? 0;
+        out[a.name] = n > 0 ? (state[`a${i}s`] ?? 0) / n : 0;
+        break;
+      }
+      default:
+        out[a.name] = state[`a${i}`] ?? 0;
+    }
+  });
+  for (const d of view.derived) out[d.name] = d.compute(out);
+  return out;
+}
+
+/** The names of a view's features in the order they are written: aggregations, then derived. */
+export function featureNames(view: FeatureView): string[] {
+  return [...view.aggregations.map((a) => a.name), ...view.derived.map((d) => d.name)];
+}
