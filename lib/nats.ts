@@ -53,7 +53,11 @@ function credentialsFromUrl(url: string): Partial<ConnectionOptions> {
 export interface StreamLimits {
   /** How long events and logs are kept. @default 7 days */
   maxAgeMs?: number;
-  /** Bytes per stream before the oldest messages go. @default 8 GiB */
+  /**
+   * Bytes per stream before the oldest messages go. @default -1 (no cap: max age bounds the
+   * stream). A cap is reserved up front from the server's JetStream storage, so a generous default
+   * would exhaust a small server with a few namespaces.
+   */
   maxBytes?: number;
   /** Window in which a repeated Nats-Msg-Id is stored once. @default 5 minutes */
   duplicateWindowMs?: number;
@@ -73,7 +77,7 @@ export async function ensureStreams(nc: NatsConnection, names: Names, limits: St
     storage: StorageType.File,
     discard: DiscardPolicy.Old,
     max_age: ns(limits.maxAgeMs ?? 7 * DAY_MS),
-    max_bytes: limits.maxBytes ?? 8 * 1024 ** 3,
+    max_bytes: limits.maxBytes ?? -1,
     duplicate_window: ns(limits.duplicateWindowMs ?? 5 * 60_000),
     num_replicas: 1,
   };

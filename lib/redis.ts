@@ -53,3 +53,21 @@ export async function deleteKeysWithPrefix(redis: Redis, prefix: string): Promis
   } while (cursor !== "0");
   return deleted;
 }
+
+/**
+ * Waits until the client is connected, up to `timeoutMs`; resolves false instead of failing, so a
+ * server can start (and degrade) while Redis is down.
+ */
+export function waitReady(redis: Redis, timeoutMs = 2000): Promise<boolean> {
+  if (redis.status === "ready") return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      redis.off("ready", onReady);
+      resolve(ok);
+    };
+    const onReady = () => done(true);
+    const timer = setTimeout(() => done(false), timeoutMs);
+    redis.once("ready", onReady);
+  });
+}

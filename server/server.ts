@@ -6,9 +6,12 @@ import { join } from "node:path";
 import { grpc, serviceDefinition, unaryImplementation, ServiceError, Code, type CallHooks } from "../lib/grpc.js";
 import type { Part, Runtime } from "../lib/runtime.js";
 import { sendText } from "../lib/http.js";
-import { GRPCInferenceService, file_inference_grpc_predict_v2 } from "../gen/inference/grpc_predict_v2_pb.js";
-import { RecommendationService, file_streamserve_v1_recommendation } from "../gen/streamserve/v1/recommendation_pb.js";
-import { Health, HealthCheckResponse_ServingStatus, file_grpc_health_v1_health } from "../gen/grpc/health/v1/health_pb.js";
+import { waitReady } from "../lib/redis.js";
+import { GRPCInferenceService } from "../gen/inference/grpc_predict_v2_pb.js";
+import { RecommendationService } from "../gen/streamserve/v1/recommendation_pb.js";
+import { file_streamserve_v1_logs } from "../gen/streamserve/v1/logs_pb.js";
+import { file_streamserve_v1_events } from "../gen/streamserve/v1/events_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { ModelManager } from "./model-manager.js";
 import { TrendingCache } from "./trending.js";
 import { LogPublisher } from "./log-publisher.js";
@@ -70,6 +73,8 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   });
   const modelsRun = models.run(() => runtime.registry(), shutdown.signal);
 
+  // The serving client fails fast while disconnected; give it a moment to connect first.
+  if (!(await waitReady(runtime.servingRedis()))) log.warn("Redis is not reachable yet: serving with default features until it is");
   const trending = new TrendingCache(runtime.servingRedis(), names.trendingKey, log);
   await trending.start();
 
@@ -136,7 +141,8 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   );
   const health = new HealthService(Object.fromEntries(["", ...SERVICES].map((s) => [s, HealthCheckResponse_ServingStatus.NOT_SERVING])));
   server.addService(serviceDefinition(Health), health.implementation(shutdown.signal));
-  addReflection(server, [file_inference_grpc_predict_v2, file_streamserve_v1_recommendation, file_grpc_health_v1_health], [...SERVICES, Health.typeName]);
+  // Reflection also describes the log and event messages, so `buf curl`/grpcurl users can decode them.
+  addReflection(server, { services: [GRPCInferenceService, RecommendationService, Health], files: [file_streamserve_v1_logs, file_streamserve_v1_events], shutdown: shutdown.signal });
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${config.host}:${config.grpcPort}`, serverCredentials(options.security), (err, p) => (err ? reject(err) : resolve(p))),

@@ -94,8 +94,9 @@ function typedContents(datatype: string, c: InferTensorContents | undefined): re
 }
 
 function fromRaw(type: OrtNumeric, raw: Uint8Array, count: number): Float64Array | BigInt64Array | BigUint64Array {
-  // Copy into an aligned buffer: protobuf byte fields may start at any offset.
-  const buf = raw.slice().buffer;
+  // Copy into a buffer of its own: decoded byte fields are views into the whole request (and a
+  // Node Buffer's slice() is a view too), at any offset.
+  const buf = new Uint8Array(raw).buffer;
   const view = new DataView(buf);
   if (type === "int64") return new BigInt64Array(Array.from({ length: count }, (_, i) => view.getBigInt64(i * 8, true)));
   if (type === "uint64") return new BigUint64Array(Array.from({ length: count }, (_, i) => view.getBigUint64(i * 8, true)));

@@ -84,7 +84,7 @@ describe("inference.GRPCInferenceService", () => {
     });
     assert.equal(res.rawOutputContents.length, 1);
     const raw = res.rawOutputContents[0]!;
-    const scores = new Float32Array(raw.slice().buffer);
+    const scores = new Float32Array(new Uint8Array(raw).buffer);
     assert.equal(scores.length, rows);
     for (let r = 0; r < rows; r++) assert.ok(Math.abs(scores[r]! - expected(values[2 * r]!, values[2 * r + 1]!)) < 1e-6);
   });
@@ -96,7 +96,7 @@ describe("inference.GRPCInferenceService", () => {
     assert.ok(Math.abs(i64.outputs[0]!.contents!.fp32Contents[0]! - expected(3, 1)) < 1e-6);
     const raw64 = new Uint8Array(BigInt64Array.from([2n, 0n]).buffer);
     const i64raw = await client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "INT64", shape: [1n, 2n] }], rawInputContents: [raw64] });
-    assert.ok(Math.abs(new Float32Array(i64raw.rawOutputContents[0]!.slice().buffer)[0]! - expected(2, 0)) < 1e-6);
+    assert.ok(Math.abs(new Float32Array(new Uint8Array(i64raw.rawOutputContents[0]!).buffer)[0]! - expected(2, 0)) < 1e-6);
     const bool = await client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "BOOL", shape: [1n, 2n], contents: { boolContents: [true, false] } }] });
     assert.ok(Math.abs(bool.outputs[0]!.contents!.fp32Contents[0]! - expected(1, 0)) < 1e-6);
   });
