@@ -2,6 +2,7 @@
 // reflection; follows the registry for hot swaps; serves /healthz and /metrics over HTTP; drains
 // cleanly on stop (health NOT_SERVING, in-flight calls finish, the log buffer is flushed).
 import { readFileSync } from "node:fs";
+import { setMaxListeners } from "node:events";
 import { join } from "node:path";
 import { grpc, serviceDefinition, unaryImplementation, ServiceError, Code, type CallHooks } from "../lib/grpc.js";
 import type { Part, Runtime } from "../lib/runtime.js";
@@ -56,6 +57,8 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   const log = rootLog.child({ part: "server" });
   const limits: ServingLimits = { ...DEFAULT_LIMITS, ...options.limits };
   const shutdown = new AbortController();
+  // Every in-flight call listens on this signal; the default cap of 10 listeners is for leak hunting.
+  setMaxListeners(0, shutdown.signal);
   let draining = false;
 
   const models = new ModelManager(log, metrics, {
