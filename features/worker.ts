@@ -349,10 +349,15 @@ class Worker implements FeaturesWorker {
 
   /** Closes every window the watermark has passed and publishes its final row to LOGS. */
   closeDueWindows(): Promise<number> {
-    // One round at a time per worker; other workers may close the same windows concurrently,
-    // which costs a duplicate publish that JetStream's Nats-Msg-Id dedup drops.
-    this.closing ??= this.closeRound().finally(() => (this.closing = undefined));
-    return this.closing;
+    // One round at a time per worker, each starting after the previous one so that it sees the
+    // newest watermark. Other workers may close the same windows concurrently, which costs a
+    // duplicate publish that JetStream's Nats-Msg-Id dedup drops.
+    const round = (this.closing ?? Promise.resolve(0)).catch(() => 0).then(() => this.closeRound());
+    this.closing = round;
+    void round.catch(() => undefined).finally(() => {
+      if (this.closing === round) this.closing = undefined;
+    });
+    return round;
   }
 
   private async closeRound(): Promise<number> {
