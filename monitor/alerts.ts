@@ -121,13 +121,13 @@ function notification(c: Condition, status: AlertNotification["status"], severit
 async function readAlertState(ch: ClickHouse, keys: string[]): Promise<Map<string, PreviousState>> {
   if (keys.length === 0) return new Map();
   const result = await ch.client.query({
-    query: `SELECT key, argMax(status, time) AS status, argMax(severity, time) AS severity, max(time) AS time
+    query: `SELECT key, argMax(status, time) AS last_status, argMax(severity, time) AS last_severity, max(time) AS last_time
             FROM alert_log WHERE key IN {keys:Array(String)} GROUP BY key`,
     query_params: { keys },
     format: "JSONEachRow",
   });
-  const rows = await result.json<{ key: string; status: PreviousState["status"]; severity: Severity; time: string }>();
-  return new Map(rows.map((r) => [r.key, { status: r.status, severity: r.severity, time: fromClickHouseTime(r.time) }]));
+  const rows = await result.json<{ key: string; last_status: PreviousState["status"]; last_severity: Severity; last_time: string }>();
+  return new Map(rows.map((r) => [r.key, { status: r.last_status, severity: r.last_severity, time: fromClickHouseTime(r.last_time) }]));
 }
 
 async function publishNats(sinks: AlertSinks, sent: AlertNotification[]): Promise<void> {
@@ -180,9 +180,13 @@ export function conditionsFromRows(rows: readonly MonitoringRow[]): Condition[] 
     if (r.kind === "feature_drift" || r.kind === "prediction_drift") {
       const key = `drift:${r.model_name}:${r.model_version}:${r.kind === "prediction_drift" ? "prediction" : r.subject}`;
       const what = r.kind === "prediction_drift" ? "predicted scores" : `feature ${r.subject}`;
-      const figure = r.statistic === "psi" ? `PSI ${fmt(r.value)} (alert at ${r.threshold})` : `${r.statistic.toUpperCase()} ${fmt(r.value)}, p ${fmt(r.p_value)} (alert below ${r.threshold})`;
-      const prev = out.get(key);
-      const condition: Condition = prev ?? {
+      const figure =
+        r.statistic === "psi"
+          ? `PSI ${fmt(r.value)} (alert at ${r.threshold})`
+          : r.statistic === "non_finite"
+            ? `${fmt(r.value * 100)} % of served values NaN or infinite (warning above ${r.threshold * 100} %)`
+            : `${r.statistic.toUpperCase()} ${fmt(r.value)}, corrected p ${fmt(r.p_value)} (alert below ${r.threshold})`;
+      const condition: Condition = out.get(key) ?? {
         key,
         kind: "drift",
         severity: "ok",
@@ -190,11 +194,13 @@ export function conditionsFromRows(rows: readonly MonitoringRow[]): Condition[] 
         version: r.model_version,
         subject: r.subject,
         message: "",
-        details: { figures: [] as string[] },
+        details: { figures: [] as string[], failing: [] as string[] },
       };
       (condition.details.figures as string[]).push(figure);
+      if (severity !== "ok") (condition.details.failing as string[]).push(figure);
       if (rank[severity] > rank[condition.severity]) condition.severity = severity;
-      condition.message = `${condition.severity === "ok" ? "no drift" : "drift"} in ${what} of ${r.model_name} version ${r.model_version}: ${(condition.details.figures as string[]).join("; ")}`;
+      const shown = condition.severity === "ok" ? (condition.details.figures as string[]) : (condition.details.failing as string[]);
+      condition.message = `${condition.severity === "ok" ? "no drift" : "drift"} in ${what} of ${r.model_name} version ${r.model_version}: ${shown.join("; ")}`;
       out.set(key, condition);
     } else if (r.kind === "quality") {
       const key = `quality:${r.model_name}:${r.model_version}:${r.subject}:${r.statistic}`;

@@ -45,8 +45,11 @@ export interface FeatureDrift {
   /** After the family-wise correction over the features tested together. */
   pAdjusted: number;
   psi: number;
+  /** Numeric only: share of served values that were NaN or ±Infinity. */
+  nonFiniteRate: number;
   testVerdict: Verdict;
   psiVerdict: Verdict;
+  nonFiniteVerdict: Verdict;
   verdict: Verdict;
   /** Why the feature was not judged (too few values, no reference). */
   reason?: string;
@@ -55,7 +58,7 @@ export interface FeatureDrift {
   extra: Record<string, unknown>;
 }
 
-type Thresholds = Pick<DriftOptions, "alpha" | "correction" | "psiWarning" | "psiAlert" | "psiBins" | "psiFloor" | "minSamples">;
+type Thresholds = Pick<DriftOptions, "alpha" | "correction" | "psiWarning" | "psiAlert" | "psiBins" | "psiFloor" | "minSamples" | "maxNonFiniteRate">;
 
 /**
  * Compares each feature's current sample with its reference. The KS and chi-square p-values are
@@ -75,7 +78,7 @@ export function compareSamples(
     if (r.reason) continue;
     r.pAdjusted = adjusted[i]!;
     r.testVerdict = r.pAdjusted < thresholds.alpha ? "alert" : "ok";
-    r.verdict = worst(r.testVerdict, r.psiVerdict);
+    r.verdict = worst(worst(r.testVerdict, r.psiVerdict), r.nonFiniteVerdict);
   }
   return results;
 }
@@ -93,8 +96,10 @@ function compareOne(feature: DriftFeature, reference: SampleValues | undefined, 
     pValue: NaN,
     pAdjusted: NaN,
     psi: NaN,
+    nonFiniteRate: NaN,
     testVerdict: "skipped",
     psiVerdict: "skipped",
+    nonFiniteVerdict: "skipped",
     verdict: "skipped",
     extra: {},
   };
@@ -133,10 +138,15 @@ function compareOne(feature: DriftFeature, reference: SampleValues | undefined, 
   const curNumbers = toNumbers(current);
   const ks = ksTwoSample(refNumbers, curNumbers);
   const p = psi(refNumbers, curNumbers, { bins: t.psiBins, floor: t.psiFloor });
+  const nonFiniteRate = (curNumbers.length - ks.m) / curNumbers.length;
+  const nonFiniteVerdict: Verdict = nonFiniteRate > t.maxNonFiniteRate ? "warning" : "ok";
   if (ks.m < t.minSamples || ks.n === 0) {
     return {
       ...base,
       dropped: ks.dropped,
+      nonFiniteRate,
+      nonFiniteVerdict,
+      verdict: nonFiniteVerdict,
       reason: ks.n === 0 ? "the reference has no finite values" : `${ks.m} finite served values, fewer than the ${t.minSamples} needed to judge`,
     };
   }
@@ -149,6 +159,8 @@ function compareOne(feature: DriftFeature, reference: SampleValues | undefined, 
     pValue: ks.pValue,
     psi: p.value,
     psiVerdict: psiVerdict(p.value),
+    nonFiniteRate,
+    nonFiniteVerdict,
     distribution: {
       labels: p.bins.map((b) => binLabel(b.lower, b.upper)),
       reference: p.bins.map((b) => b.reference),
@@ -334,8 +346,11 @@ async function predictionDrift(ch: ClickHouse, query: ServedSampleQuery, referen
   return result!;
 }
 
-/** The report as `monitoring` rows: per feature one row for the test (ks or chi2) and one for PSI. */
-export function driftRows(report: Omit<DriftReport, "rows">, t: Pick<DriftOptions, "alpha" | "psiWarning" | "psiAlert">): MonitoringRow[] {
+/**
+ * The report as `monitoring` rows: per feature one row for the test (ks or chi2), one for PSI and,
+ * for numeric features, one for the share of non-finite values.
+ */
+export function driftRows(report: Omit<DriftReport, "rows">, t: Pick<DriftOptions, "alpha" | "psiWarning" | "psiAlert" | "maxNonFiniteRate">): MonitoringRow[] {
   const rows: MonitoringRow[] = [];
   const emit = (kind: MonitoringRow["kind"], f: FeatureDrift) => {
     const common = { time: report.time, model_name: report.model, model_version: report.version ?? "", kind, subject: f.feature };
@@ -351,6 +366,9 @@ export function driftRows(report: Omit<DriftReport, "rows">, t: Pick<DriftOption
     };
     rows.push({ ...common, statistic: f.test, value: f.testStatistic, p_value: f.pAdjusted, threshold: t.alpha, verdict: f.testVerdict, details: { ...details, p_raw: f.pValue } });
     rows.push({ ...common, statistic: "psi", value: f.psi, p_value: NaN, threshold: t.psiAlert, verdict: f.psiVerdict, details: { ...details, warning: t.psiWarning, distribution: f.distribution } });
+    if (f.type === "numeric") {
+      rows.push({ ...common, statistic: "non_finite", value: f.nonFiniteRate, p_value: NaN, threshold: t.maxNonFiniteRate, verdict: f.nonFiniteVerdict, details });
+    }
   };
   for (const f of report.features) emit("feature_drift", f);
   if (report.prediction) emit("prediction_drift", report.prediction);

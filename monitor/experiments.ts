@@ -103,7 +103,9 @@ export function analyzeExperiment(experiment: Pick<Experiment, "name" | "model" 
   const srm = sampleRatioMismatch(variants.map((v) => v.users), variants.map((v) => v.traffic), options.srmAlpha);
   const requiredUsers = requiredSampleSize(control.conversionRate, options.minimumDetectableLift, options.alpha, options.power);
   const smallest = Math.min(...variants.map((v) => v.users));
-  const tooSmall = !(smallest >= requiredUsers) || control.conversions < 10;
+  // A difference already significant has been detected; "too small" warns against reading a
+  // non-significant result as "no effect" while the sample could not have shown one.
+  const tooSmall = !treatments.some((t) => t.significant) && (!(smallest >= requiredUsers) || control.conversions < 10);
   let verdict: Verdict = "ok";
   if (srm.mismatch) {
     verdict = "alert";
@@ -126,16 +128,16 @@ export function analyzeExperiment(experiment: Pick<Experiment, "name" | "model" 
 export async function readVariantCounts(ch: ClickHouse, experiment: string, window: { from: Date; to: Date }): Promise<VariantCounts[]> {
   const result = await ch.client.query({
     query: `
-      SELECT variant, count() AS users, sum(requests) AS exposures, sum(converted) AS conversions, sum(revenue) AS revenue,
-        avg(revenue) AS avg_revenue, varSamp(revenue) AS var_revenue, countIf(variants > 1) AS crossovers
+      SELECT variant, count() AS users, sum(requests) AS exposures, sum(user_converted) AS conversions, sum(user_revenue) AS revenue,
+        avg(user_revenue) AS avg_revenue, varSamp(user_revenue) AS var_revenue, countIf(variants > 1) AS crossovers
       FROM (
         SELECT e.user_id AS user_id, argMin(e.variant, e.time) AS variant, uniqExact(e.variant) AS variants, count() AS requests,
-          max(o.converted) AS converted, sum(o.revenue) AS revenue
+          max(o.request_converted) AS user_converted, sum(o.request_revenue) AS user_revenue
         FROM (
           SELECT request_id, user_id, variant, time FROM exposures FINAL
           WHERE experiment = {experiment:String} AND time >= {from:DateTime64(3)} AND time < {to:DateTime64(3)}) AS e
         LEFT JOIN (
-          SELECT request_id, max(converted) AS converted, sum(revenue) AS revenue FROM outcomes FINAL
+          SELECT request_id, max(converted) AS request_converted, sum(revenue) AS request_revenue FROM outcomes FINAL
           WHERE time >= {from:DateTime64(3)} GROUP BY request_id) AS o
         USING (request_id)
         GROUP BY user_id)
@@ -163,14 +165,21 @@ export interface ExperimentsReport {
   rows: MonitoringRow[];
 }
 
-/** Every running experiment, and those stopped within the grace period, analysed from start to now (or stop). */
-export async function checkExperiments(ch: ClickHouse, registry: Pick<Registry, "listExperiments" | "resolve">, now: Date, options: ExperimentOptions): Promise<ExperimentsReport> {
-  const experiments = (await registry.listExperiments()).filter(
-    (e) => e.status === "running" || (e.stoppedAt !== undefined && now.getTime() - Date.parse(e.stoppedAt) < options.stoppedGraceMs),
-  );
+/**
+ * Every running experiment, and those stopped within the grace period, analysed from start to now
+ * (or stop). Experiments are found in the registry and also among the recent exposures, so one the
+ * registry listing misses is still analysed as long as its configuration can be read.
+ */
+export async function checkExperiments(ch: ClickHouse, registry: Pick<Registry, "listExperiments" | "getExperiment" | "resolve">, now: Date, options: ExperimentOptions): Promise<ExperimentsReport> {
+  const names = new Set((await registry.listExperiments()).map((e) => e.name));
+  for (const name of await recentExperimentNames(ch, new Date(now.getTime() - options.stoppedGraceMs))) names.add(name);
   const results: ExperimentResult[] = [];
   const rows: MonitoringRow[] = [];
-  for (const e of experiments) {
+  for (const name of [...names].sort()) {
+    const e = await registry.getExperiment(name);
+    if (!e) continue; // exposures of an experiment whose configuration is gone: no split to test against
+    const live = e.status === "running" || (e.stoppedAt !== undefined && now.getTime() - Date.parse(e.stoppedAt) < options.stoppedGraceMs);
+    if (!live) continue;
     const window = { from: new Date(e.createdAt), to: e.stoppedAt ? new Date(Math.min(Date.parse(e.stoppedAt), now.getTime())) : now };
     const result = analyzeExperiment(e, await readVariantCounts(ch, e.name, window), window, options);
     const versions = new Map<string, string>();
@@ -179,6 +188,15 @@ export async function checkExperiments(ch: ClickHouse, registry: Pick<Registry, 
     rows.push(...experimentRows(result, now, versions, options));
   }
   return { time: now, experiments: results, rows };
+}
+
+async function recentExperimentNames(ch: ClickHouse, since: Date): Promise<string[]> {
+  const result = await ch.client.query({
+    query: "SELECT DISTINCT experiment FROM exposures WHERE time >= {since:DateTime64(3)} AND experiment != ''",
+    query_params: { since: toClickHouseTime(since) },
+    format: "JSONEachRow",
+  });
+  return (await result.json<{ experiment: string }>()).map((r) => r.experiment);
 }
 
 /** One `variant` row per variant (details carry every figure) and one `srm` row per experiment. */

@@ -108,15 +108,15 @@ export const MONITOR_MIGRATIONS: Migration[] = [
       SELECT experiment, variant,
         count() AS users,
         sum(requests) AS exposures,
-        sum(converted) AS conversions,
-        avg(converted) AS conversion_rate,
-        sum(revenue) AS revenue,
-        avg(revenue) AS revenue_per_user
+        sum(user_converted) AS conversions,
+        avg(user_converted) AS conversion_rate,
+        sum(user_revenue) AS revenue,
+        avg(user_revenue) AS revenue_per_user
       FROM (
         SELECT e.experiment AS experiment, e.user_id AS user_id, any(e.variant) AS variant, count() AS requests,
-          max(o.converted) AS converted, sum(o.revenue) AS revenue
+          max(o.request_converted) AS user_converted, sum(o.request_revenue) AS user_revenue
         FROM (SELECT request_id, experiment, variant, user_id FROM exposures FINAL) AS e
-        LEFT JOIN (SELECT request_id, max(converted) AS converted, sum(revenue) AS revenue FROM outcomes FINAL GROUP BY request_id) AS o
+        LEFT JOIN (SELECT request_id, max(converted) AS request_converted, sum(revenue) AS request_revenue FROM outcomes FINAL GROUP BY request_id) AS o
           USING (request_id)
         GROUP BY experiment, user_id)
       GROUP BY experiment, variant

@@ -20,6 +20,13 @@ export interface DriftOptions {
   psiBins: number;
   /** Proportion given to an empty PSI bin. @default 1e-4 */
   psiFloor: number;
+  /**
+   * Share of served values of a numeric feature that may be NaN or ±Infinity before it is a warning.
+   * Those values are left out of KS and PSI (they have no place on a number line), so a pipeline
+   * that starts emitting them would otherwise go unnoticed.
+   * @default 0.01
+   */
+  maxNonFiniteRate: number;
   /** Fewer served values than this: the feature is skipped, not judged. @default 100 */
   minSamples: number;
   /** At most this many served values per feature are read (a deterministic hash sample). @default 50_000 */
@@ -94,6 +101,7 @@ export const MONITOR_DEFAULTS: Readonly<MonitorOptions> = Object.freeze({
     psiAlert: 0.25,
     psiBins: 10,
     psiFloor: 1e-4,
+    maxNonFiniteRate: 0.01,
     minSamples: 100,
     maxSamples: 50_000,
     predictionBaselineMs: 24 * HOUR,
