@@ -208,7 +208,11 @@ export async function runTrainingCycle(runtime: Runtime, options: CycleOptions =
   };
 
   const negatives = dataset.counts.rows - dataset.counts.positives;
-  if (specs.length === 0) return finish({ action: "skip", reason: "no feature was served in the window: nothing to learn from" });
+  if (dataset.counts.rows === 0) {
+    const where = dataset.source.kind === "file" ? `in ${dataset.source.path}` : `logged for ${modelName} between ${dataset.source.window_start} and ${dataset.source.window_end}`;
+    return finish({ action: "skip", reason: `no labelled rows ${where}` });
+  }
+  if (specs.length === 0) return finish({ action: "skip", reason: "no feature was served with a value in the window: nothing to learn from" });
   if (dataset.counts.positives === 0 || negatives === 0) {
     return finish({ action: "skip", reason: `need both classes to train: ${dataset.counts.positives} positive, ${negatives} negative rows` });
   }

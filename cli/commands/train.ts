@@ -27,7 +27,8 @@ ClickHouse's file() reads). --label names its 0/1 column; every other column is 
 or categorical when it holds text (or when it is a pipeline feature with a vocabulary).
 
 Flags:
-  --once               run one cycle, print the report, exit (exit code 0 also when not promoted)
+  --once               run one cycle, print the report, exit: 0 when a version was trained
+                       (promoted or not), 1 when the cycle was skipped (no usable data)
   --data FILE          train from this file instead of the logs (needs --once)
   --label NAME         logs: clicked (default) or converted; --data: the label column (required)
   --output FILE        also write the ONNX model here
