@@ -2,9 +2,10 @@
 //
 // How it stays fast on one core: every feature value is binned once into a byte (up to 255 value
 // bins, bin 255 for missing), stored row-major so that one row's bins share a cache line; a tree
-// grows level by level over a single array of row indices that is partitioned in place; a node's
-// histogram is built only for the smaller child and the larger child's is the parent's minus it
-// (the parent's buffer is reused); histogram buffers are pooled across nodes and trees.
+// grows level by level, and each level is one sequential pass over all rows that moves every row
+// to its child (a node id per row) and builds the histogram of the smaller child of each split;
+// the larger child's histogram is the parent's minus it, computed in the parent's buffer.
+// Histogram buffers are pooled across nodes and trees.
 //
 // Float32 parity: the exported ONNX model compares float32 inputs with float32 thresholds, so
 // binning, thresholds and prediction all work on Math.fround(x). A split "bin <= t" is exactly
@@ -245,23 +246,51 @@ function binData(data: GbdtData, n: number, opts: ResolvedGbdtOptions, categoric
 // Histograms
 
 /**
- * Accumulates gradient, hessian and count per (feature, bin) over the rows idx[start, end), or
- * rows start..end-1 when idx is null (the root). A module-level function with everything passed
- * in, because this loop is most of the training time and V8 keeps it tight that way.
+ * The root's histogram: gradient, hessian and count per (feature, bin) over every row. A
+ * module-level function with everything passed in, because V8 keeps such loops tight.
  */
-function buildHistogram(
-  hist: Float64Array,
-  bins: Uint8Array,
+function buildRootHistogram(hist: Float64Array, bins: Uint8Array, F: number, grad: Float64Array, hess: Float64Array, n: number): void {
+  hist.fill(0);
+  for (let r = 0, o = 0; r < n; r++) {
+    const g = grad[r];
+    const h = hess[r];
+    for (let base = 0; base < hist.length; base += HIST_STRIDE, o++) {
+      const k = base + bins[o] * 3;
+      hist[k] += g;
+      hist[k + 1] += h;
+      hist[k + 2] += 1;
+    }
+  }
+}
+
+/**
+ * One sequential pass over all rows for a level: each row in a node split at this level moves to
+ * its child (nodeOf), and a row that lands in a child marked in `buildInto` is added to that
+ * child's histogram. Sequential access (rather than gathering each node's rows) keeps the
+ * memory prefetcher busy, which is what this loop is bound by.
+ */
+function routeRows(
+  n: number,
   F: number,
+  bins: Uint8Array,
   grad: Float64Array,
   hess: Float64Array,
-  idx: Uint32Array | null,
-  start: number,
-  end: number,
+  nodeOf: Int32Array,
+  tree: GbdtTree,
+  splitBin: Int32Array,
+  buildInto: (Float64Array | null)[],
 ): void {
-  hist.fill(0);
-  for (let i = start; i < end; i++) {
-    const r = idx === null ? i : idx[i];
+  const { feature, categorical, missingLeft, left, right } = tree;
+  for (let r = 0; r < n; r++) {
+    const id = nodeOf[r];
+    const f = feature[id];
+    if (f < 0) continue; // a leaf: the row stays
+    const b = bins[r * F + f];
+    const goLeft = b === MISSING_BIN ? missingLeft[id] === 1 : categorical[id] === 1 ? b === splitBin[id] : b <= splitBin[id];
+    const child = goLeft ? left[id] : right[id];
+    nodeOf[r] = child;
+    const hist = buildInto[child];
+    if (hist === null) continue;
     const g = grad[r];
     const h = hess[r];
     let o = r * F;
@@ -291,8 +320,6 @@ interface Split {
 
 interface NodeWork {
   id: number;
-  start: number;
-  end: number;
   g: number;
   h: number;
   c: number;
@@ -341,12 +368,16 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
   const score = new Float64Array(n).fill(baseScore);
   const grad = new Float64Array(n);
   const hess = new Float64Array(n);
-  const idx = new Uint32Array(n);
-  const scratch = new Uint32Array(n);
+  /** The node each row is in, for the level being grown; a leaf's id once the tree is done. */
+  const nodeOf = new Int32Array(n);
   const featureGain = new Array<number>(F).fill(0);
   const pool: Float64Array[] = [];
   const takeHist = () => pool.pop() ?? new Float64Array(F * HIST_STRIDE);
   const trees: GbdtTree[] = [];
+  // A tree has at most n / minSamplesLeaf leaves and 2^maxDepth leaves, so this many nodes.
+  const capacity = Math.min(2 ** (maxDepth + 1) - 1, 2 * Math.floor(n / minSamplesLeaf) + 1);
+  const splitBin = new Int32Array(capacity);
+  const buildInto: (Float64Array | null)[] = new Array(capacity).fill(null);
 
   const leafScore = (g: number, h: number) => (g * g) / (h + lambda);
 
@@ -412,22 +443,6 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
     return best;
   };
 
-  /** Stable in-place partition of idx[start, end) by the split; returns the first right index. */
-  const partition = (node: NodeWork, s: Split): number => {
-    let wl = node.start;
-    let wr = 0;
-    const f = s.feature;
-    for (let i = node.start; i < node.end; i++) {
-      const r = idx[i];
-      const b = bins[r * F + f];
-      const left = b === MISSING_BIN ? s.missingLeft : s.categorical ? b === s.bin : b <= s.bin;
-      if (left) idx[wl++] = r;
-      else scratch[wr++] = r;
-    }
-    idx.set(scratch.subarray(0, wr), wl);
-    return wl;
-  };
-
   for (let t = 0; t < opts.numTrees; t++) {
     // p = 1 / (1 + e^-s); log-loss = log(1 + e^-s) + (1 - y)·s, with s clamped so e^-s stays finite.
     let loss = 0;
@@ -441,36 +456,35 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
       if (wantLoss) loss += Math.log1p(e) + (1 - y[r]) * sc;
     }
     onProgress?.({ tree: t, numTrees: opts.numTrees, trainLogLoss: loss / n, elapsedMs: performance.now() - started });
-    for (let r = 0; r < n; r++) idx[r] = r;
 
-    const feature: number[] = [-1];
-    const threshold: number[] = [0];
-    const isCat: number[] = [0];
-    const missingLeft: number[] = [0];
-    const left: number[] = [-1];
-    const right: number[] = [-1];
-    const value: number[] = [0];
-    const count: number[] = [n];
-    const addNode = (c: number) => {
-      feature.push(-1), threshold.push(0), isCat.push(0), missingLeft.push(0), left.push(-1), right.push(-1), value.push(0), count.push(c);
-      return feature.length - 1;
+    const tree: GbdtTree = {
+      feature: new Int32Array(capacity).fill(-1),
+      threshold: new Float32Array(capacity),
+      categorical: new Uint8Array(capacity),
+      missingLeft: new Uint8Array(capacity),
+      left: new Int32Array(capacity).fill(-1),
+      right: new Int32Array(capacity).fill(-1),
+      value: new Float64Array(capacity),
+      count: new Float64Array(capacity),
     };
+    let nodes = 1;
+    tree.count[0] = n;
+    nodeOf.fill(0);
     const makeLeaf = (node: NodeWork) => {
-      const v = Math.fround((-node.g / (node.h + lambda)) * learningRate);
-      value[node.id] = v;
-      for (let i = node.start; i < node.end; i++) score[idx[i]] += v;
+      tree.value[node.id] = Math.fround((-node.g / (node.h + lambda)) * learningRate);
       if (node.hist) pool.push(node.hist), (node.hist = null);
     };
 
     const rootHist = takeHist();
-    buildHistogram(rootHist, bins, F, grad, hess, null, 0, n);
+    buildRootHistogram(rootHist, bins, F, grad, hess, n);
     let g0 = 0, h0 = 0;
     for (let b = 0; b < 256; b++) (g0 += rootHist[b * 3]), (h0 += rootHist[b * 3 + 1]);
-    let level: NodeWork[] = [{ id: 0, start: 0, end: n, g: g0, h: h0, c: n, hist: rootHist }];
+    let level: NodeWork[] = [{ id: 0, g: g0, h: h0, c: n, hist: rootHist }];
 
     for (let depth = 0; depth < maxDepth && level.length > 0; depth++) {
       const next: NodeWork[] = [];
       const childrenAreLeaves = depth + 1 === maxDepth;
+      const pending: [parent: Float64Array, small: NodeWork, large: NodeWork][] = [];
       for (const node of level) {
         const s = findSplit(node);
         if (s === null) {
@@ -478,44 +492,55 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
           continue;
         }
         featureGain[s.feature] += s.gain;
-        const mid = partition(node, s);
-        const L: NodeWork = { id: addNode(s.cl), start: node.start, end: mid, g: s.gl, h: s.hl, c: s.cl, hist: null };
-        const R: NodeWork = { id: addNode(node.c - s.cl), start: mid, end: node.end, g: node.g - s.gl, h: node.h - s.hl, c: node.c - s.cl, hist: null };
+        const L: NodeWork = { id: nodes++, g: s.gl, h: s.hl, c: s.cl, hist: null };
+        const R: NodeWork = { id: nodes++, g: node.g - s.gl, h: node.h - s.hl, c: node.c - s.cl, hist: null };
         const id = node.id;
-        feature[id] = s.feature;
-        isCat[id] = s.categorical ? 1 : 0;
-        threshold[id] = s.categorical ? s.bin : edges[s.feature]![s.bin];
-        missingLeft[id] = s.missingLeft ? 1 : 0;
-        left[id] = L.id;
-        right[id] = R.id;
-        const parentHist = node.hist!;
-        node.hist = null;
+        tree.feature[id] = s.feature;
+        tree.categorical[id] = s.categorical ? 1 : 0;
+        tree.threshold[id] = s.categorical ? s.bin : edges[s.feature]![s.bin];
+        tree.missingLeft[id] = s.missingLeft ? 1 : 0;
+        tree.left[id] = L.id;
+        tree.right[id] = R.id;
+        tree.count[L.id] = L.c;
+        tree.count[R.id] = R.c;
+        splitBin[id] = s.bin;
         if (childrenAreLeaves) {
-          pool.push(parentHist);
+          pool.push(node.hist!);
         } else {
-          // Build the smaller child's histogram; the larger one's is the parent's minus it.
-          const [small, large] = L.end - L.start <= R.end - R.start ? [L, R] : [R, L];
+          // The smaller child's histogram is built in the routing pass; the larger one's is
+          // the parent's minus it, computed in the parent's buffer afterwards.
+          const [small, large] = L.c <= R.c ? [L, R] : [R, L];
           const sh = takeHist();
-          buildHistogram(sh, bins, F, grad, hess, idx, small.start, small.end);
-          for (let k = 0; k < sh.length; k++) parentHist[k] -= sh[k];
+          sh.fill(0);
+          buildInto[small.id] = sh;
           small.hist = sh;
-          large.hist = parentHist;
+          pending.push([node.hist!, small, large]);
         }
+        node.hist = null;
         next.push(L, R);
+      }
+      if (next.length === 0) break;
+      routeRows(n, F, bins, grad, hess, nodeOf, tree, splitBin, buildInto);
+      for (const [parentHist, small, large] of pending) {
+        const sh = small.hist!;
+        for (let k = 0; k < sh.length; k++) parentHist[k] -= sh[k];
+        large.hist = parentHist;
+        buildInto[small.id] = null;
       }
       level = next;
     }
     for (const node of level) makeLeaf(node);
+    for (let r = 0; r < n; r++) score[r] += tree.value[nodeOf[r]];
 
     trees.push({
-      feature: Int32Array.from(feature),
-      threshold: Float32Array.from(threshold),
-      categorical: Uint8Array.from(isCat),
-      missingLeft: Uint8Array.from(missingLeft),
-      left: Int32Array.from(left),
-      right: Int32Array.from(right),
-      value: Float64Array.from(value),
-      count: Float64Array.from(count),
+      feature: tree.feature.slice(0, nodes),
+      threshold: tree.threshold.slice(0, nodes),
+      categorical: tree.categorical.slice(0, nodes),
+      missingLeft: tree.missingLeft.slice(0, nodes),
+      left: tree.left.slice(0, nodes),
+      right: tree.right.slice(0, nodes),
+      value: tree.value.slice(0, nodes),
+      count: tree.count.slice(0, nodes),
     });
   }
 
