@@ -87,17 +87,18 @@ export const MONITOR_MIGRATIONS: Migration[] = [
         AND (JSONExtractString(details, 'experiment'), time) IN (
           SELECT JSONExtractString(details, 'experiment'), max(time) FROM monitoring WHERE kind = 'ab' GROUP BY 1)
       ORDER BY experiment, is_control DESC, variant`,
-      // Requests and latency percentiles per minute. Position 1 is the one row of each answered
-      // request (one row per scored candidate otherwise), so latency is counted once per request.
+      // Requests and latency percentiles per minute and model. Position 1 is the one row of each
+      // answered request (there is a row per scored candidate), so latency counts once per request.
       `CREATE OR REPLACE VIEW serving_traffic AS
-      SELECT toStartOfMinute(time) AS minute, model_name, model_version,
+      SELECT toStartOfMinute(time) AS minute, model_name,
         count() AS requests,
         quantile(0.5)(latency_ms) AS p50_ms,
         quantile(0.95)(latency_ms) AS p95_ms,
-        quantile(0.99)(latency_ms) AS p99_ms
+        quantile(0.99)(latency_ms) AS p99_ms,
+        arraySort(groupUniqArray(model_version)) AS versions
       FROM predictions FINAL
       WHERE position = 1
-      GROUP BY minute, model_name, model_version`,
+      GROUP BY minute, model_name`,
       `CREATE OR REPLACE VIEW model_timeline AS
       SELECT time, model_name, kind, alias, from_version, to_version, actor, reason
       FROM model_events FINAL

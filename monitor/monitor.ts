@@ -9,6 +9,7 @@ import { checkExperiments, type ExperimentsReport } from "./experiments.js";
 import { conditionsFromRows, dispatchAlerts, type AlertKind, type DispatchResult } from "./alerts.js";
 import { resolveMonitorOptions, type MonitorOptions, type MonitorOverrides } from "./options.js";
 import { ensureMonitorSchema, writeMonitoringRows, type MonitoringRow } from "./store.js";
+import { mountDashboard } from "./dashboard.js";
 
 export interface CycleReport {
   time: Date;
@@ -30,6 +31,10 @@ export interface Monitor extends Part {
   start(): void;
 }
 
+/**
+ * The monitor of the runtime's model. Creating it mounts the dashboard and its JSON API on the
+ * runtime's HTTP server (served once the process calls `listenHttp`).
+ */
 export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}): Monitor {
   const options = resolveMonitorOptions(overrides);
   const log = runtime.log.child({ part: "monitor" });
@@ -50,6 +55,8 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
     await schemaReady;
     return ch;
   }
+
+  mountDashboard(runtime.http, { clickhouse, model, options });
 
   async function cycle(now: Date): Promise<CycleReport> {
     const ch = await clickhouse();
