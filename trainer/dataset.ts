@@ -27,7 +27,10 @@ export interface DatasetCounts {
   positives: number;
   /** Rows read but not used, by reason. */
   dropped: Record<string, number>;
-  /** Informational counts (duplicates collapsed, features absent from a logged vector, ...). */
+  /**
+   * Informational counts: logged rows, duplicates collapsed by FINAL (those that background
+   * merges had not already removed), rows whose logged vector lacked a feature.
+   */
   notes: Record<string, number>;
 }
 

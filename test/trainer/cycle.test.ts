@@ -68,6 +68,13 @@ before(async () => {
   }
   await server.logs.flush();
   await waitFor(async () => (await countRows("predictions")) === REQUESTS * CANDIDATES && (await countRows("outcomes")) === clicks, 30_000, "the sink to write the logs");
+  // What the dataset must clean up: a row written twice (a redelivered log) and a candidate that
+  // was scored but never shown (position 0) and so has no outcome.
+  const ch = await rt.clickhouse();
+  // No background merge may collapse the duplicate before the dataset counts it.
+  await ch.client.command({ query: "SYSTEM STOP MERGES predictions" });
+  await ch.client.command({ query: "INSERT INTO predictions SELECT * FROM predictions WHERE request_id = 'req-0' ORDER BY item_id LIMIT 1" });
+  await ch.client.command({ query: "INSERT INTO predictions SELECT * REPLACE ('never-shown' AS item_id, 0 AS position) FROM predictions WHERE request_id = 'req-1' LIMIT 1" });
 });
 
 after(async () => {
@@ -85,8 +92,9 @@ it("first cycle: learns from the logged vectors, publishes, promotes, and the se
   assert.match(first.decision.reason, /no production version/);
   assert.equal(first.data.rows, REQUESTS * CANDIDATES);
   assert.equal(first.data.positives, await countRows("outcomes"));
-  assert.equal(first.data.notes.logged_rows, REQUESTS * CANDIDATES);
-  assert.deepEqual(first.data.dropped, {});
+  assert.equal(first.data.notes.logged_rows, REQUESTS * CANDIDATES + 2);
+  assert.equal(first.data.notes.duplicates_collapsed, 1);
+  assert.deepEqual(first.data.dropped, { not_shown: 1 });
   // Trained on the features that were served and carry values (all pipeline features are logged).
   assert.ok(first.data.features.includes("clicks_last_5min") && first.data.features.includes("item_ctr_5min"));
   assert.ok(first.candidate!.auc > 0.68, `validation AUC ${first.candidate!.auc}`);
@@ -146,7 +154,7 @@ it("the schedule runs one cycle at a time and skips when nothing new was logged"
     // New traffic → the next run trains.
     await client.recommend({ userId: "u2", candidates: ["item3", "item4"], requestId: "fresh" });
     await server.logs.flush();
-    await waitFor(async () => (await countRows("predictions")) >= REQUESTS * CANDIDATES + 4, 20_000, "new predictions");
+    await waitFor(async () => (await countRows("predictions")) >= REQUESTS * CANDIDATES + 5, 20_000, "new predictions");
     const c = await schedule.runNow();
     assert.ok(!("skipped" in c), JSON.stringify(c));
     assert.ok(["promote", "keep_candidate"].includes(c.decision.action));
