@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { testRuntime, type TestRuntime } from "../helpers.js";
 import { assemble, lookupFeatures, readWithPipeline, readWithScript } from "../../server/feature-lookup.js";
 import type { FeatureSpec } from "../../lib/registry.js";
+import { waitReady } from "../../lib/redis.js";
 
 let rt: TestRuntime;
 before(() => {
@@ -34,6 +35,8 @@ it("script and pipeline read the same rows", async () => {
 });
 
 it("assembles the matrix in the model's order with defaults, and names what was missing", async () => {
+  // The serving client fails fast while it is still connecting.
+  assert.ok(await waitReady(rt.servingRedis()));
   const m = await lookupFeatures(rt.servingRedis(), rt.names, SPECS, { userId: "u1", currentPage: "", deviceType: "mobile" }, ["i1", "i2", "i3"]);
   assert.equal(m.rows, 3);
   assert.equal(m.unavailable, false);
