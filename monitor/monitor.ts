@@ -36,7 +36,9 @@ export interface Monitor extends Part {
  * runtime's HTTP server (served once the process calls `listenHttp`).
  */
 export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}): Monitor {
-  const options = resolveMonitorOptions(overrides);
+  // `streamserve up` passes no webhook; the environment can still name one.
+  const webhookUrl = overrides.alerts?.webhookUrl ?? (process.env.STREAMSERVE_ALERT_WEBHOOK || undefined);
+  const options = resolveMonitorOptions({ ...overrides, alerts: { ...overrides.alerts, webhookUrl } });
   const log = runtime.log.child({ part: "monitor" });
   const model = runtime.config.modelName;
   const cycles = runtime.metrics.counter("streamserve_monitor_cycles_total", "Monitoring cycles run, by outcome");

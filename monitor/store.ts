@@ -83,3 +83,22 @@ export function toClickHouseTime(d: Date): string {
 export function fromClickHouseTime(s: string): Date {
   return new Date(`${s.replace(" ", "T")}Z`);
 }
+
+/**
+ * A message that says how to get on when ClickHouse cannot be opened; undefined when there is
+ * nothing better to say than the error itself. The common case: the embedded engine's data
+ * directory is held by another process (chDB binds one process to a data path).
+ */
+export function explainClickHouseError(err: unknown, config: { dataDir: string; httpPort: number }): string | undefined {
+  const e = err as { message?: string; code?: string } | undefined;
+  // chDB prints "Cannot lock file .../status" on stderr and throws a generic connection error.
+  if (e?.code === "CHDB_CONNECTION" || /Cannot lock file|Another server instance|Failed to create connection for path/i.test(e?.message ?? "")) {
+    return (
+      `cannot open the embedded ClickHouse in ${config.dataDir}: most likely another streamserve process (streamserve up?) holds it, ` +
+      `as chDB allows one process per data directory. Read the same reports from that process: curl http://127.0.0.1:${config.httpPort}/api/drift ` +
+      `(or /api/quality, /api/ab), open its dashboard, or run against a ClickHouse server with --clickhouse-url. ` +
+      `If no other process runs, check that the directory is writable`
+    );
+  }
+  return undefined;
+}

@@ -1,0 +1,89 @@
+// `streamserve report drift|quality|ab`: the monitor's latest findings from the ClickHouse report
+// views, as tables for people or JSON for scripts.
+import type { Command } from "../command.js";
+import { numberFlag, stringFlag, UsageError } from "../args.js";
+import { printTable } from "../table.js";
+import { readAbReport, readDriftReport, readQualityReport } from "../../monitor/reports.js";
+import { abReportRows, driftReportRows, qualityReportRows } from "../../monitor/text-report.js";
+import { ensureMonitorSchema, explainClickHouseError } from "../../monitor/store.js";
+import type { ClickHouse } from "../../lib/clickhouse.js";
+
+const USAGE = `Usage:
+  streamserve report drift [--model NAME] [--json]
+  streamserve report quality [--model NAME] [--hours 24] [--json]
+  streamserve report ab [--experiment NAME] [--json]
+
+Prints what the monitor stored in ClickHouse (it computes nothing itself; run
+\`streamserve monitor --once\` or \`streamserve up\` first):
+  drift     the latest drift check per model: KS or chi-square and PSI per feature, the share of
+            NaN/infinite values, prediction-score drift, each with its threshold and verdict
+  quality   hourly AUC, accuracy, calibration error per model version and variant
+  ab        the latest analysis per experiment: users, conversions, rate, revenue per user,
+            lift with its 95 % interval, z-test and Welch p-values, sample-ratio mismatch
+
+The same figures are SQL views (drift_report, quality_report, ab_report, serving_traffic,
+model_timeline, experiment_outcomes) for clickhouse client, and JSON at /api/drift, /api/quality
+and /api/ab on the HTTP port.
+
+Flags:
+  --model NAME         drift, quality: only this model (default: every model)
+  --hours N            quality: hours back from now (default 24)
+  --experiment NAME    ab: only this experiment
+  --json               rows as JSON`;
+
+const KINDS = ["drift", "quality", "ab"] as const;
+
+export const report: Command = {
+  name: "report",
+  summary: "the monitor's latest drift, quality and A/B results, as tables or JSON",
+  usage: USAGE,
+  async run(args, runtime) {
+    const kind = args.positionals[0];
+    if (!kind || !(KINDS as readonly string[]).includes(kind)) throw new UsageError(`say which report: ${KINDS.join(", ")}`);
+    const hours = numberFlag(args, "hours", 24)!;
+    if (!(hours > 0)) throw new UsageError(`--hours must be positive, got ${hours}`);
+    const model = stringFlag(args, "model");
+
+    let ch: ClickHouse;
+    try {
+      ch = await runtime.clickhouse();
+      await ensureMonitorSchema(ch, runtime.log);
+    } catch (err) {
+      const hint = explainClickHouseError(err, runtime.config);
+      if (!hint) throw err;
+      console.error(`streamserve report: ${hint}`);
+      return 1;
+    }
+
+    let rows: Record<string, string | number>[];
+    let json: unknown[];
+    if (kind === "drift") {
+      const data = await readDriftReport(ch, model);
+      [rows, json] = [driftReportRows(data), data];
+    } else if (kind === "quality") {
+      const data = await readQualityReport(ch, { model, since: new Date(Date.now() - hours * 3_600_000) });
+      [rows, json] = [qualityReportRows(data), data];
+    } else {
+      const data = await readAbReport(ch, stringFlag(args, "experiment"));
+      [rows, json] = [abReportRows(data), data];
+    }
+
+    if (args.flags.json) {
+      console.log(JSON.stringify(json, null, 2));
+      return 0;
+    }
+    if (rows.length === 0) {
+      const what = kind === "ab" ? `A/B results${stringFlag(args, "experiment") ? ` for experiment ${stringFlag(args, "experiment")}` : ""}` : `${kind} results`;
+      console.log(`no ${what} yet: the monitor stores them each cycle (streamserve monitor --once, or streamserve up)`);
+      return 0;
+    }
+    printTable(rows);
+    if (kind === "ab") {
+      const notes = new Map((json as { experiment: string; note: string }[]).filter((r) => r.note).map((r) => [r.experiment, r.note]));
+      for (const [experiment, note] of notes) console.log(`\n${experiment}: ${note}`);
+    }
+    return 0;
+  },
+};
+
+export default report;

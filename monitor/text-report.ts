@@ -1,0 +1,125 @@
+// The monitor's findings as table rows for people (`streamserve monitor --once`, `drift`, `report`);
+// cli/table.ts lays them out. Numbers are shortened here, once, the same way everywhere.
+import type { FeatureDrift } from "./drift.js";
+import type { QualityGroup } from "./quality.js";
+import type { ExperimentResult } from "./experiments.js";
+import type { AbReportRow, DriftReportRow, QualityReportRow } from "./reports.js";
+
+type Row = Record<string, string | number>;
+
+/** 3 significant decimals; p-values and other tiny numbers in exponent form; "-" for no value. */
+export function num(v: number | undefined, digits = 3): string {
+  if (v === undefined || !Number.isFinite(v)) return "-";
+  if (Number.isInteger(v)) return String(v);
+  if (v !== 0 && Math.abs(v) < 10 ** -digits) return v.toExponential(1);
+  return v.toFixed(digits);
+}
+
+/** A p-value: exactly 0 means below what a double resolves, which is what a person should read. */
+export function pvalue(v: number | undefined): string {
+  return v === 0 ? "<1e-15" : num(v);
+}
+
+const pct = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? "-" : `${(v * 100).toFixed(1)}%`);
+const interval = (lo: number | undefined, hi: number | undefined) => (Number.isFinite(lo) && Number.isFinite(hi) ? `[${pct(lo)}, ${pct(hi)}]` : "-");
+
+export function featureDriftRows(features: readonly FeatureDrift[]): Row[] {
+  return features.map((f) => ({
+    feature: f.feature,
+    type: f.type,
+    test: f.test,
+    statistic: num(f.testStatistic),
+    "p (corrected)": pvalue(f.pAdjusted),
+    psi: num(f.psi),
+    "non-finite": f.type === "numeric" && Number.isFinite(f.nonFiniteRate) ? pct(f.nonFiniteRate) : "-",
+    reference: f.referenceN,
+    current: f.currentN,
+    verdict: f.verdict,
+    note: f.reason ?? "",
+  }));
+}
+
+export function qualityGroupRows(groups: readonly QualityGroup[]): Row[] {
+  return groups.map((g) => ({
+    hour: g.hour.toISOString().slice(0, 16).replace("T", " "),
+    version: g.version,
+    variant: g.variant || "-",
+    shown: g.shown,
+    positives: g.result.positives,
+    auc: num(g.result.auc),
+    accuracy: num(g.result.accuracy),
+    ece: num(g.result.ece),
+    brier: num(g.result.brier),
+    verdict: g.verdict,
+    note: g.notes.join("; "),
+  }));
+}
+
+export function experimentRows(results: readonly ExperimentResult[]): Row[] {
+  return results.flatMap((e) =>
+    e.variants.map((v) => ({
+      experiment: e.experiment,
+      variant: v.control ? `${v.variant} (control)` : v.variant,
+      users: v.users,
+      exposures: v.exposures,
+      conversions: v.conversions,
+      rate: pct(v.conversionRate),
+      "revenue/user": num(v.avgRevenue, 2),
+      lift: v.control ? "" : pct(v.lift?.lift),
+      "95% CI": v.control ? "" : interval(v.lift?.lower, v.lift?.upper),
+      p: v.control ? "" : pvalue(v.pAdjusted),
+      "revenue p": v.control ? "" : pvalue(v.revenueTest?.pValue),
+      verdict: v.verdict,
+    })),
+  );
+}
+
+export function driftReportRows(rows: readonly DriftReportRow[]): Row[] {
+  return rows.map((r) => ({
+    model: r.model,
+    version: r.version,
+    feature: r.kind === "prediction_drift" ? "(score)" : r.feature,
+    statistic: r.statistic,
+    value: r.statistic === "non_finite" ? pct(r.value) : num(r.value),
+    p: pvalue(r.pValue),
+    threshold: num(r.threshold),
+    current: r.currentN,
+    reference: r.referenceN,
+    verdict: r.verdict,
+  }));
+}
+
+export function qualityReportRows(rows: readonly QualityReportRow[]): Row[] {
+  return rows.map((r) => ({
+    hour: r.hour.slice(0, 16).replace("T", " "),
+    model: r.model,
+    version: r.version,
+    variant: r.variant,
+    n: r.n,
+    positives: r.positives,
+    auc: num(r.auc),
+    accuracy: num(r.accuracy),
+    ece: num(r.ece),
+    "mean score": num(r.meanPredicted),
+    "observed rate": num(r.observedRate),
+    verdict: r.verdict,
+  }));
+}
+
+export function abReportRows(rows: readonly AbReportRow[]): Row[] {
+  return rows.map((r) => ({
+    experiment: r.experiment,
+    variant: r.control ? `${r.variant} (control)` : r.variant,
+    version: r.version,
+    users: r.users,
+    exposures: r.exposures,
+    conversions: r.conversions,
+    rate: pct(r.conversionRate),
+    "revenue/user": num(r.avgRevenue, 2),
+    lift: r.control ? "" : pct(r.lift),
+    "95% CI": r.control ? "" : interval(r.liftLower, r.liftUpper),
+    p: r.control ? "" : pvalue(r.pValue),
+    "revenue p": r.control ? "" : pvalue(r.revenuePValue),
+    verdict: r.verdict,
+  }));
+}
