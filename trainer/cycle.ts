@@ -12,6 +12,7 @@ import { createRandom, trainGbdt, type GbdtModel, type GbdtOptions, type GbdtPro
 import { ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME, exportOnnx } from "./onnx-export.js";
 import { evaluate, splitTrainValid, type Evaluation } from "./metrics.js";
 import { loadFileDataset, loadLoggedDataset, type Dataset, type LabelKind } from "./dataset.js";
+import { acquireCycleLock, isHeld } from "./cycle-lock.js";
 
 /** When a new version may replace production. */
 export interface PromotionPolicy {
@@ -104,7 +105,9 @@ export interface CycleOptions extends PromotionPolicy {
   signal?: AbortSignal;
 }
 
-export const CYCLE_DEFAULTS = Object.freeze({
+type CycleDefaults = Required<Pick<CycleOptions, "validFraction" | "seed" | "referenceSize" | "publish" | "actor">>;
+
+export const CYCLE_DEFAULTS: Readonly<CycleDefaults> = Object.freeze({
   validFraction: 0.1,
   seed: 42,
   referenceSize: 2000,
@@ -136,14 +139,38 @@ export interface CycleReport {
   featureGain?: Record<string, number>;
 }
 
-/** Runs one cycle against the runtime's ClickHouse and registry; never throws for a decision. */
+/**
+ * Runs one cycle against the runtime's ClickHouse and registry; a decision (skip included) is a
+ * report, not an exception. Publishing cycles of one model never overlap, across processes too.
+ */
 export async function runTrainingCycle(runtime: Runtime, options: CycleOptions = {}): Promise<CycleReport> {
-  const o = { ...CYCLE_DEFAULTS, ...stripUndefined(options) };
+  const o: CycleOptions & CycleDefaults = { ...CYCLE_DEFAULTS, ...stripUndefined(options) };
   const modelName = o.modelName ?? runtime.config.modelName;
+  if (!o.publish) return runCycle(runtime, o, modelName, undefined);
+  const registry = await runtime.registry();
+  const lock = await acquireCycleLock(await runtime.nats(), runtime.names, modelName);
+  if (isHeld(lock)) {
+    const reason = `another training cycle of ${modelName} is running (${lock.holder}, since ${lock.since})`;
+    runtime.log.warn({ part: "trainer", model: modelName }, `training cycle: skip: ${reason}`);
+    return {
+      model: modelName,
+      startedAt: new Date().toISOString(),
+      durationMs: 0,
+      data: { source: {}, rows: 0, positives: 0, dropped: {}, notes: {}, features: [] },
+      decision: { action: "skip", reason },
+    };
+  }
+  try {
+    return await runCycle(runtime, o, modelName, registry);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, modelName: string, registry: Registry | undefined): Promise<CycleReport> {
   const log = runtime.log.child({ part: "trainer", model: modelName });
   const started = Date.now();
   const data: CycleData = o.data ?? { kind: "logs" };
-  const registry = o.publish ? await runtime.registry() : undefined;
 
   // The production version, if any: its features are read too, to score it on the same rows.
   const production = registry ? await currentProduction(registry, modelName) : undefined;

@@ -13,6 +13,7 @@ import { RecommendationService } from "../../gen/streamserve/v1/recommendation_p
 import { createRandom } from "../../trainer/gbdt.js";
 import { runTrainingCycle, type CycleReport } from "../../trainer/cycle.js";
 import { startTrainingSchedule } from "../../trainer/schedule.js";
+import { acquireCycleLock, isHeld, lockBucket } from "../../trainer/cycle-lock.js";
 
 const USERS = 40;
 const ITEMS = 12;
@@ -81,6 +82,8 @@ after(async () => {
   client?.close();
   await sink?.stop();
   await server?.stop();
+  const nc = await rt?.nats().catch(() => undefined);
+  await (await nc?.jetstreamManager())?.streams.delete(`KV_${lockBucket(rt.names)}`).catch(() => undefined);
   await rt?.cleanup();
 });
 
@@ -162,6 +165,24 @@ it("the schedule runs one cycle at a time and skips when nothing new was logged"
   } finally {
     await schedule.stop();
   }
+});
+
+it("a cycle is refused while another process holds the model's training lock", async () => {
+  const held = await acquireCycleLock(await rt.nats(), rt.names, "recommender");
+  assert.ok(!isHeld(held));
+  try {
+    const again = await acquireCycleLock(await rt.nats(), rt.names, "recommender");
+    assert.ok(isHeld(again), "a second holder is refused");
+    const report = await runTrainingCycle(rt, { data: logsNow(), minRows: 1000 });
+    assert.equal(report.decision.action, "skip");
+    assert.match(report.decision.reason, /another training cycle of recommender is running \(.+:\d+, since /);
+    assert.equal(report.version, undefined);
+  } finally {
+    await held.release();
+  }
+  const after = await acquireCycleLock(await rt.nats(), rt.names, "recommender");
+  assert.ok(!isHeld(after), "released locks can be taken again");
+  await after.release();
 });
 
 it("a cycle over an empty window is skipped with its reason", async () => {

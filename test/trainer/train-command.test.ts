@@ -12,6 +12,7 @@ import { uniqueNamespace } from "../helpers.js";
 import { createRuntime } from "../../lib/runtime.js";
 import { createLogger } from "../../lib/logger.js";
 import { deleteNamespace } from "../../lib/nats.js";
+import { lockBucket } from "../../trainer/cycle-lock.js";
 
 let dir: string;
 let csv: string;
@@ -37,6 +38,7 @@ after(async () => {
   const rt = createRuntime({ namespace, dataDir: join(dir, "cleanup") }, createLogger("silent"));
   const nc = await rt.nats().catch(() => undefined);
   if (nc) await deleteNamespace(nc, rt.names).catch(() => undefined);
+  await (await nc?.jetstreamManager())?.streams.delete(`KV_${lockBucket(rt.names)}`).catch(() => undefined);
   await rt.close();
   rmSync(dir, { recursive: true, force: true });
 });
