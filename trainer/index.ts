@@ -29,3 +29,4 @@ export {
 } from "./cycle.js";
 export { startTrainingSchedule, SCHEDULE_DEFAULTS, type ScheduleOptions, type TrainingSchedule, type SkippedRun } from "./schedule.js";
 export { trainInWorker } from "./train-worker.js";
+export { acquireCycleLock, isHeld, lockBucket, type CycleLock, type LockHolder } from "./cycle-lock.js";

@@ -1,6 +1,7 @@
 // Continuous training: a cycle every `intervalMs` (6 h by default), skipped when no prediction was
 // logged since the data the last version was trained on, and never two cycles at once: the next
-// run is scheduled only after the current one ends, and a run asked for meanwhile is refused.
+// run is scheduled only after the current one ends, a run asked for meanwhile is refused, and
+// across processes runTrainingCycle holds the model's training lock (trainer/cycle-lock.ts).
 
 import type { Part, Runtime } from "../lib/runtime.js";
 import { countPredictionsSince } from "./dataset.js";

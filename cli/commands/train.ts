@@ -93,6 +93,10 @@ export function formatReport(r: CycleReport): string {
   const src = r.data.source;
   lines.push(`Training report: model ${r.model}  (${r.startedAt}, ${(r.durationMs / 1000).toFixed(1)} s)`);
   lines.push("");
+  if (src.kind === undefined) {
+    lines.push("Data: not read", "", `Decision: SKIPPED: ${r.decision.reason}`);
+    return lines.join("\n");
+  }
   lines.push(
     src.kind === "file"
       ? `Data: file ${src.path}, label column "${src.label}"`
