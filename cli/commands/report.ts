@@ -4,7 +4,7 @@ import type { Command } from "../command.js";
 import { numberFlag, stringFlag, UsageError } from "../args.js";
 import { printTable } from "../table.js";
 import { readAbReport, readDriftReport, readQualityReport } from "../../monitor/reports.js";
-import { abReportRows, driftReportRows, qualityReportRows } from "../../monitor/text-report.js";
+import { abReportRows, driftReportRows, num, qualityReportRows } from "../../monitor/text-report.js";
 import { ensureMonitorSchema, explainClickHouseError } from "../../monitor/store.js";
 import type { ClickHouse } from "../../lib/clickhouse.js";
 
@@ -12,6 +12,7 @@ const USAGE = `Usage:
   streamserve report drift [--model NAME] [--json]
   streamserve report quality [--model NAME] [--hours 24] [--json]
   streamserve report ab [--experiment NAME] [--json]
+  streamserve report sql "SELECT ..." [--json]
 
 Prints what the monitor stored in ClickHouse (it computes nothing itself; run
 \`streamserve monitor --once\` or \`streamserve up\` first):
@@ -22,8 +23,9 @@ Prints what the monitor stored in ClickHouse (it computes nothing itself; run
             lift with its 95 % interval, z-test and Welch p-values, sample-ratio mismatch
 
 The same figures are SQL views (drift_report, quality_report, ab_report, serving_traffic,
-model_timeline, experiment_outcomes) for clickhouse client, and JSON at /api/drift, /api/quality
-and /api/ab on the HTTP port.
+model_timeline, experiment_outcomes): query them with \`clickhouse client\` on a server, or with
+\`streamserve report sql\` on the embedded engine (read-only; monitor/README.md has examples). JSON
+is also at /api/drift, /api/quality and /api/ab on the HTTP port.
 
 Flags:
   --model NAME         drift, quality: only this model (default: every model)
@@ -31,7 +33,7 @@ Flags:
   --experiment NAME    ab: only this experiment
   --json               rows as JSON`;
 
-const KINDS = ["drift", "quality", "ab"] as const;
+const KINDS = ["drift", "quality", "ab", "sql"] as const;
 
 export const report: Command = {
   name: "report",
@@ -57,7 +59,19 @@ export const report: Command = {
 
     let rows: Record<string, string | number>[];
     let json: unknown[];
-    if (kind === "drift") {
+    if (kind === "sql") {
+      const query = args.positionals.slice(1).join(" ").trim();
+      if (!query) throw new UsageError('give the query as one argument: streamserve report sql "SELECT * FROM drift_report"');
+      try {
+        // readonly 2: no writes or DDL, while the client may still set its own per-query settings.
+        const result = await ch.client.query({ query, format: "JSONEachRow", clickhouse_settings: { readonly: "2" } });
+        json = await result.json<Record<string, unknown>>();
+      } catch (err) {
+        console.error(`streamserve report sql: ${(err as Error).message.split("\n")[0]}`);
+        return 1;
+      }
+      rows = (json as Record<string, unknown>[]).map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === "number" ? num(v) : typeof v === "string" ? v : JSON.stringify(v)])));
+    } else if (kind === "drift") {
       const data = await readDriftReport(ch, model);
       [rows, json] = [driftReportRows(data), data];
     } else if (kind === "quality") {
@@ -73,6 +87,10 @@ export const report: Command = {
       return 0;
     }
     if (rows.length === 0) {
+      if (kind === "sql") {
+        console.log("(no rows)");
+        return 0;
+      }
       const what = kind === "ab" ? `A/B results${stringFlag(args, "experiment") ? ` for experiment ${stringFlag(args, "experiment")}` : ""}` : `${kind} results`;
       console.log(`no ${what} yet: the monitor stores them each cycle (streamserve monitor --once, or streamserve up)`);
       return 0;

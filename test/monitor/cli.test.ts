@@ -158,6 +158,15 @@ describe("streamserve monitor --once and streamserve report", () => {
     assert.ok(rows[0]!.users + rows[1]!.users === 5000);
   });
 
+  it("runs read-only SQL on the embedded engine", async () => {
+    const count = await cli(["report", "sql", "SELECT count() AS n FROM drift_report WHERE verdict = 'alert'", "--json"]);
+    assert.equal(count.code, 0, describeRun(count));
+    assert.ok(Number((JSON.parse(count.stdout) as { n: string }[])[0]!.n) >= 2);
+    const write = await cli(["report", "sql", "DROP TABLE monitoring"]);
+    assert.equal(write.code, 1, describeRun(write));
+    assert.match(write.stderr, /readonly/i);
+  });
+
   it("rejects a report it does not know, and explains a data directory held by another process", async () => {
     const unknown = await cli(["report", "latency"]);
     assert.equal(unknown.code, 2, describeRun(unknown));

@@ -12,6 +12,7 @@ import { PREDICTION_REFERENCE_KEY } from "../../monitor/options.js";
 import { futureHour, publishProduction, testEnvironment } from "./fixtures/environment.js";
 import { TEST_FEATURES, insertRows, makeExperiment, makeTraffic, referenceSample } from "./fixtures/synthetic.js";
 import { seededRandom } from "./fixtures/random.js";
+import { readFileSync } from "node:fs";
 
 const HOUR = 3_600_000;
 const MODEL = "recommender";
@@ -233,5 +234,16 @@ describe("a monitoring cycle on seeded ClickHouse", () => {
     assert.deepEqual(soon.sent, []);
     const day = await dispatchAlerts(sinks, [{ ...drift, severity: "alert" }], new Date(NOW.getTime() + 25 * HOUR), options);
     assert.deepEqual(day.sent.map((n) => n.status), ["firing"]);
+  });
+
+  it("runs every query of monitor/README.md as pasted", async () => {
+    const readme = readFileSync(new URL("../../monitor/README.md", import.meta.url), "utf8");
+    const queries = [...readme.matchAll(/```sql\n([\s\S]*?)```/g)].map((m) => m[1]!);
+    assert.ok(queries.length >= 8, `${queries.length} queries`);
+    for (const query of queries) {
+      const rows = await queryRows(ch, query);
+      // No sink runs here, so model_events (and the timeline) is empty; every other query has data.
+      if (!query.includes("model_timeline")) assert.ok(rows.length > 0, `no rows from:\n${query}`);
+    }
   });
 });
