@@ -288,6 +288,9 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
     return batch;
   }
 
+  // One batch at a time, no prefetch: an embedded (chDB) insert of a large batch holds the event
+  // loop for hundreds of ms, and a pull request open meanwhile expires client-side while the server
+  // still delivers to it, so those messages would sit unacked until their ack deadline.
   async function run(kind: LogKind, consumer: Consumer): Promise<void> {
     let errorDelay = o.retryInitialMs;
     while (!stopping) {
