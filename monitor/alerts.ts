@@ -6,7 +6,8 @@ import type { NatsConnection } from "nats";
 import type { ClickHouse } from "../lib/clickhouse.js";
 import type { Logger } from "../lib/logger.js";
 import type { AlertOptions } from "./options.js";
-import { fromClickHouseTime, jsonFloat, toClickHouseTime, type MonitoringRow } from "./store.js";
+import { fromClickHouseTime, toClickHouseTime, type MonitoringRow } from "./store.js";
+import { num, pvalue } from "./text-report.js";
 
 export type AlertKind = "drift" | "quality" | "ab";
 export type Severity = "warning" | "alert";
@@ -97,7 +98,7 @@ export async function dispatchAlerts(sinks: AlertSinks, conditions: readonly Con
       model_version: n.version,
       subject: n.subject,
       message: n.message,
-      details: JSON.stringify(n.details, jsonFloat),
+      details: JSON.stringify(n.details),
     })),
   });
   return { sent, suppressed };
@@ -135,7 +136,7 @@ async function publishNats(sinks: AlertSinks, sent: AlertNotification[]): Promis
   try {
     const nc = await sinks.nats();
     const encoder = new TextEncoder();
-    for (const n of sent) nc.publish(sinks.subject(n.kind), encoder.encode(JSON.stringify(n, jsonFloat)));
+    for (const n of sent) nc.publish(sinks.subject(n.kind), encoder.encode(JSON.stringify(n)));
     await nc.flush();
   } catch (err) {
     sinks.log.error({ err }, "could not publish alerts on NATS; they are in the log and alert_log");
@@ -149,7 +150,7 @@ async function postWebhook(log: Logger, url: string, sent: AlertNotification[], 
       const res = await fetch(url, {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ text: `[${n.severity}] ${n.message}`, ...n }, jsonFloat),
+        body: JSON.stringify({ text: `[${n.severity}] ${n.message}`, ...n }),
         signal: AbortSignal.timeout(timeoutMs),
       });
       if (!res.ok) log.error({ status: res.status, alert: n.key }, "alert webhook answered with an error");
@@ -162,8 +163,6 @@ async function postWebhook(log: Logger, url: string, sent: AlertNotification[], 
 
 // ---------------------------------------------------------------------------------------------------
 // From monitoring rows to conditions
-
-const fmt = (v: number) => (!Number.isFinite(v) ? String(v) : Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(2) : v.toFixed(3));
 
 /**
  * Conditions judged in a cycle's rows. Drift: one per model version and feature (its worst verdict
@@ -182,10 +181,10 @@ export function conditionsFromRows(rows: readonly MonitoringRow[]): Condition[] 
       const what = r.kind === "prediction_drift" ? "predicted scores" : `feature ${r.subject}`;
       const figure =
         r.statistic === "psi"
-          ? `PSI ${fmt(r.value)} (alert at ${r.threshold})`
+          ? `PSI ${num(r.value)} (alert at ${r.threshold})`
           : r.statistic === "non_finite"
-            ? `${fmt(r.value * 100)} % of served values NaN or infinite (warning above ${r.threshold * 100} %)`
-            : `${r.statistic.toUpperCase()} ${fmt(r.value)}, corrected p ${fmt(r.p_value)} (alert below ${r.threshold})`;
+            ? `${num(r.value * 100, 1)} % of served values NaN or infinite (warning above ${r.threshold * 100} %)`
+            : `${r.statistic.toUpperCase()} ${num(r.value)}, corrected p ${pvalue(r.p_value)} (alert below ${r.threshold})`;
       const condition: Condition = out.get(key) ?? {
         key,
         kind: "drift",
@@ -214,7 +213,7 @@ export function conditionsFromRows(rows: readonly MonitoringRow[]): Condition[] 
         model: r.model_name,
         version: r.model_version,
         subject: `${r.subject}:${r.statistic}`,
-        message: `${r.statistic} of ${r.model_name} version ${r.model_version} (${r.subject === "all" ? "all traffic" : `variant ${r.subject}`}) was ${fmt(r.value)} in the hour from ${r.time.toISOString()}; threshold ${r.threshold}`,
+        message: `${r.statistic} of ${r.model_name} version ${r.model_version} (${r.subject === "all" ? "all traffic" : `variant ${r.subject}`}) was ${num(r.value)} in the hour from ${r.time.toISOString()}; threshold ${r.threshold}`,
         details: { hour: r.time.toISOString(), value: r.value, threshold: r.threshold, notes: r.details.notes },
       });
     } else if (r.kind === "ab" && r.statistic === "srm") {
@@ -228,7 +227,7 @@ export function conditionsFromRows(rows: readonly MonitoringRow[]): Condition[] 
         message:
           severity === "ok"
             ? `experiment ${r.subject}: users match the configured split`
-            : `experiment ${r.subject}: sample ratio mismatch, χ² ${fmt(r.value)}, p ${fmt(r.p_value)} < ${r.threshold}; users ${JSON.stringify(r.details.users)} against traffic ${JSON.stringify(r.details.traffic)}`,
+            : `experiment ${r.subject}: sample ratio mismatch, χ² ${num(r.value)}, p ${pvalue(r.p_value)} < ${r.threshold}; users ${JSON.stringify(r.details.users)} against traffic ${JSON.stringify(r.details.traffic)}`,
         details: { statistic: r.value, p_value: r.p_value, users: r.details.users, traffic: r.details.traffic },
       });
     }

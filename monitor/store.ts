@@ -52,7 +52,7 @@ export async function writeMonitoringRows(ch: ClickHouse, rows: readonly Monitor
       value: floatOut(r.value),
       p_value: floatOut(r.p_value),
       threshold: floatOut(r.threshold),
-      details: JSON.stringify(r.details, jsonFloat),
+      details: JSON.stringify(r.details), // NaN → null, read back as "no value"
     })),
   });
 }
@@ -67,11 +67,6 @@ export function floatOut(v: number): number | string {
 export function floatIn(v: unknown): number {
   if (v === null || v === undefined) return NaN;
   return typeof v === "number" ? v : Number(v);
-}
-
-/** JSON.stringify replacer for details: non-finite numbers become null, which reads back as "no value". */
-export function jsonFloat(_key: string, v: unknown): unknown {
-  return typeof v === "number" && !Number.isFinite(v) ? null : v;
 }
 
 /** `YYYY-MM-DD hh:mm:ss.mmm` in UTC: the form DateTime64(3, 'UTC') query parameters parse. */
