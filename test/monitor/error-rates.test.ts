@@ -4,6 +4,8 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { proportionArm, relativeLift, summarize, twoProportionZTest, welchTTest } from "../../monitor/stats/ab-tests.js";
 import { ksTwoSample } from "../../monitor/stats/distribution-tests.js";
+import { analyzeExperiment, type VariantCounts } from "../../monitor/experiments.js";
+import { MONITOR_DEFAULTS } from "../../monitor/options.js";
 import { normals, seededRandom } from "./fixtures/random.js";
 
 const RUNS = 400;
@@ -73,4 +75,42 @@ describe("error rates over repeated seeds", () => {
     assert.ok(falseAlarms >= LOWEST && falseAlarms <= HIGHEST, `KS rejected ${falseAlarms}/${RUNS} unshifted runs`);
     assert.ok(detections >= 0.95 * RUNS, `KS found a 0.5 sd shift in only ${detections}/${RUNS} runs`);
   });
+
+  it("the monitor's experiment analysis: A/A/A with two treatments stays near 5 % family-wise (Holm)", () => {
+    const random = seededRandom(31337);
+    const config = { name: "aaa", model: "m", status: "running" as const, variants: ["control", "b", "c"].map((name) => ({ name, traffic: 100 / 3, target: "production" })) };
+    const window = { from: new Date(0), to: new Date(1) };
+    // More runs than above: family-wise rates of two correlated tests need a finer estimate.
+    const runs = 1000;
+    let anySignificant = 0;
+    let srm = 0;
+    for (let run = 0; run < runs; run++) {
+      const counts: VariantCounts[] = config.variants.map((v) => {
+        const users = 1500;
+        const revenue = revenueOf(random, users);
+        return { variant: v.name, users, exposures: users, conversions: revenue.filter((r) => r > 0).length, revenue: 0, avgRevenue: mean(revenue), revenueVariance: variance(revenue), crossovers: 0 };
+      });
+      const result = analyzeExperiment(config, counts, window, MONITOR_DEFAULTS.experiments);
+      if (result.variants.some((v) => v.significant)) anySignificant++;
+      if (result.srm.mismatch) srm++;
+    }
+    // Two comparisons at 5 % would reject about 9 % of runs uncorrected; Holm keeps it at most 5 %.
+    // Binomial(1000, 0.05): mean 50, sd 6.9; [29, 71] is ±3 sd.
+    assert.ok(anySignificant >= 29 && anySignificant <= 71, `a treatment was significant in ${anySignificant}/${runs} A/A/A runs`);
+    // Equal users per variant: the split matches exactly.
+    assert.equal(srm, 0);
+  });
 });
+
+function revenueOf(random: () => number, users: number): number[] {
+  return revenue(random, users, 0.1, 40);
+}
+
+function mean(v: number[]): number {
+  return v.reduce((s, x) => s + x, 0) / v.length;
+}
+
+function variance(v: number[]): number {
+  const m = mean(v);
+  return v.reduce((s, x) => s + (x - m) ** 2, 0) / (v.length - 1);
+}
