@@ -120,7 +120,9 @@ export function unaryImplementation<S extends GenServiceMethods>(
       let end: ((code: grpc.status) => void) | void = undefined;
       const finish = (err: ServiceError | null, response?: unknown) => {
         end?.(err ? err.code : Code.OK);
-        if (err) callback({ code: err.code, details: err.message });
+        // Status details travel in an HTTP/2 header: an echo of a huge field would exceed the
+        // peer's header limit and the call would never complete.
+        if (err) callback({ code: err.code, details: truncate(err.message, 1024) });
         else callback(null, response);
       };
       try {
@@ -154,6 +156,10 @@ export function unaryImplementation<S extends GenServiceMethods>(
     };
   }
   return impl;
+}
+
+function truncate(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max)}… (${text.length - max} more characters)`;
 }
 
 function deadlineMs(d: grpc.Deadline): number {

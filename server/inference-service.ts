@@ -29,6 +29,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
   /** Finds (and if needed loads) the model a request names; the caller must release it. */
   async function acquire(name: string, version: string): Promise<OnnxModel> {
     if (!name) throw invalidArgument("model_name", "is required");
+    if (name.length > 256 || version.length > 256) throw invalidArgument(name.length > 256 ? "model_name" : "model_version", "is longer than 256 characters");
     const registry = models.registryClient;
     let m = models.acquire(name, version);
     if (m) return m;
@@ -117,6 +118,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
     serverMetadata: () => ({ name: deps.server.name, version: deps.server.version, extensions: [] }),
     async modelReady(req) {
       if (!req.name) throw invalidArgument("name", "is required");
+      if (req.name.length > 256) throw invalidArgument("name", "is longer than 256 characters");
       const m = models.acquire(req.name, req.version);
       if (m) models.release(m);
       return { ready: Boolean(m) };
