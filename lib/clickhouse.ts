@@ -41,13 +41,15 @@ export async function openClickHouse(
     mkdirSync(path, { recursive: true });
     // Loaded lazily: a deployment that talks to a server never loads the native engine.
     const { createChdbConnection } = await import("chdb/connection");
-    const bootstrap = createClient({ connection: createChdbConnection({ path }) } as never) as ClickHouseClient;
-    await bootstrap.command({ query: `CREATE DATABASE IF NOT EXISTS ${quoteIdent(database)}` });
     client = createClient({
       connection: createChdbConnection({ path }),
-      database,
       clickhouse_settings: { date_time_input_format: "best_effort" },
     } as never) as ClickHouseClient;
+    // The embedded engine ignores the client's `database` option but keeps session state, so
+    // `USE` makes unqualified table names resolve in our database for every later query.
+    // (Settings persist the same way: per-query clickhouse_settings stay set on this client.)
+    await client.command({ query: `CREATE DATABASE IF NOT EXISTS ${quoteIdent(database)}` });
+    await client.command({ query: `USE ${quoteIdent(database)}` });
     log.info({ path, database }, "using embedded ClickHouse (chDB)");
   }
   await migrate(client, migrations, log);

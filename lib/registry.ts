@@ -187,7 +187,7 @@ export class Registry {
 
   async listModels(): Promise<string[]> {
     const models = new Set<string>();
-    for await (const key of await this.kv.keys("model.>")) models.add(key.split(".")[1]!);
+    for (const key of await this.keys("model.>")) models.add(key.split(".")[1]!);
     return [...models].sort();
   }
 
@@ -224,7 +224,7 @@ export class Registry {
 
   async aliases(name: string): Promise<Record<string, AliasRecord>> {
     const out: Record<string, AliasRecord> = {};
-    for await (const key of await this.kv.keys(`model.${name}.alias.*`)) {
+    for (const key of await this.keys(`model.${name}.alias.*`)) {
       const alias = key.split(".").at(-1)!;
       const record = await this.getAlias(name, alias);
       if (record) out[alias] = record;
@@ -299,7 +299,7 @@ export class Registry {
 
   async listExperiments(): Promise<Experiment[]> {
     const out: Experiment[] = [];
-    for await (const key of await this.kv.keys("experiment.*")) {
+    for (const key of await this.keys("experiment.*")) {
       const e = await this.getExperiment(key.slice("experiment.".length));
       if (e) out.push(e);
     }
@@ -368,9 +368,19 @@ export class Registry {
     await this.js.publish(this.names.logsSubject("model_event"), toBinary(ModelEventLogSchema, msg), { msgID: eventId, headers: h });
   }
 
+  /**
+   * Collects the keys first: awaiting other KV calls while iterating nats.js's key lister ends
+   * the iteration early (only the first key comes back).
+   */
+  private async keys(filter: string): Promise<string[]> {
+    const out: string[] = [];
+    for await (const key of await this.kv.keys(filter)) out.push(key);
+    return out;
+  }
+
   private async versionNumbers(name: string): Promise<number[]> {
     const out: number[] = [];
-    for await (const key of await this.kv.keys(`model.${name}.version.*`)) out.push(Number(key.split(".").at(-1)));
+    for (const key of await this.keys(`model.${name}.version.*`)) out.push(Number(key.split(".").at(-1)));
     return out.filter(Number.isFinite).sort((a, b) => a - b);
   }
 }

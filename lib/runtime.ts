@@ -57,7 +57,13 @@ export function createRuntime(overrides: Partial<Config> = {}, log?: Logger): Ru
     nats() {
       nats ??= (async () => {
         const nc = await connectNats(config.natsUrl, logger);
-        await ensureStreams(nc, runtime.names);
+        try {
+          await ensureStreams(nc, runtime.names);
+        } catch (err) {
+          // A connection nobody holds would keep reconnecting (and the process alive) forever.
+          await nc.close().catch(() => undefined);
+          throw err;
+        }
         return nc;
       })();
       nats.catch(() => (nats = undefined)); // a failed first connect may be retried

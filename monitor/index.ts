@@ -7,6 +7,5 @@ export { analyzeExperiment, checkExperiments, type ExperimentResult, type Experi
 export { conditionsFromRows, dispatchAlerts, type AlertNotification, type Condition } from "./alerts.js";
 export { mountDashboard, dashboardData } from "./dashboard.js";
 export { readAbReport, readDriftReport, readQualityReport, readTraffic, readModelTimeline, readRecentAlerts } from "./reports.js";
-export { MONITOR_MIGRATIONS } from "./migrations.js";
-export { ensureMonitorSchema, type MonitoringRow, type Verdict } from "./store.js";
+export { type MonitoringRow, type Verdict } from "./store.js";
 export * as stats from "./stats/index.js";

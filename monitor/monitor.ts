@@ -8,7 +8,7 @@ import { checkQuality, type QualityReport } from "./quality.js";
 import { checkExperiments, type ExperimentsReport } from "./experiments.js";
 import { conditionsFromRows, dispatchAlerts, type AlertKind, type DispatchResult } from "./alerts.js";
 import { resolveMonitorOptions, type MonitorOptions, type MonitorOverrides } from "./options.js";
-import { ensureMonitorSchema, writeMonitoringRows, type MonitoringRow } from "./store.js";
+import { writeMonitoringRows, type MonitoringRow } from "./store.js";
 import { mountDashboard } from "./dashboard.js";
 
 export interface CycleReport {
@@ -43,20 +43,12 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
   const model = runtime.config.modelName;
   const cycles = runtime.metrics.counter("streamserve_monitor_cycles_total", "Monitoring cycles run, by outcome");
   const firing = runtime.metrics.gauge("streamserve_monitor_conditions", "Conditions judged in the last cycle, by kind and severity");
-  let schemaReady: Promise<void> | undefined;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<CycleReport> | undefined;
   let stopped = false;
 
-  async function clickhouse() {
-    const ch = await runtime.clickhouse();
-    schemaReady ??= ensureMonitorSchema(ch, log).catch((err) => {
-      schemaReady = undefined;
-      throw err;
-    });
-    await schemaReady;
-    return ch;
-  }
+  // Opening ClickHouse applies every migration, the monitor's tables and views included.
+  const clickhouse = () => runtime.clickhouse();
 
   mountDashboard(runtime.http, { clickhouse, model, options });
 

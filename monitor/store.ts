@@ -2,9 +2,8 @@
 // conversions that keep NaN honest. JSON cannot carry NaN or ±Infinity: ClickHouse writes them as
 // null and reads null into a Float64 as 0, which would turn "no value" into a real-looking zero.
 // Floats therefore go out as the strings ClickHouse parses ("nan", "inf") and come back null → NaN.
-import { migrate, type ClickHouse } from "../lib/clickhouse.js";
+import type { ClickHouse } from "../lib/clickhouse.js";
 import type { Logger } from "../lib/logger.js";
-import { MONITOR_MIGRATIONS } from "./migrations.js";
 
 export type Verdict = "ok" | "warning" | "alert" | "skipped";
 export type MonitoringKind = "feature_drift" | "prediction_drift" | "quality" | "ab";
@@ -31,14 +30,6 @@ const VERDICT_RANK: Record<Verdict, number> = { skipped: 0, ok: 1, warning: 2, a
 /** The more severe of two verdicts (skipped counts as the least). */
 export function worst(a: Verdict, b: Verdict): Verdict {
   return VERDICT_RANK[a] >= VERDICT_RANK[b] ? a : b;
-}
-
-/**
- * Applies the monitor's migrations (alert log, report views). Idempotent: versions already recorded
- * in schema_migrations are skipped, so it is harmless once lib/ applies them itself.
- */
-export async function ensureMonitorSchema(ch: ClickHouse, log: Logger): Promise<void> {
-  await migrate(ch.client, MONITOR_MIGRATIONS, log);
 }
 
 export async function writeMonitoringRows(ch: ClickHouse, rows: readonly MonitoringRow[]): Promise<void> {

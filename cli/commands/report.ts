@@ -5,7 +5,7 @@ import { numberFlag, stringFlag, UsageError } from "../args.js";
 import { printTable } from "../table.js";
 import { readAbReport, readDriftReport, readQualityReport } from "../../monitor/reports.js";
 import { abReportRows, driftReportRows, num, qualityReportRows } from "../../monitor/text-report.js";
-import { ensureMonitorSchema, explainClickHouseError } from "../../monitor/store.js";
+import { explainClickHouseError } from "../../monitor/store.js";
 import type { ClickHouse } from "../../lib/clickhouse.js";
 
 const USAGE = `Usage:
@@ -49,7 +49,6 @@ export const report: Command = {
     let ch: ClickHouse;
     try {
       ch = await runtime.clickhouse();
-      await ensureMonitorSchema(ch, runtime.log);
     } catch (err) {
       const hint = explainClickHouseError(err, runtime.config);
       if (!hint) throw err;
