@@ -31,6 +31,12 @@ export interface DerivedFeature {
   name: string;
   description: string;
   compute(values: Readonly<Record<string, number>>): number;
+  /**
+   * The same computation as a formula over feature names (features/formula.ts: + - * /,
+   * comparisons, c ? a : b), so the streaming engine can evaluate it inside the Redis script that
+   * updates the window. Must agree with `compute` (test/features/formula.test.ts checks).
+   */
+  formula?: string;
 }
 
 export interface FeatureView {
@@ -64,6 +70,7 @@ export const USER_FEATURES: FeatureView = {
       name: "engagement_score",
       description: "clicks*0.3 + unique_pages*0.4 + (purchase_amount > 0 ? 30 : 0), as in the seed pipeline",
       compute: (v) => (v.clicks_last_5min ?? 0) * 0.3 + (v.unique_pages_viewed ?? 0) * 0.4 + ((v.purchase_amount ?? 0) > 0 ? 30 : 0),
+      formula: "clicks_last_5min * 0.3 + unique_pages_viewed * 0.4 + (purchase_amount > 0 ? 30 : 0)",
     },
   ],
 };
@@ -83,6 +90,7 @@ export const ITEM_FEATURES: FeatureView = {
       name: "item_ctr_5min",
       description: "clicks / views in the window (0 without views)",
       compute: (v) => ((v.item_views_5min ?? 0) > 0 ? (v.item_clicks_5min ?? 0) / v.item_views_5min! : 0),
+      formula: "item_views_5min > 0 ? item_clicks_5min / item_views_5min : 0",
     },
   ],
 };

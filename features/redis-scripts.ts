@@ -9,21 +9,30 @@
 //   and the aggregates, folds in only the events it has not seen, and writes everything back in
 //   one atomic step. Replaying an event, on any worker, is therefore a no-op; workers need no
 //   coordination and no partitioning, and N workers produce what one does (aggregates commute).
+// - The same script writes the entity's public feature hash (derived features too: they are
+//   formulas compiled to Lua) and the item's decayed activity, so state and what the server
+//   reads can never disagree, whichever worker wrote last.
 // - Nothing else holds state: the worker's memory is a cache. A kill -9 at any point leaves
-//   either the old or the new window state, and the unacked events come back and are skipped or
-//   applied.
-// - Everything written after the script (the public feature hash, the trending score, the open-
-//   window index, the closed-window log) is a pure function of the stored state, written
-//   idempotently (conditional on the state's revision, ZADD GT, ZADD, Nats-Msg-Id), and redone
-//   on redelivery because the script returns the current state even when nothing changed.
+//   either the old or the new state of every window, and the unacked events come back and are
+//   skipped or applied.
+// - What is written outside the script is idempotent and redone on redelivery, because the
+//   script returns the current state even when it applied nothing: the open-window index (ZADD),
+//   the trending score on a cluster (ZADD GT: scores only grow), the closed-window row on LOGS
+//   (Nats-Msg-Id, plus a `published` mark on the closed window).
 // - Closing a window marks its hash closed and drops the markers (the memory of a window is
 //   bounded by its events until then). From then on the script refuses it, so the row published
 //   to the offline store is final and a slow worker cannot slip an event past it.
 //
+// Cost: a script call carries many groups (entity windows), so a batch of thousands of events
+// costs a handful of calls in one round trip, not thousands.
+//
 // Redis Cluster: a script's keys must share a hash slot. A window's state and the item's trend
-// state carry the public key's hash tag, so they share the slot of `user_features:{id}` itself.
+// state carry the public key's hash tag, so they share the slot of `user_features:{id}` itself;
+// on a cluster the store batches only groups of one slot into a call, and the trending set (its
+// own slot) is written by the caller from the scores the script returns.
 import type { FeatureView } from "./definitions.js";
-import { stateFields, stateOp } from "./windows.js";
+import { featureNames, stateFields, stateOp } from "./windows.js";
+import { formulaToLua, parseFormula } from "./formula.js";
 
 /** The trending sorted set's scoring. */
 export interface TrendingSpec {
@@ -64,197 +73,253 @@ export function stateKeys(redisPrefix: string): StateKeys {
   };
 }
 
-// Lua shared by the scripts. %.17g round-trips every double, so sums survive being stored.
-const PRELUDE = `
-local function fmt(x) if x == nil then return '' end return string.format('%.17g', x) end
-`;
-
-/** Arguments per event in an update call: id, time, one per aggregation, and the trend weight. */
-export function eventStride(view: FeatureView, trending: boolean): number {
-  return 2 + view.aggregations.length + (trending ? 1 : 0);
+/**
+ * The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag, mod 16384). Scripts may only
+ * batch keys of one slot on a cluster; on a single Redis any keys may share a call.
+ */
+export function keySlot(key: string): number {
+  const bytes = new TextEncoder().encode(hashTagOf(key));
+  let crc = 0;
+  for (const b of bytes) {
+    crc ^= b << 8;
+    for (let i = 0; i < 8; i++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+  }
+  return crc % 16384;
 }
 
+// Lua shared by the scripts. State and results use %.17g, which reads back as the same double;
+// the public hashes get the shortest exact form (0.7, not 0.69999999999999996) for people reading
+// them with HGETALL. Results travel as strings inside one cjson-encoded reply because cjson
+// itself prints numbers with 14 digits only.
+const PRELUDE = `
+local function fmt(x)
+  if x == nil then return '' end
+  return string.format('%.17g', x)
+end
+local function nice(x)
+  if x == math.floor(x) and x > -1e15 and x < 1e15 then return string.format('%d', x) end
+  local s = string.format('%.15g', x)
+  if tonumber(s) ~= x then s = string.format('%.17g', x) end
+  return s
+end
+`;
+
+/** Where the trending scores go: ZADD inside the script (single Redis) or by the caller (cluster). */
+export type TrendingMode = "inline" | "returned";
+
 /**
- * The update script of a view.
- * KEYS: window hash, [trend hash]. ARGV: open-window TTL ms, trend TTL ms, then per event
- * `eventStride` values: event id, event time, one contribution per aggregation ("" for none,
- * see windows.ts), [trend weight or ""].
- * Returns {status ("open" | "closed"), applied, duplicates, ...state fields, trend score or ""}.
+ * The update script of a view. One call applies many groups (entity windows), so the cost of a
+ * call is shared by many events, and for each group writes, atomically: the window state, the
+ * entity's public feature hash (aggregates and derived features, when this window is its newest)
+ * and, for the trending view, the item's decayed activity and its trending score.
+ * KEYS: [trending sorted set when mode is "inline"], then per group its window hash, its public
+ * hash and (trending view only) its trend hash.
+ * ARGV: open-window TTL ms, trend TTL ms, feature TTL ms, now (ms, the public hash's updated_at),
+ * trending max items, then a JSON array with one entry per group: [window start, entity id,
+ * events], each event [event_id, event_time, one contribution per aggregation (a number, a
+ * string for a distinct count, or false for none; see windows.ts), trend weight or false].
+ * Returns a JSON array with per group [status ("open" | "closed"), applied, duplicates, ...state
+ * fields, trend score or ""], all strings.
  */
-export function updateScript(view: FeatureView, trending: TrendingSpec | null): string {
+export function updateScript(view: FeatureView, trending: TrendingSpec | null, mode: TrendingMode = "inline"): string {
   const fields = stateFields(view); // n, t, rev, aggregation fields
   const K = view.aggregations.length;
-  const stride = eventStride(view, trending !== null);
+  const inline = trending !== null && mode === "inline";
+  // Lua arrays start at 1: an event is {id, time, c_0 .. c_K-1, weight}, so c_i is ev[3 + i].
   const aggVars = view.aggregations.map((a, i) => {
+    const at = (f: string) => `cur[${fields.indexOf(f) + 2}]`;
     switch (stateOp(a)) {
       case "avg":
-        return `local a${i}s = tonumber(cur[${fields.indexOf(`a${i}s`) + 2}]) or 0
-local a${i}n = tonumber(cur[${fields.indexOf(`a${i}n`) + 2}]) or 0`;
+        return `local a${i}s = tonumber(${at(`a${i}s`)}) or 0\n      local a${i}n = tonumber(${at(`a${i}n`)}) or 0`;
       case "max":
       case "min":
-        return `local a${i} = tonumber(cur[${fields.indexOf(`a${i}`) + 2}])`;
+        return `local a${i} = tonumber(${at(`a${i}`)})`;
       default:
-        return `local a${i} = tonumber(cur[${fields.indexOf(`a${i}`) + 2}]) or 0`;
+        return `local a${i} = tonumber(${at(`a${i}`)}) or 0`;
     }
   });
   const fold = view.aggregations.map((a, i) => {
-    const v = `ARGV[o + ${2 + i}]`;
+    const v = `ev[${3 + i}]`;
     switch (stateOp(a)) {
       case "add":
-        return `v = ${v}; if v ~= '' then a${i} = a${i} + tonumber(v) end`;
+        return `v = ${v}; if v then a${i} = a${i} + v end`;
       case "avg":
-        return `v = ${v}; if v ~= '' then a${i}s = a${i}s + tonumber(v); a${i}n = a${i}n + 1 end`;
+        return `v = ${v}; if v then a${i}s = a${i}s + v; a${i}n = a${i}n + 1 end`;
       case "max":
-        return `v = ${v}; if v ~= '' then local x = tonumber(v); if a${i} == nil or x > a${i} then a${i} = x end end`;
+        return `v = ${v}; if v and (a${i} == nil or v > a${i}) then a${i} = v end`;
       case "min":
-        return `v = ${v}; if v ~= '' then local x = tonumber(v); if a${i} == nil or x < a${i} then a${i} = x end end`;
+        return `v = ${v}; if v and (a${i} == nil or v < a${i}) then a${i} = v end`;
       case "distinct":
-        return `v = ${v}; if v ~= '' then local f = 'd${i}:' .. v; if not present[f] then present[f] = true; out[#out + 1] = f; out[#out + 1] = '1'; a${i} = a${i} + 1 end end`;
+        return `v = ${v}; if v then local d = 'd${i}:' .. v; if not present[d] then present[d] = true; out[#out + 1] = d; out[#out + 1] = '1'; a${i} = a${i} + 1 end end`;
     }
   });
+  // The features, as windows.ts featuresOf computes them, then the derived formulas.
+  const features = [
+    ...view.aggregations.map((a, i) =>
+      stateOp(a) === "avg" ? `f['${a.name}'] = (a${i}n > 0) and (a${i}s / a${i}n) or 0` : `f['${a.name}'] = a${i} or 0`,
+    ),
+    ...view.derived.map((d) => {
+      if (!d.formula) throw new Error(`derived feature "${d.name}" has no formula: the streaming engine evaluates derived features in Redis and needs one`);
+      return `f['${d.name}'] = ${formulaToLua(parseFormula(d.formula), "f")}`;
+    }),
+  ];
+  const names = featureNames(view);
   const distinctMarkers = view.aggregations
-    .map((a, i) => (stateOp(a) === "distinct" ? `v = ARGV[o + ${2 + i}]; if v ~= '' then fields[#fields + 1] = 'd${i}:' .. v end` : ""))
+    .map((a, i) => (stateOp(a) === "distinct" ? `if evs[j][${3 + i}] then fields[#fields + 1] = 'd${i}:' .. evs[j][${3 + i}] end` : ""))
     .filter(Boolean);
-  const aggNames = fields.slice(3); // state fields after n, t, rev
-  const trendRead = trending
-    ? `local tr = redis.call('HMGET', KEYS[2], 's', 'r')
-local ts, tref = tonumber(tr[1]), tonumber(tr[2])
-local tchanged = false`
-    : "";
+  const aggNames = fields.slice(3);
+  const H = trending?.halfLifeMs;
   // Decayed activity kept relative to the newest event time seen (tref), so it never overflows
-  // and the result does not depend on arrival order.
-  const trendFold = trending
-    ? `v = ARGV[o + ${2 + K}]
-      if v ~= '' then
-        local w = tonumber(v)
-        if tref == nil then ts = w; tref = et
-        elseif et > tref then ts = ts * math.pow(2, -(et - tref) / ${trending.halfLifeMs}) + w; tref = et
-        else ts = ts + w * math.pow(2, -(tref - et) / ${trending.halfLifeMs}) end
-        tchanged = true
-      end`
-    : "";
-  // The trending score: log2 of the activity decayed to the epoch, i.e. halvings since the epoch
-  // of the newest event plus log2 of the activity then. Scores of items compare like their
-  // activity at any common instant, and adding activity only raises the score (so ZADD GT).
-  const trendWrite = trending
-    ? `if tchanged then
-  redis.call('HSET', KEYS[2], 's', fmt(ts), 'r', fmt(tref))
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-local score = ''
-if tref ~= nil and ts > 0 then score = fmt(tref / ${trending.halfLifeMs} + math.log(ts) / math.log(2)) end`
-    : `local score = ''`;
+  // and the result does not depend on arrival order. The trending score is log2 of the activity
+  // decayed to the epoch: halvings since the epoch of the newest event plus log2 of the activity
+  // then. Items' scores compare like their activity at any common instant, and adding activity
+  // only raises a score, so ZADD GT can apply scores in any order (and again, after a crash).
+  const trend = trending
+    ? {
+        read: `local tkey = KEYS[ki]; ki = ki + 1
+  local tr = redis.call('HMGET', tkey, 's', 'r')
+  local ts, tref = tonumber(tr[1]), tonumber(tr[2])
+  local tchanged = false`,
+        fold: `local w = ev[${3 + K}]
+        if w then
+          if tref == nil then ts = w; tref = et
+          elseif et > tref then ts = ts * math.pow(2, -(et - tref) / ${H}) + w; tref = et
+          else ts = ts + w * math.pow(2, -(tref - et) / ${H}) end
+          tchanged = true
+        end`,
+        write: `if tchanged then
+      redis.call('HSET', tkey, 's', fmt(ts), 'r', fmt(tref))
+      redis.call('PEXPIRE', tkey, trendTtl)
+    end`,
+        score: `local score = (tref ~= nil and ts > 0) and (tref / ${H} + math.log(ts) / math.log(2)) or nil
+  ${inline ? "if score then redis.call('ZADD', KEYS[1], 'GT', fmt(score), entity); ranked = true end" : ""}`,
+      }
+    : { read: "", fold: "", write: "", score: "local score = nil" };
   return `${PRELUDE}
-local state = KEYS[1]
-local S = ${stride}
-local nev = (#ARGV - 2) / S
-local fields = {'closed', ${fields.map((f) => `'${f}'`).join(", ")}}
-local nfixed = #fields
-local o, v
-for i = 0, nev - 1 do
-  o = 3 + i * S
-  fields[#fields + 1] = 'e:' .. ARGV[o]
-  ${distinctMarkers.join("\n  ")}
-end
-local cur = redis.call('HMGET', state, unpack(fields))
-${trendRead}
-if cur[1] then
-  -- Closed: its final row is (being) published; nothing may change it any more.
-  ${trending ? "local score = ''\n  if tref ~= nil and ts > 0 then score = fmt(tref / " + trending.halfLifeMs + " + math.log(ts) / math.log(2)) end" : "local score = ''"}
-  local r = {'closed', '0', '0'}
-  for k = 2, nfixed do r[#r + 1] = cur[k] or '' end
-  r[#r + 1] = score
-  return r
-end
-local present = {}
-for k = nfixed + 1, #fields do
-  if cur[k] then present[fields[k]] = true end
-end
-local n = tonumber(cur[2]) or 0
-local t = tonumber(cur[3]) or 0
-local rev = tonumber(cur[4]) or 0
-${aggVars.join("\n")}
-local applied, dups = 0, 0
-local out = {}
-for i = 0, nev - 1 do
-  o = 3 + i * S
-  local mk = 'e:' .. ARGV[o]
-  if present[mk] then
-    dups = dups + 1
-  else
-    present[mk] = true
-    out[#out + 1] = mk
-    out[#out + 1] = '1'
-    applied = applied + 1
-    n = n + 1
-    local et = tonumber(ARGV[o + 1])
-    if et > t then t = et end
-    ${fold.join("\n    ")}
-    ${trendFold}
+local openTtl, trendTtl, featureTtl, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local groups = cjson.decode(ARGV[6])
+local results = {}
+local ki = ${inline ? 2 : 1}
+local ranked = false
+local v
+for g = 1, #groups do
+  local ws, entity, evs = groups[g][1], groups[g][2], groups[g][3]
+  local state, pub = KEYS[ki], KEYS[ki + 1]
+  ki = ki + 2
+  ${trend.read}
+  local fields = {'closed', ${fields.map((f) => `'${f}'`).join(", ")}}
+  local nfixed = #fields
+  for j = 1, #evs do
+    fields[#fields + 1] = 'e:' .. evs[j][1]
+    ${distinctMarkers.join("\n    ")}
   end
+  local cur = redis.call('HMGET', state, unpack(fields))
+  local r
+  if cur[1] then
+    -- Closed: its final row is (being) published; nothing may change it any more.
+    r = {'closed', '0', '0'}
+    for k = 2, nfixed do r[#r + 1] = cur[k] or '' end
+  else
+    local present = {}
+    for k = nfixed + 1, #fields do
+      if cur[k] then present[fields[k]] = true end
+    end
+    local n = tonumber(cur[2]) or 0
+    local t = tonumber(cur[3]) or 0
+    local rev = tonumber(cur[4]) or 0
+    ${aggVars.join("\n    ")}
+    local applied, dups = 0, 0
+    local out = {}
+    for j = 1, #evs do
+      local ev = evs[j]
+      local mk = 'e:' .. ev[1]
+      if present[mk] then
+        dups = dups + 1
+      else
+        present[mk] = true
+        out[#out + 1] = mk
+        out[#out + 1] = '1'
+        applied = applied + 1
+        n = n + 1
+        local et = ev[2]
+        if et > t then t = et end
+        ${fold.join("\n        ")}
+        ${trend.fold}
+      end
+    end
+    if applied > 0 then
+      rev = rev + 1
+      out[#out + 1] = 'n'; out[#out + 1] = fmt(n)
+      out[#out + 1] = 't'; out[#out + 1] = fmt(t)
+      out[#out + 1] = 'rev'; out[#out + 1] = fmt(rev)
+      ${aggNames.map((f) => `if ${f} ~= nil then out[#out + 1] = '${f}'; out[#out + 1] = fmt(${f}) end`).join("\n      ")}
+      redis.call('HSET', state, unpack(out))
+      -- An open window's hash lives until it is closed; the TTL only reclaims it if the stream stops for good.
+      if not cur[2] then redis.call('PEXPIRE', state, openTtl) end
+      -- The public hash shows the entity's newest window: an older one still open (events out
+      -- of order within the watermark) updates its state but leaves the hash alone.
+      local cws = tonumber(redis.call('HGET', pub, 'window_start'))
+      if cws == nil or ws >= cws then
+        local f = {}
+        ${features.join("\n        ")}
+        redis.call('HSET', pub, ${names.map((nm) => `'${nm}', nice(f['${nm}'])`).join(", ")},
+          'window_start', nice(ws), 'window_end', nice(ws + ${view.windowMs}), 'event_count', nice(n),
+          'feature_time', nice(t), 'updated_at', now)
+        redis.call('PEXPIRE', pub, featureTtl)
+      end
+    end
+    ${trend.write}
+    r = {'open', tostring(applied), tostring(dups), fmt(n), fmt(t), fmt(rev), ${aggNames.map((f) => `fmt(${f})`).join(", ")}}
+  end
+  ${trend.score}
+  r[#r + 1] = fmt(score)
+  results[g] = r
 end
-if applied > 0 then
-  rev = rev + 1
-  out[#out + 1] = 'n'; out[#out + 1] = fmt(n)
-  out[#out + 1] = 't'; out[#out + 1] = fmt(t)
-  out[#out + 1] = 'rev'; out[#out + 1] = fmt(rev)
-  ${aggNames.map((f) => `if ${f} ~= nil then out[#out + 1] = '${f}'; out[#out + 1] = fmt(${f}) end`).join("\n  ")}
-  redis.call('HSET', state, unpack(out))
-  -- A window's hash lives until it is closed; the TTL only guards against a stream that stops for good.
-  if not cur[2] then redis.call('PEXPIRE', state, ARGV[1]) end
-end
-${trendWrite}
-return {'open', tostring(applied), tostring(dups), fmt(n), fmt(t), fmt(rev), ${aggNames.map((f) => `fmt(${f})`).join(", ")}, score}
+${inline ? "-- Keep the top items: the lowest scores are those whose activity decayed most.\nif ranked then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[5]) + 1)) end" : ""}
+return cjson.encode(results)
 `;
 }
 
 /**
- * The close script of a view: marks a window closed, keeps only its aggregates, and returns them.
- * KEYS: window hash. ARGV: TTL ms of the closed window.
- * Returns false when no state exists, else {published ("1" | "0"), ...state fields}.
+ * The close script of a view: marks windows closed, keeps only their aggregates, returns them.
+ * KEYS: window hashes. ARGV: TTL ms of a closed window.
+ * Returns a JSON array with per window false (no state) or [published "1" | "0", ...state fields].
  */
 export function closeScript(view: FeatureView): string {
   const fields = stateFields(view);
   return `
-local cur = redis.call('HMGET', KEYS[1], 'closed', 'published', ${fields.map((f) => `'${f}'`).join(", ")})
-if not cur[3] then return false end
 local names = {${fields.map((f) => `'${f}'`).join(", ")}}
-if not cur[1] then
-  -- Drop the per-event markers: a closed window refuses every event, so they are dead weight.
-  redis.call('DEL', KEYS[1])
-  local out = {'closed', '1'}
-  for k = 1, #names do
-    if cur[k + 2] then out[#out + 1] = names[k]; out[#out + 1] = cur[k + 2] end
+local results = {}
+for w = 1, #KEYS do
+  local cur = redis.call('HMGET', KEYS[w], 'closed', 'published', unpack(names))
+  if not cur[3] then
+    results[w] = false
+  else
+    if not cur[1] then
+      -- Drop the per-event markers: a closed window refuses every event, so they are dead weight.
+      redis.call('DEL', KEYS[w])
+      local out = {'closed', '1'}
+      for k = 1, #names do
+        if cur[k + 2] then out[#out + 1] = names[k]; out[#out + 1] = cur[k + 2] end
+      end
+      redis.call('HSET', KEYS[w], unpack(out))
+      redis.call('PEXPIRE', KEYS[w], ARGV[1])
+    end
+    local r = {cur[2] and '1' or '0'}
+    for k = 1, #names do r[#r + 1] = cur[k + 2] or '' end
+    results[w] = r
   end
-  redis.call('HSET', KEYS[1], unpack(out))
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
-local r = {cur[2] and '1' or '0'}
-for k = 1, #names do r[#r + 1] = cur[k + 2] or '' end
-return r
+return cjson.encode(results)
 `;
 }
 
-/** Records that a closed window's row reached the LOGS stream. KEYS: window hash. */
+/** Records that closed windows' rows reached the LOGS stream. KEYS: window hashes. */
 export const MARK_PUBLISHED_SCRIPT = `
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'published', '1') end
-return 1
-`;
-
-/**
- * Writes an entity's public feature hash unless it already shows a newer window or a later
- * revision of the same one, so concurrent workers and replays can only move it forward.
- * KEYS: public hash. ARGV: window start, revision, TTL ms, then field/value pairs.
- * Returns 1 when written, 0 when skipped.
- */
-export const PUBLISH_FEATURES_SCRIPT = `
-local cur = redis.call('HMGET', KEYS[1], 'window_start', 'window_rev')
-local ws, rev = tonumber(ARGV[1]), tonumber(ARGV[2])
-local cws, crev = tonumber(cur[1]), tonumber(cur[2])
-if cws ~= nil and crev ~= nil and (ws < cws or (ws == cws and rev <= crev)) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+for w = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[w]) == 1 then redis.call('HSET', KEYS[w], 'published', '1') end
+end
+return #KEYS
 `;
 
 /**

@@ -1,6 +1,7 @@
 // The window store: event-time window state, the online feature hashes and the trending set, all
-// in Redis. Every call is one pipelined round trip for a whole batch, never one per event. See
-// redis-scripts.ts for why replays and concurrent workers cannot count an event twice.
+// in Redis. A batch costs a few pipelined script calls, each carrying many entity windows, never
+// a call per event or per entity. See redis-scripts.ts for why replays and concurrent workers
+// cannot count an event twice.
 import { createHash } from "node:crypto";
 import type { Redis } from "../lib/redis.js";
 import type { Names } from "../lib/config.js";
@@ -9,9 +10,8 @@ import { contributions, featuresOf, stateFields, windowEnd, type WindowState } f
 import {
   ADVANCE_EVENT_TIME_SCRIPT,
   MARK_PUBLISHED_SCRIPT,
-  PUBLISH_FEATURES_SCRIPT,
   closeScript,
-  eventStride,
+  keySlot,
   stateKeys,
   updateScript,
   type StateKeys,
@@ -30,15 +30,26 @@ export interface WindowStoreOptions {
   closedWindowTtlMs?: number;
   /** TTL of an item's decayed activity; after ten half-lives it weighs 1/1024. @default 10 half-lives */
   trendTtlMs?: number;
-  /** Most events per script call; a bigger group is split (Lua's unpack has limits). @default 1000 */
+  /**
+   * Most events per script call. Bounds how long one call holds Redis (other clients wait
+   * meanwhile) and the size of Lua's unpack. @default 1000
+   */
   maxEventsPerCall?: number;
+  /** Most entity windows per script call, for the same reason. @default 250 */
+  maxGroupsPerCall?: number;
+  /**
+   * Whether one script call may carry keys of different hash slots: fine on a single Redis, not
+   * on a cluster. Unset: decided by `INFO cluster` when the scripts are loaded.
+   */
+  crossSlotCalls?: boolean;
 }
 
-export const DEFAULT_WINDOW_STORE_OPTIONS: Readonly<Required<Omit<WindowStoreOptions, "trendTtlMs">>> = Object.freeze({
+export const DEFAULT_WINDOW_STORE_OPTIONS: Readonly<Required<Omit<WindowStoreOptions, "trendTtlMs" | "crossSlotCalls">>> = Object.freeze({
   featureTtlMs: 3_600_000,
   openWindowTtlMs: 7 * 24 * 3_600_000,
   closedWindowTtlMs: 3_600_000,
   maxEventsPerCall: 1000,
+  maxGroupsPerCall: 250,
 });
 
 /** The events of one entity in one window of one view, as one worker batch saw them. */
@@ -59,7 +70,7 @@ export interface GroupResult {
   duplicates: number;
   /** The window's state after the call, applied or not. */
   state: WindowState;
-  /** The item's trending score after the call (item view only). */
+  /** The item's trending score after the call (trending view only). */
   trendScore?: number;
 }
 
@@ -71,22 +82,13 @@ export interface ClosedWindow {
   windowEnd: number;
   features: Record<string, number>;
   eventCount: number;
-  /** The row already reached the LOGS stream (a previous close crashed before unindexing it). */
+  /** The row already reached the LOGS stream (a previous close stopped before unindexing it). */
   published: boolean;
 }
 
 export interface WindowRef {
   entityId: string;
   windowStart: number;
-}
-
-interface ViewScripts {
-  view: FeatureView;
-  trending: TrendingSpec | null;
-  update: Script;
-  close: Script;
-  fields: string[];
-  publicKey: (id: string) => string;
 }
 
 interface Script {
@@ -96,19 +98,38 @@ interface Script {
 
 const script = (source: string): Script => ({ source, sha: createHash("sha1").update(source).digest("hex") });
 
-const PUBLISH = script(PUBLISH_FEATURES_SCRIPT);
 const ADVANCE = script(ADVANCE_EVENT_TIME_SCRIPT);
 const MARK_PUBLISHED = script(MARK_PUBLISHED_SCRIPT);
 
+interface ViewScripts {
+  view: FeatureView;
+  trending: TrendingSpec | null;
+  /** Built by loadScripts, once it knows whether the trending set may be written inline. */
+  update?: Script;
+  close: Script;
+  fields: string[];
+  publicKey: (id: string) => string;
+}
+
+/** One group's share of a script call (a group with very many events is split in several). */
+interface Entry<T> {
+  /** The key whose slot decides which calls may carry it. */
+  key: string;
+  keys: string[];
+  payload: T;
+  events: number;
+  index: number;
+}
+
 export class WindowStore {
   readonly keys: StateKeys;
-  private readonly opts: Required<WindowStoreOptions>;
+  private readonly opts: Required<Omit<WindowStoreOptions, "crossSlotCalls">>;
+  private crossSlot: boolean | undefined;
   private readonly views = new Map<FeatureView, ViewScripts>();
-  private readonly scripts: Script[];
 
   /**
    * @param views the feature views kept
-   * @param trending the trending set, kept from the events of `trendingView` (null: none)
+   * @param trending the trending set, scored from the events of `trending.view` (null: none)
    */
   constructor(
     private readonly redis: Redis,
@@ -117,110 +138,120 @@ export class WindowStore {
     private readonly trending: { view: FeatureView; spec: TrendingSpec } | null,
     options: WindowStoreOptions = {},
   ) {
-    const merged = { ...DEFAULT_WINDOW_STORE_OPTIONS, ...options };
-    this.opts = { ...merged, trendTtlMs: options.trendTtlMs ?? 10 * (trending?.spec.halfLifeMs ?? 0) };
+    const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as WindowStoreOptions;
+    const merged = { ...DEFAULT_WINDOW_STORE_OPTIONS, ...defined };
+    this.opts = { ...merged, trendTtlMs: defined.trendTtlMs ?? 10 * (trending?.spec.halfLifeMs ?? 0) };
+    this.crossSlot = defined.crossSlotCalls;
     this.keys = stateKeys(names.redisPrefix);
     for (const view of views) {
-      const t = trending?.view === view ? trending.spec : null;
       this.views.set(view, {
         view,
-        trending: t,
-        update: script(updateScript(view, t)),
+        trending: trending?.view === view ? trending.spec : null,
         close: script(closeScript(view)),
         fields: stateFields(view),
         publicKey: view.entity === "user" ? names.userFeaturesKey : names.itemFeaturesKey,
       });
     }
-    this.scripts = [PUBLISH, ADVANCE, MARK_PUBLISHED, ...[...this.views.values()].flatMap((v) => [v.update, v.close])];
   }
 
-  /** Loads the scripts (again after a Redis restart flushed them). */
+  /** Loads the scripts (again after a Redis restart flushed them), learning first whether Redis is a cluster. */
   async loadScripts(): Promise<void> {
+    if (this.crossSlot === undefined) {
+      const info = await this.redis.info("cluster");
+      this.crossSlot = !/cluster_enabled:1/.test(info);
+    }
+    for (const vs of this.views.values()) vs.update ??= script(updateScript(vs.view, vs.trending, this.crossSlot ? "inline" : "returned"));
+    const scripts = [ADVANCE, MARK_PUBLISHED, ...[...this.views.values()].flatMap((v) => [v.update!, v.close])];
     const pipe = this.redis.pipeline();
-    for (const s of this.scripts) pipe.script("LOAD", s.source);
+    for (const s of scripts) pipe.script("LOAD", s.source);
     for (const [err] of (await pipe.exec()) ?? []) if (err) throw err;
   }
 
   /**
-   * Folds the groups into their windows and raises the shared newest event time to at least
+   * Folds the groups into their windows, which updates the online feature hashes and the trending
+   * set with them; indexes `newWindows` as open; raises the shared newest event time to at least
    * `newestEventTime`. Returns each group's result (in order) and the newest event time any
    * worker has seen. Safe to repeat: that is how a redelivered batch is handled.
    */
-  async apply(groups: readonly WindowGroup[], newestEventTime: number): Promise<{ results: GroupResult[]; eventTimeHigh: number }> {
+  async apply(
+    groups: readonly WindowGroup[],
+    newestEventTime: number,
+    newWindows: readonly WindowGroup[] = [],
+    now = Date.now(),
+  ): Promise<{ results: GroupResult[]; eventTimeHigh: number }> {
     return this.withScripts(async () => {
       const pipe = this.redis.pipeline();
-      const calls: { group: number }[] = [];
-      groups.forEach((g, gi) => {
-        const vs = this.viewScripts(g.view);
-        const publicKey = vs.publicKey(g.entityId);
-        const keys = vs.trending ? [this.keys.window(publicKey, g.windowStart), this.keys.trend(publicKey)] : [this.keys.window(publicKey, g.windowStart)];
-        for (let from = 0; from < g.events.length; from += this.opts.maxEventsPerCall) {
-          const args: string[] = [String(this.opts.openWindowTtlMs), String(this.opts.trendTtlMs)];
-          for (const e of g.events.slice(from, from + this.opts.maxEventsPerCall)) {
-            args.push(e.event_id, String(e.event_time), ...contributions(g.view, e));
-            if (vs.trending) {
-              const w = vs.trending.weights[e.event_type];
-              args.push(w ? String(w) : "");
-            }
+      const calls: { vs: ViewScripts; entries: Entry<unknown[]>[] }[] = [];
+      for (const vs of this.views.values()) {
+        const entries: Entry<unknown[]>[] = [];
+        groups.forEach((g, index) => {
+          if (g.view !== vs.view) return;
+          const publicKey = vs.publicKey(g.entityId);
+          const window = this.keys.window(publicKey, g.windowStart);
+          const keys = vs.trending ? [window, publicKey, this.keys.trend(publicKey)] : [window, publicKey];
+          for (let from = 0; from < g.events.length; from += this.opts.maxEventsPerCall) {
+            const events = g.events.slice(from, from + this.opts.maxEventsPerCall).map((e) => {
+              const ev: unknown[] = [e.event_id, e.event_time, ...contributions(g.view, e)];
+              if (vs.trending) ev.push(vs.trending.weights[e.event_type] || false);
+              return ev;
+            });
+            entries.push({ key: window, keys, payload: [g.windowStart, g.entityId, events], events: events.length, index });
           }
-          pipe.evalsha(vs.update.sha, keys.length, ...keys, ...args);
-          calls.push({ group: gi });
+        });
+        const inline = vs.trending !== null && this.crossSlot === true;
+        for (const chunk of this.chunks(entries)) {
+          const keys = chunk.flatMap((e) => e.keys);
+          if (inline) keys.unshift(this.names.trendingKey);
+          pipe.evalsha(
+            vs.update!.sha,
+            keys.length,
+            ...keys,
+            String(this.opts.openWindowTtlMs),
+            String(this.opts.trendTtlMs),
+            String(this.opts.featureTtlMs),
+            String(now),
+            String(vs.trending?.maxItems ?? 0),
+            JSON.stringify(chunk.map((e) => e.payload)),
+          );
+          calls.push({ vs, entries: chunk });
         }
-      });
+      }
       pipe.evalsha(ADVANCE.sha, 1, this.keys.eventTimeHigh, Number.isFinite(newestEventTime) ? String(newestEventTime) : "");
+      // Indexed after the scripts, in the same round trip: a window is never in the index
+      // without state, and a crash before the ack re-indexes it on redelivery.
+      this.addOpenWindows(pipe, newWindows);
       const replies = await execAll(pipe);
       const results: GroupResult[] = groups.map(() => ({ status: "open", applied: 0, duplicates: 0, state: {} }));
-      calls.forEach(({ group }, i) => {
-        const r = parseUpdateReply(replies[i] as string[], this.viewScripts(groups[group]!.view).fields);
-        const acc = results[group]!;
-        // A group split over several calls: add the counts, keep the last call's state.
-        if (r.status === "closed") acc.status = "closed";
-        acc.applied += r.applied;
-        acc.duplicates += r.duplicates;
-        acc.state = r.state;
-        if (r.trendScore !== undefined) acc.trendScore = r.trendScore;
-      });
-      const high = replies[calls.length] as string;
-      return { results, eventTimeHigh: high === "" ? -Infinity : Number(high) };
-    });
-  }
-
-  /**
-   * Writes the public feature hashes and trending scores from the states `apply` returned.
-   * Conditional on each window's revision, so a slower worker cannot roll features back.
-   */
-  async publish(groups: readonly WindowGroup[], results: readonly GroupResult[], now = Date.now()): Promise<number> {
-    return this.withScripts(async () => {
-      const pipe = this.redis.pipeline();
-      let trendingWrites = 0;
-      groups.forEach((g, i) => {
-        const r = results[i]!;
-        const n = r.state.n ?? 0;
-        if (n === 0) return;
-        const vs = this.viewScripts(g.view);
-        const features = featuresOf(g.view, r.state);
-        const args: string[] = [String(g.windowStart), String(r.state.rev ?? 0), String(this.opts.featureTtlMs)];
-        for (const [name, value] of Object.entries(features)) args.push(name, String(value));
-        args.push(
-          "window_start", String(g.windowStart),
-          "window_end", String(windowEnd(g.windowStart, g.view.windowMs)),
-          "event_count", String(n),
-          "feature_time", String(r.state.t ?? 0),
-          "window_rev", String(r.state.rev ?? 0),
-          "updated_at", String(now),
-        );
-        pipe.evalsha(PUBLISH.sha, 1, vs.publicKey(g.entityId), ...args);
-        if (vs.trending && r.trendScore !== undefined) {
-          pipe.zadd(this.names.trendingKey, "GT", r.trendScore, g.entityId);
-          trendingWrites++;
+      const trendPairs: (string | number)[] = [];
+      calls.forEach(({ vs, entries }, i) => {
+        const perGroup = JSON.parse(replies[i] as string) as string[][];
+        entries.forEach((entry, j) => {
+          const r = perGroup[j]!;
+          const acc = results[entry.index]!;
+          // A group split over several entries: add the counts, keep the last entry's state.
+          if (r[0] === "closed") acc.status = "closed";
+          acc.applied += Number(r[1]);
+          acc.duplicates += Number(r[2]);
+          acc.state = stateOf(vs.fields, r, 3);
+          const score = r[3 + vs.fields.length];
+          if (score) acc.trendScore = Number(score);
+        });
+        if (vs.trending && !this.crossSlot) {
+          for (const e of entries) if (results[e.index]!.trendScore !== undefined) trendPairs.push(results[e.index]!.trendScore!, groups[e.index]!.entityId);
         }
       });
-      if (trendingWrites > 0 && this.trending) {
-        // Keep the top maxItems: the lowest scores are the items whose activity decayed most.
-        pipe.zremrangebyrank(this.names.trendingKey, 0, -(this.trending.spec.maxItems + 1));
+      if (trendPairs.length > 0 && this.trending) {
+        // On a cluster the trending set lives in its own slot: written here, from the scores the
+        // scripts returned. GT keeps it correct whatever order workers and replays write in.
+        await execAll(
+          this.redis
+            .pipeline()
+            .zadd(this.names.trendingKey, "GT", ...trendPairs)
+            .zremrangebyrank(this.names.trendingKey, 0, -(this.trending.spec.maxItems + 1)),
+        );
       }
-      const replies = await execAll(pipe);
-      return replies.filter((r) => r === 1).length;
+      const high = replies[calls.length] as string;
+      return { results, eventTimeHigh: high === "" ? -Infinity : Number(high) };
     });
   }
 
@@ -228,19 +259,23 @@ export class WindowStore {
   async indexOpenWindows(windows: readonly { view: FeatureView; entityId: string; windowStart: number }[]): Promise<void> {
     if (windows.length === 0) return;
     const pipe = this.redis.pipeline();
-    for (const w of windows) {
-      pipe.zadd(this.keys.openWindows(w.view.entity), windowEnd(w.windowStart, w.view.windowMs), encodeRef(w));
-    }
+    this.addOpenWindows(pipe, windows);
     await execAll(pipe);
+  }
+
+  private addOpenWindows(pipe: ReturnType<Redis["pipeline"]>, windows: readonly { view: FeatureView; entityId: string; windowStart: number }[]): void {
+    const byEntity = new Map<string, (string | number)[]>();
+    for (const w of windows) {
+      let pairs = byEntity.get(w.view.entity);
+      if (!pairs) byEntity.set(w.view.entity, (pairs = []));
+      pairs.push(windowEnd(w.windowStart, w.view.windowMs), encodeRef(w));
+    }
+    for (const [entity, pairs] of byEntity) pipe.zadd(this.keys.openWindows(entity), ...pairs);
   }
 
   /** The newest event time any worker has seen (−∞ before the first event). */
   async eventTimeHigh(): Promise<number> {
-    const v = (await this.redis.evalsha(ADVANCE.sha, 1, this.keys.eventTimeHigh, "").catch(async (err: Error) => {
-      if (!isNoScript(err)) throw err;
-      await this.loadScripts();
-      return this.redis.evalsha(ADVANCE.sha, 1, this.keys.eventTimeHigh, "");
-    })) as string;
+    const v = (await this.withScripts(() => this.redis.evalsha(ADVANCE.sha, 1, this.keys.eventTimeHigh, ""))) as string;
     return v === "" ? -Infinity : Number(v);
   }
 
@@ -259,23 +294,34 @@ export class WindowStore {
     if (windows.length === 0) return [];
     return this.withScripts(async () => {
       const vs = this.viewScripts(view);
-      const pipe = this.redis.pipeline();
-      for (const w of windows) pipe.evalsha(vs.close.sha, 1, this.keys.window(vs.publicKey(w.entityId), w.windowStart), String(this.opts.closedWindowTtlMs));
-      const replies = await execAll(pipe);
-      return windows.map((w, i) => {
-        const reply = replies[i] as string[] | null;
-        if (!reply) return undefined;
-        const state = stateOf(vs.fields, reply, 1);
-        return {
-          view,
-          entityId: w.entityId,
-          windowStart: w.windowStart,
-          windowEnd: windowEnd(w.windowStart, view.windowMs),
-          features: featuresOf(view, state),
-          eventCount: state.n ?? 0,
-          published: reply[0] === "1",
-        };
+      const entries = windows.map((w, index) => {
+        const key = this.keys.window(vs.publicKey(w.entityId), w.windowStart);
+        return { key, keys: [key], payload: null, events: 1, index };
       });
+      const chunks = this.chunks(entries);
+      const pipe = this.redis.pipeline();
+      for (const chunk of chunks) pipe.evalsha(vs.close.sha, chunk.length, ...chunk.map((e) => e.key), String(this.opts.closedWindowTtlMs));
+      const replies = await execAll(pipe);
+      const out: (ClosedWindow | undefined)[] = new Array(windows.length);
+      chunks.forEach((chunk, i) => {
+        const perWindow = JSON.parse(replies[i] as string) as (string[] | false)[];
+        chunk.forEach((entry, j) => {
+          const reply = perWindow[j];
+          const w = windows[entry.index]!;
+          if (!reply) return;
+          const state = stateOf(vs.fields, reply, 1);
+          out[entry.index] = {
+            view,
+            entityId: w.entityId,
+            windowStart: w.windowStart,
+            windowEnd: windowEnd(w.windowStart, view.windowMs),
+            features: featuresOf(view, state),
+            eventCount: state.n ?? 0,
+            published: reply[0] === "1",
+          };
+        });
+      });
+      return out;
     });
   }
 
@@ -284,8 +330,12 @@ export class WindowStore {
     if (windows.length === 0) return;
     await this.withScripts(async () => {
       const vs = this.viewScripts(view);
+      const entries = windows.map((w, index) => {
+        const key = this.keys.window(vs.publicKey(w.entityId), w.windowStart);
+        return { key, keys: [key], payload: null, events: 1, index };
+      });
       const pipe = this.redis.pipeline();
-      for (const w of windows) pipe.evalsha(MARK_PUBLISHED.sha, 1, this.keys.window(vs.publicKey(w.entityId), w.windowStart));
+      for (const chunk of this.chunks(entries)) pipe.evalsha(MARK_PUBLISHED.sha, chunk.length, ...chunk.map((e) => e.key));
       pipe.zrem(this.keys.openWindows(view.entity), ...windows.map(encodeRef));
       await execAll(pipe);
     });
@@ -298,13 +348,37 @@ export class WindowStore {
     return Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
   }
 
+  /**
+   * Splits entries into script calls: bounded in groups and events, and on a cluster never
+   * mixing hash slots.
+   */
+  private chunks<T extends { key: string; events: number }>(entries: readonly T[]): T[][] {
+    const lists = this.crossSlot === false ? [...groupBy(entries, (e) => keySlot(e.key)).values()] : [entries];
+    const out: T[][] = [];
+    for (const list of lists) {
+      let cur: T[] = [];
+      let events = 0;
+      for (const e of list) {
+        if (cur.length > 0 && (cur.length >= this.opts.maxGroupsPerCall || events + e.events > this.opts.maxEventsPerCall)) {
+          out.push(cur);
+          cur = [];
+          events = 0;
+        }
+        cur.push(e);
+        events += e.events;
+      }
+      if (cur.length) out.push(cur);
+    }
+    return out;
+  }
+
   private viewScripts(view: FeatureView): ViewScripts {
     const vs = this.views.get(view);
-    if (!vs) throw new Error(`feature view "${view.entity}" is not kept by this store`);
+    if (!vs) throw new WindowStoreError(`feature view "${view.entity}" is not kept by this store`);
     return vs;
   }
 
-  /** Runs a pipeline step, reloading the scripts once if Redis lost them (restart, SCRIPT FLUSH). */
+  /** Runs a step, reloading the scripts once if Redis lost them (restart, SCRIPT FLUSH). */
   private async withScripts<T>(step: () => Promise<T>): Promise<T> {
     try {
       return await step();
@@ -315,6 +389,21 @@ export class WindowStore {
       return step();
     }
   }
+}
+
+export class WindowStoreError extends Error {
+  override name = "WindowStoreError";
+}
+
+function groupBy<T, K>(items: readonly T[], keyOf: (t: T) => K): Map<K, T[]> {
+  const m = new Map<K, T[]>();
+  for (const t of items) {
+    const k = keyOf(t);
+    let list = m.get(k);
+    if (!list) m.set(k, (list = []));
+    list.push(t);
+  }
+  return m;
 }
 
 function encodeRef(w: WindowRef): string {
@@ -333,22 +422,6 @@ function stateOf(fields: readonly string[], reply: readonly string[], offset: nu
     state[f] = v === undefined || v === "" ? undefined : Number(v);
   });
   return state;
-}
-
-function parseUpdateReply(reply: readonly string[], fields: readonly string[]): GroupResult {
-  const score = reply[3 + fields.length];
-  const result: GroupResult = {
-    status: reply[0] === "closed" ? "closed" : "open",
-    applied: Number(reply[1]),
-    duplicates: Number(reply[2]),
-    state: stateOf(fields, reply, 3),
-  };
-  if (score !== undefined && score !== "") result.trendScore = Number(score);
-  return result;
-}
-
-export class WindowStoreError extends Error {
-  override name = "WindowStoreError";
 }
 
 async function execAll(pipe: ReturnType<Redis["pipeline"]>): Promise<unknown[]> {

@@ -9,7 +9,7 @@
 //   a<i> count / sum / max / min / distinct count of aggregation i
 //   a<i>s, a<i>n  sum and count of an average
 // This file says how each event contributes to that state (`contributions`) and how the state
-// becomes features (`featuresOf`), so the Redis script stays a dumb adder.
+// becomes features (`featuresOf`), so the Redis script stays a plain adder.
 import type { ActivityEvent, Aggregation, FeatureView } from "./definitions.js";
 
 export function windowStart(eventTimeMs: number, windowMs: number): number {
@@ -70,16 +70,18 @@ function matches(a: Aggregation, e: ActivityEvent): boolean {
 }
 
 /**
- * One event's contribution to each aggregation of the view, as the strings the script receives:
- * "" contributes nothing (the condition did not match), otherwise a number to add / average /
+ * One event's contribution to each aggregation of the view, as the script receives it: false
+ * contributes nothing (the condition did not match), otherwise a number to add / average /
  * compare, or for a distinct count the value itself.
  */
-export function contributions(view: FeatureView, e: ActivityEvent): string[] {
+export type Contribution = number | string | false;
+
+export function contributions(view: FeatureView, e: ActivityEvent): Contribution[] {
   return view.aggregations.map((a) => {
-    if (a.kind === "count_distinct") return String(e[a.field] ?? "");
-    if (!matches(a, e)) return "";
-    if (a.kind === "count") return "1";
-    return String(e[a.field]);
+    if (a.kind === "count_distinct") return e[a.field] ? String(e[a.field]) : false;
+    if (!matches(a, e)) return false;
+    if (a.kind === "count") return 1;
+    return e[a.field];
   });
 }
 

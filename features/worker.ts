@@ -2,10 +2,10 @@
 // window state, the online feature hashes and the trending set in Redis, dead-letters what it
 // cannot parse, and publishes each window to LOGS once the watermark has passed it.
 //
-// Flow of one batch (one Redis round trip to apply it, one to publish it, whatever its size):
+// Flow of one batch (one Redis round trip, whatever its size):
 //   parse → dead letters | events → group by (view, entity, window) → drop late →
-//   WindowStore.apply (scripts, exactly-once) → WindowStore.publish + open-window index + dead
-//   letters stored → ack every message of the batch.
+//   WindowStore.apply (scripts: window state, online hashes, trending; open-window index) and
+//   dead letters stored → ack every message of the batch.
 // Acks come last: a crash anywhere before them means redelivery, which the store turns into a
 // no-op for what was already applied. Several batches may be in flight at once (and several
 // workers may share the consumer); the store's scripts make their order irrelevant.
@@ -284,10 +284,12 @@ class Worker implements FeaturesWorker {
       // Dead letters are stored while Redis works; both finish before any ack.
       const deadLettered = this.deadLetter(dead);
       const { groups, late, newest } = this.group(events);
-      const { results, eventTimeHigh } = await this.store.apply(groups, newest);
+      // Windows this process has not indexed yet (after a restart: all of them, which re-indexes
+      // whatever a crashed worker wrote but never got to index).
+      const toIndex = groups.filter((g) => !this.indexed.has(indexKey(g)));
+      const { results, eventTimeHigh } = await this.store.apply(groups, newest, toIndex);
       if (eventTimeHigh > this.high) this.high = eventTimeHigh;
-      const toIndex = groups.filter((g, i) => results[i]!.status === "open" && !this.indexed.has(indexKey(g)));
-      await Promise.all([this.store.publish(groups, results), this.store.indexOpenWindows(toIndex), deadLettered]);
+      await deadLettered;
       for (const g of toIndex) this.indexed.set(indexKey(g), g.windowStart + g.view.windowMs);
       for (const m of msgs) m.ack();
 

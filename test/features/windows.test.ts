@@ -37,10 +37,10 @@ function event(over: Partial<ActivityEvent>): ActivityEvent {
 
 test("contributions follow each aggregation's condition", () => {
   // clicks_last_5min (count click), avg_session_duration, unique_pages_viewed, purchase_amount (sum amount of purchases)
-  assert.deepEqual(contributions(USER_FEATURES, event({ event_type: "click", page_id: "p9", session_duration: 12.5, amount: 3 })), ["1", "12.5", "p9", ""]);
-  assert.deepEqual(contributions(USER_FEATURES, event({ event_type: "purchase", amount: 19.99 })), ["", "10", "p", "19.99"]);
-  assert.deepEqual(contributions(ITEM_FEATURES, event({ event_type: "view" })), ["1", "", ""]);
-  assert.deepEqual(contributions(ITEM_FEATURES, event({ event_type: "share" })), ["", "", ""]);
+  assert.deepEqual(contributions(USER_FEATURES, event({ event_type: "click", page_id: "p9", session_duration: 12.5, amount: 3 })), [1, 12.5, "p9", false]);
+  assert.deepEqual(contributions(USER_FEATURES, event({ event_type: "purchase", amount: 19.99 })), [false, 10, "p", 19.99]);
+  assert.deepEqual(contributions(ITEM_FEATURES, event({ event_type: "view" })), [1, false, false]);
+  assert.deepEqual(contributions(ITEM_FEATURES, event({ event_type: "share" })), [false, false, false]);
 });
 
 test("state fields: averages keep a sum and a count", () => {
@@ -77,7 +77,7 @@ test("max and min aggregations read 0 when nothing matched", () => {
     ],
     derived: [],
   };
-  assert.deepEqual(contributions(view, event({ session_duration: 7 })), ["7", ""]);
+  assert.deepEqual(contributions(view, event({ session_duration: 7 })), [7, false]);
   assert.deepEqual(featuresOf(view, { n: 1, a0: 7 }), { longest: 7, smallest_purchase: 0 });
 });
 

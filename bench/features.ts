@@ -1,0 +1,333 @@
+// Features benchmark: events through one `streamserve features` worker (a child process, as
+// deployed) from JetStream into Redis, and freshness (publish → visible in Redis) at steady
+// rates, judged against floors measured in the same run on the same events: raw JetStream
+// publish and consume+ack, a raw Redis pipeline of the same online writes (HSET + PEXPIRE per
+// entity, ZINCRBY trending: the seed's foreachBatch, without window state or exactly-once), and
+// the window store alone (its Lua scripts, no NATS).
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
+import { AckPolicy, DeliverPolicy, type JetStreamClient } from "nats";
+import { createRuntime, type Runtime } from "../lib/runtime.js";
+import { deleteNamespace } from "../lib/nats.js";
+import { deleteKeysWithPrefix } from "../lib/redis.js";
+import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING, type ActivityEvent } from "../features/definitions.js";
+import { WindowStore, type WindowGroup } from "../features/window-store.js";
+import { featuresOf, windowStart } from "../features/windows.js";
+import { fmt, header, row } from "./measure.js";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const EVENTS = Number(process.env.BENCH_FEATURE_EVENTS ?? 200_000);
+const USERS = Number(process.env.BENCH_FEATURE_USERS ?? 20_000);
+const PAGES = Number(process.env.BENCH_FEATURE_PAGES ?? 2_000);
+const BATCH = 2000;
+const STEADY_RATES = [5_000, 20_000];
+const STEADY_SECONDS = Number(process.env.BENCH_FEATURE_STEADY_SECONDS ?? 4);
+
+export async function benchFeatures(): Promise<void> {
+  header("features: events → one features worker → Redis, vs raw JetStream and raw Redis floors");
+  const namespace = `bench_features_${process.pid}`;
+  const rt = createRuntime({ namespace, logLevel: "silent" });
+  const nc = await rt.nats();
+  const js = nc.jetstream();
+  const jsm = await nc.jetstreamManager();
+  let worker: ChildProcess | undefined;
+  try {
+    const events = makeEvents(EVENTS, Date.now() - 4 * 60_000, 4 * 60_000);
+    const payloads = events.map((e) => new TextEncoder().encode(JSON.stringify(e)));
+    console.log(`${EVENTS} events, ${USERS} users, ${PAGES} pages, event times within the last 4 minutes; worker batch ${BATCH}`);
+
+    // Floor 1: raw JetStream publish (acked), then a durable pull consumer acking each message.
+    let t = performance.now();
+    await publishAll(js, rt.names.eventsSubject, payloads);
+    const publishRate = EVENTS / ((performance.now() - t) / 1000);
+    const consumeRate = await rawConsume(rt, js, jsm);
+
+    // The worker: a separate process on the same stream, measured until its consumer is drained.
+    const w = await startWorker(namespace);
+    worker = w.child;
+    const cpu0 = cpuSeconds(w.child.pid!);
+    t = performance.now();
+    await waitDrained(jsm, rt, 600_000);
+    const drainSeconds = (performance.now() - t) / 1000;
+    const workerCpu = cpuSeconds(w.child.pid!) - cpu0;
+    const workerRate = EVENTS / drainSeconds;
+    await checkApplied(rt, events);
+
+    // Freshness under steady load, same worker.
+    const freshness = [];
+    for (const rate of STEADY_RATES) freshness.push({ rate, ...(await steadyLoad(rt, js, jsm, rate)) });
+    w.child.kill("SIGTERM");
+    await w.exited;
+    worker = undefined;
+
+    // Floors 2 and 3, alone on the machine now.
+    const rawRedisRate = await rawRedisPipeline(rt, events);
+    const storeRate = await storeOnly(rt, events);
+
+    const W = [44, 12, 30];
+    row(["", "events/s", "ratio"], W);
+    row(["raw JetStream publish (acked)", Math.round(publishRate), ""], W);
+    row(["raw JetStream consume + ack", Math.round(consumeRate), ""], W);
+    row(["raw Redis pipeline of the online writes", Math.round(rawRedisRate), ""], W);
+    row(["window store alone (Lua, exactly-once)", Math.round(storeRate), `${fmt(storeRate / rawRedisRate, 2)} of raw Redis`], W);
+    row(["features worker, JetStream → Redis", Math.round(workerRate), `${fmt(workerRate / consumeRate, 2)} of raw consume`], W);
+    console.log(
+      `worker process CPU: ${fmt(workerCpu, 2)} s for ${fmt(drainSeconds, 2)} s wall (${fmt(workerCpu / drainSeconds, 2)} cores), ` +
+        `${Math.round(EVENTS / workerCpu)} events per CPU-second; ${fmt(workerRate / rawRedisRate, 2)} of the raw Redis pipeline`,
+    );
+    for (const f of freshness) {
+      console.log(
+        `freshness at ${f.rate} events/s offered (${Math.round(f.achieved)} achieved): publish → visible in Redis p50 ${fmt(f.p50, 1)} ms, p99 ${fmt(f.p99, 1)} ms, max ${fmt(f.max, 1)} ms (${f.probes} probes)`,
+      );
+    }
+  } finally {
+    worker?.kill("SIGKILL");
+    await deleteNamespace(nc, rt.names).catch(() => undefined);
+    await deleteKeysWithPrefix(rt.redis(), rt.names.redisPrefix).catch(() => undefined);
+    await rt.close();
+  }
+}
+
+function makeEvents(n: number, startMs: number, spanMs: number): ActivityEvent[] {
+  let seed = 12345;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 4294967296);
+  return Array.from({ length: n }, (_, i) => {
+    const r = rnd();
+    const type = r < 0.6 ? "view" : r < 0.9 ? "click" : "purchase";
+    return {
+      event_id: `b${i}`,
+      user_id: `u${Math.floor(rnd() * USERS)}`,
+      event_type: type,
+      page_id: `p${Math.floor(rnd() * rnd() * PAGES)}`,
+      session_duration: Math.round(rnd() * 30000) / 100,
+      amount: type === "purchase" ? Math.round(rnd() * 10000) / 100 : 0,
+      event_time: Math.round(startMs + (i / n) * spanMs),
+    };
+  });
+}
+
+async function publishAll(js: JetStreamClient, subject: string, payloads: readonly Uint8Array[], window = 2000): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: window }, async () => {
+      while (next < payloads.length) await js.publish(subject, payloads[next++]!);
+    }),
+  );
+}
+
+async function rawConsume(rt: Runtime, js: JetStreamClient, jsm: Awaited<ReturnType<Awaited<ReturnType<Runtime["nats"]>>["jetstreamManager"]>>): Promise<number> {
+  const durable = "bench_raw";
+  await jsm.consumers.add(rt.names.eventsStream, {
+    durable_name: durable,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    filter_subject: rt.names.eventsSubject,
+    max_ack_pending: 20_000,
+  });
+  const consumer = await js.consumers.get(rt.names.eventsStream, durable);
+  const messages = await consumer.consume({ max_messages: 2 * BATCH });
+  const t = performance.now();
+  let n = 0;
+  for await (const m of messages) {
+    m.ack();
+    if (++n === EVENTS) break;
+  }
+  const seconds = (performance.now() - t) / 1000;
+  // Breaking out of the loop has stopped the iterator already (close() would wait forever).
+  await jsm.consumers.delete(rt.names.eventsStream, durable);
+  return EVENTS / seconds;
+}
+
+async function startWorker(namespace: string): Promise<{ child: ChildProcess; exited: Promise<unknown> }> {
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0", "--batch-size", String(BATCH), "--progress", "0", "--log-level", "info"],
+    { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
+  );
+  const exited = new Promise((r) => child.on("exit", r));
+  let log = "";
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.setEncoding("utf8").on("data", (s: string) => {
+      log += s;
+      if (log.includes("features worker consuming")) resolve();
+    });
+    child.on("exit", (code) => reject(new Error(`features worker exited with ${code}:\n${log.slice(-2000)}`)));
+  });
+  return { child, exited };
+}
+
+/** CPU seconds (user + system) a process has used, from /proc. */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+async function waitDrained(jsm: { consumers: { info(s: string, c: string): Promise<{ num_pending: number; num_ack_pending: number; delivered: { stream_seq: number } }> } }, rt: Runtime, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await jsm.consumers.info(rt.names.eventsStream, rt.names.consumer("features")).catch(() => undefined);
+    if (info && info.num_pending === 0 && info.num_ack_pending === 0 && info.delivered.stream_seq > 0) return;
+    if (Date.now() > deadline) throw new Error("the features worker did not drain the stream in time");
+    await sleep(10);
+  }
+}
+
+/** A sanity check that the run measured real work: a sample of users has the right event counts. */
+async function checkApplied(rt: Runtime, events: readonly ActivityEvent[]): Promise<void> {
+  const counts = new Map<string, Map<number, number>>();
+  for (const e of events) {
+    const ws = windowStart(e.event_time, 300_000);
+    const m = counts.get(e.user_id) ?? new Map<number, number>();
+    m.set(ws, (m.get(ws) ?? 0) + 1);
+    counts.set(e.user_id, m);
+  }
+  for (const user of [...counts.keys()].slice(0, 50)) {
+    const h = await rt.redis().hgetall(rt.names.userFeaturesKey(user));
+    const latest = Math.max(...counts.get(user)!.keys());
+    if (Number(h.window_start) !== latest || Number(h.event_count) !== counts.get(user)!.get(latest)) {
+      throw new Error(`benchmark sanity check failed for ${user}: ${JSON.stringify(h)}`);
+    }
+  }
+}
+
+/**
+ * Publishes at `rate` events/s for STEADY_SECONDS, with a probe event (a user of its own) every
+ * 10 ms whose online hash is polled for: publish → first seen in Redis.
+ */
+async function steadyLoad(rt: Runtime, js: JetStreamClient, jsm: Parameters<typeof waitDrained>[0], rate: number) {
+  const redis = rt.redis().duplicate();
+  const pending = new Map<string, number>();
+  const seen: number[] = [];
+  let done = false;
+  const poller = (async () => {
+    while (!done || pending.size > 0) {
+      const keys = [...pending.keys()];
+      if (keys.length === 0) {
+        await sleep(1);
+        continue;
+      }
+      const pipe = redis.pipeline();
+      for (const k of keys) pipe.exists(k);
+      const res = (await pipe.exec())!;
+      const now = performance.now();
+      keys.forEach((k, i) => {
+        if (res[i]![1] === 1) {
+          seen.push(now - pending.get(k)!);
+          pending.delete(k);
+        }
+      });
+    }
+  })();
+  const started = performance.now();
+  let sent = 0;
+  let probe = 0;
+  const tickMs = 10;
+  const perTick = Math.max(1, Math.round((rate * tickMs) / 1000));
+  const inflight = new Set<Promise<unknown>>();
+  for (let tick = 0; performance.now() - started < STEADY_SECONDS * 1000; tick++) {
+    const now = Date.now();
+    for (let i = 0; i < perTick; i++) {
+      const e: ActivityEvent = {
+        event_id: `s${rate}-${sent}`,
+        user_id: `u${sent % USERS}`,
+        event_type: i % 3 === 0 ? "click" : "view",
+        page_id: `p${sent % PAGES}`,
+        session_duration: 10,
+        amount: 0,
+        event_time: now,
+      };
+      const p = js.publish(rt.names.eventsSubject, JSON.stringify(e)).finally(() => inflight.delete(p));
+      inflight.add(p);
+      sent++;
+    }
+    const user = `probe-${rate}-${probe++}`;
+    const probeEvent = { event_id: `probe-${rate}-${probe}`, user_id: user, event_type: "view", page_id: "probe", session_duration: 1, amount: 0, event_time: now };
+    pending.set(rt.names.userFeaturesKey(user), performance.now());
+    const p = js.publish(rt.names.eventsSubject, JSON.stringify(probeEvent)).finally(() => inflight.delete(p));
+    inflight.add(p);
+    const next = started + (tick + 1) * tickMs;
+    const wait = next - performance.now();
+    if (wait > 0) await sleep(wait);
+  }
+  const achieved = sent / ((performance.now() - started) / 1000);
+  await Promise.all(inflight);
+  await waitDrained(jsm, rt, 120_000);
+  done = true;
+  await Promise.race([poller, sleep(5000)]);
+  redis.disconnect();
+  seen.sort((a, b) => a - b);
+  const pct = (p: number) => seen[Math.min(seen.length - 1, Math.floor((p / 100) * seen.length))] ?? NaN;
+  return { achieved, probes: seen.length, p50: pct(50), p99: pct(99), max: seen.at(-1) ?? NaN };
+}
+
+/** Groups events as the worker does: per view, entity and window, in batches of BATCH. */
+function batchesOf(events: readonly ActivityEvent[]): WindowGroup[][] {
+  const out: WindowGroup[][] = [];
+  for (let i = 0; i < events.length; i += BATCH) {
+    const groups = new Map<string, WindowGroup>();
+    for (const e of events.slice(i, i + BATCH)) {
+      for (const view of FEATURE_VIEWS) {
+        const ws = windowStart(e.event_time, view.windowMs);
+        const k = `${view.entity}|${e[view.key]}|${ws}`;
+        let g = groups.get(k);
+        if (!g) groups.set(k, (g = { view, entityId: e[view.key], windowStart: ws, events: [] }));
+        g.events.push(e);
+      }
+    }
+    out.push([...groups.values()]);
+  }
+  return out;
+}
+
+/** The seed's kind of sink: per batch, HSET each entity's features + PEXPIRE, ZINCRBY trending. */
+async function rawRedisPipeline(rt: Runtime, events: readonly ActivityEvent[]): Promise<number> {
+  const redis = rt.redis();
+  const batches = batchesOf(events);
+  const prefix = `${rt.names.redisPrefix}raw:`;
+  const t = performance.now();
+  for (const groups of batches) {
+    const pipe = redis.pipeline();
+    for (const g of groups) {
+      // Features computed in JS from the batch alone (what a stateless sink could do).
+      const key = `${prefix}${g.view.entity}_features:${g.entityId}`;
+      const fields: (string | number)[] = [];
+      for (const [k, v] of Object.entries(featuresOf(g.view, { n: g.events.length, a0: g.events.length, a1s: 1, a1n: 1, a2: 1, a3: 0 }))) fields.push(k, v);
+      fields.push("window_start", g.windowStart, "event_count", g.events.length, "feature_time", g.events.at(-1)!.event_time, "updated_at", Date.now());
+      pipe.hset(key, ...fields).pexpire(key, 3_600_000);
+      if (g.view === ITEM_FEATURES) pipe.zincrby(`${prefix}trending`, g.events.length, g.entityId);
+    }
+    await pipe.exec();
+  }
+  return events.length / ((performance.now() - t) / 1000);
+}
+
+/** The window store alone: one apply per batch, two in flight, as the worker does, without NATS. */
+async function storeOnly(rt: Runtime, events: readonly ActivityEvent[]): Promise<number> {
+  const ns = `${rt.config.namespace}_store`;
+  const storeRt = createRuntime({ namespace: ns, logLevel: "silent" });
+  const store = new WindowStore(storeRt.redis(), storeRt.names, FEATURE_VIEWS, { view: ITEM_FEATURES, spec: TRENDING });
+  await store.loadScripts();
+  const batches = batchesOf(events);
+  const t = performance.now();
+  let inflight: Promise<unknown>[] = [];
+  for (const [i, groups] of batches.entries()) {
+    // Two batches in flight, as the worker keeps.
+    inflight.push(
+      (async () => {
+        await store.apply(groups, events[Math.min(events.length - 1, (i + 1) * BATCH - 1)]!.event_time, groups);
+      })(),
+    );
+    if (inflight.length >= 2) {
+      await inflight.shift();
+    }
+  }
+  await Promise.all(inflight);
+  inflight = [];
+  const rate = events.length / ((performance.now() - t) / 1000);
+  await deleteKeysWithPrefix(storeRt.redis(), storeRt.names.redisPrefix);
+  await storeRt.close();
+  return rate;
+}
