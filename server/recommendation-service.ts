@@ -69,7 +69,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
         degraded.inc();
         if (Date.now() - lastRedisWarning > 10_000) {
           lastRedisWarning = Date.now();
-          log.warn({ requestId }, "Redis unavailable: serving with default features (logged as missing_features)");
+          log.warn({ requestId }, "Redis unavailable or slower than the feature budget: serving with default features (logged as missing_features)");
         }
       }
       if (ctx.signal.aborted) throw new Error("cancelled");

@@ -5,11 +5,12 @@ import { untilSignal } from "../command.js";
 import { durationFlag, type CommandArgs } from "../args.js";
 import type { Part, Runtime } from "../../lib/runtime.js";
 import { ensureLocalServices, MissingServiceError, type LocalService } from "../../lib/local-services.js";
-import { startServer } from "../../server/server.js";
-import { startFeaturesWorker } from "../../features/worker.js";
+import { startServer, type RunningServer } from "../../server/server.js";
+import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
 import { startSink } from "../../sink/sink.js";
-import { startTrainingSchedule } from "../../trainer/schedule.js";
-import { createMonitor } from "../../monitor/monitor.js";
+import { startTrainingSchedule, type ScheduleOptions, type TrainingSchedule } from "../../trainer/schedule.js";
+import { createMonitor, type Monitor } from "../../monitor/monitor.js";
+import type { MonitorOverrides } from "../../monitor/options.js";
 import { serverOptionsFromFlags, SERVE_FLAGS } from "./serve.js";
 
 export interface PlatformOptions {
@@ -17,12 +18,21 @@ export interface PlatformOptions {
   trainEveryMs?: number;
   /** Time between monitoring cycles. @default 1 h */
   monitorEveryMs?: number;
+  /** Further trainer settings (the demo's compressed schedule). */
+  trainer?: ScheduleOptions;
+  /** Further monitor settings. */
+  monitor?: MonitorOverrides;
+  /** Further features worker settings (the demo's compressed windows). */
+  features?: FeaturesWorkerOptions;
   /** Start private Redis/NATS when none answers. @default true */
   localServices?: boolean;
 }
 
 export interface Platform {
   parts: Part[];
+  server: RunningServer;
+  trainer: TrainingSchedule;
+  monitor: Monitor;
   grpcPort: number;
   httpPort: number;
   stop(): Promise<void>;
@@ -39,16 +49,20 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
     // Small batches: an embedded ClickHouse insert blocks the event loop (about 6 ms per 500
     // rows), and in this process the event loop also serves gRPC.
     parts.push(await startSink(runtime, { maxBatchMessages: 500 }));
-    parts.push(await startFeaturesWorker(runtime));
+    parts.push(await startFeaturesWorker(runtime, options.features));
     const server = await startServer(runtime, serverOptionsFromFlags(args));
     parts.push(server);
-    parts.push(startTrainingSchedule(runtime, { intervalMs: options.trainEveryMs }));
-    const monitor = createMonitor(runtime, { ...(options.monitorEveryMs && { intervalMs: options.monitorEveryMs }) });
+    const trainer = startTrainingSchedule(runtime, { ...options.trainer, intervalMs: options.trainEveryMs });
+    parts.push(trainer);
+    const monitor = createMonitor(runtime, { ...options.monitor, ...(options.monitorEveryMs && { intervalMs: options.monitorEveryMs }) });
     monitor.start();
     parts.push(monitor);
     const httpPort = await runtime.listenHttp();
     return {
       parts,
+      server,
+      trainer,
+      monitor,
       grpcPort: server.port,
       httpPort,
       async stop() {
