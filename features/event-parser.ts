@@ -54,8 +54,20 @@ export function isProtobufContentType(contentType: string | undefined): boolean 
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
+export type EventParser = (data: Uint8Array, contentType: string | undefined) => ParseResult;
+
+/** A parser with its options resolved once (the worker calls it for every message). */
+export function createEventParser(options: EventParserOptions = {}): EventParser {
+  const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+  const opts: Required<EventParserOptions> = { ...DEFAULT_EVENT_PARSER_OPTIONS, ...defined };
+  return (data, contentType) => parse(data, contentType, opts);
+}
+
 export function parseActivityEvent(data: Uint8Array, contentType: string | undefined, options: EventParserOptions = {}): ParseResult {
-  const opts = { ...DEFAULT_EVENT_PARSER_OPTIONS, ...options };
+  return createEventParser(options)(data, contentType);
+}
+
+function parse(data: Uint8Array, contentType: string | undefined, opts: Required<EventParserOptions>): ParseResult {
   if (isProtobufContentType(contentType)) return parseProtobuf(data, opts);
   let value: unknown;
   try {

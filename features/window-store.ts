@@ -31,11 +31,15 @@ export interface WindowStoreOptions {
   /** TTL of an item's decayed activity; after ten half-lives it weighs 1/1024. @default 10 half-lives */
   trendTtlMs?: number;
   /**
-   * Most events per script call. Bounds how long one call holds Redis (other clients wait
-   * meanwhile) and the size of Lua's unpack. @default 1000
+   * Most events per script call. Bounds how long one call holds Redis, during which every other
+   * client (the server reading features) waits, and the size of Lua's unpack. @default 500
    */
   maxEventsPerCall?: number;
-  /** Most entity windows per script call, for the same reason. @default 250 */
+  /**
+   * Most entity windows per script call, for the same reason: about 10–30 µs each, so the
+   * default holds Redis for 1–3 ms; the per-call overhead it saves stops mattering well before.
+   * @default 100
+   */
   maxGroupsPerCall?: number;
   /**
    * Whether one script call may carry keys of different hash slots: fine on a single Redis, not
@@ -48,8 +52,8 @@ export const DEFAULT_WINDOW_STORE_OPTIONS: Readonly<Required<Omit<WindowStoreOpt
   featureTtlMs: 3_600_000,
   openWindowTtlMs: 7 * 24 * 3_600_000,
   closedWindowTtlMs: 3_600_000,
-  maxEventsPerCall: 1000,
-  maxGroupsPerCall: 250,
+  maxEventsPerCall: 500,
+  maxGroupsPerCall: 100,
 });
 
 /** The events of one entity in one window of one view, as one worker batch saw them. */

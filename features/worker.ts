@@ -19,7 +19,7 @@ import { isNotFound } from "../lib/nats.js";
 import type { Logger } from "../lib/logger.js";
 import { FeatureWindowLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { FEATURE_VIEWS, TRENDING, type ActivityEvent, type FeatureView } from "./definitions.js";
-import { parseActivityEvent, type DeadLetterReason, type EventParserOptions } from "./event-parser.js";
+import { createEventParser, type DeadLetterReason, type EventParser, type EventParserOptions } from "./event-parser.js";
 import { windowStart, watermarkOf, isWindowClosed } from "./windows.js";
 import { WindowStore, type ClosedWindow, type WindowGroup, type WindowStoreOptions } from "./window-store.js";
 import type { TrendingSpec } from "./redis-scripts.js";
@@ -120,7 +120,7 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
   const durable = runtime.names.consumer(opts.consumerPart);
   await ensureConsumer(runtime, durable, opts);
   const consumer = await js.consumers.get(runtime.names.eventsStream, durable);
-  const worker = new Worker(runtime, js, store, opts, options.parser ?? {}, durable);
+  const worker = new Worker(runtime, js, store, opts, options.parser ?? {});
   await worker.init();
   worker.start(await consumer.consume({ max_messages: opts.pullAhead }), () => consumer.info(true));
   runtime.log.info({ consumer: durable, stream: runtime.names.eventsStream, maxBatch: opts.maxBatch }, "features worker consuming");
@@ -176,15 +176,16 @@ class Worker implements FeaturesWorker {
   /** Windows this process has put in the open index (a cache: the index itself is in Redis). */
   private readonly indexed = new Map<string, number>();
   private closing?: Promise<number>;
+  private readonly parse: EventParser;
 
   constructor(
     private readonly runtime: Runtime,
     private readonly js: JetStreamClient,
     readonly store: WindowStore,
     private readonly opts: Opts,
-    private readonly parserOptions: EventParserOptions,
-    private readonly durable: string,
+    parserOptions: EventParserOptions,
   ) {
+    this.parse = createEventParser(parserOptions);
     this.log = runtime.log.child({ part: "features" });
     this.metrics = createFeaturesMetrics(runtime.metrics);
   }
@@ -277,7 +278,7 @@ class Worker implements FeaturesWorker {
       const events: ActivityEvent[] = [];
       const dead: { m: JsMsg; reason: DeadLetterReason; detail: string }[] = [];
       for (const m of msgs) {
-        const r = parseActivityEvent(m.data, m.headers?.get("Content-Type") || undefined, this.parserOptions);
+        const r = this.parse(m.data, m.headers?.get("Content-Type") || undefined);
         if (r.ok) events.push(r.event);
         else dead.push({ m, reason: r.reason, detail: r.detail });
       }
