@@ -1,5 +1,6 @@
 // Evaluation of binary classifiers: exact AUC (ties get average ranks), log-loss, calibration by
 // decile, and the deterministic train/validation split every cycle uses.
+import { rankAuc } from "../lib/auc.js";
 
 /**
  * Area under the ROC curve, exactly: the Mann–Whitney statistic with average ranks for tied
@@ -9,26 +10,8 @@
 export function auc(labels: ArrayLike<number>, scores: ArrayLike<number>): number {
   const n = labels.length;
   if (scores.length !== n) throw new Error(`auc: ${scores.length} scores for ${n} labels`);
-  let pos = 0;
-  for (let i = 0; i < n; i++) {
-    if (Number.isNaN(scores[i])) return NaN;
-    pos += labels[i] === 1 ? 1 : 0;
-  }
-  const neg = n - pos;
-  if (pos === 0 || neg === 0) return NaN;
-  const order = new Uint32Array(n);
-  for (let i = 0; i < n; i++) order[i] = i;
-  // comparisons, not subtraction: scores may be ±Infinity
-  order.sort((a, b) => (scores[a] < scores[b] ? -1 : scores[a] > scores[b] ? 1 : 0));
-  let rankSumPos = 0;
-  for (let i = 0; i < n; ) {
-    let j = i + 1;
-    while (j < n && scores[order[j]] === scores[order[i]]) j++;
-    const avgRank = (i + 1 + j) / 2; // ranks i+1 … j
-    for (let k = i; k < j; k++) if (labels[order[k]] === 1) rankSumPos += avgRank;
-    i = j;
-  }
-  return (rankSumPos - (pos * (pos + 1)) / 2) / (pos * neg);
+  for (let i = 0; i < n; i++) if (Number.isNaN(scores[i])) return NaN;
+  return rankAuc(scores, (i) => labels[i] === 1);
 }
 
 /** Mean negative log-likelihood; probabilities are clipped to [eps, 1 - eps]. NaN if any is NaN. */

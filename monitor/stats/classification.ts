@@ -1,5 +1,6 @@
 // Quality of served scores against observed outcomes: exact AUC (ties count one half), accuracy at a
 // threshold, Brier score, and calibration (reliability bins and the expected calibration error).
+import { rankAuc } from "../../lib/auc.js";
 
 /**
  * Exact ROC AUC by the Mann–Whitney rank sum with mid-ranks for ties: the probability that a random
@@ -7,26 +8,14 @@
  * Pairs whose score is not finite are skipped.
  */
 export function auc(scores: ArrayLike<number>, labels: ArrayLike<number | boolean>): number {
-  const pairs: { s: number; y: boolean }[] = [];
-  for (let i = 0; i < scores.length; i++) if (Number.isFinite(scores[i]!)) pairs.push({ s: scores[i]!, y: Boolean(labels[i]) });
-  pairs.sort((a, b) => a.s - b.s);
-  let positives = 0;
-  let rankSum = 0;
-  for (let i = 0; i < pairs.length; ) {
-    let j = i;
-    while (j < pairs.length && pairs[j]!.s === pairs[i]!.s) j++;
-    const midRank = (i + 1 + j) / 2; // ranks i+1..j share their mean
-    for (let k = i; k < j; k++) {
-      if (pairs[k]!.y) {
-        positives++;
-        rankSum += midRank;
-      }
-    }
-    i = j;
+  const kept: number[] = [];
+  const positive: boolean[] = [];
+  for (let i = 0; i < scores.length; i++) {
+    if (!Number.isFinite(scores[i]!)) continue;
+    kept.push(scores[i]!);
+    positive.push(Boolean(labels[i]));
   }
-  const negatives = pairs.length - positives;
-  if (positives === 0 || negatives === 0) return NaN;
-  return (rankSum - (positives * (positives + 1)) / 2) / (positives * negatives);
+  return rankAuc(kept, (i) => positive[i]!);
 }
 
 /** Options of {@link classificationQuality}. */
