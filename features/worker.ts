@@ -13,7 +13,7 @@ import { performance } from "node:perf_hooks";
 import { setImmediate as nextMacrotask, setTimeout as sleep } from "node:timers/promises";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { AckPolicy, DeliverPolicy, headers as natsHeaders, nanos, type ConsumerMessages, type JetStreamClient, type JsMsg } from "nats";
+import { AckPolicy, ConsumerEvents, DeliverPolicy, headers as natsHeaders, nanos, type ConsumerMessages, type JetStreamClient, type JsMsg } from "nats";
 import type { Runtime, Part } from "../lib/runtime.js";
 import { isNotFound } from "../lib/nats.js";
 import type { Logger } from "../lib/logger.js";
@@ -118,13 +118,29 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
   const nc = await runtime.nats();
   const js = nc.jetstream();
   const durable = runtime.names.consumer(opts.consumerPart);
+  const stream = runtime.names.eventsStream;
   await ensureConsumer(runtime, durable, opts);
-  const consumer = await js.consumers.get(runtime.names.eventsStream, durable);
+  const source: MessageSource = {
+    async consume() {
+      await ensureConsumer(runtime, durable, opts);
+      const consumer = await js.consumers.get(stream, durable);
+      return consumer.consume({ max_messages: opts.pullAhead });
+    },
+    async info() {
+      return (await nc.jetstreamManager()).consumers.info(stream, durable);
+    },
+  };
   const worker = new Worker(runtime, js, store, opts, options.parser ?? {});
   await worker.init();
-  worker.start(await consumer.consume({ max_messages: opts.pullAhead }), () => consumer.info(true));
-  runtime.log.info({ consumer: durable, stream: runtime.names.eventsStream, maxBatch: opts.maxBatch }, "features worker consuming");
+  worker.start(source);
+  runtime.log.info({ consumer: durable, stream, maxBatch: opts.maxBatch }, "features worker consuming");
   return worker;
+}
+
+/** Where the worker's messages come from: the durable consumer, recreated if it disappears. */
+interface MessageSource {
+  consume(): Promise<ConsumerMessages>;
+  info(): Promise<{ num_pending: number; num_ack_pending: number }>;
 }
 
 async function ensureConsumer(runtime: Runtime, durable: string, opts: Opts): Promise<void> {
@@ -198,22 +214,21 @@ class Worker implements FeaturesWorker {
     return this.high;
   }
 
-  start(messages: ConsumerMessages, consumerInfo: () => Promise<{ num_pending: number; num_ack_pending: number }>): void {
-    this.messages = messages;
+  start(source: MessageSource): void {
     this.metrics.watermarkLag.collect((g) => {
       if (Number.isFinite(this.high)) g.set((Date.now() - this.high) / 1000);
     });
     this.loops.push(
-      this.readLoop(messages),
+      this.readLoop(source),
       this.processLoop(),
       this.every(this.opts.closeIntervalMs, () => this.closeDueWindows().then(() => undefined)),
       this.every(this.opts.lagIntervalMs, async () => {
-        const info = await consumerInfo();
+        const info = await source.info();
         this.metrics.pending.set(info.num_pending, { state: "undelivered" });
         this.metrics.pending.set(info.num_ack_pending, { state: "unacked" });
       }),
     );
-    if (this.opts.progressIntervalMs > 0) this.loops.push(this.progressLoop(consumerInfo));
+    if (this.opts.progressIntervalMs > 0) this.loops.push(this.progressLoop(() => source.info()));
   }
 
   stop(): Promise<void> {
@@ -229,21 +244,55 @@ class Worker implements FeaturesWorker {
     return this.stopped;
   }
 
-  /** Moves delivered messages into the buffer, holding back (and so pulling no more) while it is full. */
-  private async readLoop(messages: ConsumerMessages): Promise<void> {
+  /**
+   * Moves delivered messages into the buffer, holding back (and so pulling no more) while it is
+   * full. If the subscription ends or the consumer disappears (deleted by an operator, the stream
+   * recreated), the consumer is created again and consumption resumes: whatever is delivered
+   * twice that way is recognised by the store.
+   */
+  private async readLoop(source: MessageSource): Promise<void> {
     const highWater = this.opts.maxBatch * (this.opts.maxInFlightBatches + 1);
-    try {
-      for await (const m of messages) {
-        this.buffer.push(m);
-        this.wakeProcessor?.();
-        while (this.buffer.length >= highWater && !this.stopping) await new Promise<void>((r) => (this.wakeReader = r));
-        if (this.stopping) break;
+    while (!this.stopping) {
+      let messages: ConsumerMessages;
+      try {
+        messages = this.messages = await source.consume();
+      } catch (err) {
+        this.log.warn({ err }, "cannot consume EVENTS yet; retrying");
+        await sleep(1000, undefined, { signal: this.abort.signal }).catch(() => undefined);
+        continue;
       }
-    } catch (err) {
-      if (!this.stopping) this.log.error({ err }, "consumer stopped unexpectedly");
-    } finally {
-      this.readerDone = true;
-      this.wakeProcessor?.();
+      void this.watchConsumer(messages);
+      try {
+        for await (const m of messages) {
+          this.buffer.push(m);
+          this.wakeProcessor?.();
+          while (this.buffer.length >= highWater && !this.stopping) await new Promise<void>((r) => (this.wakeReader = r));
+          if (this.stopping) break;
+        }
+      } catch (err) {
+        if (!this.stopping) this.log.warn({ err }, "consumer subscription failed");
+      }
+      if (!this.stopping) {
+        this.log.warn("consumer subscription ended; consuming again");
+        await sleep(500, undefined, { signal: this.abort.signal }).catch(() => undefined);
+      }
+    }
+    this.readerDone = true;
+    this.wakeProcessor?.();
+  }
+
+  /** Ends a subscription whose consumer is gone, so the read loop creates it again. */
+  private async watchConsumer(messages: ConsumerMessages): Promise<void> {
+    try {
+      for await (const s of await messages.status()) {
+        if (s.type === ConsumerEvents.ConsumerDeleted || s.type === ConsumerEvents.ConsumerNotFound) {
+          this.log.warn({ status: s.type }, "features consumer is gone; recreating it");
+          messages.stop();
+          return;
+        }
+      }
+    } catch {
+      /* the subscription closed */
     }
   }
 

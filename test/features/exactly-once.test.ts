@@ -231,3 +231,31 @@ describe("a batch cut short between its Redis scripts and its acks", () => {
     assertClosedWindows(await readFeatureWindowLogs(env.nc, runtime.names), expectedWindows(events));
   });
 });
+
+describe("the consumer deleted under a running worker", () => {
+  let env: Awaited<ReturnType<typeof testRuntime>>;
+  let worker: FeaturesWorker | undefined;
+  const events = makeEvents({ count: 1000, users: 20, pages: 10, startMs: T0, spanMs: 4 * MIN, seed: 17 });
+
+  before(async () => {
+    env = await testRuntime(uniqueNamespace("feat_gone"));
+  });
+  after(async () => {
+    await worker?.stop();
+    await env?.cleanup();
+  });
+
+  test("is created again; the stream delivered anew counts once", async () => {
+    const { runtime, nc } = env;
+    const jsm = await nc.jetstreamManager();
+    worker = await startFeaturesWorker(runtime, { progressIntervalMs: 0 });
+    await publishEvents(env.js, runtime.names, events.slice(0, 500));
+    await waitConsumerDrained(nc, runtime.names);
+    await jsm.consumers.delete(runtime.names.eventsStream, runtime.names.consumer("features"));
+    await publishEvents(env.js, runtime.names, events.slice(500));
+    await waitConsumerDrained(nc, runtime.names);
+    assert.deepEqual(worker.stats.applied, { user: 1000, item: 1000 });
+    assert.deepEqual(worker.stats.duplicates, { user: 500, item: 500 }, "the recreated consumer started from the first event");
+    await assertOnlineStore(runtime, expectedWindows(events));
+  });
+});
