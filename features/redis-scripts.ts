@@ -87,10 +87,8 @@ export function keySlot(key: string): number {
   return crc % 16384;
 }
 
-// Lua shared by the scripts. State and results use %.17g, which reads back as the same double;
-// the public hashes get the shortest exact form (0.7, not 0.69999999999999996) for people reading
-// them with HGETALL. Results travel as strings inside one cjson-encoded reply because cjson
-// itself prints numbers with 14 digits only.
+// Lua shared by the scripts. Results travel inside one cjson-encoded reply; cjson prints numbers
+// with 14 digits only, so a fractional result (the trending score) goes as a %.17g string.
 const PRELUDE = `
 local function fmt(x)
   if x == nil then return '' end
@@ -118,8 +116,9 @@ export type TrendingMode = "inline" | "returned";
  * trending max items, then a JSON array with one entry per group: [window start, entity id,
  * events], each event [event_id, event_time, one contribution per aggregation (a number, a
  * string for a distinct count, or false for none; see windows.ts), trend weight or false].
- * Returns a JSON array with per group [status ("open" | "closed"), applied, duplicates, ...state
- * fields, trend score or ""], all strings.
+ * Returns a JSON array with per group [status ("open" | "closed"), applied, duplicates, trend
+ * score as a string or ""]. (Only what the caller needs: formatting numbers is most of a
+ * script's cost.)
  */
 export function updateScript(view: FeatureView, trending: TrendingSpec | null, mode: TrendingMode = "inline"): string {
   const fields = stateFields(view); // n, t, rev, aggregation fields
@@ -163,7 +162,10 @@ export function updateScript(view: FeatureView, trending: TrendingSpec | null, m
       return `f['${d.name}'] = ${formulaToLua(parseFormula(d.formula), "f")}`;
     }),
   ];
-  const names = featureNames(view);
+  // Counts are integers, which Redis prints plainly; what may be fractional gets its shortest
+  // exact form (0.7, not 0.69999999999999996) for people reading the hash.
+  const integral = new Set(view.aggregations.filter((a) => a.kind === "count" || a.kind === "count_distinct").map((a) => a.name));
+  const publicValues = featureNames(view).map((nm) => (integral.has(nm) ? `'${nm}', f['${nm}']` : `'${nm}', nice(f['${nm}'])`));
   const distinctMarkers = view.aggregations
     .map((a, i) => (stateOp(a) === "distinct" ? `if evs[j][${3 + i}] then fields[#fields + 1] = 'd${i}:' .. evs[j][${3 + i}] end` : ""))
     .filter(Boolean);
@@ -188,11 +190,11 @@ export function updateScript(view: FeatureView, trending: TrendingSpec | null, m
           tchanged = true
         end`,
         write: `if tchanged then
-      redis.call('HSET', tkey, 's', fmt(ts), 'r', fmt(tref))
+      redis.call('HSET', tkey, 's', ts, 'r', tref)
       redis.call('PEXPIRE', tkey, trendTtl)
     end`,
         score: `local score = (tref ~= nil and ts > 0) and (tref / ${H} + math.log(ts) / math.log(2)) or nil
-  ${inline ? "if score then redis.call('ZADD', KEYS[1], 'GT', fmt(score), entity); ranked = true end" : ""}`,
+  ${inline ? "if score then redis.call('ZADD', KEYS[1], 'GT', score, entity); ranked = true end" : ""}`,
       }
     : { read: "", fold: "", write: "", score: "local score = nil" };
   return `${PRELUDE}
@@ -217,8 +219,7 @@ for g = 1, #groups do
   local r
   if cur[1] then
     -- Closed: its final row is (being) published; nothing may change it any more.
-    r = {'closed', '0', '0'}
-    for k = 2, nfixed do r[#r + 1] = cur[k] or '' end
+    r = {'closed', 0, 0}
   else
     local present = {}
     for k = nfixed + 1, #fields do
@@ -249,10 +250,12 @@ for g = 1, #groups do
     end
     if applied > 0 then
       rev = rev + 1
-      out[#out + 1] = 'n'; out[#out + 1] = fmt(n)
-      out[#out + 1] = 't'; out[#out + 1] = fmt(t)
-      out[#out + 1] = 'rev'; out[#out + 1] = fmt(rev)
-      ${aggNames.map((f) => `if ${f} ~= nil then out[#out + 1] = '${f}'; out[#out + 1] = fmt(${f}) end`).join("\n      ")}
+      -- Numbers go to redis.call as numbers: Redis prints them exactly (%.17g) in C, far
+      -- cheaper than string.format in Lua.
+      out[#out + 1] = 'n'; out[#out + 1] = n
+      out[#out + 1] = 't'; out[#out + 1] = t
+      out[#out + 1] = 'rev'; out[#out + 1] = rev
+      ${aggNames.map((f) => `if ${f} ~= nil then out[#out + 1] = '${f}'; out[#out + 1] = ${f} end`).join("\n      ")}
       redis.call('HSET', state, unpack(out))
       -- An open window's hash lives until it is closed; the TTL only reclaims it if the stream stops for good.
       if not cur[2] then redis.call('PEXPIRE', state, openTtl) end
@@ -262,17 +265,16 @@ for g = 1, #groups do
       if cws == nil or ws >= cws then
         local f = {}
         ${features.join("\n        ")}
-        redis.call('HSET', pub, ${names.map((nm) => `'${nm}', nice(f['${nm}'])`).join(", ")},
-          'window_start', nice(ws), 'window_end', nice(ws + ${view.windowMs}), 'event_count', nice(n),
-          'feature_time', nice(t), 'updated_at', now)
+        redis.call('HSET', pub, ${publicValues.join(", ")},
+          'window_start', ws, 'window_end', ws + ${view.windowMs}, 'event_count', n, 'feature_time', t, 'updated_at', now)
         redis.call('PEXPIRE', pub, featureTtl)
       end
     end
     ${trend.write}
-    r = {'open', tostring(applied), tostring(dups), fmt(n), fmt(t), fmt(rev), ${aggNames.map((f) => `fmt(${f})`).join(", ")}}
+    r = {'open', applied, dups}
   end
   ${trend.score}
-  r[#r + 1] = fmt(score)
+  r[4] = fmt(score)
   results[g] = r
 end
 ${inline ? "-- Keep the top items: the lowest scores are those whose activity decayed most.\nif ranked then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[5]) + 1)) end" : ""}

@@ -72,8 +72,6 @@ export interface GroupResult {
   applied: number;
   /** Events the window had already applied (redeliveries, republished ids). */
   duplicates: number;
-  /** The window's state after the call, applied or not. */
-  state: WindowState;
   /** The item's trending score after the call (trending view only). */
   trendScore?: number;
 }
@@ -225,19 +223,17 @@ export class WindowStore {
       // without state, and a crash before the ack re-indexes it on redelivery.
       this.addOpenWindows(pipe, newWindows);
       const replies = await execAll(pipe);
-      const results: GroupResult[] = groups.map(() => ({ status: "open", applied: 0, duplicates: 0, state: {} }));
+      const results: GroupResult[] = groups.map(() => ({ status: "open", applied: 0, duplicates: 0 }));
       const trendPairs: (string | number)[] = [];
       calls.forEach(({ vs, entries }, i) => {
-        const perGroup = JSON.parse(replies[i] as string) as string[][];
+        const perGroup = JSON.parse(replies[i] as string) as [string, number, number, string][];
         entries.forEach((entry, j) => {
-          const r = perGroup[j]!;
+          const [status, applied, duplicates, score] = perGroup[j]!;
           const acc = results[entry.index]!;
-          // A group split over several entries: add the counts, keep the last entry's state.
-          if (r[0] === "closed") acc.status = "closed";
-          acc.applied += Number(r[1]);
-          acc.duplicates += Number(r[2]);
-          acc.state = stateOf(vs.fields, r, 3);
-          const score = r[3 + vs.fields.length];
+          // A group split over several entries: add the counts, keep the last score.
+          if (status === "closed") acc.status = "closed";
+          acc.applied += applied;
+          acc.duplicates += duplicates;
           if (score) acc.trendScore = Number(score);
         });
         if (vs.trending && !this.crossSlot) {
