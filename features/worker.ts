@@ -235,7 +235,9 @@ class Worker implements FeaturesWorker {
     this.stopped ??= (async () => {
       this.stopping = true;
       this.abort.abort();
-      await this.messages?.close().catch(() => undefined);
+      // stop(), not close(): close() resolves only once the read loop has drained the iterator,
+      // which it cannot while it waits for buffer space (a deadlock on a busy stop).
+      this.messages?.stop();
       this.wakeReader?.();
       this.wakeProcessor?.();
       await Promise.all(this.loops);
