@@ -24,7 +24,7 @@ const EVENTS = Number(process.env.BENCH_FEATURE_EVENTS ?? 200_000);
 const USERS = Number(process.env.BENCH_FEATURE_USERS ?? 20_000);
 const PAGES = Number(process.env.BENCH_FEATURE_PAGES ?? 2_000);
 const BATCH = 2000;
-const STEADY_RATES = [5_000, 20_000];
+const STEADY_RATES = [1_000, 5_000, 10_000];
 const STEADY_SECONDS = Number(process.env.BENCH_FEATURE_STEADY_SECONDS ?? 4);
 
 export async function benchFeatures(): Promise<void> {
