@@ -5,7 +5,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { headers, type KV, type NatsConnection, type ObjectStore, type JetStreamClient } from "nats";
+import { headers, type KV, type NatsConnection, type ObjectStore, type JetStreamClient, type QueuedIterator, type Status } from "nats";
 import { ModelEventLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import type { Names } from "./config.js";
 
@@ -113,6 +113,7 @@ const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
 export class Registry {
   private constructor(
+    private readonly nc: NatsConnection,
     private readonly js: JetStreamClient,
     private readonly kv: KV,
     private readonly objects: ObjectStore,
@@ -124,7 +125,7 @@ export class Registry {
     // History keeps alias moves for rollback and audit.
     const kv = await js.views.kv(names.registryBucket, { history: 64 });
     const objects = await js.views.os(names.artifactsBucket);
-    return new Registry(js, kv, objects, names);
+    return new Registry(nc, js, kv, objects, names);
   }
 
   // ---- versions ----
@@ -326,11 +327,20 @@ export class Registry {
     return out;
   }
 
-  /** Yields every change, starting with the current state of every key. */
+  /**
+   * Yields every change, starting with the current state of every key. Ends when the connection
+   * comes back after an outage: call it again to go on (the new watch replays the current state).
+   */
   async *watch(signal?: AbortSignal): AsyncGenerator<RegistryChange> {
     const iter = await this.kv.watch({ key: ">" });
     const stop = () => iter.stop();
     signal?.addEventListener("abort", stop, { once: true });
+    // A restarted server may have lost the watch's consumer, and nats.js notices only after two
+    // missed heartbeats (about 10 s): promotions made meanwhile would wait that long to be seen.
+    const statuses = this.nc.status() as QueuedIterator<Status>;
+    void (async () => {
+      for await (const s of statuses) if (s.type === "reconnect") return stop();
+    })().catch(() => undefined);
     try {
       for await (const e of iter) {
         const parts = e.key.split(".");
@@ -345,6 +355,7 @@ export class Registry {
       }
     } finally {
       signal?.removeEventListener("abort", stop);
+      statuses.stop();
     }
   }
 

@@ -9,7 +9,7 @@
 // message's natural id (request_id, outcome_id, ...), so a row written twice collapses under FINAL.
 // (Insert deduplication tokens would need non_replicated_deduplication_window on the tables, and
 // chDB keeps a SET setting for the rest of its session, so a token would leak into other inserts.)
-import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg, type NatsConnection } from "nats";
+import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg, type NatsConnection, type QueuedIterator, type Status } from "nats";
 import type { ClickHouseClient } from "@clickhouse/client";
 import type { LogKind, Names } from "../lib/config.js";
 import type { ClickHouse } from "../lib/clickhouse.js";
@@ -157,6 +157,28 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
   const fetches = new Set<ConsumerMessages>();
   let rejectedLogged = 0;
 
+  // While NATS is away the client queues what is published and sends it on reconnect. A pull
+  // request queued so reaches the server after its fetch has given up, and the server hands the
+  // messages it asked for to an inbox nobody reads, where they wait out the ack deadline (30 s by
+  // default) before anyone gets them. So no fetch starts while disconnected.
+  let connected = true;
+  const connectWaiters = new Set<() => void>();
+  const wakeConnectWaiters = () => {
+    for (const wake of connectWaiters) wake();
+    connectWaiters.clear();
+  };
+  const statuses = nc.status() as QueuedIterator<Status>;
+  void (async () => {
+    for await (const s of statuses) {
+      if (s.type === "disconnect") {
+        connected = false;
+      } else if (s.type === "reconnect") {
+        connected = true;
+        wakeConnectWaiters();
+      }
+    }
+  })().catch(() => undefined);
+
   const client = async (): Promise<ClickHouseClient> => {
     const ch = await ctx.clickhouse();
     return "client" in ch ? ch.client : ch;
@@ -294,6 +316,10 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
   async function run(kind: LogKind, consumer: Consumer): Promise<void> {
     let errorDelay = o.retryInitialMs;
     while (!stopping) {
+      if (!connected) {
+        await new Promise<void>((resolve) => connectWaiters.add(resolve));
+        continue;
+      }
       let batch: JsMsg[];
       try {
         batch = await fetchBatch(consumer);
@@ -340,7 +366,9 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
       stopDeadline = Date.now() + o.stopTimeoutMs;
       // End the pull requests now; what they already delivered is written and acked below.
       for (const f of fetches) f.stop();
+      wakeConnectWaiters();
       await done;
+      statuses.stop();
       clearInterval(lagTimer);
       // Acks are fire-and-forget: make sure they left before the caller closes the connection.
       await nc.flush().catch(() => undefined);
