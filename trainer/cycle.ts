@@ -192,6 +192,8 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
       windowMs: data.windowMs,
       endMs: data.endMs,
       labelDelayMs: data.labelDelayMs,
+      scoredSample: o.referenceSize,
+      seed: o.seed,
       signal: o.signal,
     });
     // Train on the features that were actually served in the window.
@@ -316,7 +318,9 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     }),
     params: report.params,
     data: { ...dataset.source, rows: dataset.counts.rows, positives: dataset.counts.positives, dropped: dataset.counts.dropped, notes: dataset.counts.notes },
-    reference: referenceSample(trainCols, specs, o.referenceSize, o.seed),
+    // The monitor compares this with every candidate the version scores, shown or not: from logs,
+    // the reference is drawn from that same population, not from the rows the last ranking showed.
+    reference: referenceSample(dataset.scored ? specs.map((s) => dataset.scored![dataset.featureNames.indexOf(s.name)]!) : trainCols, specs, o.referenceSize, o.seed),
     description: `trained on ${dataset.counts.rows} rows (${dataset.source.kind}); ${decision.reason}`,
     actor: o.actor,
   });

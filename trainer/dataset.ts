@@ -7,6 +7,7 @@
 
 import type { ClickHouseClient } from "@clickhouse/client";
 import type { FeatureSpec } from "../lib/registry.js";
+import { createRandom } from "./gbdt.js";
 
 export type LabelKind = "clicked" | "converted";
 
@@ -17,6 +18,12 @@ export interface Dataset {
   labels: Uint8Array;
   /** Split key per row: the request id (logs), so one request's candidates stay on one side. */
   groups: string[];
+  /**
+   * Logs only, when asked for (`scoredSample`): a uniform sample of every scored candidate of the
+   * window, shown or not, one column per feature name. That is the population a model is served
+   * (and the monitor reads), whereas the labelled rows are the ones the previous ranking chose to show.
+   */
+  scored?: Float64Array[];
   counts: DatasetCounts;
   /** Where the rows came from, as recorded in the model version. */
   source: Record<string, string | number>;
@@ -51,6 +58,10 @@ export interface LoggedDatasetOptions {
    * counting them as negatives would bias the labels. @default 5 min
    */
   labelDelayMs?: number;
+  /** Also keep a uniform sample of up to this many scored rows, labelled or not ({@link Dataset.scored}). @default 0 */
+  scoredSample?: number;
+  /** Seed of that sample. @default 42 */
+  seed?: number;
   signal?: AbortSignal;
 }
 
@@ -148,19 +159,24 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
   let rowsWithAbsent = 0;
   let distinctRows = 0;
   const x = new Float64Array(o.featureNames.length);
+  const sample = new RowReservoir(o.scoredSample ?? 0, o.seed ?? 42);
   for await (const batch of result.stream()) {
     for (const row of batch as { json<T>(): T }[]) {
       const [requestId, position, values, absent, hasOutcome, y] = row.json<[string, number, unknown[], number, number | boolean, number]>();
       distinctRows++;
+      const valid = values.length === o.featureNames.length;
+      if (valid) {
+        for (let f = 0; f < values.length; f++) x[f] = toNumber(values[f]);
+        sample.offer(x);
+      }
       if (!toNumber(hasOutcome) && Number(position) === 0) {
         dropped.not_shown = (dropped.not_shown ?? 0) + 1;
         continue;
       }
-      if (values.length !== o.featureNames.length) {
+      if (!valid) {
         dropped.bad_vector = (dropped.bad_vector ?? 0) + 1;
         continue;
       }
-      for (let f = 0; f < values.length; f++) x[f] = toNumber(values[f]);
       if (Number(absent) > 0) rowsWithAbsent++;
       const yy = toNumber(y) > 0 ? 1 : 0;
       positives += yy;
@@ -173,6 +189,7 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
     columns,
     labels,
     groups,
+    ...(o.scoredSample ? { scored: sample.columns(o.featureNames.length) } : {}),
     counts: {
       rows: labels.length,
       positives,
@@ -181,6 +198,28 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
     },
     source: { kind: "logs", model: o.modelName, label, window_start: new Date(startMs).toISOString(), window_end: new Date(endMs).toISOString() },
   };
+}
+
+/** A uniform sample of up to `size` rows from a stream of unknown length (Algorithm R), seeded. */
+class RowReservoir {
+  private rows: Float64Array[] = [];
+  private seen = 0;
+  private readonly rand: () => number;
+  constructor(private readonly size: number, seed: number) {
+    this.rand = createRandom(seed);
+  }
+  offer(row: Float64Array): void {
+    if (this.size <= 0) return;
+    const i = this.seen++;
+    if (i < this.size) this.rows.push(Float64Array.from(row));
+    else {
+      const j = Math.floor(this.rand() * (i + 1));
+      if (j < this.size) this.rows[j] = Float64Array.from(row);
+    }
+  }
+  columns(width: number): Float64Array[] {
+    return Array.from({ length: width }, (_, f) => Float64Array.from(this.rows, (r) => r[f]!));
+  }
 }
 
 /** Number of logged predictions of `modelName` newer than `sinceMs` (for "is there new data?"). */
