@@ -11,6 +11,7 @@ import { deleteNamespace } from "../../lib/nats.js";
 import { deleteKeysWithPrefix } from "../../lib/redis.js";
 import type { Names } from "../../lib/config.js";
 import { ActivityEventSchema } from "../../gen/streamserve/v1/events_pb.js";
+import type { ActivityEvent } from "../../features/definitions.js";
 import { FeatureWindowLogSchema } from "../../gen/streamserve/v1/logs_pb.js";
 
 export const WINDOW_MS = 5 * 60_000;
@@ -38,16 +39,8 @@ export async function testRuntime(namespace: string): Promise<{ runtime: Runtime
   };
 }
 
-/** An event as a client publishes it. */
-export interface TestEvent {
-  event_id: string;
-  user_id: string;
-  event_type: string;
-  page_id: string;
-  session_duration: number;
-  amount: number;
-  event_time: number;
-}
+/** An event as a client publishes it (event_time in epoch ms). */
+export type TestEvent = ActivityEvent;
 
 export interface EventSetOptions {
   count: number;
