@@ -5,10 +5,9 @@ import assert from "node:assert/strict";
 import { fromBinary } from "@bufbuild/protobuf";
 import { AckPolicy, DeliverPolicy } from "nats";
 import { testRuntime, waitFor, type TestRuntime } from "../helpers.js";
-import { startServer, type RunningServer } from "../../server/server.js";
-import { createServiceClient, type Client } from "../../lib/grpc.js";
+import type { RunningServer } from "../../server/server.js";
+import { startServing, type Serving } from "./harness.js";
 import { assignVariant } from "../../lib/experiments.js";
-import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 import { ExposureLogSchema } from "../../gen/streamserve/v1/logs_pb.js";
 import { logisticModel } from "../fixtures/onnx-models.js";
 import type { FeatureSpec } from "../../lib/registry.js";
@@ -16,17 +15,17 @@ import type { FeatureSpec } from "../../lib/registry.js";
 const FEATURES: FeatureSpec[] = [{ name: "clicks_last_5min", source: "user", type: "numeric", default: 0 }];
 
 let rt: TestRuntime;
+let serving: Serving;
 let server: RunningServer;
-let client: Client<typeof RecommendationService.method>;
+let client: Serving["client"];
 
 before(async () => {
   rt = testRuntime();
-  server = await startServer(rt);
-  client = createServiceClient(RecommendationService, `127.0.0.1:${server.port}`);
+  serving = await startServing(rt);
+  ({ server, client } = serving);
 });
 after(async () => {
-  client?.close();
-  await server?.stop();
+  await serving?.close();
   await rt?.cleanup();
 });
 

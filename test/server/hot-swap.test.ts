@@ -5,9 +5,9 @@
 import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
 import { testRuntime, waitFor, type TestRuntime } from "../helpers.js";
-import { startServer, type RunningServer } from "../../server/server.js";
-import { createServiceClient, type Client } from "../../lib/grpc.js";
-import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
+import type { RunningServer } from "../../server/server.js";
+import { startServing, type Serving } from "./harness.js";
+import { createServiceClient } from "../../lib/grpc.js";
 import { GRPCInferenceService } from "../../gen/inference/grpc_predict_v2_pb.js";
 import { garbageModel, logisticModel } from "../fixtures/onnx-models.js";
 import type { FeatureSpec } from "../../lib/registry.js";
@@ -18,18 +18,18 @@ const FEATURES: FeatureSpec[] = [
 ];
 
 let rt: TestRuntime;
+let serving: Serving;
 let server: RunningServer;
-let client: Client<typeof RecommendationService.method>;
+let client: Serving["client"];
 
 before(async () => {
   rt = testRuntime();
-  server = await startServer(rt);
-  client = createServiceClient(RecommendationService, `127.0.0.1:${server.port}`);
+  serving = await startServing(rt);
+  ({ server, client } = serving);
 });
 
 after(async () => {
-  client?.close();
-  await server?.stop();
+  await serving?.close();
   await rt?.cleanup();
 });
 

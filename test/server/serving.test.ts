@@ -6,7 +6,8 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { AckPolicy, DeliverPolicy } from "nats";
 import { testRuntime, waitFor, type TestRuntime } from "../helpers.js";
 import { startServer, type RunningServer } from "../../server/server.js";
-import { createServiceClient, Code, type Client } from "../../lib/grpc.js";
+import { startServing, type Serving } from "./harness.js";
+import { createServiceClient, Code } from "../../lib/grpc.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 import { PredictionLogSchema, OutcomeLogSchema } from "../../gen/streamserve/v1/logs_pb.js";
 import { logisticModel, sigmoid } from "../fixtures/onnx-models.js";
@@ -22,8 +23,9 @@ const BIAS = -1;
 
 describe("Recommend", () => {
   let rt: TestRuntime;
+  let serving: Serving;
   let server: RunningServer;
-  let client: Client<typeof RecommendationService.method>;
+  let client: Serving["client"];
 
   before(async () => {
     rt = testRuntime();
@@ -33,13 +35,12 @@ describe("Recommend", () => {
     await redis.hset(rt.names.userFeaturesKey("u1"), { clicks_last_5min: "4" });
     await redis.hset(rt.names.itemFeaturesKey("page_a"), { item_clicks_5min: "1" });
     await redis.hset(rt.names.itemFeaturesKey("page_b"), { item_clicks_5min: "8" });
-    server = await startServer(rt);
-    client = createServiceClient(RecommendationService, `127.0.0.1:${server.port}`);
+    serving = await startServing(rt);
+    ({ server, client } = serving);
   });
 
   after(async () => {
-    client?.close();
-    await server?.stop();
+    await serving?.close();
     await rt?.cleanup();
   });
 
