@@ -86,6 +86,7 @@ const state: {
   sim1StartMs?: number;
   sim2StartMs?: number;
   probe?: ProbeResult;
+  probeStopMs?: number;
   checkRequests: number;
   first?: TrainingReport;
   second?: TrainingReport;
@@ -247,7 +248,7 @@ describe("the whole loop on a compressed schedule", () => {
     running.add(probe);
     await new Promise((r) => setTimeout(r, 3 * SECOND));
 
-    state.first = await runTrainingCycle(rt, { data: { kind: "logs", endMs: trainEnd, windowMs: trainEnd - trainStart }, });
+    state.first = await runTrainingCycle(rt, { data: { kind: "logs", endMs: trainEnd, windowMs: trainEnd - trainStart } });
     const r = state.first;
     t.diagnostic(`cycle 1: ${r.data.rows} rows, ${r.data.positives} positives, AUC ${r.candidate?.auc.toFixed(3)}, ${r.decision.action}: ${r.decision.reason}`);
     assert.equal(r.decision.action, "promote", r.decision.reason);
@@ -265,13 +266,14 @@ describe("the whole loop on a compressed schedule", () => {
     const toScored = ksTwoSample(reference.item_views_5min!, await itemViews("1")).statistic;
     const toShown = ksTwoSample(reference.item_views_5min!, await itemViews("position > 0")).statistic;
     t.diagnostic(`reference item_views_5min: KS ${toScored.toFixed(3)} to all scored candidates, ${toShown.toFixed(3)} to the shown ones`);
-    assert.ok(toScored < 0.05 && toShown > 2 * toScored, `KS to scored ${toScored}, to shown ${toShown}`);
+    assert.ok(toScored < 0.08 && toShown > 3 * toScored, `KS to scored ${toScored}, to shown ${toShown}`);
 
     await waitFor(() => server.models.servedVersion(MODEL) === "1", 30_000, "the server to swap to version 1");
     await waitFor(() => probe.versions.includes("1"), 10_000, "a response from version 1");
     await new Promise((r) => setTimeout(r, 2 * SECOND));
     state.probe = await probe.stop();
     running.delete(probe);
+    state.probeStopMs = Date.now();
 
     const p = state.probe!;
     assert.deepEqual(p.errors, [], "no failed call during the swap");
@@ -324,7 +326,9 @@ describe("the whole loop on a compressed schedule", () => {
       assert.equal(res.variant, variant);
       assert.equal(res.modelVersion, variant === "control" ? "1" : "2");
     }
-    await new Promise((r) => setTimeout(r, 20 * SECOND));
+    // Long enough for a result, and for the monitor's window before the shift to hold site
+    // traffic only: the probe's calls (one user, over and over) would otherwise weigh in on drift.
+    await new Promise((r) => setTimeout(r, Math.max(20 * SECOND, state.probeStopMs! + DRIFT_WINDOW_MS + SECOND - Date.now())));
     state.sim2Counters = await sim2.stop();
     running.delete(sim2);
     await drain();
