@@ -64,8 +64,6 @@ export async function benchServing(): Promise<void> {
 
   // ---- floors ----
   const echo = await echoFloor();
-  const userFields = features.filter((f) => f.source === "user").map((f) => f.name);
-  const itemFields = features.filter((f) => f.source === "item").map((f) => f.name);
   const redisRead = () => {
     const p = redis.pipeline();
     p.hgetall(rt.names.userFeaturesKey("bench-user"));
@@ -86,8 +84,6 @@ export async function benchServing(): Promise<void> {
     ort64: await medianMs(ortRun(64), 2000),
   };
   console.log(`floors (median ms): grpc echo ${fmt(floors.echo)}, Redis pipeline of 21 hashes ${fmt(floors.redis)}, onnxruntime 20 rows ${fmt(floors.ort20)}, 1 row ${fmt(floors.ort1)}, 64 rows ${fmt(floors.ort64)}`);
-  void userFields;
-  void itemFields;
 
   row(["call @ concurrency", "p50 ms", "p99 ms", "calls/s", "errors", "vs echo calls/s"], [28, 9, 9, 9, 7, 14]);
   const echoLoads = new Map<number, LoadResult>();

@@ -14,7 +14,7 @@ import { invalidArgument, type CallContext, type UnaryHandlers } from "../lib/gr
 import { RecommendationService, type RecommendRequest, type RecordOutcomeRequest } from "../gen/streamserve/v1/recommendation_pb.js";
 import { ExposureLogSchema, OutcomeLogSchema, PredictionLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { defaultModelFeatures } from "../features/definitions.js";
-import { lookupFeatures } from "./feature-lookup.js";
+import { assemble, lookupFeatures } from "./feature-lookup.js";
 import type { ModelManager } from "./model-manager.js";
 import type { OnnxModel } from "./onnx-model.js";
 import type { TrendingCache } from "./trending.js";
@@ -60,10 +60,12 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
     try {
       const candidates = req.candidates.length ? req.candidates : deps.trending.top(Math.max(req.limit || limits.defaultTrendingLimit, 1) * 5);
       const specs: readonly FeatureSpec[] = model?.features ?? fallbackFeatures;
+      const context = { userId: req.userId, currentPage: req.currentPage, deviceType: req.deviceType };
       const features = await withTimeout(
-        lookupFeatures(deps.redis, names, specs, { userId: req.userId, currentPage: req.currentPage, deviceType: req.deviceType }, candidates),
+        lookupFeatures(deps.redis, names, specs, context, candidates),
         limits.featureTimeoutMs,
-        () => ({ matrix: defaultMatrix(specs, candidates.length), rows: candidates.length, missing: specs.filter((s) => s.source !== "request").map((s) => s.name), unavailable: true }),
+        // Too slow counts as unavailable: the same assembly as a failed read, defaults for stored features.
+        () => assemble(specs, context, candidates, [], [], true),
       );
       if (features.unavailable) {
         degraded.inc();
@@ -181,12 +183,6 @@ export function validateRecommend(req: RecommendRequest, limits: ServingLimits):
   if (req.requestId.length > limits.maxIdLength) throw invalidArgument("request_id", `is longer than ${limits.maxIdLength} characters`);
   if (req.currentPage.length > limits.maxIdLength) throw invalidArgument("current_page", `is longer than ${limits.maxIdLength} characters`);
   if (req.deviceType.length > 64) throw invalidArgument("device_type", "is longer than 64 characters");
-}
-
-function defaultMatrix(specs: readonly FeatureSpec[], rows: number): Float32Array {
-  const m = new Float32Array(rows * specs.length);
-  for (let r = 0; r < rows; r++) specs.forEach((s, j) => (m[r * specs.length + j] = s.default));
-  return m;
 }
 
 /** Resolves with the fallback when the work takes longer than `ms` (the work is left to finish). */
