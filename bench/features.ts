@@ -1,9 +1,10 @@
 // Features benchmark: events through one `streamserve features` worker (a child process, as
 // deployed) from JetStream into Redis, and freshness (publish → visible in Redis) at steady
 // rates, judged against floors measured in the same run on the same events: raw JetStream
-// publish and consume+ack, a raw Redis pipeline of the same online writes (HSET + PEXPIRE per
-// entity, ZINCRBY trending: the seed's foreachBatch, without window state or exactly-once), and
-// the window store alone (its Lua scripts, no NATS).
+// publish, raw consume+ack (with nats.js's consume() and with the pull consumer the worker uses),
+// a raw Redis pipeline of the same online writes (HSET + PEXPIRE per entity, ZINCRBY trending:
+// the seed's foreachBatch, without window state or exactly-once), and the window store alone
+// (its transactions, no NATS).
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
@@ -15,8 +16,10 @@ import { createRuntime, type Runtime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
 import { deleteKeysWithPrefix } from "../lib/redis.js";
 import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING, type ActivityEvent } from "../features/definitions.js";
-import { WindowStore, type WindowGroup } from "../features/window-store.js";
+import { WindowStore } from "../features/window-store.js";
 import { featuresOf, windowStart } from "../features/windows.js";
+import { PullConsumer } from "../lib/jetstream-pull.js";
+import { RespConnection, type RespCommand } from "../lib/resp.js";
 import { fmt, header, row } from "./measure.js";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -45,6 +48,7 @@ export async function benchFeatures(): Promise<void> {
     await publishAll(js, rt.names.eventsSubject, payloads);
     const publishRate = EVENTS / ((performance.now() - t) / 1000);
     const consumeRate = await rawConsume(rt, js, jsm);
+    const pullRate = await rawPull(rt, nc, jsm);
 
     // The worker: a separate process on the same stream, measured until its consumer is drained.
     const w = await startWorker(namespace);
@@ -80,10 +84,11 @@ export async function benchFeatures(): Promise<void> {
     const W = [44, 10, 16, 30];
     row(["", "events/s", "Redis CPU/event", "ratio"], W);
     row(["raw JetStream publish (acked)", Math.round(publishRate), "", ""], W);
-    row(["raw JetStream consume + ack", Math.round(consumeRate), "", ""], W);
+    row(["raw JetStream consume + ack (nats.js)", Math.round(consumeRate), "", ""], W);
+    row(["raw JetStream pull + ack (lib/jetstream-pull)", Math.round(pullRate), "", ""], W);
     row(["raw Redis pipeline of the online writes", Math.round(rawRedisRate), us(rawRedisCpu), ""], W);
-    row(["window store alone (Lua, exactly-once)", Math.round(storeRate), us(storeRedisCpu), `${fmt(storeRate / rawRedisRate, 2)} of raw Redis`], W);
-    row(["features worker, JetStream → Redis", Math.round(workerRate), us(workerRedisCpu), `${fmt(workerRate / consumeRate, 2)} of raw consume`], W);
+    row(["window store alone (exactly-once)", Math.round(storeRate), us(storeRedisCpu), `${fmt(storeRate / rawRedisRate, 2)} of raw Redis`], W);
+    row(["features worker, JetStream → Redis", Math.round(workerRate), us(workerRedisCpu), `${fmt(workerRate / pullRate, 2)} of raw pull, ${fmt(workerRate / consumeRate, 2)} of nats.js`], W);
     console.log(
       `worker process: ${fmt(workerCpu, 2)} CPU-s in ${fmt(drainSeconds, 2)} s (${fmt(workerCpu / drainSeconds, 2)} cores), ` +
         `${Math.round(EVENTS / workerCpu)} events per worker CPU-second; ${fmt(workerRate / rawRedisRate, 2)} of the raw Redis pipeline; ` +
@@ -151,6 +156,38 @@ async function rawConsume(rt: Runtime, js: JetStreamClient, jsm: Awaited<ReturnT
   }
   const seconds = (performance.now() - t) / 1000;
   // Breaking out of the loop has stopped the iterator already (close() would wait forever).
+  await jsm.consumers.delete(rt.names.eventsStream, durable);
+  return EVENTS / seconds;
+}
+
+/** The same with the pull consumer the worker uses, asking as far ahead as the worker does. */
+async function rawPull(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, jsm: Awaited<ReturnType<Awaited<ReturnType<Runtime["nats"]>>["jetstreamManager"]>>): Promise<number> {
+  const durable = "bench_pull";
+  await jsm.consumers.add(rt.names.eventsStream, {
+    durable_name: durable,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    filter_subject: rt.names.eventsSubject,
+    max_ack_pending: 20_000,
+  });
+  const t = performance.now();
+  let n = 0;
+  let pc: PullConsumer | undefined;
+  await new Promise<void>((resolve) => {
+    pc = new PullConsumer(nc, {
+      stream: rt.names.eventsStream,
+      consumer: durable,
+      batch: BATCH,
+      maxWaiting: 4 * BATCH,
+      onMessage: (m) => {
+        m.ack();
+        if (++n === EVENTS) resolve();
+      },
+    });
+  });
+  const seconds = (performance.now() - t) / 1000;
+  pc!.stop();
+  await nc.flush();
   await jsm.consumers.delete(rt.names.eventsStream, durable);
   return EVENTS / seconds;
 }
@@ -311,70 +348,57 @@ async function steadyLoad(rt: Runtime, js: JetStreamClient, jsm: Parameters<type
   return { achieved, probes: seen.length, p50: pct(50), p99: pct(99), max: seen.at(-1) ?? NaN };
 }
 
-/** Groups events as the worker does: per view, entity and window, in batches of BATCH. */
-function batchesOf(events: readonly ActivityEvent[]): WindowGroup[][] {
-  const out: WindowGroup[][] = [];
+/** The seed's kind of sink: per batch, HSET each entity's features + PEXPIRE, ZINCRBY trending. */
+async function rawRedisPipeline(rt: Runtime, events: readonly ActivityEvent[]): Promise<number> {
+  // The client the window store writes with, so the two differ only in what they write.
+  const redis = new RespConnection(rt.config.redisUrl);
+  const prefix = `${rt.names.redisPrefix}raw:`;
+  const t = performance.now();
   for (let i = 0; i < events.length; i += BATCH) {
-    const groups = new Map<string, WindowGroup>();
+    const groups = new Map<string, { entity: string; id: string; windowStart: number; events: ActivityEvent[] }>();
     for (const e of events.slice(i, i + BATCH)) {
       for (const view of FEATURE_VIEWS) {
         const ws = windowStart(e.event_time, view.windowMs);
         const k = `${view.entity}|${e[view.key]}|${ws}`;
         let g = groups.get(k);
-        if (!g) groups.set(k, (g = { view, entityId: e[view.key], windowStart: ws, events: [] }));
+        if (!g) groups.set(k, (g = { entity: view.entity, id: e[view.key], windowStart: ws, events: [] }));
         g.events.push(e);
       }
     }
-    out.push([...groups.values()]);
-  }
-  return out;
-}
-
-/** The seed's kind of sink: per batch, HSET each entity's features + PEXPIRE, ZINCRBY trending. */
-async function rawRedisPipeline(rt: Runtime, events: readonly ActivityEvent[]): Promise<number> {
-  const redis = rt.redis();
-  const batches = batchesOf(events);
-  const prefix = `${rt.names.redisPrefix}raw:`;
-  const t = performance.now();
-  for (const groups of batches) {
-    const pipe = redis.pipeline();
-    for (const g of groups) {
-      // Features computed in JS from the batch alone (what a stateless sink could do).
-      const key = `${prefix}${g.view.entity}_features:${g.entityId}`;
+    const cmds: RespCommand[] = [];
+    for (const g of groups.values()) {
+      // Features computed from the batch alone (what a stateless sink could do).
+      const view = g.entity === "user" ? FEATURE_VIEWS[0]! : ITEM_FEATURES;
+      const key = `${prefix}${g.entity}_features:${g.id}`;
       const fields: (string | number)[] = [];
-      for (const [k, v] of Object.entries(featuresOf(g.view, { n: g.events.length, a0: g.events.length, a1s: 1, a1n: 1, a2: 1, a3: 0 }))) fields.push(k, v);
+      for (const [k, v] of Object.entries(featuresOf(view, { n: g.events.length, a0: g.events.length, a1s: 1, a1n: 1, a2: 1, a3: 0 }))) fields.push(k, v);
       fields.push("window_start", g.windowStart, "event_count", g.events.length, "feature_time", g.events.at(-1)!.event_time, "updated_at", Date.now());
-      pipe.hset(key, ...fields).pexpire(key, 3_600_000);
-      if (g.view === ITEM_FEATURES) pipe.zincrby(`${prefix}trending`, g.events.length, g.entityId);
+      cmds.push(["HSET", key, ...fields], ["PEXPIRE", key, 3_600_000]);
+      if (view === ITEM_FEATURES) cmds.push(["ZINCRBY", `${prefix}trending`, g.events.length, g.id]);
     }
-    await pipe.exec();
+    await redis.send(cmds);
   }
-  return events.length / ((performance.now() - t) / 1000);
+  const rate = events.length / ((performance.now() - t) / 1000);
+  redis.close();
+  return rate;
 }
 
-/** The window store alone: one apply per batch, two in flight, as the worker does, without NATS. */
+/** The window store alone: one apply per batch, as the worker does, without NATS. */
 async function storeOnly(rt: Runtime, events: readonly ActivityEvent[]): Promise<number> {
   const ns = `${rt.config.namespace}_store`;
   const storeRt = createRuntime({ namespace: ns, logLevel: "silent" });
-  const store = new WindowStore(storeRt.redis(), storeRt.names, FEATURE_VIEWS, { view: ITEM_FEATURES, spec: TRENDING });
-  await store.loadScripts();
-  const batches = batchesOf(events);
+  const store = new WindowStore(storeRt.redis(), storeRt.config.redisUrl, storeRt.names, FEATURE_VIEWS, { view: ITEM_FEATURES, spec: TRENDING });
   const t = performance.now();
+  // Two batches handed over at once, as the worker does (the store applies them in turn).
   let inflight: Promise<unknown>[] = [];
-  for (const [i, groups] of batches.entries()) {
-    // Two batches in flight, as the worker keeps.
-    inflight.push(
-      (async () => {
-        await store.apply(groups, events[Math.min(events.length - 1, (i + 1) * BATCH - 1)]!.event_time, groups);
-      })(),
-    );
-    if (inflight.length >= 2) {
-      await inflight.shift();
-    }
+  for (let i = 0; i < events.length; i += BATCH) {
+    inflight.push(store.apply(events.slice(i, i + BATCH)));
+    if (inflight.length >= 2) await inflight.shift();
   }
   await Promise.all(inflight);
   inflight = [];
   const rate = events.length / ((performance.now() - t) / 1000);
+  store.close();
   await deleteKeysWithPrefix(storeRt.redis(), storeRt.names.redisPrefix);
   await storeRt.close();
   return rate;

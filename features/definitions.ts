@@ -33,8 +33,8 @@ export interface DerivedFeature {
   compute(values: Readonly<Record<string, number>>): number;
   /**
    * The same computation as a formula over feature names (features/formula.ts: + - * /,
-   * comparisons, c ? a : b), so the streaming engine can evaluate it inside the Redis script that
-   * updates the window. Must agree with `compute` (test/features/formula.test.ts checks).
+   * comparisons, c ? a : b): the definition as data, for people and tools that read it. Must
+   * agree with `compute` (test/features/formula.test.ts checks).
    */
   formula?: string;
 }

@@ -1,6 +1,5 @@
 // Derived-feature formulas: a small arithmetic language over feature names, so a derived feature
-// can be computed inside the Redis script that updates its window (atomically with the state,
-// in one call) as well as in JavaScript.
+// can be stated as data (a definition file, a registry entry) and checked against its compute().
 //
 //   formula    := comparison ("?" formula ":" formula)?
 //   comparison := sum (("<" | "<=" | ">" | ">=" | "==" | "!=") sum)?
@@ -167,29 +166,4 @@ function compare(op: string, a: number, b: number): boolean {
     default:
       return a !== b;
   }
-}
-
-/** The formula as a Lua expression reading feature values from the table named `table`. */
-export function formulaToLua(f: Formula, table: string): string {
-  switch (f.kind) {
-    case "num":
-      return `(${formatLuaNumber(f.value)})`;
-    case "var":
-      return `(${table}['${f.name}'] or 0)`;
-    case "neg":
-      return `(-${formulaToLua(f.arg, table)})`;
-    case "bin":
-      return `(${formulaToLua(f.left, table)} ${f.op} ${formulaToLua(f.right, table)})`;
-    case "cmp":
-      return `(${formulaToLua(f.left, table)} ${f.op === "!=" ? "~=" : f.op} ${formulaToLua(f.right, table)})`;
-    case "cond":
-      // Both branches are numbers (never false or nil), so and/or selects exactly like ?:.
-      // Both are evaluated: a division by zero in the unused branch yields inf, not an error.
-      return `(${formulaToLua(f.test, table)} and ${formulaToLua(f.then, table)} or ${formulaToLua(f.else, table)})`;
-  }
-}
-
-function formatLuaNumber(n: number): string {
-  // Lua 5.1 reads the shortest round-trip form JavaScript prints (no "Infinity" in formulas).
-  return String(n);
 }

@@ -3,7 +3,6 @@
 export * from "./definitions.js";
 export * from "./windows.js";
 export * from "./event-parser.js";
-export * from "./redis-scripts.js";
 export * from "./window-store.js";
 export * from "./worker.js";
 export * from "./metrics.js";

@@ -4,12 +4,12 @@
 // the epoch. The watermark is the newest event time seen minus the view's watermarkMs; a window
 // is closed once the watermark reaches its end, and an event whose window is closed is late.
 //
-// The state of one window is a flat record of numbers (what the Redis script keeps in a hash):
+// The state of one window is a flat list of numbers (what the window store keeps in Redis):
 //   n   events applied          t   newest event time applied
 //   a<i> count / sum / max / min / distinct count of aggregation i
 //   a<i>s, a<i>n  sum and count of an average
-// This file says how each event contributes to that state (`contributions`) and how the state
-// becomes features (`featuresOf`), so the Redis script stays a plain adder.
+// This file says how each event contributes to that state (`contributions`, `foldEvent`) and how
+// the state becomes features (`featuresOf`).
 import type { ActivityEvent, Aggregation, FeatureView } from "./definitions.js";
 
 export function windowStart(eventTimeMs: number, windowMs: number): number {
@@ -36,7 +36,7 @@ export function isLate(view: Pick<FeatureView, "windowMs" | "watermarkMs">, even
   return isWindowClosed(windowEnd(eventTimeMs, view.windowMs), watermarkOf(view, newestEventTimeMs));
 }
 
-/** How the Redis script folds one aggregation's per-event contribution into the window state. */
+/** How one aggregation's per-event contribution is folded into the window state. */
 export type StateOp = "add" | "avg" | "max" | "min" | "distinct";
 
 export function stateOp(a: Aggregation): StateOp {
@@ -55,14 +55,14 @@ export function stateOp(a: Aggregation): StateOp {
   }
 }
 
-/** Hash fields holding aggregation i's state, in the order the script reads and returns them. */
+/** State fields holding aggregation i's state. */
 export function stateFieldsOf(a: Aggregation, i: number): string[] {
   return stateOp(a) === "avg" ? [`a${i}s`, `a${i}n`] : [`a${i}`];
 }
 
-/** Every state field of a view: n, t, rev, then each aggregation's fields. */
+/** Every state field of a view: n, t, then each aggregation's fields. */
 export function stateFields(view: FeatureView): string[] {
-  return ["n", "t", "rev", ...view.aggregations.flatMap((a, i) => stateFieldsOf(a, i))];
+  return ["n", "t", ...view.aggregations.flatMap((a, i) => stateFieldsOf(a, i))];
 }
 
 function matches(a: Aggregation, e: ActivityEvent): boolean {
@@ -70,7 +70,7 @@ function matches(a: Aggregation, e: ActivityEvent): boolean {
 }
 
 /**
- * One event's contribution to each aggregation of the view, as the script receives it: false
+ * One event's contribution to each aggregation of the view: false
  * contributes nothing (the condition did not match), otherwise a number to add / average /
  * compare, or for a distinct count the value itself.
  */
@@ -113,4 +113,49 @@ export function featuresOf(view: FeatureView, state: WindowState): Record<string
 /** The names of a view's features in the order they are written: aggregations, then derived. */
 export function featureNames(view: FeatureView): string[] {
   return [...view.aggregations.map((a) => a.name), ...view.derived.map((d) => d.name)];
+}
+
+/**
+ * Folds one event (its time and `contributions`) into a window's state, given as values in
+ * `stateFields(view)` order (missing: undefined). `isNewValue` tells whether a distinct-count
+ * value is new to the window, and remembers it.
+ */
+export function foldEvent(
+  view: FeatureView,
+  s: (number | undefined)[],
+  eventTime: number,
+  c: readonly Contribution[],
+  isNewValue: (agg: number, value: string) => boolean,
+): void {
+  s[0] = (s[0] ?? 0) + 1;
+  if (s[1] === undefined || eventTime > s[1]) s[1] = eventTime;
+  let at = 2;
+  view.aggregations.forEach((a, i) => {
+    const v = c[i]!;
+    switch (stateOp(a)) {
+      case "add":
+        s[at] = (s[at] ?? 0) + (v === false ? 0 : (v as number));
+        at += 1;
+        break;
+      case "avg":
+        if (v !== false) {
+          s[at] = (s[at] ?? 0) + (v as number);
+          s[at + 1] = (s[at + 1] ?? 0) + 1;
+        }
+        at += 2;
+        break;
+      case "max":
+        if (v !== false && (s[at] === undefined || (v as number) > s[at]!)) s[at] = v as number;
+        at += 1;
+        break;
+      case "min":
+        if (v !== false && (s[at] === undefined || (v as number) < s[at]!)) s[at] = v as number;
+        at += 1;
+        break;
+      case "distinct":
+        s[at] = (s[at] ?? 0) + (v !== false && isNewValue(i, String(v)) ? 1 : 0);
+        at += 1;
+        break;
+    }
+  });
 }

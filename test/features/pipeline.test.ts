@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { headers as natsHeaders } from "nats";
 import { startFeaturesWorker, type FeaturesWorker, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SEQUENCE_HEADER, DEAD_LETTER_DETAIL_HEADER } from "../../features/worker.js";
 import { TRENDING, USER_FEATURES } from "../../features/definitions.js";
+import { WindowStore } from "../../features/window-store.js";
 import {
   assertClosedWindows,
   assertNear,
@@ -26,10 +27,10 @@ const T0 = Date.UTC(2024, 2, 10, 12, 0, 0);
 const MIN = 60_000;
 
 /**
- * The seed's features against an independent computation. `clusterSafe` runs the store as on a
- * Redis Cluster: one hash slot per script call, the trending set written outside the scripts.
+ * The seed's features against an independent computation, with batches of up to `maxBatch`
+ * events (small ones: an entity's window is built over many transactions).
  */
-function seedFeatures(title: string, count: number, clusterSafe: boolean): void {
+function seedFeatures(title: string, count: number, maxBatch: number): void {
 describe(title, () => {
   let env: Awaited<ReturnType<typeof testRuntime>>;
   let worker: FeaturesWorker;
@@ -39,7 +40,7 @@ describe(title, () => {
     env = await testRuntime(uniqueNamespace("feat_seed"));
     // JSON with epoch ms, JSON with ISO times and protobuf, interleaved.
     await publishEvents(env.js, env.runtime.names, events, { encodings: ["json-ms", "json-iso", "protobuf"] });
-    worker = await startFeaturesWorker(env.runtime, { progressIntervalMs: 0, maxBatch: 500, store: { crossSlotCalls: !clusterSafe } });
+    worker = await startFeaturesWorker(env.runtime, { progressIntervalMs: 0, maxBatch });
     await waitConsumerDrained(env.nc, env.runtime.names);
     await worker.closeDueWindows();
   });
@@ -86,8 +87,8 @@ describe(title, () => {
 });
 }
 
-seedFeatures("seed features, online and closed", 3000, false);
-seedFeatures("seed features with cluster-safe script calls", 1500, true);
+seedFeatures("seed features, online and closed", 3000, 500);
+seedFeatures("seed features in small batches", 1500, 7);
 
 /** Users and pages of the generator's id ranges that happen to have no events. */
 function countMissing(events: readonly TestEvent[]): number {
@@ -151,6 +152,33 @@ describe("late events", () => {
     assert.equal(online?.window_start, T0 + 10 * MIN, "the online hash moved on to the newer window");
     assert.equal(online?.clicks_last_5min, 1);
     assert.equal(online?.purchase_amount, 0);
+  });
+});
+
+describe("events out of order within the watermark", () => {
+  let env: Awaited<ReturnType<typeof testRuntime>>;
+  let store: WindowStore;
+  const ev = (id: string, user: string, t: number): TestEvent => ({ event_id: id, user_id: user, event_type: "click", page_id: "p", session_duration: 1, amount: 0, event_time: t });
+
+  before(async () => {
+    env = await testRuntime(uniqueNamespace("feat_order"));
+    store = new WindowStore(env.runtime.redis(), env.runtime.config.redisUrl, env.runtime.names, [USER_FEATURES], null);
+  });
+  after(async () => {
+    store?.close();
+    await env?.cleanup();
+  });
+
+  test("an older window's event leaves the online hash on the entity's newer window", async () => {
+    await store.apply([ev("x1", "x", T0 + 6 * MIN)]);
+    // x's late-arriving 12:03 event comes in a batch whose other events are in x's newer window.
+    await store.apply([ev("x0", "x", T0 + 3 * MIN), ev("y1", "y", T0 + 7 * MIN)]);
+    const x = await store.readFeatures(USER_FEATURES, "x");
+    assert.equal(x?.window_start, T0 + 5 * MIN, "still the 12:05 window");
+    assert.equal(x?.clicks_last_5min, 1);
+    const older = await store.apply([ev("x00", "x", T0 + 4 * MIN)]);
+    assert.deepEqual(older.counts.user, { applied: 1, duplicates: 0, late: 0 }, "the older window took the event");
+    assert.equal((await store.readFeatures(USER_FEATURES, "x"))?.window_start, T0 + 5 * MIN);
   });
 });
 

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { contributions, featuresOf, isLate, isWindowClosed, stateFields, watermarkOf, windowEnd, windowStart } from "../../features/windows.js";
-import { hashTagOf, stateKeys } from "../../features/redis-scripts.js";
+import { storeKeys } from "../../features/window-store.js";
 import { ITEM_FEATURES, USER_FEATURES, type ActivityEvent, type FeatureView } from "../../features/definitions.js";
 
 const MIN = 60_000;
@@ -44,8 +44,8 @@ test("contributions follow each aggregation's condition", () => {
 });
 
 test("state fields: averages keep a sum and a count", () => {
-  assert.deepEqual(stateFields(USER_FEATURES), ["n", "t", "rev", "a0", "a1s", "a1n", "a2", "a3"]);
-  assert.deepEqual(stateFields(ITEM_FEATURES), ["n", "t", "rev", "a0", "a1", "a2"]);
+  assert.deepEqual(stateFields(USER_FEATURES), ["n", "t", "a0", "a1s", "a1n", "a2", "a3"]);
+  assert.deepEqual(stateFields(ITEM_FEATURES), ["n", "t", "a0", "a1", "a2"]);
 });
 
 test("features from a window state, with the seed's engagement score", () => {
@@ -81,13 +81,10 @@ test("max and min aggregations read 0 when nothing matched", () => {
   assert.deepEqual(featuresOf(view, { n: 1, a0: 7 }), { longest: 7, smallest_purchase: 0 });
 });
 
-test("internal keys share the hash slot of the public key they belong to", () => {
-  assert.equal(hashTagOf("ns:user_features:42"), "ns:user_features:42");
-  assert.equal(hashTagOf("ns:user_features:a{b}c"), "b", "Redis hashes only the first {...}");
-  assert.equal(hashTagOf("ns:user_features:a{}c"), "ns:user_features:a{}c", "an empty tag does not count");
-  const keys = stateKeys("ns:");
-  assert.equal(keys.window("ns:user_features:42", T0), `ns:features:{ns:user_features:42}:w:${T0}`);
-  assert.equal(hashTagOf(keys.window("ns:user_features:42", T0)), hashTagOf("ns:user_features:42"));
-  assert.equal(hashTagOf(keys.trend("ns:item_features:x{y}")), "y");
-  assert.ok(keys.window("ns:user_features:1", 0).startsWith("ns:"), "under the namespace prefix, for cleanup");
+test("internal keys live under the namespace prefix, so cleanup finds them", () => {
+  const keys = storeKeys("ns:");
+  for (const k of [keys.windows("user"), keys.state("user", T0), keys.distinct("item", T0), keys.seen(T0), keys.trend, keys.eventTimeHigh]) {
+    assert.ok(k.startsWith("ns:features:"), k);
+  }
+  assert.notEqual(keys.state("user", T0), keys.state("item", T0), "views do not share window state");
 });
