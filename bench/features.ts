@@ -6,7 +6,7 @@
 // the seed's foreachBatch, without window state or exactly-once), and the window store alone
 // (its transactions, no NATS).
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
@@ -54,6 +54,8 @@ export async function benchFeatures(): Promise<void> {
     const w = await startWorker(namespace);
     worker = w.child;
     const cpu0 = cpuSeconds(w.child.pid!);
+    const natsPid = natsServerPid();
+    const nats0 = natsPid ? cpuSeconds(natsPid) : NaN;
     const redis0 = await redisCpuSeconds(rt);
     const pings = pingLatencies(rt);
     t = performance.now();
@@ -61,6 +63,7 @@ export async function benchFeatures(): Promise<void> {
     const ping = await pings.stop();
     const drainSeconds = (performance.now() - t) / 1000;
     const workerCpu = cpuSeconds(w.child.pid!) - cpu0;
+    const natsCpu = natsPid ? cpuSeconds(natsPid) - nats0 : NaN;
     const workerRedisCpu = (await redisCpuSeconds(rt)) - redis0;
     const workerRate = EVENTS / drainSeconds;
     await checkApplied(rt, events);
@@ -93,6 +96,13 @@ export async function benchFeatures(): Promise<void> {
       `worker process: ${fmt(workerCpu, 2)} CPU-s in ${fmt(drainSeconds, 2)} s (${fmt(workerCpu / drainSeconds, 2)} cores), ` +
         `${Math.round(EVENTS / workerCpu)} events per worker CPU-second; ${fmt(workerRate / rawRedisRate, 2)} of the raw Redis pipeline; ` +
         `machine load average ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores`,
+    );
+    // Where the CPU goes, per event: on a machine this small the sum bounds the rate whatever runs where.
+    const perEvent = { worker: (workerCpu * 1e6) / EVENTS, redis: (workerRedisCpu * 1e6) / EVENTS, nats: (natsCpu * 1e6) / EVENTS };
+    const total = perEvent.worker + perEvent.redis + (Number.isFinite(perEvent.nats) ? perEvent.nats : 0);
+    console.log(
+      `CPU per event: worker ${fmt(perEvent.worker, 1)} µs + Redis ${fmt(perEvent.redis, 1)} µs + nats-server ${fmt(perEvent.nats, 1)} µs = ${fmt(total, 1)} µs; ` +
+        `${availableParallelism()} cores bound this machine at ${Math.round((availableParallelism() * 1e6) / total)} events/s, one worker core at ${Math.round(1e6 / perEvent.worker)}`,
     );
     console.log(
       `Redis as other clients saw it during the drain (PING every 5 ms): p50 ${fmt(ping.p50, 2)} ms, p99 ${fmt(ping.p99, 2)} ms, max ${fmt(ping.max, 2)} ms`,
@@ -195,7 +205,8 @@ async function rawPull(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, js
 async function startWorker(namespace: string): Promise<{ child: ChildProcess; exited: Promise<unknown> }> {
   const child = spawn(
     process.execPath,
-    ["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0", "--batch-size", String(BATCH), "--progress", "0", "--log-level", "info"],
+    // The young-generation size the streamserve command runs with (see cli/main.ts).
+    [...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean), "--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0", "--batch-size", String(BATCH), "--progress", "0", "--log-level", "info"],
     { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
   );
   const exited = new Promise((r) => child.on("exit", r));
@@ -239,6 +250,19 @@ function pingLatencies(rt: Runtime): { stop(): Promise<{ p50: number; p99: numbe
 async function redisCpuSeconds(rt: Runtime): Promise<number> {
   const info = await rt.redis().info("cpu");
   return Number(/used_cpu_user:([\d.]+)/.exec(info)![1]) + Number(/used_cpu_sys:([\d.]+)/.exec(info)![1]);
+}
+
+/** The local nats-server's pid (for its CPU time), if one runs on this machine. */
+function natsServerPid(): number | undefined {
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, "utf8").trim() === "nats-server") return Number(entry);
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return undefined;
 }
 
 /** CPU seconds (user + system) a process has used, from /proc. */

@@ -32,9 +32,9 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Redis } from "../lib/redis.js";
 import type { Names } from "../lib/config.js";
-import { numberString, RespConnection, RespError, type RespCommand, type RespReply } from "../lib/resp.js";
+import { bulk, commandHeader, numberString, RespConnection, RespError, type RespCommand, type RespReply } from "../lib/resp.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
-import { contributions, featuresOf, foldEvent, isWindowClosed, stateFields, stateOp, watermarkOf, windowStart, type Contribution, type WindowState } from "./windows.js";
+import { contributions, featureNames, featuresOf, foldEvent, isWindowClosed, stateFields, stateOp, watermarkOf, windowStart, type Contribution, type WindowState } from "./windows.js";
 
 /** The trending sorted set's scoring. */
 export interface TrendingSpec {
@@ -107,6 +107,8 @@ interface Group {
 
 interface ViewPlan {
   view: FeatureView;
+  /** The batch's entities of this view. */
+  entities: Set<string>;
   /** window start → entity id → group */
   byWindow: Map<number, Map<string, Group>>;
   /** Indexes of the view's distinct-count aggregations. */
@@ -114,21 +116,72 @@ interface ViewPlan {
 }
 
 const NUL = "\u0000";
+const PEXPIRE = commandHeader("PEXPIRE", 3);
+
+/** A snapshot of what a batch depends on, read from Redis (and completed by in-flight writes). */
+interface Snapshot {
+  /** The store version the reads saw (every committed write raises it by one). */
+  version: number;
+  plans: ViewPlan[];
+  high: number;
+  status: Map<FeatureView, Map<number, WindowStatus>>;
+  /** Event ids of the batch applied before it. */
+  applied: Set<string>;
+  /** Distinct values already in their window: distinct key NUL field. */
+  distinct: Set<string>;
+  /** View entity NUL entity id → the newest window start the entity has state in. */
+  newest: Map<string, number>;
+  trend: Map<string, [number, number]>;
+  /** State key NUL entity id: newer-window state already read. */
+  newerRead: Set<string>;
+}
+
+/** What a committed (or in-flight) batch wrote, to complete a snapshot read before it landed. */
+interface WriteSet {
+  high: number;
+  opened: Map<FeatureView, Set<number>>;
+  marks: Set<string>;
+  /** view → window start → entity → state */
+  states: Map<FeatureView, Map<number, Map<string, (number | undefined)[]>>>;
+  distinct: Set<string>;
+  trend: Map<string, [number, number]>;
+}
+
+/** A batch of ours whose writes later snapshots may lack: its version once EXEC answered. */
+interface Landing {
+  writes: WriteSet;
+  version?: number;
+  /** Resolves true once committed, false if EXEC refused it. */
+  committed: Promise<boolean>;
+}
 
 export class WindowStore {
   readonly keys: StoreKeys;
   private readonly opts: Required<WindowStoreOptions>;
+  /** Transactions (WATCH state belongs to a connection). */
   private readonly writer: RespConnection;
+  /** Snapshot reads, sent while the writer's transaction is still executing. */
+  private readonly reader: RespConnection;
   private readonly views: readonly FeatureView[];
   /** Windows each view had at the last read: which newer windows to read an entity's state from. */
   private readonly knownWindows = new Map<FeatureView, Map<number, WindowStatus>>();
   private readonly bucketMs: number;
-  private queue: Promise<unknown> = Promise.resolve();
   private readonly featureTtl: string;
+  /** Pre-encoded pieces of each view's public-hash HSET. */
+  private readonly templates = new Map<FeatureView, { head: string; names: string[]; fields: string[]; windowStart: string; windowEnd: string; eventCount: string; featureTime: string; updatedAt: string }>();
+  /** Batches compute one at a time, in call order. */
+  private computeTurn: Promise<void> = Promise.resolve();
+  /** WATCH … EXEC sections on the writer connection, one at a time. */
+  private writerTurn: Promise<void> = Promise.resolve();
+  /** Our own recent batches, and the range of store versions that only we wrote. */
+  private landings: Landing[] = [];
+  private ours?: { from: number; to: number };
+  /** Batches computed from fresh reads under WATCH: the first one, and those another writer (or the closer) raced. */
+  freshReads = 0;
 
   /**
    * @param redis for the window closer and readers (ioredis)
-   * @param redisUrl the writer's own connection: WATCH state belongs to a connection
+   * @param redisUrl the store's own two connections (a writer and a reader)
    * @param trending the trending set, scored from the events of `trending.view` (null: none)
    */
   constructor(
@@ -145,54 +198,172 @@ export class WindowStore {
     this.views = views;
     this.keys = storeKeys(names.redisPrefix);
     this.writer = new RespConnection(redisUrl, { name: "streamserve-features" });
+    this.reader = new RespConnection(redisUrl, { name: "streamserve-features-reader" });
     this.bucketMs = Math.min(...views.map((v) => v.windowMs));
-    this.featureTtl = numberString(this.opts.featureTtlMs);
+    this.featureTtl = bulk(this.opts.featureTtlMs);
+    for (const v of views) {
+      const names = featureNames(v);
+      this.templates.set(v, {
+        head: commandHeader("HSET", 2 + 2 * (names.length + 5)),
+        names,
+        fields: names.map((n) => bulk(n)),
+        windowStart: bulk("window_start"),
+        windowEnd: bulk("window_end"),
+        eventCount: bulk("event_count"),
+        featureTime: bulk("feature_time"),
+        updatedAt: bulk("updated_at"),
+      });
+    }
     for (const v of views) this.knownWindows.set(v, new Map());
   }
 
   close(): void {
     this.writer.close();
+    this.reader.close();
   }
 
   /**
    * Folds a batch of events into their windows, the online hashes and the trending set, exactly
    * once per event id, and raises the shared newest event time. Lateness is judged against the
    * watermark as it stood before the batch (as Spark does per micro-batch). Safe to repeat: that
-   * is how a redelivered batch is handled. Batches are applied one at a time, in call order.
+   * is how a redelivered batch is handled. Resolves once the batch is committed.
+   *
+   * Batches overlap: the next batch's reads are sent at once, and it is computed while Redis
+   * executes this one's transaction, from its snapshot completed with this batch's writes. That
+   * is valid only if nobody else wrote in between, which the store version tells at commit; if
+   * somebody did, the batch is read and computed again under WATCH.
    */
   apply(events: readonly ActivityEvent[], now = Date.now()): Promise<ApplyResult> {
-    const run = this.queue.then(async () => {
-      for (let retries = 0; ; retries++) {
-        const result = await this.tryApply(events, now);
-        if (result) return { ...result, retries };
+    const snapshot = this.read(events, this.reader, false);
+    snapshot.catch(() => undefined);
+    const turn = this.computeTurn;
+    let release!: () => void;
+    this.computeTurn = new Promise<void>((r) => (release = r));
+    return (async () => {
+      try {
+        await turn;
+        return await this.run(events, snapshot, now, release);
+      } finally {
+        release();
+      }
+    })();
+  }
+
+  private async run(events: readonly ActivityEvent[], pending: Promise<Snapshot>, now: number, release: () => void): Promise<ApplyResult> {
+    const snap = await pending.catch(() => undefined);
+    if (snap) {
+      const overlays = this.landings.filter((l) => l.version === undefined || l.version > snap.version);
+      for (const l of overlays) overlay(snap, l.writes);
+      const batch = await this.compute(events, snap, now, this.reader);
+      // Nothing to write (every event a duplicate or late): true whatever others wrote since.
+      if (batch.writes.length === 0) return { counts: batch.counts, eventTimeHigh: batch.high, retries: 0 };
+      const done = await this.commitOverlapped(snap, overlays, batch, release);
+      if (done) return { counts: batch.counts, eventTimeHigh: batch.high, retries: 0 };
+    }
+    // Fresh reads under WATCH, one transaction at a time until one commits.
+    return this.writerSection(async () => {
+      for (let retries = 1; ; retries++) {
+        this.freshReads++;
+        const fresh = await this.read(events, this.writer, true);
+        const batch = await this.compute(events, fresh, now, this.writer);
+        if (batch.writes.length === 0) {
+          await this.writer.send([["UNWATCH"]]);
+          return { counts: batch.counts, eventTimeHigh: batch.high, retries };
+        }
+        const version = await this.exec(batch.writes);
+        if (version !== undefined) {
+          this.landings = [{ writes: batch.writeSet, version, committed: Promise.resolve(true) }];
+          this.ours = { from: version, to: version };
+          return { counts: batch.counts, eventTimeHigh: batch.high, retries };
+        }
         // Another writer committed first: back off a little (a random bit, so two workers do
         // not collide in step) and compute again from what it wrote.
         await sleep(Math.random() * Math.min(20, 1 + retries));
       }
     });
-    this.queue = run.catch(() => undefined);
-    return run;
   }
 
-  private async tryApply(events: readonly ActivityEvent[], now: number): Promise<Omit<ApplyResult, "retries"> | undefined> {
+  /**
+   * Commits a batch computed from an overlaid snapshot if that was valid: every batch it was
+   * completed with committed, the snapshot saw a version in our own unbroken run, and nobody has
+   * written since. Lets the next batch compute as soon as the transaction is sent. Returns false
+   * when the batch must be recomputed.
+   */
+  private async commitOverlapped(snap: Snapshot, overlays: Landing[], batch: Computed, release: () => void): Promise<boolean> {
+    let landing: Landing | undefined;
+    let exec: Promise<RespReply[]> | undefined;
+    await this.writerSection(async () => {
+      const [, current] = await this.writer.send([["WATCH", this.keys.version], ["GET", this.keys.version]]);
+      const allLanded = (await Promise.all(overlays.map((l) => l.committed))).every(Boolean);
+      const cur = current === null ? 0 : Number(current);
+      const ours = this.ours;
+      if (!allLanded || !ours || snap.version < ours.from - 1 || snap.version > ours.to || cur !== ours.to) {
+        await this.writer.send([["UNWATCH"]]);
+        return;
+      }
+      let committed!: (ok: boolean) => void;
+      landing = { writes: batch.writeSet, committed: new Promise<boolean>((r) => (committed = r)) };
+      this.landings.push(landing);
+      if (this.landings.length > 8) {
+        this.landings.shift();
+        // A snapshot older than the oldest batch kept could not be completed: it must read afresh.
+        const oldest = this.landings[0]!.version;
+        if (oldest !== undefined && this.ours) this.ours.from = Math.max(this.ours.from, oldest);
+      }
+      exec = this.writer.send([["MULTI"], ...batch.writes, ["INCR", this.keys.version], ["EXEC"]]);
+      exec.then(
+        (replies) => {
+          const version = execVersion(replies);
+          if (version !== undefined) {
+            landing!.version = version;
+            if (this.ours && version === this.ours.to + 1) this.ours.to = version;
+            else this.ours = { from: version, to: version };
+          } else this.ours = undefined;
+          committed(version !== undefined);
+        },
+        () => {
+          this.ours = undefined;
+          committed(false);
+        },
+      );
+    });
+    if (!exec || !landing) return false;
+    release();
+    const version = execVersion(await exec);
+    if (version === undefined) this.landings = this.landings.filter((l) => l !== landing);
+    return version !== undefined;
+  }
+
+  /** Runs a WATCH … EXEC section on the writer connection, after the ones before it. */
+  private writerSection<T>(section: () => Promise<T>): Promise<T> {
+    const turn = this.writerTurn;
+    let done!: () => void;
+    this.writerTurn = new Promise<void>((r) => (done = r));
+    return turn.then(section).finally(done);
+  }
+
+  /** MULTI, the writes, INCR version, EXEC: the new version, or undefined if a watched key changed. */
+  private async exec(writes: RespCommand[]): Promise<number | undefined> {
+    return execVersion(await this.writer.send([["MULTI"], ...writes, ["INCR", this.keys.version], ["EXEC"]]));
+  }
+
+  /** Reads what a batch depends on (under WATCH of the store version when `watch`). */
+  private async read(events: readonly ActivityEvent[], conn: RespConnection, watch: boolean): Promise<Snapshot> {
     const k = this.keys;
     const plans = this.views.map((view) => plan(view, events));
-
-    // Round trip 1: watch what the batch depends on, and read it.
     const reads = new Reads();
-    let high0 = -Infinity;
-    reads.add(k.eventTimeHigh, ["GET", k.eventTimeHigh], (r) => (high0 = r === null ? -Infinity : Number(r)));
-    const status = new Map<FeatureView, Map<number, WindowStatus>>();
+    const snap: Snapshot = { version: 0, plans, high: -Infinity, status: new Map(), applied: new Set(), distinct: new Set(), newest: new Map(), trend: new Map(), newerRead: new Set() };
+    reads.add(["GET", k.version], (r) => (snap.version = r === null ? 0 : Number(r)));
+    reads.add(["GET", k.eventTimeHigh], (r) => (snap.high = r === null ? -Infinity : Number(r)));
     for (const v of this.views) {
-      reads.add(k.windows(v.entity), ["HGETALL", k.windows(v.entity)], (r) => {
+      reads.add(["HGETALL", k.windows(v.entity)], (r) => {
         const m = new Map<number, WindowStatus>();
         const flat = r as string[];
         for (let i = 0; i < flat.length; i += 2) m.set(Number(flat[i]), flat[i + 1] as WindowStatus);
-        status.set(v, m);
+        snap.status.set(v, m);
         this.knownWindows.set(v, m);
       });
     }
-    const applied = new Set<string>(); // event ids applied before this batch
     const byBucket = new Map<number, Set<string>>();
     for (const e of events) {
       const b = windowStart(e.event_time, this.bucketMs);
@@ -202,24 +373,17 @@ export class WindowStore {
     }
     for (const [b, set] of byBucket) {
       const ids = [...set];
-      reads.add(k.seen(b), ["HMGET", k.seen(b), ...ids], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && applied.add(ids[i]!)));
+      reads.add(["HMGET", k.seen(b), ...ids], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && snap.applied.add(ids[i]!)));
     }
-    // entity → the newest window it has state in (this batch's windows, and newer ones it read)
-    const newest = new Map<string, number>();
-    const noteState = (view: FeatureView, entityId: string, ws: number) => {
-      const key = view.entity + NUL + entityId;
-      if ((newest.get(key) ?? -Infinity) < ws) newest.set(key, ws);
-    };
-    const distinctSeen = new Set<string>(); // distinct key NUL field
     for (const p of plans) {
       const n = stateFields(p.view).length;
       for (const [ws, groups] of p.byWindow) {
         const list = [...groups.values()];
-        reads.add(k.state(p.view.entity, ws), ["HMGET", k.state(p.view.entity, ws), ...list.map((g) => g.entityId)], (r) =>
+        reads.add(["HMGET", k.state(p.view.entity, ws), ...list.map((g) => g.entityId)], (r) =>
           (r as (string | null)[]).forEach((x, i) => {
             if (x === null) return;
             list[i]!.state = unpack(x, n);
-            noteState(p.view, list[i]!.entityId, ws);
+            noteState(snap, p.view, list[i]!.entityId, ws);
           }),
         );
         if (p.distinctAggs.length === 0) continue;
@@ -229,64 +393,72 @@ export class WindowStore {
           if (c[i] !== false) fields.add(distinctField(g.entityId, i, String(c[i])));
         }
         const flist = [...fields];
-        if (flist.length > 0) reads.add(dkey, ["HMGET", dkey, ...flist], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && distinctSeen.add(dkey + NUL + flist[i]!)));
+        if (flist.length > 0) reads.add(["HMGET", dkey, ...flist], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && snap.distinct.add(dkey + NUL + flist[i]!)));
       }
+      this.readNewer(reads, snap, p, this.knownWindows.get(p.view)!.keys());
     }
-    // Whether an older window's group is its entity's newest: read the entity in the view's newer
-    // windows (events out of order within the watermark). Which windows exist is known from the
-    // previous batch; one that appeared since is read in an extra step below.
-    const newerRead = new Set<string>(); // state key NUL entity id
-    const readNewer = (into: Reads, p: ViewPlan, windows: Iterable<number>) => {
-      for (const ws of new Set([...windows, ...p.byWindow.keys()])) {
-        const key = k.state(p.view.entity, ws);
-        const here = p.byWindow.get(ws);
-        const older = new Set<string>();
-        for (const [bws, groups] of p.byWindow) {
-          if (bws >= ws) continue;
-          for (const id of groups.keys()) if (!here?.has(id) && !newerRead.has(key + NUL + id)) older.add(id);
-        }
-        if (older.size === 0) continue;
-        const list = [...older];
-        for (const id of list) newerRead.add(key + NUL + id);
-        into.add(key, ["HMGET", key, ...list], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && noteState(p.view, list[i]!, ws)));
-      }
-    };
-    for (const p of plans) readNewer(reads, p, this.knownWindows.get(p.view)!.keys());
-    const trendBefore = new Map<string, [number, number]>();
     const tplan = this.trending ? plans.find((x) => x.view === this.trending!.view) : undefined;
-    if (tplan) {
-      const items = [...new Set([...tplan.byWindow.values()].flatMap((m) => [...m.keys()]))];
-      reads.add(k.trend, ["HMGET", k.trend, ...items], (r) =>
+    if (tplan && tplan.entities.size > 0) {
+      const items = [...tplan.entities];
+      reads.add(["HMGET", k.trend, ...items], (r) =>
         (r as (string | null)[]).forEach((x, i) => {
           if (x === null) return;
           const [s, ref] = x.split(" ");
-          trendBefore.set(items[i]!, [Number(s), Number(ref)]);
+          snap.trend.set(items[i]!, [Number(s), Number(ref)]);
         }),
       );
     }
-    await reads.run(this.writer);
-    const late = new Reads();
-    for (const p of plans) readNewer(late, p, status.get(p.view)!.keys());
-    await late.run(this.writer);
+    await reads.run(conn, watch ? [k.version] : []);
+    return snap;
+  }
 
-    // Compute, here.
+  /**
+   * Whether an older window's group is its entity's newest: reads the entity in the view's newer
+   * windows (events out of order within the watermark).
+   */
+  private readNewer(into: Reads, snap: Snapshot, p: ViewPlan, windows: Iterable<number>): void {
+    for (const ws of new Set([...windows, ...p.byWindow.keys()])) {
+      const key = this.keys.state(p.view.entity, ws);
+      const here = p.byWindow.get(ws);
+      const older = new Set<string>();
+      for (const [bws, groups] of p.byWindow) {
+        if (bws >= ws) continue;
+        for (const id of groups.keys()) if (!here?.has(id) && !snap.newerRead.has(key + NUL + id)) older.add(id);
+      }
+      if (older.size === 0) continue;
+      const list = [...older];
+      for (const id of list) snap.newerRead.add(key + NUL + id);
+      into.add(["HMGET", key, ...list], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && noteState(snap, p.view, list[i]!, ws)));
+    }
+  }
+
+  /** What the batch does, from its snapshot: counts, the writes, and what they set. */
+  private async compute(events: readonly ActivityEvent[], snap: Snapshot, now: number, conn: RespConnection): Promise<Computed> {
+    const k = this.keys;
+    const { plans, status } = snap;
+    // A window that appeared since the previous batch may hold an older group's newer state.
+    const late = new Reads();
+    for (const p of plans) this.readNewer(late, snap, p, status.get(p.view)!.keys());
+    await late.run(conn, []);
+
     const counts: Record<string, ViewCounts> = {};
     for (const v of this.views) counts[v.entity] = { applied: 0, duplicates: 0, late: 0 };
-    const appliedNow = new Set<string>();
+    const writeSet: WriteSet = { high: snap.high, opened: new Map(), marks: new Set(), states: new Map(), distinct: new Set(), trend: new Map() };
     const marks = new Map<number, string[]>();
     const folded = new Map<Group, number[]>(); // group → indexes of its events applied now
     const trendEvents = new Map<string, ActivityEvent[]>();
-    let high1 = high0;
+    const tplan = this.trending ? plans.find((x) => x.view === this.trending!.view) : undefined;
+    let high = snap.high;
     for (const e of events) {
-      if (e.event_time > high1) high1 = e.event_time;
+      if (e.event_time > high) high = e.event_time;
       let any = false;
       for (const p of plans) {
         const c = counts[p.view.entity]!;
         const ws = windowStart(e.event_time, p.view.windowMs);
         const st = status.get(p.view)!.get(ws);
-        if (isWindowClosed(ws + p.view.windowMs, watermarkOf(p.view, high0)) || (st !== undefined && st !== "open")) {
+        if (isWindowClosed(ws + p.view.windowMs, watermarkOf(p.view, snap.high)) || (st !== undefined && st !== "open")) {
           c.late++;
-        } else if (applied.has(e.event_id) || appliedNow.has(e.event_id)) {
+        } else if (snap.applied.has(e.event_id) || writeSet.marks.has(e.event_id)) {
           c.duplicates++;
         } else {
           c.applied++;
@@ -303,7 +475,7 @@ export class WindowStore {
         }
       }
       if (any) {
-        appliedNow.add(e.event_id);
+        writeSet.marks.add(e.event_id);
         const b = windowStart(e.event_time, this.bucketMs);
         let list = marks.get(b);
         if (!list) marks.set(b, (list = []));
@@ -318,75 +490,80 @@ export class WindowStore {
       for (const id of ids) cmd.push(id, "1");
       writes.push(cmd, ["PEXPIRE", k.seen(b), openTtl]);
     }
-    const nowStr = numberString(now);
+    const nowStr = bulk(now);
     for (const p of plans) {
       const view = p.view;
       const fields = stateFields(view);
+      const viewStates = new Map<number, Map<string, (number | undefined)[]>>();
+      writeSet.states.set(view, viewStates);
       for (const [ws, groups] of p.byWindow) {
         const stateKey = k.state(view.entity, ws);
         const dkey = k.distinct(view.entity, ws);
         const stateWrites: RespArgList = ["HSET", stateKey];
         const distinctWrites: RespArgList = ["HSET", dkey];
         const changed: Group[] = [];
+        const states = new Map<string, (number | undefined)[]>();
         for (const g of groups.values()) {
           const applied = folded.get(g);
           if (!applied) continue;
           const s = (g.state ??= new Array<number | undefined>(fields.length).fill(undefined));
           for (const j of applied) {
             foldEvent(view, s, g.events[j]!.event_time, g.contributions[j]!, (i, value) => {
-              const field = distinctField(g.entityId, i, value);
-              if (distinctSeen.has(dkey + NUL + field)) return false;
-              distinctSeen.add(dkey + NUL + field);
-              distinctWrites.push(field, "1");
+              const key = dkey + NUL + distinctField(g.entityId, i, value);
+              if (snap.distinct.has(key)) return false;
+              snap.distinct.add(key);
+              writeSet.distinct.add(key);
+              distinctWrites.push(distinctField(g.entityId, i, value), "1");
               return true;
             });
           }
           stateWrites.push(g.entityId, pack(s));
-          noteState(view, g.entityId, ws);
+          states.set(g.entityId, s);
+          noteState(snap, view, g.entityId, ws);
           changed.push(g);
         }
         if (changed.length === 0) continue;
+        viewStates.set(ws, states);
         writes.push(stateWrites, ["PEXPIRE", stateKey, openTtl]);
         if (distinctWrites.length > 2) writes.push(distinctWrites, ["PEXPIRE", dkey, openTtl]);
-        if (!status.get(view)!.has(ws)) writes.push(["HSET", k.windows(view.entity), ws, "open"]);
+        if (!status.get(view)!.has(ws)) {
+          writes.push(["HSET", k.windows(view.entity), ws, "open"]);
+          let opened = writeSet.opened.get(view);
+          if (!opened) writeSet.opened.set(view, (opened = new Set()));
+          opened.add(ws);
+        }
         // The public hash shows the entity's newest window: an older one still open (events out
         // of order within the watermark) updates its state but leaves the hash alone.
-        const window = [numberString(ws), numberString(ws + view.windowMs)] as const;
+        const window = [bulk(ws), bulk(ws + view.windowMs)] as const;
         for (const g of changed) {
-          if (newest.get(view.entity + NUL + g.entityId)! > ws) continue;
+          if (snap.newest.get(view.entity + NUL + g.entityId)! > ws) continue;
           this.publicWrites(writes, view, g.entityId, window, toState(fields, g.state!), nowStr);
         }
       }
     }
-    if (this.trending) writes.push(...this.trendWrites(trendEvents, trendBefore));
-    if (high1 > high0) writes.push(["SET", k.eventTimeHigh, high1]);
-
-    const result = { counts, eventTimeHigh: high1 };
-    if (writes.length === 0) {
-      await this.writer.send([["UNWATCH"]]);
-      return result;
-    }
-    // Round trip 2: the transaction. EXEC answers null when a watched key changed since its WATCH.
-    const replies = await this.writer.send([["MULTI"], ...writes, ["EXEC"]]);
-    const exec = replies[replies.length - 1]!;
-    if (exec === null) return undefined;
-    if (exec instanceof RespError) throw new WindowStoreError(`Redis refused the feature batch: ${exec.message}`, { cause: exec });
-    throwIfError(exec as RespReply[], "writing the feature batch");
-    return result;
+    if (this.trending) writes.push(...this.trendWrites(trendEvents, snap.trend, writeSet.trend));
+    if (high > snap.high) writes.push(["SET", k.eventTimeHigh, high]);
+    writeSet.high = high;
+    return { counts, high, writes, writeSet };
   }
 
-  /** Writes an entity's public hash: its newest window's features and when they were computed. */
+  /**
+   * Writes an entity's public hash (its newest window's features and when they were computed)
+   * and its TTL, encoded from the view's template: these are most of the bytes a batch sends.
+   * `window` and `now` come pre-encoded (bulk) as they are the same for many entities.
+   */
   private publicWrites(out: RespCommand[], view: FeatureView, entityId: string, window: readonly [string, string], state: WindowState, now: string): void {
+    const t = this.templates.get(view)!;
     const f = featuresOf(view, state);
-    const key = view.entity === "user" ? this.names.userFeaturesKey(entityId) : this.names.itemFeaturesKey(entityId);
-    const hash: RespArgList = ["HSET", key];
-    for (const name in f) hash.push(name, f[name]!);
-    hash.push("window_start", window[0], "window_end", window[1], "event_count", state.n ?? 0, "feature_time", state.t ?? 0, "updated_at", now);
-    out.push(hash, ["PEXPIRE", key, this.featureTtl]);
+    const key = bulk(view.entity === "user" ? this.names.userFeaturesKey(entityId) : this.names.itemFeaturesKey(entityId));
+    let resp = t.head + key;
+    for (let i = 0; i < t.names.length; i++) resp += t.fields[i]! + bulk(f[t.names[i]!]!);
+    resp += t.windowStart + window[0] + t.windowEnd + window[1] + t.eventCount + bulk(state.n ?? 0) + t.featureTime + bulk(state.t ?? 0) + t.updatedAt + now;
+    out.push({ resp: resp + PEXPIRE + key + this.featureTtl, count: 2 });
   }
 
   /** Each item's decayed activity with the batch's events, and its trending score. */
-  private trendWrites(byItem: Map<string, ActivityEvent[]>, before: Map<string, [number, number]>): RespCommand[] {
+  private trendWrites(byItem: Map<string, ActivityEvent[]>, before: Map<string, [number, number]>, after: Map<string, [number, number]>): RespCommand[] {
     const { spec } = this.trending!;
     const H = spec.halfLifeMs;
     const activity: RespArgList = [];
@@ -406,6 +583,7 @@ export class WindowStore {
         } else s += w * 2 ** (-(ref - e.event_time) / H);
       }
       activity.push(item, `${s} ${ref}`);
+      after.set(item, [s, ref]);
       // log2 of the activity decayed to the epoch: items compare like their activity at any
       // common instant, and more activity only raises a score, so ZADD GT is order-free.
       if (s > 0) ranked.push(ref / H + Math.log2(s), item);
@@ -444,7 +622,7 @@ export class WindowStore {
     const fields = stateFields(view);
     for (const ws of due) {
       // From here on every writer sees the window closed: a batch that read it open fails its EXEC.
-      await this.redis.hset(k.windows(view.entity), String(ws), "closed");
+      await this.redis.multi().hset(k.windows(view.entity), String(ws), "closed").incr(k.version).exec();
       let cursor = "0";
       do {
         const [next, flat] = await this.redis.hscan(k.state(view.entity, ws), cursor, "COUNT", chunk);
@@ -457,7 +635,7 @@ export class WindowStore {
         if (out.length > 0) await publish(out);
         rows += out.length;
       } while (cursor !== "0");
-      await this.redis.multi().hset(k.windows(view.entity), String(ws), "published").del(k.state(view.entity, ws), k.distinct(view.entity, ws)).exec();
+      await this.redis.multi().hset(k.windows(view.entity), String(ws), "published").del(k.state(view.entity, ws), k.distinct(view.entity, ws)).incr(k.version).exec();
     }
     await this.forget(view, windows, high);
     return rows;
@@ -468,14 +646,14 @@ export class WindowStore {
     const k = this.keys;
     const watermark = watermarkOf(view, high);
     const old = [...windows].filter(([ws, s]) => s === "published" && ws + view.windowMs <= watermark - this.opts.closedWindowTtlMs).map(([ws]) => String(ws));
-    if (old.length > 0) await this.redis.hdel(k.windows(view.entity), ...old);
+    if (old.length > 0) await this.redis.multi().hdel(k.windows(view.entity), ...old).incr(k.version).exec();
     // A marker bucket is needed while any view may still apply its events.
     const closedByAll = (b: number) => this.views.every((v) => isWindowClosed(windowStart(b, v.windowMs) + v.windowMs, watermarkOf(v, high)));
     const buckets: string[] = [];
     for (const [ws] of windows) {
       for (let b = windowStart(ws, this.bucketMs); b < ws + view.windowMs; b += this.bucketMs) if (closedByAll(b)) buckets.push(k.seen(b));
     }
-    if (buckets.length > 0) await this.redis.del(...buckets);
+    if (buckets.length > 0) await this.redis.multi().del(...buckets).incr(k.version).exec();
     if (this.trending?.view === view && this.opts.trendTtlMs > 0 && old.length > 0) {
       let cursor = "0";
       do {
@@ -483,7 +661,7 @@ export class WindowStore {
         cursor = next;
         const stale: string[] = [];
         for (let i = 0; i < flat.length; i += 2) if (Number(flat[i + 1]!.split(" ")[1]) + this.opts.trendTtlMs < high) stale.push(flat[i]!);
-        if (stale.length > 0) await this.redis.multi().hdel(k.trend, ...stale).zrem(this.names.trendingKey, ...stale).exec();
+        if (stale.length > 0) await this.redis.multi().hdel(k.trend, ...stale).zrem(this.names.trendingKey, ...stale).incr(k.version).exec();
       } while (cursor !== "0");
     }
   }
@@ -499,22 +677,76 @@ export class WindowStore {
 
 type RespArgList = (string | number)[];
 
-/** Reads sent in one round trip after a WATCH of the keys they read. */
+/** Reads sent in one round trip (after a WATCH, when given keys to watch). */
 class Reads {
-  private readonly keys = new Set<string>();
   private readonly list: { cmd: RespCommand; use(reply: RespReply): void }[] = [];
 
-  add(key: string, cmd: RespCommand, use: (reply: RespReply) => void): void {
-    this.keys.add(key);
+  add(cmd: RespCommand, use: (reply: RespReply) => void): void {
     this.list.push({ cmd, use });
   }
 
-  async run(conn: RespConnection): Promise<void> {
+  async run(conn: RespConnection, watch: readonly string[]): Promise<void> {
     if (this.list.length === 0) return;
-    const replies = await conn.send([["WATCH", ...this.keys], ...this.list.map((r) => r.cmd)]);
+    const head: RespCommand[] = watch.length > 0 ? [["WATCH", ...watch]] : [];
+    const replies = await conn.send([...head, ...this.list.map((r) => r.cmd)]);
     throwIfError(replies, "reading the window state");
-    this.list.forEach((r, i) => r.use(replies[i + 1]!));
+    this.list.forEach((r, i) => r.use(replies[i + head.length]!));
   }
+}
+
+/** The outcome of computing a batch. */
+interface Computed {
+  counts: Record<string, ViewCounts>;
+  high: number;
+  writes: RespCommand[];
+  writeSet: WriteSet;
+}
+
+function noteState(snap: Snapshot, view: FeatureView, entityId: string, ws: number): void {
+  const key = view.entity + NUL + entityId;
+  if ((snap.newest.get(key) ?? -Infinity) < ws) snap.newest.set(key, ws);
+}
+
+/**
+ * Completes a snapshot with what one of our batches wrote, in case the reads ran before it
+ * landed. Idempotent (the writes are values, not increments), so applying one that the reads
+ * already saw changes nothing.
+ */
+function overlay(snap: Snapshot, w: WriteSet): void {
+  if (w.high > snap.high) snap.high = w.high;
+  for (const [view, opened] of w.opened) {
+    const st = snap.status.get(view)!;
+    for (const ws of opened) if (!st.has(ws)) st.set(ws, "open");
+  }
+  // Every view's plan holds all the batch's events; the first one's will do.
+  for (const groups of snap.plans[0]?.byWindow.values() ?? []) {
+    for (const g of groups.values()) for (const e of g.events) if (w.marks.has(e.event_id)) snap.applied.add(e.event_id);
+  }
+  for (const p of snap.plans) {
+    const states = w.states.get(p.view);
+    if (!states) continue;
+    for (const [ws, m] of states) {
+      const groups = p.byWindow.get(ws);
+      for (const [id, st] of m) {
+        if (!p.entities.has(id)) continue;
+        const g = groups?.get(id);
+        if (g) g.state = st.slice();
+        noteState(snap, p.view, id, ws);
+      }
+    }
+  }
+  for (const d of w.distinct) snap.distinct.add(d);
+  for (const [item, t] of w.trend) snap.trend.set(item, t);
+}
+
+/** The store version after a MULTI … INCR version EXEC, or undefined if EXEC refused it (WATCH). */
+function execVersion(replies: readonly RespReply[]): number | undefined {
+  const exec = replies[replies.length - 1]!;
+  if (exec === null) return undefined;
+  if (exec instanceof RespError) throw new WindowStoreError(`Redis refused the feature batch: ${exec.message}`, { cause: exec });
+  const results = exec as RespReply[];
+  throwIfError(results, "writing the feature batch");
+  return Number(results[results.length - 1]);
 }
 
 function distinctField(entityId: string, agg: number, value: string): string {
@@ -533,6 +765,8 @@ export interface StoreKeys {
   seen(bucket: number): string;
   trend: string;
   eventTimeHigh: string;
+  /** Raised by every transaction that changes feature state: how a writer knows it was alone. */
+  version: string;
 }
 
 export function storeKeys(redisPrefix: string): StoreKeys {
@@ -544,6 +778,7 @@ export function storeKeys(redisPrefix: string): StoreKeys {
     seen: (bucket) => `${base}seen:${bucket}`,
     trend: `${base}trend`,
     eventTimeHigh: `${base}event_time_high`,
+    version: `${base}version`,
   };
 }
 
@@ -561,7 +796,9 @@ function plan(view: FeatureView, events: readonly ActivityEvent[]): ViewPlan {
     g.contributions.push(contributions(view, e));
   }
   const distinctAggs = view.aggregations.flatMap((a, i) => (stateOp(a) === "distinct" ? [i] : []));
-  return { view, byWindow, distinctAggs };
+  const entities = new Set<string>();
+  for (const groups of byWindow.values()) for (const id of groups.keys()) entities.add(id);
+  return { view, entities, byWindow, distinctAggs };
 }
 
 function pack(s: readonly (number | undefined)[]): string {

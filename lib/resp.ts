@@ -11,7 +11,11 @@ import { connect as netConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 
 export type RespArg = string | number;
-export type RespCommand = readonly RespArg[];
+/**
+ * A command as its arguments, or already encoded (`resp`, holding `count` commands): the hot
+ * path builds its most repeated commands from pre-encoded pieces (see `bulk`).
+ */
+export type RespCommand = readonly RespArg[] | { readonly resp: string; readonly count: number };
 /** A reply: simple/bulk string, integer, null (nil), array, or a Redis error as a value. */
 export type RespReply = string | number | null | RespError | RespReply[];
 
@@ -68,9 +72,13 @@ export class RespConnection {
   }
 
   private write(socket: Socket, commands: readonly RespCommand[]): Promise<RespReply[]> {
+    let count = 0;
+    for (const c of commands) count += "resp" in c ? c.count : 1;
     return new Promise((resolve, reject) => {
-      this.waiters.push({ left: commands.length, replies: [], resolve, reject });
-      socket.write(encodeCommands(commands));
+      this.waiters.push({ left: count, replies: [], resolve, reject });
+      // The string goes to the socket as is: Node encodes it straight into the write request,
+      // one copy fewer than a Buffer of a batch's megabyte of commands.
+      socket.write(encodeCommands(commands), "utf8");
     });
   }
 
@@ -160,17 +168,18 @@ export class RespConnection {
       let value: RespReply;
       switch (type) {
         case 0x2b: // +
-          value = buf.toString("utf8", pos + 1, cr);
+          // A transaction answers +QUEUED per command: no string built for the common replies.
+          value = cr - pos === 7 && buf[pos + 1] === 0x51 ? "QUEUED" : cr - pos === 3 && buf[pos + 1] === 0x4f ? "OK" : buf.toString("utf8", pos + 1, cr);
           break;
         case 0x2d: // -
           value = new RespError(buf.toString("utf8", pos + 1, cr));
           break;
         case 0x3a: // :
-          value = Number(buf.toString("latin1", pos + 1, cr));
+          value = readInteger(buf, pos + 1, cr);
           break;
         case 0x24: {
           // $
-          const len = Number(buf.toString("latin1", pos + 1, cr));
+          const len = readInteger(buf, pos + 1, cr);
           if (len < 0) {
             value = null;
             break;
@@ -182,7 +191,7 @@ export class RespConnection {
         }
         case 0x2a: {
           // *
-          const len = Number(buf.toString("latin1", pos + 1, cr));
+          const len = readInteger(buf, pos + 1, cr);
           if (len > 0) {
             this.arrays.push({ items: [], left: len });
             pos = next;
@@ -219,10 +228,22 @@ export class RespConnection {
   }
 }
 
-/** The RESP encoding of commands, as one buffer. */
-export function encodeCommands(commands: readonly RespCommand[]): Buffer {
+/** The decimal integer in buf[from, to): what RESP headers and integer replies hold. */
+function readInteger(buf: Buffer, from: number, to: number): number {
+  const negative = buf[from] === 0x2d;
+  let n = 0;
+  for (let i = negative ? from + 1 : from; i < to; i++) n = n * 10 + (buf[i]! - 0x30);
+  return negative ? -n : n;
+}
+
+/** The RESP encoding of commands (a string: the socket encodes it to UTF-8 as it writes). */
+export function encodeCommands(commands: readonly RespCommand[]): string {
   let s = "";
   for (const c of commands) {
+    if ("resp" in c) {
+      s += c.resp;
+      continue;
+    }
     s += "*" + c.length + "\r\n";
     for (const a of c) {
       if (typeof a === "number") {
@@ -231,7 +252,18 @@ export function encodeCommands(commands: readonly RespCommand[]): Buffer {
       } else s += "$" + Buffer.byteLength(a) + "\r\n" + a + "\r\n";
     }
   }
-  return Buffer.from(s, "utf8");
+  return s;
+}
+
+/** One argument, RESP-encoded: the pieces of pre-encoded commands. */
+export function bulk(a: RespArg): string {
+  const v = typeof a === "number" ? numberString(a) : a;
+  return "$" + (typeof a === "number" ? v.length : Buffer.byteLength(v)) + "\r\n" + v + "\r\n";
+}
+
+/** The RESP header of a command with `args` arguments, the command name included. */
+export function commandHeader(name: string, args: number): string {
+  return "*" + args + "\r\n" + bulk(name);
 }
 
 const SMALL_INTS = Array.from({ length: 4096 }, (_, i) => String(i));
@@ -286,11 +318,4 @@ export function parseRedisUrl(url: string): RedisTarget {
     target.password = u.searchParams.get("password")!;
   }
   return target;
-}
-
-/** Throws the first error reply of a batch, naming the command (for callers that want all-or-error). */
-export function throwOnError(replies: readonly RespReply[], commands: readonly RespCommand[], what: string): void {
-  replies.forEach((r, i) => {
-    if (r instanceof RespError) throw new RespError(`${what}: Redis refused ${String(commands[i]?.[0])}: ${r.message}`);
-  });
 }

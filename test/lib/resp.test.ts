@@ -1,0 +1,130 @@
+// The lean RESP connection of the features writer, against the real Redis: every reply type,
+// replies split over many socket reads, non-ASCII arguments, transactions refused by WATCH,
+// and a server that dies and comes back.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { Redis } from "ioredis";
+import { RespConnection, RespConnectionError, RespError, bulk, commandHeader, numberString, parseRedisUrl } from "../../lib/resp.js";
+import { OwnService } from "../faults/own-services.js";
+
+const URL_ = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+const P = `t_resp_${randomBytes(4).toString("hex")}:`;
+
+describe("against the shared Redis", () => {
+  const conn = new RespConnection(URL_);
+  const other = new Redis(URL_);
+  after(async () => {
+    const keys = await other.keys(`${P}*`);
+    if (keys.length) await other.del(...keys);
+    conn.close();
+    other.disconnect();
+  });
+
+  test("every reply type, in order, errors as values", async () => {
+    const replies = await conn.send([
+      ["SET", `${P}s`, "héllo ✓"],
+      ["GET", `${P}s`],
+      ["GET", `${P}missing`],
+      ["INCRBY", `${P}n`, -5],
+      ["HSET", `${P}h`, "a", 1, "b", 2.5],
+      ["HMGET", `${P}h`, "a", "nope", "b"],
+      ["HGETALL", `${P}empty`],
+      ["LPUSH", `${P}s`, "x"], // wrong type: an error reply, not a thrown error
+      ["PING"],
+    ]);
+    assert.equal(replies[0], "OK");
+    assert.equal(replies[1], "héllo ✓", "UTF-8 arguments and replies, lengths in bytes");
+    assert.equal(replies[2], null);
+    assert.equal(replies[3], -5);
+    assert.equal(replies[4], 2);
+    assert.deepEqual(replies[5], ["1", null, "2.5"]);
+    assert.deepEqual(replies[6], []);
+    assert.ok(replies[7] instanceof RespError && /WRONGTYPE/.test(replies[7].message), String(replies[7]));
+    assert.equal(replies[8], "PONG");
+    assert.equal(await other.get(`${P}s`), "héllo ✓", "what ioredis reads back");
+  });
+
+  test("a reply far larger than one socket read, and a batch of thousands of commands", async () => {
+    const value = "v".repeat(1000) + "é";
+    const fields = Array.from({ length: 5000 }, (_, i) => `f${i}`);
+    await conn.send([["HSET", `${P}big`, ...fields.flatMap((f) => [f, value])]]);
+    const [all] = await conn.send([["HMGET", `${P}big`, ...fields]]);
+    assert.equal((all as string[]).length, 5000);
+    assert.ok((all as string[]).every((v) => v === value));
+    const many = await conn.send(fields.map((f, i) => ["HSET", `${P}many`, f, i]));
+    assert.equal(many.length, 5000);
+    assert.ok(many.every((r) => r === 1));
+  });
+
+  test("pre-encoded commands count as the commands they hold", async () => {
+    const key = bulk(`${P}pre`);
+    const both = { resp: commandHeader("HSET", 4) + key + bulk("a") + bulk(7) + commandHeader("PEXPIRE", 3) + key + bulk(60_000), count: 2 };
+    const replies = await conn.send([["PING"], both, ["HGET", `${P}pre`, "a"]]);
+    assert.deepEqual(replies, ["PONG", 1, 1, "7"]);
+    assert.ok((await other.pttl(`${P}pre`)) > 0);
+  });
+
+  test("EXEC answers nil when a watched key changed, and commits otherwise", async () => {
+    await conn.send([["WATCH", `${P}w`]]);
+    await other.set(`${P}w`, "changed by another client");
+    const refused = await conn.send([["MULTI"], ["SET", `${P}w`, "mine"], ["EXEC"]]);
+    assert.deepEqual(refused, ["OK", "QUEUED", null]);
+    assert.equal(await other.get(`${P}w`), "changed by another client");
+    const [, , , exec] = await conn.send([["WATCH", `${P}w`], ["MULTI"], ["SET", `${P}w`, "mine"], ["EXEC"]]);
+    assert.deepEqual(exec, ["OK"]);
+    assert.equal(await other.get(`${P}w`), "mine");
+  });
+
+  test("numbers print as String() does, faster for counts and epoch milliseconds", () => {
+    for (const x of [0, 7, 4095, 4096, 2 ** 31 - 1, 2 ** 31, 1_796_160_000_000, 1_796_160_000_001, 1e15, Number.MAX_SAFE_INTEGER, 2 ** 53, 1.5, -3, 0.1 + 0.2, 1e21, NaN, Infinity]) {
+      assert.equal(numberString(x), String(x), String(x));
+    }
+    let seed = 7;
+    for (let i = 0; i < 10_000; i++) {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      const x = Math.floor((seed / 2 ** 32) * Number.MAX_SAFE_INTEGER);
+      assert.equal(numberString(x), String(x));
+    }
+  });
+});
+
+describe("connection handling", () => {
+  let redis: OwnService;
+  before(async () => {
+    redis = await OwnService.redis();
+  });
+  after(async () => {
+    await redis?.remove();
+  });
+
+  test("URLs as ioredis reads them, and a clear error for a bad one", () => {
+    assert.deepEqual(parseRedisUrl("redis://127.0.0.1:6380/2"), { host: "127.0.0.1", port: 6380, tls: false, db: 2 });
+    assert.deepEqual(parseRedisUrl("rediss://:s3cr%40t@cache.internal"), { host: "cache.internal", port: 6379, tls: true, db: 0, password: "s3cr@t" });
+    assert.deepEqual(parseRedisUrl("redis://app:pw@[::1]:7000"), { host: "::1", port: 7000, tls: false, db: 0, user: "app", password: "pw" });
+    assert.throws(() => parseRedisUrl("localhost:6379"), /redis:\/\/ or rediss:\/\//);
+    assert.throws(() => parseRedisUrl("redis://h/x"), /database must be a number/);
+  });
+
+  test("commands in flight fail when the server dies; the next send connects again", async () => {
+    const conn = new RespConnection(redis.url);
+    try {
+      assert.deepEqual(await conn.send([["SET", "k", "before"]]), ["OK"]);
+      await redis.kill();
+      await assert.rejects(conn.send([["GET", "k"]]), RespConnectionError);
+      await redis.start();
+      assert.deepEqual(await conn.send([["SET", "k", "after"], ["GET", "k"]]), ["OK", "after"]);
+    } finally {
+      conn.close();
+    }
+  });
+
+  test("a server that refuses AUTH is reported, not retried silently", async () => {
+    const conn = new RespConnection(`redis://:wrong@127.0.0.1:${redis.port}`);
+    try {
+      await assert.rejects(conn.send([["PING"]]), /Redis refused the connection/);
+    } finally {
+      conn.close();
+    }
+  });
+});
