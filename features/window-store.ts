@@ -1,21 +1,27 @@
 // The window store: event-time window state, the online feature hashes and the trending set, all
 // in Redis, written in ONE transaction per batch of events.
 //
-// A batch is two round trips on the store's own connection:
-//   1. WATCH the keys the batch depends on, and read them: the newest event time, each view's
-//      window list, which of the batch's event ids were already applied, the batch's entities'
-//      window aggregates and distinct values, the items' trend activity.
-//   2. MULTI, every write the batch implies (computed here, in the worker), EXEC.
-// If another worker (or the window closer) wrote a watched key in between, EXEC does nothing and
-// the batch is read and computed again. So:
+// A batch:
+//   1. reads what it depends on: the store version, the newest event time, each view's window
+//      list, which of its event ids were already applied, its entities' window aggregates and
+//      distinct values, its items' trend activity;
+//   2. is computed here, in the worker;
+//   3. commits: MULTI, every write, INCR version, EXEC.
+// Every transaction that changes feature state raises the store version, so a writer knows
+// whether it was alone. Batches overlap: the next batch's reads go out at once (on a second
+// connection) and it is computed while Redis executes this one's transaction, from its snapshot
+// completed with the writes of our batches still landing. At commit, under WATCH of the version,
+// the version must be the one our own last commit produced and the snapshot must have seen a
+// version of our own unbroken run; otherwise (another worker, the window closer) the batch is
+// read and computed again under WATCH, one transaction at a time, until one commits. So:
 // - Exactly once: an event id's marker is written in the same transaction as its effect; a
 //   redelivered or republished event finds its marker and changes nothing. A kill -9 anywhere
 //   leaves either all of a batch's writes or none.
 // - Several workers on one consumer produce what one does: every batch is computed from the state
-//   it commits on top of. (They share the work; Redis, single-threaded, is what bounds them.)
+//   it commits on top of. (They take turns: Redis, single-threaded, orders them.)
 // - Redis does only plain hash, sorted-set and string commands, no Lua: on our machines a Lua
-//   script spends ~4 µs more per redis.call than the same command sent natively, and Redis is the
-//   bound of the whole pipeline (bench/features.ts: Redis CPU per event).
+//   script spends ~4 µs more per redis.call than the same command sent natively, and Lua scripts
+//   holding Redis for milliseconds delay every other client (the server's feature reads).
 //
 // Keys (P = the namespace's Redis prefix, V = a view's entity):
 //   P features:V:windows        hash    window start → "open" | "closed" (rows being logged) | "published"
@@ -313,7 +319,12 @@ export class WindowStore {
       exec = this.writer.send([["MULTI"], ...batch.writes, ["INCR", this.keys.version], ["EXEC"]]);
       exec.then(
         (replies) => {
-          const version = execVersion(replies);
+          let version: number | undefined;
+          try {
+            version = execVersion(replies);
+          } catch {
+            version = undefined; // the caller, awaiting the same replies, reports the error
+          }
           if (version !== undefined) {
             landing!.version = version;
             if (this.ours && version === this.ours.to + 1) this.ours.to = version;
