@@ -48,13 +48,15 @@ export async function benchFeatures(): Promise<void> {
     await publishAll(js, rt.names.eventsSubject, payloads);
     const publishRate = EVENTS / ((performance.now() - t) / 1000);
     const consumeRate = await rawConsume(rt, js, jsm);
+    const natsPid = natsServerPid();
+    const natsPull0 = natsPid ? cpuSeconds(natsPid) : NaN;
     const pullRate = await rawPull(rt, nc, jsm);
+    const natsPullCpu = natsPid ? cpuSeconds(natsPid) - natsPull0 : NaN;
 
     // The worker: a separate process on the same stream, measured until its consumer is drained.
     const w = await startWorker(namespace);
     worker = w.child;
     const cpu0 = cpuSeconds(w.child.pid!);
-    const natsPid = natsServerPid();
     const nats0 = natsPid ? cpuSeconds(natsPid) : NaN;
     const redis0 = await redisCpuSeconds(rt);
     const pings = pingLatencies(rt);
@@ -88,7 +90,7 @@ export async function benchFeatures(): Promise<void> {
     row(["", "events/s", "Redis CPU/event", "ratio"], W);
     row(["raw JetStream publish (acked)", Math.round(publishRate), "", ""], W);
     row(["raw JetStream consume + ack (nats.js)", Math.round(consumeRate), "", ""], W);
-    row(["raw JetStream pull + ack (lib/jetstream-pull)", Math.round(pullRate), "", ""], W);
+    row(["raw JetStream pull + ack (lib/jetstream-pull)", Math.round(pullRate), "", `nats-server ${fmt((natsPullCpu * 1e6) / EVENTS, 1)} µs/event`], W);
     row(["raw Redis pipeline of the online writes", Math.round(rawRedisRate), us(rawRedisCpu), ""], W);
     row(["window store alone (exactly-once)", Math.round(storeRate), us(storeRedisCpu), `${fmt(storeRate / rawRedisRate, 2)} of raw Redis`], W);
     row(["features worker, JetStream → Redis", Math.round(workerRate), us(workerRedisCpu), `${fmt(workerRate / pullRate, 2)} of raw pull, ${fmt(workerRate / consumeRate, 2)} of nats.js`], W);
@@ -313,7 +315,9 @@ async function steadyLoad(rt: Runtime, js: JetStreamClient, jsm: Parameters<type
   let done = false;
   const poller = (async () => {
     while (!done || pending.size > 0) {
-      const keys = [...pending.keys()];
+      // The oldest probes only (they show up first): polling every pending one would load Redis
+      // most exactly when the worker is behind, and so measure the harness.
+      const keys = [...pending.keys()].slice(0, 50);
       if (keys.length === 0) {
         await sleep(1);
         continue;
