@@ -4,5 +4,6 @@ export * from "./definitions.js";
 export * from "./windows.js";
 export * from "./event-parser.js";
 export * from "./window-store.js";
+export * from "./store-thread.js";
 export * from "./worker.js";
 export * from "./metrics.js";

@@ -303,7 +303,10 @@ export class WindowStore {
       const allLanded = (await Promise.all(overlays.map((l) => l.committed))).every(Boolean);
       const cur = current === null ? 0 : Number(current);
       const ours = this.ours;
-      if (!allLanded || !ours || snap.version < ours.from - 1 || snap.version > ours.to || cur !== ours.to) {
+      // Every commit of ours the snapshot may lack must be among those it was completed with: a
+      // batch recomputed after a refused EXEC commits after this one was computed.
+      const missing = this.landings.some((l) => l.version !== undefined && l.version > snap.version && !overlays.includes(l));
+      if (!allLanded || missing || !ours || snap.version < ours.from - 1 || snap.version > ours.to || cur !== ours.to) {
         await this.writer.send([["UNWATCH"]]);
         return;
       }

@@ -3,9 +3,10 @@
 // cannot parse, and publishes each window to LOGS once the watermark has passed it.
 //
 // Flow of one batch:
-//   pull (lib/jetstream-pull.ts) → parse → dead letters | events → WindowStore.apply (one Redis
-//   transaction: late events dropped, duplicates recognised, window state, online hashes,
-//   trending) and dead letters stored → ack every message of the batch.
+//   pull (lib/jetstream-pull.ts) → parse → dead letters | events → WindowStore.apply, on a thread
+//   of its own (features/store-thread.ts): one Redis transaction with late events dropped,
+//   duplicates recognised, window state, online hashes, trending; dead letters stored meanwhile →
+//   ack every message of the batch.
 // Acks come last: a crash anywhere before them means redelivery, which the store turns into a
 // no-op for what was already applied. The next batch is parsed while one is in Redis; several
 // workers may share the consumer (the store's transactions keep them consistent).
@@ -22,6 +23,7 @@ import { FeatureWindowLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { FEATURE_VIEWS, TRENDING, type ActivityEvent, type FeatureView } from "./definitions.js";
 import { createEventParser, type DeadLetterReason, type EventParser, type EventParserOptions } from "./event-parser.js";
 import { WindowStore, type ClosedWindow, type TrendingSpec, type ViewCounts, type WindowStoreOptions } from "./window-store.js";
+import { ThreadedWindowStore, type FeatureStore } from "./store-thread.js";
 import { createFeaturesMetrics, type FeaturesMetrics } from "./metrics.js";
 
 /** Header of a dead letter that says why the event was refused (a DeadLetterReason). */
@@ -61,11 +63,16 @@ export interface FeaturesWorkerOptions {
   lagIntervalMs?: number;
   /** Durable consumer part name (names.consumer(part)). @default "features" */
   consumerPart?: string;
+  /**
+   * Apply batches on a worker thread of their own (features/store-thread.ts), leaving this
+   * thread to NATS, parsing and acks (and, in `up`, to the gRPC server). @default true
+   */
+  storeThread?: boolean;
   parser?: EventParserOptions;
   store?: WindowStoreOptions;
 }
 
-export const DEFAULT_FEATURES_WORKER_OPTIONS: Readonly<Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending" | "pullAhead">>> = Object.freeze({
+export const DEFAULT_FEATURES_WORKER_OPTIONS: Readonly<Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending" | "pullAhead" | "storeThread">>> = Object.freeze({
   views: FEATURE_VIEWS,
   maxBatch: 2000,
   maxInFlightBatches: 2,
@@ -92,7 +99,7 @@ export interface FeaturesWorkerStats {
 
 export interface FeaturesWorker extends Part {
   readonly stats: Readonly<FeaturesWorkerStats>;
-  readonly store: WindowStore;
+  readonly store: FeatureStore;
   /** The newest event time this worker knows of (−∞ before any). */
   eventTimeHigh(): number;
   /** Looks for due windows now and closes them (the closer also runs on its own timer). */
@@ -106,14 +113,14 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
   const opts: Opts = { ...merged, pullAhead: defined.pullAhead ?? 2 * merged.maxBatch };
   const trendingSpec = options.trending === undefined ? TRENDING : options.trending;
   const itemView = opts.views.find((v) => v.entity === "item");
-  const store = new WindowStore(
-    runtime.redis(),
-    runtime.config.redisUrl,
-    runtime.names,
-    opts.views,
-    trendingSpec && itemView ? { view: itemView, spec: trendingSpec } : null,
-    { featureTtlMs: runtime.config.featureTtlSeconds * 1000, ...options.store },
-  );
+  const trending = trendingSpec && itemView ? { view: itemView, spec: trendingSpec } : null;
+  const storeOptions = { featureTtlMs: runtime.config.featureTtlSeconds * 1000, ...options.store };
+  const store: FeatureStore =
+    options.storeThread === false
+      ? new WindowStore(runtime.redis(), runtime.config.redisUrl, runtime.names, opts.views, trending, storeOptions)
+      : new ThreadedWindowStore(runtime.redis(), runtime.config.redisUrl, runtime.config.namespace, opts.views, trending, storeOptions, (why) =>
+          runtime.log.warn({ why }, "feature batches run on the main thread"),
+        );
   const nc = await runtime.nats();
   const js = nc.jetstream();
   const durable = runtime.names.consumer(opts.consumerPart);
@@ -172,7 +179,7 @@ async function ensureConsumer(runtime: Runtime, durable: string, opts: Opts): Pr
   }
 }
 
-type Opts = Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending">>;
+type Opts = Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending" | "storeThread">>;
 
 /**
  * A failpoint for the crash tests: STREAMSERVE_FAILPOINT=features-after-commit:N kills the process
@@ -202,7 +209,7 @@ class Worker implements FeaturesWorker {
   constructor(
     private readonly runtime: Runtime,
     private readonly js: JetStreamClient,
-    readonly store: WindowStore,
+    readonly store: FeatureStore,
     private readonly opts: Opts,
     parserOptions: EventParserOptions,
   ) {

@@ -2,7 +2,8 @@
 // in `streamserve up` the same process answers gRPC requests, whose latency must not wait on it.
 // This file is both the caller's API and the worker's entry point (recognised by its workerData).
 
-import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { isMainThread, parentPort, workerData, type Worker } from "node:worker_threads";
+import { startModuleWorker } from "../lib/worker-thread.js";
 import { trainGbdt, type GbdtData, type GbdtModel, type GbdtOptions, type GbdtProgress } from "./gbdt.js";
 
 const MARK = "streamserve-gbdt-worker";
@@ -31,16 +32,7 @@ export function trainInWorker(data: GbdtData, options: GbdtOptions = {}, onProgr
       }
     };
     try {
-      const init = { workerData: { mark: MARK, data, options, progress: onProgress !== undefined } };
-      if (import.meta.url.endsWith(".ts")) {
-        // Running from source (tsx): Node 20 does not apply the parent's loader to workers, so
-        // the worker registers tsx itself before importing this file.
-        const tsx = import.meta.resolve("tsx/esm/api");
-        const code = `import(${JSON.stringify(tsx)}).then((m) => m.register()).then(() => import(${JSON.stringify(import.meta.url)}))`;
-        worker = new Worker(code, { ...init, eval: true });
-      } else {
-        worker = new Worker(new URL(import.meta.url), init);
-      }
+      worker = startModuleWorker(import.meta.url, { mark: MARK, data, options, progress: onProgress !== undefined });
     } catch (err) {
       fallback(err);
       return;

@@ -119,7 +119,8 @@ describe("two workers on one consumer", () => {
       // Separate runtimes: separate NATS and Redis connections, as separate processes would have.
       const rt = i === 0 ? env.runtime : createRuntime({ namespace: env.runtime.config.namespace, logLevel: "silent" });
       if (i > 0) extra.push(rt);
-      target.workers.push(await startFeaturesWorker(rt, { progressIntervalMs: 0, maxBatch: 50, maxInFlightBatches: 2 }));
+      // The second applies its batches on the main thread: both ways of running the store, side by side.
+      target.workers.push(await startFeaturesWorker(rt, { progressIntervalMs: 0, maxBatch: 50, maxInFlightBatches: 2, storeThread: i === 0 }));
     }
     await waitConsumerDrained(env.nc, env.runtime.names);
     await publishEvents(env.js, env.runtime.names, [flush]);
