@@ -101,9 +101,7 @@ export type WindowStatus = "open" | "closed" | "published";
 
 /** One entity's events in one window of one view, within a batch. */
 interface Group {
-  view: FeatureView;
   entityId: string;
-  windowStart: number;
   events: ActivityEvent[];
   /** Each event's contributions to the view's aggregations (windows.ts), computed once. */
   contributions: Contribution[][];
@@ -162,7 +160,7 @@ interface Landing {
 }
 
 export class WindowStore {
-  readonly keys: StoreKeys;
+  private readonly keys: StoreKeys;
   private readonly opts: Required<WindowStoreOptions>;
   /** Transactions (WATCH state belongs to a connection). */
   private readonly writer: RespConnection;
@@ -182,8 +180,6 @@ export class WindowStore {
   /** Our own recent batches, and the range of store versions that only we wrote. */
   private landings: Landing[] = [];
   private ours?: { from: number; to: number };
-  /** Batches computed from fresh reads under WATCH: the first one, and those another writer (or the closer) raced. */
-  freshReads = 0;
 
   /**
    * @param redis for the window closer and readers (ioredis)
@@ -269,14 +265,13 @@ export class WindowStore {
     // Fresh reads under WATCH, one transaction at a time until one commits.
     return this.writerSection(async () => {
       for (let retries = 1; ; retries++) {
-        this.freshReads++;
         const fresh = await this.read(events, this.writer, true);
         const batch = await this.compute(events, fresh, now, this.writer);
         if (batch.writes.length === 0) {
           await this.writer.send([["UNWATCH"]]);
           return { counts: batch.counts, eventTimeHigh: batch.high, retries };
         }
-        const version = await this.exec(batch.writes);
+        const version = await this.transaction(batch.writes);
         if (version !== undefined) {
           this.landings = [{ writes: batch.writeSet, version, committed: Promise.resolve(true) }];
           this.ours = { from: version, to: version };
@@ -297,7 +292,7 @@ export class WindowStore {
    */
   private async commitOverlapped(snap: Snapshot, overlays: Landing[], batch: Computed, release: () => void): Promise<boolean> {
     let landing: Landing | undefined;
-    let exec: Promise<RespReply[]> | undefined;
+    let exec: Promise<number | undefined> | undefined;
     await this.writerSection(async () => {
       const [, current] = await this.writer.send([["WATCH", this.keys.version], ["GET", this.keys.version]]);
       const allLanded = (await Promise.all(overlays.map((l) => l.committed))).every(Boolean);
@@ -319,15 +314,9 @@ export class WindowStore {
         const oldest = this.landings[0]!.version;
         if (oldest !== undefined && this.ours) this.ours.from = Math.max(this.ours.from, oldest);
       }
-      exec = this.writer.send([["MULTI"], ...batch.writes, ["INCR", this.keys.version], ["EXEC"]]);
+      exec = this.transaction(batch.writes);
       exec.then(
-        (replies) => {
-          let version: number | undefined;
-          try {
-            version = execVersion(replies);
-          } catch {
-            version = undefined; // the caller, awaiting the same replies, reports the error
-          }
+        (version) => {
           if (version !== undefined) {
             landing!.version = version;
             if (this.ours && version === this.ours.to + 1) this.ours.to = version;
@@ -336,6 +325,7 @@ export class WindowStore {
           committed(version !== undefined);
         },
         () => {
+          // The caller, awaiting the same promise, reports the error.
           this.ours = undefined;
           committed(false);
         },
@@ -343,7 +333,7 @@ export class WindowStore {
     });
     if (!exec || !landing) return false;
     release();
-    const version = execVersion(await exec);
+    const version = await exec;
     if (version === undefined) this.landings = this.landings.filter((l) => l !== landing);
     return version !== undefined;
   }
@@ -357,7 +347,7 @@ export class WindowStore {
   }
 
   /** MULTI, the writes, INCR version, EXEC: the new version, or undefined if a watched key changed. */
-  private async exec(writes: RespCommand[]): Promise<number | undefined> {
+  private async transaction(writes: RespCommand[]): Promise<number | undefined> {
     return execVersion(await this.writer.send([["MULTI"], ...writes, ["INCR", this.keys.version], ["EXEC"]]));
   }
 
@@ -569,11 +559,16 @@ export class WindowStore {
   private publicWrites(out: RespCommand[], view: FeatureView, entityId: string, window: readonly [string, string], state: WindowState, now: string): void {
     const t = this.templates.get(view)!;
     const f = featuresOf(view, state);
-    const key = bulk(view.entity === "user" ? this.names.userFeaturesKey(entityId) : this.names.itemFeaturesKey(entityId));
+    const key = bulk(this.publicKey(view, entityId));
     let resp = t.head + key;
     for (let i = 0; i < t.names.length; i++) resp += t.fields[i]! + bulk(f[t.names[i]!]!);
     resp += t.windowStart + window[0] + t.windowEnd + window[1] + t.eventCount + bulk(state.n ?? 0) + t.featureTime + bulk(state.t ?? 0) + t.updatedAt + now;
     out.push({ resp: resp + PEXPIRE + key + this.featureTtl, count: 2 });
+  }
+
+  /** `user_features:{id}` or `item_features:{id}`. */
+  private publicKey(view: FeatureView, entityId: string): string {
+    return view.entity === "user" ? this.names.userFeaturesKey(entityId) : this.names.itemFeaturesKey(entityId);
   }
 
   /** Each item's decayed activity with the batch's events, and its trending score. */
@@ -615,7 +610,7 @@ export class WindowStore {
   }
 
   /** A view's windows and their status. */
-  async windows(view: FeatureView): Promise<Map<number, WindowStatus>> {
+  private async windows(view: FeatureView): Promise<Map<number, WindowStatus>> {
     const h = await this.redis.hgetall(this.keys.windows(view.entity));
     return new Map(Object.entries(h).map(([ws, s]) => [Number(ws), s as WindowStatus]));
   }
@@ -649,25 +644,42 @@ export class WindowStore {
         if (out.length > 0) await publish(out);
         rows += out.length;
       } while (cursor !== "0");
-      await this.redis.multi().hset(k.windows(view.entity), String(ws), "published").del(k.state(view.entity, ws), k.distinct(view.entity, ws)).incr(k.version).exec();
+      await this.redis
+        .multi()
+        .hset(k.windows(view.entity), String(ws), "published")
+        .del(k.state(view.entity, ws), k.distinct(view.entity, ws), ...this.spentMarkers([ws], view, high))
+        .incr(k.version)
+        .exec();
     }
     await this.forget(view, windows, high);
     return rows;
   }
 
-  /** Drops what no event can need any more: old window entries, applied-event markers, stale trend activity. */
+  /**
+   * The applied-event marker buckets within these windows of a view that no view can apply an
+   * event of any more (every view's window around them closed). Dropped when a window is
+   * published, and again when it is forgotten (for a view that closed last without a window there).
+   */
+  private spentMarkers(windows: readonly number[], view: FeatureView, high: number): string[] {
+    const closedByAll = (b: number) => this.views.every((v) => isWindowClosed(windowStart(b, v.windowMs) + v.windowMs, watermarkOf(v, high)));
+    const out: string[] = [];
+    for (const ws of windows) {
+      for (let b = windowStart(ws, this.bucketMs); b < ws + view.windowMs; b += this.bucketMs) if (closedByAll(b)) out.push(this.keys.seen(b));
+    }
+    return out;
+  }
+
+  /** Drops what no event can need any more: old window entries (and their markers), stale trend activity. */
   private async forget(view: FeatureView, windows: Map<number, WindowStatus>, high: number): Promise<void> {
     const k = this.keys;
     const watermark = watermarkOf(view, high);
-    const old = [...windows].filter(([ws, s]) => s === "published" && ws + view.windowMs <= watermark - this.opts.closedWindowTtlMs).map(([ws]) => String(ws));
-    if (old.length > 0) await this.redis.multi().hdel(k.windows(view.entity), ...old).incr(k.version).exec();
-    // A marker bucket is needed while any view may still apply its events.
-    const closedByAll = (b: number) => this.views.every((v) => isWindowClosed(windowStart(b, v.windowMs) + v.windowMs, watermarkOf(v, high)));
-    const buckets: string[] = [];
-    for (const [ws] of windows) {
-      for (let b = windowStart(ws, this.bucketMs); b < ws + view.windowMs; b += this.bucketMs) if (closedByAll(b)) buckets.push(k.seen(b));
+    const old = [...windows].filter(([ws, s]) => s === "published" && ws + view.windowMs <= watermark - this.opts.closedWindowTtlMs).map(([ws]) => ws);
+    if (old.length > 0) {
+      const markers = this.spentMarkers(old, view, high);
+      const tx = this.redis.multi().hdel(k.windows(view.entity), ...old.map(String));
+      if (markers.length > 0) tx.del(...markers);
+      await tx.incr(k.version).exec();
     }
-    if (buckets.length > 0) await this.redis.multi().del(...buckets).incr(k.version).exec();
     if (this.trending?.view === view && this.opts.trendTtlMs > 0 && old.length > 0) {
       let cursor = "0";
       do {
@@ -682,8 +694,7 @@ export class WindowStore {
 
   /** An entity's public feature hash as numbers (for tests and tools; the server reads its own way). */
   async readFeatures(view: FeatureView, entityId: string): Promise<Record<string, number> | undefined> {
-    const key = view.entity === "user" ? this.names.userFeaturesKey(entityId) : this.names.itemFeaturesKey(entityId);
-    const h = await this.redis.hgetall(key);
+    const h = await this.redis.hgetall(this.publicKey(view, entityId));
     if (Object.keys(h).length === 0) return undefined;
     return Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
   }
@@ -805,7 +816,7 @@ function plan(view: FeatureView, events: readonly ActivityEvent[]): ViewPlan {
     if (!groups) byWindow.set(ws, (groups = new Map()));
     const id = e[view.key];
     let g = groups.get(id);
-    if (!g) groups.set(id, (g = { view, entityId: id, windowStart: ws, events: [], contributions: [] }));
+    if (!g) groups.set(id, (g = { entityId: id, events: [], contributions: [] }));
     g.events.push(e);
     g.contributions.push(contributions(view, e));
   }

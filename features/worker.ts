@@ -128,7 +128,7 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
   await ensureConsumer(runtime, durable, opts);
   const source: MessageSource = {
     pull(onMessage, onStatus) {
-      return new PullConsumer(nc, { stream, consumer: durable, batch: Math.max(1, Math.ceil(opts.pullAhead / 4)), maxWaiting: opts.pullAhead, onMessage, onStatus });
+      return new PullConsumer(nc, { stream, consumer: durable, maxWaiting: opts.pullAhead, onMessage, onStatus });
     },
     ensure: () => ensureConsumer(runtime, durable, opts),
     async info() {

@@ -30,7 +30,7 @@ export type PullStatus = "consumer_missing" | "consumer_deleted" | "silent";
 export interface PullConsumerOptions {
   stream: string;
   consumer: string;
-  /** Messages asked for per pull request. @default 500 */
+  /** Messages asked for per pull request. @default a quarter of maxWaiting, else 500 */
   batch?: number;
   /** Most messages asked for and not yet delivered. @default 4 × batch */
   maxWaiting?: number;
@@ -60,15 +60,18 @@ export class PullConsumer {
   private lastHeard = Date.now();
   private readonly timer: NodeJS.Timeout;
   private readonly request: Uint8Array;
+  /** Connection events (typed as an iterable; nats.js's iterator also has stop()). */
+  private readonly status: AsyncIterable<{ type: string }> & { stop?(): void };
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly opts: PullConsumerOptions,
   ) {
-    this.batch = opts.batch ?? 500;
+    this.batch = opts.batch ?? (opts.maxWaiting ? Math.max(1, Math.ceil(opts.maxWaiting / 4)) : 500);
     this.maxWaiting = opts.maxWaiting ?? 4 * this.batch;
     this.expiresMs = opts.expiresMs ?? 30_000;
     this.heartbeatMs = opts.heartbeatMs ?? 5_000;
+    this.status = nc.status();
     this.request = enc.encode(JSON.stringify({ batch: this.batch, expires: this.expiresMs * 1e6, idle_heartbeat: this.heartbeatMs * 1e6 }));
     this.sub = nc.subscribe(this.inbox, { callback: (_err, m) => this.onMsg(m) });
     // A pull the server no longer knows sends nothing, not even heartbeats: ask again.
@@ -79,8 +82,9 @@ export class PullConsumer {
       }
     }, this.heartbeatMs);
     this.timer.unref();
+    const status = this.status;
     void (async () => {
-      for await (const s of nc.status()) if (s.type === "reconnect" && !this.stopped) this.reset();
+      for await (const s of status) if (s.type === "reconnect" && !this.stopped) this.reset();
     })().catch(() => undefined);
     this.fill();
   }
@@ -99,6 +103,7 @@ export class PullConsumer {
   stop(): void {
     this.stopped = true;
     clearInterval(this.timer);
+    this.status.stop?.(); // ends the reconnect watch above
     this.sub.unsubscribe();
   }
 
