@@ -38,9 +38,9 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Redis } from "../lib/redis.js";
 import type { Names } from "../lib/config.js";
-import { bulk, commandHeader, numberString, RespConnection, RespError, type RespCommand, type RespReply } from "../lib/resp.js";
+import { encodeArgs, encodeCommandHeader, RespConnection, RespError, RespWriter, type RespArg, type RespCommand, type RespReply } from "../lib/resp.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
-import { contributions, featureNames, featuresOf, foldEvent, isWindowClosed, stateFields, stateOp, watermarkOf, windowStart, type Contribution, type WindowState } from "./windows.js";
+import { contributions, featureNames, featuresOf, featureValues, foldEvent, isWindowClosed, stateFields, stateOp, watermarkOf, windowStart, type Contribution, type StateValues } from "./windows.js";
 
 /** The trending sorted set's scoring. */
 export interface TrendingSpec {
@@ -102,25 +102,41 @@ export type WindowStatus = "open" | "closed" | "published";
 /** One entity's events in one window of one view, within a batch. */
 interface Group {
   entityId: string;
-  events: ActivityEvent[];
+  /** Its events' indexes in the batch, in batch order. */
+  events: number[];
   /** Each event's contributions to the view's aggregations (windows.ts), computed once. */
   contributions: Contribution[][];
   /** The window's state before the batch (undefined: none); folded in place. */
-  state?: (number | undefined)[];
+  state?: StateValues;
+  /** Whether its window refuses events (the watermark passed it, or it is being closed). */
+  late?: boolean;
+  /** Positions in `events` of the events this batch applies. */
+  applied?: number[];
 }
 
 interface ViewPlan {
   view: FeatureView;
-  /** The batch's entities of this view. */
-  entities: Set<string>;
   /** window start → entity id → group */
   byWindow: Map<number, Map<string, Group>>;
+  /** Each event's group, by its index in the batch, and its position in the group's events. */
+  groupOf: Group[];
+  posOf: number[];
+  /** The batch's entities of this view. */
+  entityIds: Set<string>;
+  /** Entity id → the newest window start the entity has state in, as far as the batch knows. */
+  newest: Map<string, number>;
   /** Indexes of the view's distinct-count aggregations. */
   distinctAggs: number[];
+  counts: ViewCounts;
 }
 
 const NUL = "\u0000";
-const PEXPIRE = commandHeader("PEXPIRE", 3);
+const HSET = encodeArgs("HSET");
+const PEXPIRE = encodeCommandHeader("PEXPIRE", 3);
+const ONE = encodeArgs("1");
+
+/** Distinct-count values known to be in their window: distinct key → fields (distinctField). */
+type DistinctValues = Map<string, Set<string>>;
 
 /** A snapshot of what a batch depends on, read from Redis (and completed by in-flight writes). */
 interface Snapshot {
@@ -131,13 +147,10 @@ interface Snapshot {
   status: Map<FeatureView, Map<number, WindowStatus>>;
   /** Event ids of the batch applied before it. */
   applied: Set<string>;
-  /** Distinct values already in their window: distinct key NUL field. */
-  distinct: Set<string>;
-  /** View entity NUL entity id → the newest window start the entity has state in. */
-  newest: Map<string, number>;
+  distinct: DistinctValues;
   trend: Map<string, [number, number]>;
-  /** State key NUL entity id: newer-window state already read. */
-  newerRead: Set<string>;
+  /** State key → entity ids whose state in that (newer) window was already read. */
+  newerRead: Map<string, Set<string>>;
 }
 
 /** What a committed (or in-flight) batch wrote, to complete a snapshot read before it landed. */
@@ -146,8 +159,8 @@ interface WriteSet {
   opened: Map<FeatureView, Set<number>>;
   marks: Set<string>;
   /** view → window start → entity → state */
-  states: Map<FeatureView, Map<number, Map<string, (number | undefined)[]>>>;
-  distinct: Set<string>;
+  states: Map<FeatureView, Map<number, Map<string, StateValues>>>;
+  distinct: DistinctValues;
   trend: Map<string, [number, number]>;
 }
 
@@ -157,6 +170,17 @@ interface Landing {
   version?: number;
   /** Resolves true once committed, false if EXEC refused it. */
   committed: Promise<boolean>;
+}
+
+/** Pre-encoded pieces of a view's public-hash HSET. */
+interface PublicTemplate {
+  head: Buffer;
+  fields: Buffer[];
+  windowStart: Buffer;
+  windowEnd: Buffer;
+  eventCount: Buffer;
+  featureTime: Buffer;
+  updatedAt: Buffer;
 }
 
 export class WindowStore {
@@ -170,9 +194,11 @@ export class WindowStore {
   /** Windows each view had at the last read: which newer windows to read an entity's state from. */
   private readonly knownWindows = new Map<FeatureView, Map<number, WindowStatus>>();
   private readonly bucketMs: number;
-  private readonly featureTtl: string;
-  /** Pre-encoded pieces of each view's public-hash HSET. */
-  private readonly templates = new Map<FeatureView, { head: string; names: string[]; fields: string[]; windowStart: string; windowEnd: string; eventCount: string; featureTime: string; updatedAt: string }>();
+  private readonly featureTtl: Buffer;
+  private readonly openTtl: Buffer;
+  private readonly templates = new Map<FeatureView, PublicTemplate>();
+  /** The size of the last batch's writes: the next one's buffer starts there. */
+  private writeBytes = 64 * 1024;
   /** Batches compute one at a time, in call order. */
   private computeTurn: Promise<void> = Promise.resolve();
   /** WATCH … EXEC sections on the writer connection, one at a time. */
@@ -202,18 +228,18 @@ export class WindowStore {
     this.writer = new RespConnection(redisUrl, { name: "streamserve-features" });
     this.reader = new RespConnection(redisUrl, { name: "streamserve-features-reader" });
     this.bucketMs = Math.min(...views.map((v) => v.windowMs));
-    this.featureTtl = bulk(this.opts.featureTtlMs);
+    this.featureTtl = encodeArgs(this.opts.featureTtlMs);
+    this.openTtl = encodeArgs(this.opts.openWindowTtlMs);
     for (const v of views) {
       const names = featureNames(v);
       this.templates.set(v, {
-        head: commandHeader("HSET", 2 + 2 * (names.length + 5)),
-        names,
-        fields: names.map((n) => bulk(n)),
-        windowStart: bulk("window_start"),
-        windowEnd: bulk("window_end"),
-        eventCount: bulk("event_count"),
-        featureTime: bulk("feature_time"),
-        updatedAt: bulk("updated_at"),
+        head: encodeCommandHeader("HSET", 2 + 2 * (names.length + 5)),
+        fields: names.map((n) => encodeArgs(n)),
+        windowStart: encodeArgs("window_start"),
+        windowEnd: encodeArgs("window_end"),
+        eventCount: encodeArgs("event_count"),
+        featureTime: encodeArgs("feature_time"),
+        updatedAt: encodeArgs("updated_at"),
       });
     }
     for (const v of views) this.knownWindows.set(v, new Map());
@@ -255,10 +281,10 @@ export class WindowStore {
     const snap = await pending.catch(() => undefined);
     if (snap) {
       const overlays = this.landings.filter((l) => l.version === undefined || l.version > snap.version);
-      for (const l of overlays) overlay(snap, l.writes);
+      for (const l of overlays) overlay(snap, l.writes, events);
       const batch = await this.compute(events, snap, now, this.reader);
       // Nothing to write (every event a duplicate or late): true whatever others wrote since.
-      if (batch.writes.length === 0) return { counts: batch.counts, eventTimeHigh: batch.high, retries: 0 };
+      if (batch.writes.count === 0) return { counts: batch.counts, eventTimeHigh: batch.high, retries: 0 };
       const done = await this.commitOverlapped(snap, overlays, batch, release);
       if (done) return { counts: batch.counts, eventTimeHigh: batch.high, retries: 0 };
     }
@@ -267,7 +293,7 @@ export class WindowStore {
       for (let retries = 1; ; retries++) {
         const fresh = await this.read(events, this.writer, true);
         const batch = await this.compute(events, fresh, now, this.writer);
-        if (batch.writes.length === 0) {
+        if (batch.writes.count === 0) {
           await this.writer.send([["UNWATCH"]]);
           return { counts: batch.counts, eventTimeHigh: batch.high, retries };
         }
@@ -347,8 +373,8 @@ export class WindowStore {
   }
 
   /** MULTI, the writes, INCR version, EXEC: the new version, or undefined if a watched key changed. */
-  private async transaction(writes: RespCommand[]): Promise<number | undefined> {
-    return execVersion(await this.writer.send([["MULTI"], ...writes, ["INCR", this.keys.version], ["EXEC"]]));
+  private async transaction(writes: RespWriter): Promise<number | undefined> {
+    return execVersion(await this.writer.send([["MULTI"], writes, ["INCR", this.keys.version], ["EXEC"]]));
   }
 
   /** Reads what a batch depends on (under WATCH of the store version when `watch`). */
@@ -356,7 +382,7 @@ export class WindowStore {
     const k = this.keys;
     const plans = this.views.map((view) => plan(view, events));
     const reads = new Reads();
-    const snap: Snapshot = { version: 0, plans, high: -Infinity, status: new Map(), applied: new Set(), distinct: new Set(), newest: new Map(), trend: new Map(), newerRead: new Set() };
+    const snap: Snapshot = { version: 0, plans, high: -Infinity, status: new Map(), applied: new Set(), distinct: new Map(), trend: new Map(), newerRead: new Map() };
     reads.add(["GET", k.version], (r) => (snap.version = r === null ? 0 : Number(r)));
     reads.add(["GET", k.eventTimeHigh], (r) => (snap.high = r === null ? -Infinity : Number(r)));
     for (const v of this.views) {
@@ -368,47 +394,57 @@ export class WindowStore {
         this.knownWindows.set(v, m);
       });
     }
-    const byBucket = new Map<number, Set<string>>();
+    const byBucket = new Map<number, string[]>();
     for (const e of events) {
       const b = windowStart(e.event_time, this.bucketMs);
-      let set = byBucket.get(b);
-      if (!set) byBucket.set(b, (set = new Set()));
-      set.add(e.event_id);
+      let ids = byBucket.get(b);
+      if (!ids) byBucket.set(b, (ids = [k.seen(b)]));
+      ids.push(e.event_id);
     }
-    for (const [b, set] of byBucket) {
-      const ids = [...set];
-      reads.add(["HMGET", k.seen(b), ...ids], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && snap.applied.add(ids[i]!)));
+    for (const ids of byBucket.values()) {
+      reads.add(["HMGET", ...ids], (r) => {
+        const found = r as (string | null)[];
+        for (let i = 0; i < found.length; i++) if (found[i] !== null) snap.applied.add(ids[i + 1]!);
+      });
     }
     for (const p of plans) {
       const n = stateFields(p.view).length;
       for (const [ws, groups] of p.byWindow) {
         const list = [...groups.values()];
-        reads.add(["HMGET", k.state(p.view.entity, ws), ...list.map((g) => g.entityId)], (r) =>
-          (r as (string | null)[]).forEach((x, i) => {
-            if (x === null) return;
-            list[i]!.state = unpack(x, n);
-            noteState(snap, p.view, list[i]!.entityId, ws);
-          }),
-        );
+        const cmd: RespArg[] = ["HMGET", k.state(p.view.entity, ws)];
+        for (const g of list) cmd.push(g.entityId);
+        reads.add(cmd, (r) => {
+          const found = r as (string | null)[];
+          for (let i = 0; i < found.length; i++) {
+            if (found[i] === null) continue;
+            list[i]!.state = unpack(found[i]!, n);
+            noteNewest(p, list[i]!.entityId, ws);
+          }
+        });
         if (p.distinctAggs.length === 0) continue;
         const dkey = k.distinct(p.view.entity, ws);
         const fields = new Set<string>();
         for (const g of list) for (const c of g.contributions) for (const i of p.distinctAggs) {
-          if (c[i] !== false) fields.add(distinctField(g.entityId, i, String(c[i])));
+          if (c[i] !== false) fields.add(distinctField(g.entityId, i, c[i] as string));
         }
         const flist = [...fields];
-        if (flist.length > 0) reads.add(["HMGET", dkey, ...flist], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && snap.distinct.add(dkey + NUL + flist[i]!)));
+        if (flist.length > 0) {
+          reads.add(["HMGET", dkey, ...flist], (r) => {
+            const found = r as (string | null)[];
+            for (let i = 0; i < found.length; i++) if (found[i] !== null) distinctSet(snap.distinct, dkey).add(flist[i]!);
+          });
+        }
       }
       this.readNewer(reads, snap, p, this.knownWindows.get(p.view)!.keys());
     }
     const tplan = this.trending ? plans.find((x) => x.view === this.trending!.view) : undefined;
-    if (tplan && tplan.entities.size > 0) {
-      const items = [...tplan.entities];
+    if (tplan && events.length > 0) {
+      const items = [...new Set(tplan.groupOf.map((g) => g.entityId))];
       reads.add(["HMGET", k.trend, ...items], (r) =>
         (r as (string | null)[]).forEach((x, i) => {
           if (x === null) return;
-          const [s, ref] = x.split(" ");
-          snap.trend.set(items[i]!, [Number(s), Number(ref)]);
+          const sp = x.indexOf(" ");
+          snap.trend.set(items[i]!, [Number(x.slice(0, sp)), Number(x.slice(sp + 1))]);
         }),
       );
     }
@@ -421,18 +457,23 @@ export class WindowStore {
    * windows (events out of order within the watermark).
    */
   private readNewer(into: Reads, snap: Snapshot, p: ViewPlan, windows: Iterable<number>): void {
+    if (p.byWindow.size === 1 && this.knownWindows.get(p.view)!.size === 0) return;
     for (const ws of new Set([...windows, ...p.byWindow.keys()])) {
       const key = this.keys.state(p.view.entity, ws);
       const here = p.byWindow.get(ws);
-      const older = new Set<string>();
+      let read = snap.newerRead.get(key);
+      const older: string[] = [];
       for (const [bws, groups] of p.byWindow) {
         if (bws >= ws) continue;
-        for (const id of groups.keys()) if (!here?.has(id) && !snap.newerRead.has(key + NUL + id)) older.add(id);
+        for (const id of groups.keys()) {
+          if (here?.has(id) || read?.has(id)) continue;
+          if (!read) snap.newerRead.set(key, (read = new Set()));
+          read.add(id);
+          older.push(id);
+        }
       }
-      if (older.size === 0) continue;
-      const list = [...older];
-      for (const id of list) snap.newerRead.add(key + NUL + id);
-      into.add(["HMGET", key, ...list], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && noteState(snap, p.view, list[i]!, ws)));
+      if (older.length === 0) continue;
+      into.add(["HMGET", key, ...older], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && noteNewest(p, older[i]!, ws)));
     }
   }
 
@@ -446,32 +487,37 @@ export class WindowStore {
     await late.run(conn, []);
 
     const counts: Record<string, ViewCounts> = {};
-    for (const v of this.views) counts[v.entity] = { applied: 0, duplicates: 0, late: 0 };
-    const writeSet: WriteSet = { high: snap.high, opened: new Map(), marks: new Set(), states: new Map(), distinct: new Set(), trend: new Map() };
+    for (const p of plans) {
+      counts[p.view.entity] = p.counts;
+      // Lateness is judged against the watermark before the batch, so per window.
+      const watermark = watermarkOf(p.view, snap.high);
+      const st = status.get(p.view)!;
+      for (const [ws, groups] of p.byWindow) {
+        const s = st.get(ws);
+        const refused = isWindowClosed(ws + p.view.windowMs, watermark) || (s !== undefined && s !== "open");
+        for (const g of groups.values()) g.late = refused;
+      }
+    }
+    const writeSet: WriteSet = { high: snap.high, opened: new Map(), marks: new Set(), states: new Map(), distinct: new Map(), trend: new Map() };
     const marks = new Map<number, string[]>();
-    const folded = new Map<Group, number[]>(); // group → indexes of its events applied now
     const trendEvents = new Map<string, ActivityEvent[]>();
     const tplan = this.trending ? plans.find((x) => x.view === this.trending!.view) : undefined;
+    const weights = this.trending?.spec.weights ?? {};
     let high = snap.high;
-    for (const e of events) {
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i]!;
       if (e.event_time > high) high = e.event_time;
+      const duplicate = snap.applied.has(e.event_id) || writeSet.marks.has(e.event_id);
       let any = false;
       for (const p of plans) {
-        const c = counts[p.view.entity]!;
-        const ws = windowStart(e.event_time, p.view.windowMs);
-        const st = status.get(p.view)!.get(ws);
-        if (isWindowClosed(ws + p.view.windowMs, watermarkOf(p.view, snap.high)) || (st !== undefined && st !== "open")) {
-          c.late++;
-        } else if (snap.applied.has(e.event_id) || writeSet.marks.has(e.event_id)) {
-          c.duplicates++;
-        } else {
-          c.applied++;
+        const g = p.groupOf[i]!;
+        if (g.late) p.counts.late++;
+        else if (duplicate) p.counts.duplicates++;
+        else {
+          p.counts.applied++;
           any = true;
-          const g = p.byWindow.get(ws)!.get(e[p.view.key])!;
-          let list = folded.get(g);
-          if (!list) folded.set(g, (list = []));
-          list.push(g.events.indexOf(e, list.length > 0 ? list[list.length - 1]! + 1 : 0));
-          if (p === tplan && this.trending!.spec.weights[e.event_type]) {
+          (g.applied ??= []).push(p.posOf[i]!);
+          if (p === tplan && weights[e.event_type]) {
             let t = trendEvents.get(g.entityId);
             if (!t) trendEvents.set(g.entityId, (t = []));
             t.push(e);
@@ -487,83 +533,88 @@ export class WindowStore {
       }
     }
 
-    const writes: RespCommand[] = [];
-    const openTtl = numberString(this.opts.openWindowTtlMs);
+    const w = new RespWriter(this.writeBytes);
     for (const [b, ids] of marks) {
-      const cmd: RespArgList = ["HSET", k.seen(b)];
-      for (const id of ids) cmd.push(id, "1");
-      writes.push(cmd, ["PEXPIRE", k.seen(b), openTtl]);
+      const key = k.seen(b);
+      w.command(2 + 2 * ids.length).raw(HSET).string(key);
+      for (const id of ids) w.string(id).raw(ONE);
+      w.raw(PEXPIRE, 1).string(key).raw(this.openTtl);
     }
-    const nowStr = bulk(now);
+    const nowBytes = encodeArgs(now);
     for (const p of plans) {
       const view = p.view;
-      const fields = stateFields(view);
-      const viewStates = new Map<number, Map<string, (number | undefined)[]>>();
+      const nf = stateFields(view).length;
+      const viewStates = new Map<number, Map<string, StateValues>>();
       writeSet.states.set(view, viewStates);
       for (const [ws, groups] of p.byWindow) {
-        const stateKey = k.state(view.entity, ws);
         const dkey = k.distinct(view.entity, ws);
-        const stateWrites: RespArgList = ["HSET", stateKey];
-        const distinctWrites: RespArgList = ["HSET", dkey];
+        let known = snap.distinct.get(dkey);
+        const added: string[] = [];
+        let entityId = "";
+        const isNewValue = (i: number, value: string): boolean => {
+          const f = distinctField(entityId, i, value);
+          if (known?.has(f)) return false;
+          (known ??= distinctSet(snap.distinct, dkey)).add(f);
+          distinctSet(writeSet.distinct, dkey).add(f);
+          added.push(f);
+          return true;
+        };
         const changed: Group[] = [];
-        const states = new Map<string, (number | undefined)[]>();
+        const states = new Map<string, StateValues>();
         for (const g of groups.values()) {
-          const applied = folded.get(g);
-          if (!applied) continue;
-          const s = (g.state ??= new Array<number | undefined>(fields.length).fill(undefined));
-          for (const j of applied) {
-            foldEvent(view, s, g.events[j]!.event_time, g.contributions[j]!, (i, value) => {
-              const key = dkey + NUL + distinctField(g.entityId, i, value);
-              if (snap.distinct.has(key)) return false;
-              snap.distinct.add(key);
-              writeSet.distinct.add(key);
-              distinctWrites.push(distinctField(g.entityId, i, value), "1");
-              return true;
-            });
-          }
-          stateWrites.push(g.entityId, pack(s));
+          if (!g.applied) continue;
+          const s = (g.state ??= new Array<number | undefined>(nf).fill(undefined));
+          entityId = g.entityId;
+          for (const j of g.applied) foldEvent(view, s, events[g.events[j]!]!.event_time, g.contributions[j]!, isNewValue);
           states.set(g.entityId, s);
-          noteState(snap, view, g.entityId, ws);
+          noteNewest(p, g.entityId, ws);
           changed.push(g);
         }
         if (changed.length === 0) continue;
         viewStates.set(ws, states);
-        writes.push(stateWrites, ["PEXPIRE", stateKey, openTtl]);
-        if (distinctWrites.length > 2) writes.push(distinctWrites, ["PEXPIRE", dkey, openTtl]);
+        const stateKey = k.state(view.entity, ws);
+        w.command(2 + 2 * changed.length).raw(HSET).string(stateKey);
+        for (const g of changed) pack(w.string(g.entityId), g.state!);
+        w.raw(PEXPIRE, 1).string(stateKey).raw(this.openTtl);
+        if (added.length > 0) {
+          w.command(2 + 2 * added.length).raw(HSET).string(dkey);
+          for (const f of added) w.string(f).raw(ONE);
+          w.raw(PEXPIRE, 1).string(dkey).raw(this.openTtl);
+        }
         if (!status.get(view)!.has(ws)) {
-          writes.push(["HSET", k.windows(view.entity), ws, "open"]);
+          w.args(["HSET", k.windows(view.entity), ws, "open"]);
           let opened = writeSet.opened.get(view);
           if (!opened) writeSet.opened.set(view, (opened = new Set()));
           opened.add(ws);
         }
         // The public hash shows the entity's newest window: an older one still open (events out
         // of order within the watermark) updates its state but leaves the hash alone.
-        const window = [bulk(ws), bulk(ws + view.windowMs)] as const;
+        const window = [encodeArgs(ws), encodeArgs(ws + view.windowMs)] as const;
         for (const g of changed) {
-          if (snap.newest.get(view.entity + NUL + g.entityId)! > ws) continue;
-          this.publicWrites(writes, view, g.entityId, window, toState(fields, g.state!), nowStr);
+          if (p.newest.get(g.entityId)! > ws) continue;
+          this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
         }
       }
     }
-    if (this.trending) writes.push(...this.trendWrites(trendEvents, snap.trend, writeSet.trend));
-    if (high > snap.high) writes.push(["SET", k.eventTimeHigh, high]);
+    if (this.trending) this.trendWrites(w, trendEvents, snap.trend, writeSet.trend);
+    if (high > snap.high) w.args(["SET", k.eventTimeHigh, high]);
     writeSet.high = high;
-    return { counts, high, writes, writeSet };
+    this.writeBytes = Math.max(64 * 1024, w.bytes.length);
+    return { counts, high, writes: w, writeSet };
   }
 
   /**
    * Writes an entity's public hash (its newest window's features and when they were computed)
-   * and its TTL, encoded from the view's template: these are most of the bytes a batch sends.
-   * `window` and `now` come pre-encoded (bulk) as they are the same for many entities.
+   * and its TTL, from the view's pre-encoded template: these are most of the bytes a batch sends.
    */
-  private publicWrites(out: RespCommand[], view: FeatureView, entityId: string, window: readonly [string, string], state: WindowState, now: string): void {
+  private publicWrites(w: RespWriter, view: FeatureView, entityId: string, window: readonly [Buffer, Buffer], s: StateValues, now: Buffer): void {
     const t = this.templates.get(view)!;
-    const f = featuresOf(view, state);
-    const key = bulk(this.publicKey(view, entityId));
-    let resp = t.head + key;
-    for (let i = 0; i < t.names.length; i++) resp += t.fields[i]! + bulk(f[t.names[i]!]!);
-    resp += t.windowStart + window[0] + t.windowEnd + window[1] + t.eventCount + bulk(state.n ?? 0) + t.featureTime + bulk(state.t ?? 0) + t.updatedAt + now;
-    out.push({ resp: resp + PEXPIRE + key + this.featureTtl, count: 2 });
+    const key = this.publicKey(view, entityId);
+    const f = featureValues(view, s);
+    w.raw(t.head, 1).string(key);
+    for (let i = 0; i < f.length; i++) w.raw(t.fields[i]!).number(f[i]!);
+    w.raw(t.windowStart).raw(window[0]).raw(t.windowEnd).raw(window[1]).raw(t.eventCount).number(s[0] ?? 0).raw(t.featureTime).number(s[1] ?? 0).raw(t.updatedAt).raw(now);
+    w.raw(PEXPIRE, 1).string(key).raw(this.featureTtl);
   }
 
   /** `user_features:{id}` or `item_features:{id}`. */
@@ -572,35 +623,34 @@ export class WindowStore {
   }
 
   /** Each item's decayed activity with the batch's events, and its trending score. */
-  private trendWrites(byItem: Map<string, ActivityEvent[]>, before: Map<string, [number, number]>, after: Map<string, [number, number]>): RespCommand[] {
+  private trendWrites(w: RespWriter, byItem: Map<string, ActivityEvent[]>, before: Map<string, [number, number]>, after: Map<string, [number, number]>): void {
+    if (byItem.size === 0) return;
     const { spec } = this.trending!;
     const H = spec.halfLifeMs;
-    const activity: RespArgList = [];
-    const ranked: RespArgList = [];
+    const ranked: RespArg[] = [];
+    w.command(2 + 2 * byItem.size).raw(HSET).string(this.keys.trend);
     for (const [item, evs] of byItem) {
       let [s, ref] = before.get(item) ?? [0, -Infinity];
       for (const e of evs) {
-        const w = spec.weights[e.event_type]!;
+        const weight = spec.weights[e.event_type]!;
         // Kept relative to the newest event time seen (ref), so it never overflows and the
         // result does not depend on arrival order.
         if (ref === -Infinity) {
-          s = w;
+          s = weight;
           ref = e.event_time;
         } else if (e.event_time > ref) {
-          s = s * 2 ** (-(e.event_time - ref) / H) + w;
+          s = s * 2 ** (-(e.event_time - ref) / H) + weight;
           ref = e.event_time;
-        } else s += w * 2 ** (-(ref - e.event_time) / H);
+        } else s += weight * 2 ** (-(ref - e.event_time) / H);
       }
-      activity.push(item, `${s} ${ref}`);
+      const value = w.string(item).beginValue();
+      w.valueNumber(s).valueAscii(" ").valueNumber(ref).endValue(value);
       after.set(item, [s, ref]);
       // log2 of the activity decayed to the epoch: items compare like their activity at any
       // common instant, and more activity only raises a score, so ZADD GT is order-free.
       if (s > 0) ranked.push(ref / H + Math.log2(s), item);
     }
-    const out: RespCommand[] = [];
-    if (activity.length > 0) out.push(["HSET", this.keys.trend, ...activity]);
-    if (ranked.length > 0) out.push(["ZADD", this.names.trendingKey, "GT", ...ranked], ["ZREMRANGEBYRANK", this.names.trendingKey, 0, -(spec.maxItems + 1)]);
-    return out;
+    if (ranked.length > 0) w.args(["ZADD", this.names.trendingKey, "GT", ...ranked]).args(["ZREMRANGEBYRANK", this.names.trendingKey, 0, -(spec.maxItems + 1)]);
   }
 
   /** The newest event time any worker has seen (−∞ before the first event). */
@@ -638,8 +688,8 @@ export class WindowStore {
         cursor = next;
         const out: ClosedWindow[] = [];
         for (let i = 0; i < flat.length; i += 2) {
-          const state = toState(fields, unpack(flat[i + 1]!, fields.length));
-          out.push({ view, entityId: flat[i]!, windowStart: ws, windowEnd: ws + view.windowMs, features: featuresOf(view, state), eventCount: state.n ?? 0 });
+          const state = unpack(flat[i + 1]!, fields.length);
+          out.push({ view, entityId: flat[i]!, windowStart: ws, windowEnd: ws + view.windowMs, features: featuresOf(view, state), eventCount: state[0] ?? 0 });
         }
         if (out.length > 0) await publish(out);
         rows += out.length;
@@ -700,8 +750,6 @@ export class WindowStore {
   }
 }
 
-type RespArgList = (string | number)[];
-
 /** Reads sent in one round trip (after a WATCH, when given keys to watch). */
 class Reads {
   private readonly list: { cmd: RespCommand; use(reply: RespReply): void }[] = [];
@@ -723,13 +771,18 @@ class Reads {
 interface Computed {
   counts: Record<string, ViewCounts>;
   high: number;
-  writes: RespCommand[];
+  writes: RespWriter;
   writeSet: WriteSet;
 }
 
-function noteState(snap: Snapshot, view: FeatureView, entityId: string, ws: number): void {
-  const key = view.entity + NUL + entityId;
-  if ((snap.newest.get(key) ?? -Infinity) < ws) snap.newest.set(key, ws);
+function noteNewest(p: ViewPlan, entityId: string, ws: number): void {
+  if ((p.newest.get(entityId) ?? -Infinity) < ws) p.newest.set(entityId, ws);
+}
+
+function distinctSet(values: DistinctValues, dkey: string): Set<string> {
+  let set = values.get(dkey);
+  if (!set) values.set(dkey, (set = new Set()));
+  return set;
 }
 
 /**
@@ -737,30 +790,30 @@ function noteState(snap: Snapshot, view: FeatureView, entityId: string, ws: numb
  * landed. Idempotent (the writes are values, not increments), so applying one that the reads
  * already saw changes nothing.
  */
-function overlay(snap: Snapshot, w: WriteSet): void {
+function overlay(snap: Snapshot, w: WriteSet, events: readonly ActivityEvent[]): void {
   if (w.high > snap.high) snap.high = w.high;
   for (const [view, opened] of w.opened) {
     const st = snap.status.get(view)!;
     for (const ws of opened) if (!st.has(ws)) st.set(ws, "open");
   }
-  // Every view's plan holds all the batch's events; the first one's will do.
-  for (const groups of snap.plans[0]?.byWindow.values() ?? []) {
-    for (const g of groups.values()) for (const e of g.events) if (w.marks.has(e.event_id)) snap.applied.add(e.event_id);
-  }
+  for (const e of events) if (w.marks.has(e.event_id)) snap.applied.add(e.event_id);
   for (const p of snap.plans) {
     const states = w.states.get(p.view);
     if (!states) continue;
     for (const [ws, m] of states) {
       const groups = p.byWindow.get(ws);
       for (const [id, st] of m) {
-        if (!p.entities.has(id)) continue;
+        if (!p.entityIds.has(id)) continue;
         const g = groups?.get(id);
         if (g) g.state = st.slice();
-        noteState(snap, p.view, id, ws);
+        noteNewest(p, id, ws);
       }
     }
   }
-  for (const d of w.distinct) snap.distinct.add(d);
+  for (const [dkey, fields] of w.distinct) {
+    const set = distinctSet(snap.distinct, dkey);
+    for (const f of fields) set.add(f);
+  }
   for (const [item, t] of w.trend) snap.trend.set(item, t);
 }
 
@@ -810,39 +863,49 @@ export function storeKeys(redisPrefix: string): StoreKeys {
 /** Groups a batch's events of one view by window and entity. */
 function plan(view: FeatureView, events: readonly ActivityEvent[]): ViewPlan {
   const byWindow = new Map<number, Map<string, Group>>();
-  for (const e of events) {
+  const groupOf: Group[] = new Array(events.length);
+  const posOf: number[] = new Array(events.length);
+  const entityIds = new Set<string>();
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
     const ws = windowStart(e.event_time, view.windowMs);
     let groups = byWindow.get(ws);
     if (!groups) byWindow.set(ws, (groups = new Map()));
     const id = e[view.key];
     let g = groups.get(id);
-    if (!g) groups.set(id, (g = { entityId: id, events: [], contributions: [] }));
-    g.events.push(e);
+    if (!g) {
+      groups.set(id, (g = { entityId: id, events: [], contributions: [] }));
+      entityIds.add(id);
+    }
+    groupOf[i] = g;
+    posOf[i] = g.events.length;
+    g.events.push(i);
     g.contributions.push(contributions(view, e));
   }
   const distinctAggs = view.aggregations.flatMap((a, i) => (stateOp(a) === "distinct" ? [i] : []));
-  const entities = new Set<string>();
-  for (const groups of byWindow.values()) for (const id of groups.keys()) entities.add(id);
-  return { view, entities, byWindow, distinctAggs };
+  return { view, byWindow, groupOf, posOf, entityIds, newest: new Map(), distinctAggs, counts: { applied: 0, duplicates: 0, late: 0 } };
 }
 
-function pack(s: readonly (number | undefined)[]): string {
-  let out = s[0] === undefined ? "" : numberString(s[0]);
-  for (let i = 1; i < s.length; i++) out += s[i] === undefined ? "," : "," + numberString(s[i]!);
-  return out;
+/** A window's state as its Redis value: the state values, comma-separated ("" for none). */
+function pack(w: RespWriter, s: StateValues): void {
+  const mark = w.beginValue();
+  for (let i = 0; i < s.length; i++) {
+    if (i > 0) w.valueAscii(",");
+    if (s[i] !== undefined) w.valueNumber(s[i]!);
+  }
+  w.endValue(mark);
 }
 
-function unpack(packed: string, n: number): (number | undefined)[] {
-  const parts = packed.split(",");
+function unpack(packed: string, n: number): StateValues {
   const out = new Array<number | undefined>(n);
-  for (let i = 0; i < n; i++) out[i] = parts[i] === undefined || parts[i] === "" ? undefined : Number(parts[i]);
+  let from = 0;
+  for (let i = 0; i < n; i++) {
+    let to = packed.indexOf(",", from);
+    if (to === -1) to = packed.length;
+    out[i] = to > from ? Number(packed.slice(from, to)) : undefined;
+    from = to + 1;
+  }
   return out;
-}
-
-function toState(fields: readonly string[], s: readonly (number | undefined)[]): WindowState {
-  const state: Record<string, number | undefined> = {};
-  fields.forEach((f, i) => (state[f] = s[i]));
-  return state;
 }
 
 function throwIfError(replies: readonly RespReply[], what: string): void {

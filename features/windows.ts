@@ -88,25 +88,64 @@ export function contributions(view: FeatureView, e: ActivityEvent): Contribution
 /** A window's state as numbers, keyed by state field (missing fields read as absent). */
 export type WindowState = Readonly<Record<string, number | undefined>>;
 
-/**
- * The features of a window from its state: every aggregation by name, then the derived features
- * computed from those. Empty aggregates read as 0 (an average over no events, a max of nothing),
- * the default a model sees for a missing feature.
- */
-export function featuresOf(view: FeatureView, state: WindowState): Record<string, number> {
-  const out: Record<string, number> = {};
-  view.aggregations.forEach((a, i) => {
-    switch (stateOp(a)) {
-      case "avg": {
-        const n = state[`a${i}n`] ?? 0;
-        out[a.name] = n > 0 ? (state[`a${i}s`] ?? 0) / n : 0;
-        break;
-      }
-      default:
-        out[a.name] = state[`a${i}`] ?? 0;
+/** A window's state as values in `stateFields(view)` order (missing: undefined): how it is kept. */
+export type StateValues = (number | undefined)[];
+
+/** Each aggregation's state op and where its state starts among the view's state values. */
+interface Layout {
+  ops: StateOp[];
+  at: number[];
+}
+
+const layouts = new WeakMap<FeatureView, Layout>();
+
+function layoutOf(view: FeatureView): Layout {
+  let l = layouts.get(view);
+  if (!l) {
+    const ops = view.aggregations.map(stateOp);
+    const at: number[] = [];
+    let next = 2;
+    for (const op of ops) {
+      at.push(next);
+      next += op === "avg" ? 2 : 1;
     }
-  });
-  for (const d of view.derived) out[d.name] = d.compute(out);
+    layouts.set(view, (l = { ops, at }));
+  }
+  return l;
+}
+
+/**
+ * The features of a window from its state values, in `featureNames(view)` order: every
+ * aggregation, then the derived features computed from those. Empty aggregates read as 0 (an
+ * average over no events, a max of nothing), the default a model sees for a missing feature.
+ */
+export function featureValues(view: FeatureView, s: readonly (number | undefined)[]): number[] {
+  const { ops, at } = layoutOf(view);
+  const aggs = view.aggregations;
+  const out = new Array<number>(aggs.length + view.derived.length);
+  for (let i = 0; i < aggs.length; i++) {
+    const o = at[i]!;
+    if (ops[i] === "avg") {
+      const n = s[o + 1] ?? 0;
+      out[i] = n > 0 ? (s[o] ?? 0) / n : 0;
+    } else out[i] = s[o] ?? 0;
+  }
+  if (view.derived.length > 0) {
+    const named: Record<string, number> = {};
+    for (let i = 0; i < aggs.length; i++) named[aggs[i]!.name] = out[i]!;
+    for (let j = 0; j < view.derived.length; j++) {
+      const d = view.derived[j]!;
+      out[aggs.length + j] = named[d.name] = d.compute(named);
+    }
+  }
+  return out;
+}
+
+/** The features of a window from its state (by field or as values), by name (see featureValues). */
+export function featuresOf(view: FeatureView, state: WindowState | StateValues): Record<string, number> {
+  const values = featureValues(view, Array.isArray(state) ? state : stateFields(view).map((f) => (state as WindowState)[f]));
+  const out: Record<string, number> = {};
+  featureNames(view).forEach((name, i) => (out[name] = values[i]!));
   return out;
 }
 
@@ -116,46 +155,36 @@ export function featureNames(view: FeatureView): string[] {
 }
 
 /**
- * Folds one event (its time and `contributions`) into a window's state, given as values in
- * `stateFields(view)` order (missing: undefined). `isNewValue` tells whether a distinct-count
- * value is new to the window, and remembers it.
+ * Folds one event (its time and `contributions`) into a window's state values. `isNewValue`
+ * tells whether a distinct-count value is new to the window, and remembers it.
  */
-export function foldEvent(
-  view: FeatureView,
-  s: (number | undefined)[],
-  eventTime: number,
-  c: readonly Contribution[],
-  isNewValue: (agg: number, value: string) => boolean,
-): void {
+export function foldEvent(view: FeatureView, s: StateValues, eventTime: number, c: readonly Contribution[], isNewValue: (agg: number, value: string) => boolean): void {
   s[0] = (s[0] ?? 0) + 1;
   if (s[1] === undefined || eventTime > s[1]) s[1] = eventTime;
-  let at = 2;
-  view.aggregations.forEach((a, i) => {
+  const { ops, at } = layoutOf(view);
+  for (let i = 0; i < ops.length; i++) {
     const v = c[i]!;
-    switch (stateOp(a)) {
+    const o = at[i]!;
+    switch (ops[i]) {
       case "add":
-        s[at] = (s[at] ?? 0) + (v === false ? 0 : (v as number));
-        at += 1;
+        if (v !== false) s[o] = (s[o] ?? 0) + (v as number);
+        else if (s[o] === undefined) s[o] = 0;
         break;
       case "avg":
         if (v !== false) {
-          s[at] = (s[at] ?? 0) + (v as number);
-          s[at + 1] = (s[at + 1] ?? 0) + 1;
+          s[o] = (s[o] ?? 0) + (v as number);
+          s[o + 1] = (s[o + 1] ?? 0) + 1;
         }
-        at += 2;
         break;
       case "max":
-        if (v !== false && (s[at] === undefined || (v as number) > s[at]!)) s[at] = v as number;
-        at += 1;
+        if (v !== false && (s[o] === undefined || (v as number) > s[o]!)) s[o] = v as number;
         break;
       case "min":
-        if (v !== false && (s[at] === undefined || (v as number) < s[at]!)) s[at] = v as number;
-        at += 1;
+        if (v !== false && (s[o] === undefined || (v as number) < s[o]!)) s[o] = v as number;
         break;
       case "distinct":
-        s[at] = (s[at] ?? 0) + (v !== false && isNewValue(i, String(v)) ? 1 : 0);
-        at += 1;
+        s[o] = (s[o] ?? 0) + (v !== false && isNewValue(i, String(v)) ? 1 : 0);
         break;
     }
-  });
+  }
 }

@@ -5,7 +5,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
-import { RespConnection, RespConnectionError, RespError, bulk, commandHeader, numberString, parseRedisUrl } from "../../lib/resp.js";
+import { RespConnection, RespConnectionError, RespError, RespWriter, encodeCommandHeader, parseRedisUrl } from "../../lib/resp.js";
 import { OwnService } from "../faults/own-services.js";
 
 const URL_ = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -57,11 +57,15 @@ describe("against the shared Redis", () => {
     assert.ok(many.every((r) => r === 1));
   });
 
-  test("pre-encoded commands count as the commands they hold", async () => {
-    const key = bulk(`${P}pre`);
-    const both = { resp: commandHeader("HSET", 4) + key + bulk("a") + bulk(7) + commandHeader("PEXPIRE", 3) + key + bulk(60_000), count: 2 };
-    const replies = await conn.send([["PING"], both, ["HGET", `${P}pre`, "a"]]);
-    assert.deepEqual(replies, ["PONG", 1, 1, "7"]);
+  test("commands written with a RespWriter count as the commands they hold", async () => {
+    const w = new RespWriter(8);
+    w.command(4).string("HSET").string(`${P}pre`).string("a").number(7);
+    w.raw(encodeCommandHeader("PEXPIRE", 3), 1).string(`${P}pre`).number(60_000);
+    const mark = w.command(4).string("HSET").string(`${P}pre`).string("packed").beginValue();
+    w.valueNumber(1_796_160_000_123).valueAscii(",").valueNumber(2.5).valueAscii(",").endValue(mark);
+    assert.equal(w.count, 3);
+    const replies = await conn.send([["PING"], w, ["HMGET", `${P}pre`, "a", "packed"]]);
+    assert.deepEqual(replies, ["PONG", 1, 1, 1, ["7", "1796160000123,2.5,"]]);
     assert.ok((await other.pttl(`${P}pre`)) > 0);
   });
 
@@ -76,15 +80,26 @@ describe("against the shared Redis", () => {
     assert.equal(await other.get(`${P}w`), "mine");
   });
 
-  test("numbers print as String() does, faster for counts and epoch milliseconds", () => {
-    for (const x of [0, 7, 4095, 4096, 2 ** 31 - 1, 2 ** 31, 1_796_160_000_000, 1_796_160_000_001, 1e15, Number.MAX_SAFE_INTEGER, 2 ** 53, 1.5, -3, 0.1 + 0.2, 1e21, NaN, Infinity]) {
-      assert.equal(numberString(x), String(x), String(x));
-    }
+  test("the writer encodes as RESP says: byte lengths, numbers as String() prints them", () => {
+    // The reference: every argument as `$<bytes>\r\n<utf-8>\r\n`.
+    const resp = (...args: (string | number)[]) => `*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join("");
+    const numbers = [0, 7, 9, 10, 99, 4096, 2 ** 31 - 1, 2 ** 31, 1_796_160_000_000, 1e15, 999_999_999_999_999, Number.MAX_SAFE_INTEGER, 2 ** 53, 1.5, -3, 0.1 + 0.2, 1e21, NaN, Infinity];
     let seed = 7;
-    for (let i = 0; i < 10_000; i++) {
+    for (let i = 0; i < 2000; i++) {
       seed = (seed * 1103515245 + 12345) >>> 0;
-      const x = Math.floor((seed / 2 ** 32) * Number.MAX_SAFE_INTEGER);
-      assert.equal(numberString(x), String(x));
+      numbers.push(Math.floor((seed / 2 ** 32) * Number.MAX_SAFE_INTEGER), Math.floor(seed / 1000), seed / 1000);
+    }
+    for (const x of numbers) assert.equal(new RespWriter(1).command(1).number(x).bytes.toString(), resp(x), String(x));
+    const strings = ["", "a", "x".repeat(64), "y".repeat(65), "é", "ascii then é", "✓".repeat(40), "long then non-ASCII ".repeat(10) + "ü", "\u0000nul\u0000", "😀 surrogate pairs 😀"];
+    for (const x of strings) assert.equal(new RespWriter(1).command(1).string(x).bytes.toString(), resp(x), JSON.stringify(x));
+    // A composed value whose length crosses each digit count (its header is written after it).
+    for (const n of [0, 1, 9, 10, 99, 100, 999, 1000, 1001, 12_345]) {
+      const w = new RespWriter(1);
+      const mark = w.command(1).beginValue();
+      for (let i = 0; i < n; i++) w.valueAscii("z");
+      w.endValue(mark);
+      w.command(1).number(42);
+      assert.equal(w.bytes.toString(), resp("z".repeat(n)) + resp(42), `a value of ${n} bytes`);
     }
   });
 });
