@@ -5,32 +5,51 @@
 // closer and the readers (ioredis), which write through the same store version, so the two
 // stay consistent as two workers would.
 //
-// Feature views cross to the thread as data: a derived feature's compute() cannot, so the thread
-// evaluates its declared formula (features/formula.ts, checked to agree with compute()). A view
-// with a derived feature lacking a formula, or a thread that does not start, keeps the batches on
-// the main thread, with the same results.
+// Batches cross as the raw messages (features/message-batch.ts) and are parsed on the thread.
+// Feature views cross as data: a derived feature's compute() cannot, so the thread evaluates its
+// declared formula (features/formula.ts, checked to agree with compute()). A view with a derived
+// feature lacking a formula, a parser with a clock of its own, or a thread that does not start
+// keeps the batches on the main thread, with the same results.
 // This file is both the main thread's API and the thread's entry point (recognised by its workerData).
 import { isMainThread, parentPort, workerData, type Worker } from "node:worker_threads";
 import { names as namesOf } from "../lib/config.js";
 import type { Redis } from "../lib/redis.js";
 import { startModuleWorker } from "../lib/worker-thread.js";
-import type { ActivityEvent, FeatureView } from "./definitions.js";
+import type { FeatureView } from "./definitions.js";
+import { createEventParser, type EventParser, type EventParserOptions } from "./event-parser.js";
 import { evaluateFormula, parseFormula } from "./formula.js";
+import { batchTransferList, parseMessages, type MessageBatch, type RefusedMessage } from "./message-batch.js";
 import { WindowStore, WindowStoreError, type ApplyResult, type ClosedWindow, type TrendingSpec, type WindowStoreOptions } from "./window-store.js";
 
 const MARK = "streamserve-window-store";
 
 /** What the features worker needs of a store: batches, the watermark's source, closing, reading. */
 export interface FeatureStore {
-  apply(events: readonly ActivityEvent[], now?: number): Promise<ApplyResult>;
+  /** Parses a batch of messages and applies its events (WindowStore.apply); says which messages were refused. */
+  applyMessages(batch: MessageBatch, now?: number): Promise<AppliedMessages>;
   eventTimeHigh(): Promise<number>;
   closeDue(view: FeatureView, high: number, publish: (rows: ClosedWindow[]) => Promise<void>, chunk?: number): Promise<number>;
   readFeatures(view: FeatureView, entityId: string): Promise<Record<string, number> | undefined>;
   close(): void;
 }
 
+export interface AppliedMessages {
+  /** Undefined when no message held a valid event. */
+  result?: ApplyResult;
+  refused: RefusedMessage[];
+}
+
+export interface StoreThreadOptions {
+  /** Run the batches on a thread of their own. @default true */
+  thread?: boolean;
+  parser?: EventParserOptions;
+  /** Told why batches run on the main thread, when they do although a thread was asked for. */
+  onFallback?(why: string): void;
+}
+
 interface Init {
   mark: typeof MARK;
+  parser: Omit<EventParserOptions, "now">;
   redisUrl: string;
   namespace: string;
   views: FeatureView[];
@@ -38,14 +57,15 @@ interface Init {
   options: WindowStoreOptions;
 }
 
-type ToThread = { type: "apply"; id: number; events: readonly ActivityEvent[]; now: number } | { type: "close" };
-type FromThread = { type: "ready" } | { type: "applied"; id: number; result: ApplyResult } | { type: "failed"; id: number; message: string; name: string };
+type ToThread = { type: "apply"; id: number; batch: MessageBatch; now: number } | { type: "close" };
+type FromThread = { type: "ready" } | { type: "applied"; id: number; applied: AppliedMessages } | { type: "failed"; id: number; message: string; name: string };
 
 export class ThreadedWindowStore implements FeatureStore {
   /** The closer and readers, and the batch path itself when there is no thread. */
   private readonly local: WindowStore;
   private thread?: Worker;
-  private readonly pending = new Map<number, { resolve(r: ApplyResult): void; reject(err: Error): void }>();
+  private readonly parse: EventParser;
+  private readonly pending = new Map<number, { resolve(r: AppliedMessages): void; reject(err: Error): void }>();
   private nextId = 0;
 
   constructor(
@@ -55,16 +75,25 @@ export class ThreadedWindowStore implements FeatureStore {
     views: readonly FeatureView[],
     trending: { view: FeatureView; spec: TrendingSpec } | null,
     options: WindowStoreOptions = {},
-    onFallback: (why: string) => void = () => undefined,
+    threadOptions: StoreThreadOptions = {},
   ) {
     this.local = new WindowStore(redis, redisUrl, namesOf({ namespace }), views, trending, options);
+    const { parser = {}, onFallback = () => undefined } = threadOptions;
+    this.parse = createEventParser(parser);
+    if (threadOptions.thread === false) return;
     const noFormula = views.flatMap((v) => v.derived.filter((d) => !d.formula).map((d) => d.name));
     if (noFormula.length > 0) {
       onFallback(`derived features without a formula (${noFormula.join(", ")}) cannot be computed on a thread`);
       return;
     }
+    const { now, ...parserData } = parser;
+    if (now) {
+      onFallback("an event parser with a clock of its own cannot run on a thread");
+      return;
+    }
     const init: Init = {
       mark: MARK,
+      parser: parserData,
       redisUrl,
       namespace,
       views: views.map((v) => ({ ...v, derived: v.derived.map(({ compute: _, ...rest }) => rest) })) as FeatureView[],
@@ -84,7 +113,7 @@ export class ThreadedWindowStore implements FeatureStore {
     let ready = false;
     thread.on("message", (m: FromThread) => {
       if (m.type === "ready") ready = true;
-      else if (m.type === "applied") this.settle(m.id)?.resolve(m.result);
+      else if (m.type === "applied") this.settle(m.id)?.resolve(m.applied);
       else if (m.type === "failed") this.settle(m.id)?.reject(Object.assign(new WindowStoreError(m.message), { name: m.name }));
     });
     const gone = (why: string) => {
@@ -107,13 +136,14 @@ export class ThreadedWindowStore implements FeatureStore {
     return p;
   }
 
-  apply(events: readonly ActivityEvent[], now = Date.now()): Promise<ApplyResult> {
+  /** The batch's buffers move to the thread (they are unusable here afterwards). */
+  applyMessages(batch: MessageBatch, now = Date.now()): Promise<AppliedMessages> {
     const thread = this.thread;
-    if (!thread) return this.local.apply(events, now);
+    if (!thread) return applyParsed(this.local, batch, this.parse, now);
     return new Promise((resolve, reject) => {
       const id = this.nextId++;
       this.pending.set(id, { resolve, reject });
-      thread.postMessage({ type: "apply", id, events, now } satisfies ToThread);
+      thread.postMessage({ type: "apply", id, batch, now } satisfies ToThread, batchTransferList(batch));
     });
   }
 
@@ -141,6 +171,11 @@ export class ThreadedWindowStore implements FeatureStore {
   }
 }
 
+async function applyParsed(store: WindowStore, batch: MessageBatch, parse: EventParser, now: number): Promise<AppliedMessages> {
+  const { events, refused } = parseMessages(batch, parse);
+  return { result: events.length > 0 ? await store.apply(events, now) : undefined, refused };
+}
+
 if (!isMainThread && (workerData as { mark?: string } | null)?.mark === MARK && parentPort) {
   const port = parentPort;
   const init = workerData as Init;
@@ -154,14 +189,15 @@ if (!isMainThread && (workerData as { mark?: string } | null)?.mark === MARK && 
   const trending = init.trending ? { view: views[init.trending.view]!, spec: init.trending.spec } : null;
   // No ioredis here: the thread only applies batches, which go through its own RESP connections.
   const store = new WindowStore(undefined as unknown as Redis, init.redisUrl, namesOf({ namespace: init.namespace }), views, trending, init.options);
+  const parse = createEventParser(init.parser);
   port.on("message", (m: ToThread) => {
     if (m.type === "close") {
       store.close();
       port.close();
       return;
     }
-    store.apply(m.events, m.now).then(
-      (result) => port.postMessage({ type: "applied", id: m.id, result } satisfies FromThread),
+    applyParsed(store, m.batch, parse, m.now).then(
+      (applied) => port.postMessage({ type: "applied", id: m.id, applied } satisfies FromThread),
       (err: Error) => port.postMessage({ type: "failed", id: m.id, message: err.message, name: err.name } satisfies FromThread),
     );
   });

@@ -3,10 +3,10 @@
 // cannot parse, and publishes each window to LOGS once the watermark has passed it.
 //
 // Flow of one batch:
-//   pull (lib/jetstream-pull.ts) → parse → dead letters | events → WindowStore.apply, on a thread
-//   of its own (features/store-thread.ts): one Redis transaction with late events dropped,
-//   duplicates recognised, window state, online hashes, trending; dead letters stored meanwhile →
-//   ack every message of the batch.
+//   pull (lib/jetstream-pull.ts) → the raw messages to the store's thread (features/store-thread.ts)
+//   → parse → WindowStore.apply: one Redis transaction with late events dropped, duplicates
+//   recognised, window state, online hashes, trending → what did not parse to the dead-letter
+//   subject → ack every message of the batch.
 // Acks come last: a crash anywhere before them means redelivery, which the store turns into a
 // no-op for what was already applied. The next batch is parsed while one is in Redis; several
 // workers may share the consumer (the store's transactions keep them consistent).
@@ -20,9 +20,10 @@ import { isNotFound } from "../lib/nats.js";
 import { PullConsumer, type PulledMessage, type PullStatus } from "../lib/jetstream-pull.js";
 import type { Logger } from "../lib/logger.js";
 import { FeatureWindowLogSchema } from "../gen/streamserve/v1/logs_pb.js";
-import { FEATURE_VIEWS, TRENDING, type ActivityEvent, type FeatureView } from "./definitions.js";
-import { createEventParser, type DeadLetterReason, type EventParser, type EventParserOptions } from "./event-parser.js";
-import { WindowStore, type ClosedWindow, type TrendingSpec, type ViewCounts, type WindowStoreOptions } from "./window-store.js";
+import { FEATURE_VIEWS, TRENDING, type FeatureView } from "./definitions.js";
+import type { DeadLetterReason, EventParserOptions } from "./event-parser.js";
+import { packMessages } from "./message-batch.js";
+import type { ClosedWindow, TrendingSpec, ViewCounts, WindowStoreOptions } from "./window-store.js";
 import { ThreadedWindowStore, type FeatureStore } from "./store-thread.js";
 import { createFeaturesMetrics, type FeaturesMetrics } from "./metrics.js";
 
@@ -115,12 +116,11 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
   const itemView = opts.views.find((v) => v.entity === "item");
   const trending = trendingSpec && itemView ? { view: itemView, spec: trendingSpec } : null;
   const storeOptions = { featureTtlMs: runtime.config.featureTtlSeconds * 1000, ...options.store };
-  const store: FeatureStore =
-    options.storeThread === false
-      ? new WindowStore(runtime.redis(), runtime.config.redisUrl, runtime.names, opts.views, trending, storeOptions)
-      : new ThreadedWindowStore(runtime.redis(), runtime.config.redisUrl, runtime.config.namespace, opts.views, trending, storeOptions, (why) =>
-          runtime.log.warn({ why }, "feature batches run on the main thread"),
-        );
+  const store: FeatureStore = new ThreadedWindowStore(runtime.redis(), runtime.config.redisUrl, runtime.config.namespace, opts.views, trending, storeOptions, {
+    thread: options.storeThread,
+    parser: options.parser,
+    onFallback: (why) => runtime.log.warn({ why }, "feature batches run on the main thread"),
+  });
   const nc = await runtime.nats();
   const js = nc.jetstream();
   const durable = runtime.names.consumer(opts.consumerPart);
@@ -135,7 +135,7 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
       return (await nc.jetstreamManager()).consumers.info(stream, durable);
     },
   };
-  const worker = new Worker(runtime, js, store, opts, options.parser ?? {});
+  const worker = new Worker(runtime, js, store, opts);
   await worker.init();
   worker.start(source);
   runtime.log.info({ consumer: durable, stream, maxBatch: opts.maxBatch }, "features worker consuming");
@@ -204,16 +204,13 @@ class Worker implements FeaturesWorker {
   private readonly abort = new AbortController();
   private closing?: Promise<number>;
   private commits = 0;
-  private readonly parse: EventParser;
 
   constructor(
     private readonly runtime: Runtime,
     private readonly js: JetStreamClient,
     readonly store: FeatureStore,
     private readonly opts: Opts,
-    parserOptions: EventParserOptions,
   ) {
-    this.parse = createEventParser(parserOptions);
     this.log = runtime.log.child({ part: "features" });
     this.metrics = createFeaturesMetrics(runtime.metrics);
   }
@@ -309,21 +306,13 @@ class Worker implements FeaturesWorker {
   private async processBatch(msgs: PulledMessage[]): Promise<void> {
     const started = performance.now();
     try {
-      const events: ActivityEvent[] = [];
-      const dead: { m: PulledMessage; reason: DeadLetterReason; detail: string }[] = [];
-      for (const m of msgs) {
-        const r = this.parse(m.data, m.headers?.get("Content-Type") || undefined);
-        if (r.ok) events.push(r.event);
-        else dead.push({ m, reason: r.reason, detail: r.detail });
-      }
-      // Dead letters are stored while Redis works; both finish before any ack.
-      const deadLettered = this.deadLetter(dead);
-      const result = events.length > 0 ? await this.store.apply(events) : undefined;
+      // Parsed and applied by the store (on its thread); what it refuses is dead-lettered.
+      const { result, refused } = await this.store.applyMessages(packMessages(msgs));
       if (result && result.eventTimeHigh > this.high) this.high = result.eventTimeHigh;
-      await deadLettered;
+      await this.deadLetter(refused.map(({ index, reason, detail }) => ({ m: msgs[index]!, reason, detail })));
       if (result && KILL_AFTER_COMMIT > 0 && ++this.commits === KILL_AFTER_COMMIT) process.kill(process.pid, "SIGKILL");
       for (const m of msgs) m.ack();
-      this.record(msgs, result?.counts ?? {}, dead.length, started);
+      this.record(msgs, result?.counts ?? {}, refused.length, started);
     } catch (err) {
       // Nothing was acked: ask for the batch again shortly. Whatever part of it reached Redis
       // will be recognised as already applied.
