@@ -57,6 +57,7 @@ export async function benchFeatures(): Promise<void> {
     const w = await startWorker(namespace);
     worker = w.child;
     const cpu0 = cpuSeconds(w.child.pid!);
+    const threads0 = threadCpuSeconds(w.child.pid!);
     const nats0 = natsPid ? cpuSeconds(natsPid) : NaN;
     const redis0 = await redisCpuSeconds(rt);
     const pings = pingLatencies(rt);
@@ -65,6 +66,7 @@ export async function benchFeatures(): Promise<void> {
     const ping = await pings.stop();
     const drainSeconds = (performance.now() - t) / 1000;
     const workerCpu = cpuSeconds(w.child.pid!) - cpu0;
+    const split = threadSplit(w.child.pid!, threads0, EVENTS);
     const natsCpu = natsPid ? cpuSeconds(natsPid) - nats0 : NaN;
     const workerRedisCpu = (await redisCpuSeconds(rt)) - redis0;
     const workerRate = EVENTS / drainSeconds;
@@ -106,6 +108,7 @@ export async function benchFeatures(): Promise<void> {
       `CPU per event: worker ${fmt(perEvent.worker, 1)} µs + Redis ${fmt(perEvent.redis, 1)} µs + nats-server ${fmt(perEvent.nats, 1)} µs = ${fmt(total, 1)} µs; ` +
         `${availableParallelism()} cores bound this machine at ${Math.round((availableParallelism() * 1e6) / total)} events/s; the worker does ${Math.round(1e6 / perEvent.worker)} events per CPU-second of its own`,
     );
+    console.log(`worker CPU per event by thread: ${split}`);
     console.log(
       `Redis as other clients saw it during the drain (PING every 5 ms): p50 ${fmt(ping.p50, 2)} ms, p99 ${fmt(ping.p99, 2)} ms, max ${fmt(ping.max, 2)} ms`,
     );
@@ -269,9 +272,26 @@ function natsServerPid(): number | undefined {
 }
 
 /** CPU seconds (user + system) a process has used, from /proc. */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+function cpuSeconds(pid: number, task?: number): number {
+  const fields = readFileSync(task === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${task}/stat`, "utf8").split(") ")[1]!.split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+/** CPU seconds of each thread of a process (Linux /proc), by thread id. */
+function threadCpuSeconds(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const t of readdirSync(`/proc/${pid}/task`)) out.set(Number(t), cpuSeconds(pid, Number(t)));
+  return out;
+}
+
+/** Per event: the main thread, the busiest other thread (the store's), and all the rest (GC helpers, libuv). */
+function threadSplit(pid: number, before: Map<number, number>, events: number): string {
+  const used = [...threadCpuSeconds(pid)].map(([tid, s]) => [tid, s - (before.get(tid) ?? 0)] as const);
+  const main = used.find(([tid]) => tid === pid)?.[1] ?? 0;
+  const others = used.filter(([tid]) => tid !== pid).map(([, s]) => s).sort((a, b) => b - a);
+  const us = (s: number) => `${fmt((s * 1e6) / events, 1)} µs`;
+  if (process.env.BENCH_THREADS) console.log(used.map(([t, s]) => `${t}:${us(s)}`).join(" "));
+  return `main thread ${us(main)}, store thread ${us(others[0] ?? 0)}, other threads (GC, libuv) ${us(others.slice(1).reduce((a, b) => a + b, 0))}`;
 }
 
 async function waitDrained(jsm: { consumers: { info(s: string, c: string): Promise<{ num_pending: number; num_ack_pending: number; delivered: { stream_seq: number } }> } }, rt: Runtime, timeoutMs: number): Promise<void> {

@@ -40,7 +40,7 @@ import type { Redis } from "../lib/redis.js";
 import type { Names } from "../lib/config.js";
 import { encodeArgs, encodeCommandHeader, RespConnection, RespError, RespWriter, type RespArg, type RespCommand, type RespReply } from "../lib/resp.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
-import { contributions, featureNames, featuresOf, featureValues, foldEvent, isWindowClosed, stateFields, stateOp, watermarkOf, windowStart, type Contribution, type StateValues } from "./windows.js";
+import { absentValues, contributionOf, emptyState, featureNames, featuresOf, featureValues, foldEvent, isWindowClosed, stateFields, stateOp, watermarkOf, windowStart, type StateValues } from "./windows.js";
 
 /** The trending sorted set's scoring. */
 export interface TrendingSpec {
@@ -102,29 +102,29 @@ export type WindowStatus = "open" | "closed" | "published";
 /** One entity's events in one window of one view, within a batch. */
 interface Group {
   entityId: string;
-  /** Its events' indexes in the batch, in batch order. */
-  events: number[];
-  /** Each event's contributions to the view's aggregations (windows.ts), computed once. */
-  contributions: Contribution[][];
+  /** Its first event (index in the batch); the others follow through ViewPlan.next. */
+  first: number;
+  last: number;
   /** The window's state before the batch (undefined: none); folded in place. */
-  state?: StateValues;
-  /** Whether its window refuses events (the watermark passed it, or it is being closed). */
-  late?: boolean;
-  /** Positions in `events` of the events this batch applies. */
-  applied?: number[];
+  state: StateValues | undefined;
+  /** Its window refuses events (the watermark passed it, or it is being closed). */
+  late: boolean;
+  /** The batch applies some of its events (then `state` is what it writes). */
+  changed: boolean;
+  /** The entity has state in a newer window: the public hash shows that one, not this. */
+  newer: boolean;
 }
 
 interface ViewPlan {
   view: FeatureView;
   /** window start → entity id → group */
   byWindow: Map<number, Map<string, Group>>;
-  /** Each event's group, by its index in the batch, and its position in the group's events. */
+  /** Each event's group, by its index in the batch. */
   groupOf: Group[];
-  posOf: number[];
-  /** The batch's entities of this view. */
-  entityIds: Set<string>;
-  /** Entity id → the newest window start the entity has state in, as far as the batch knows. */
-  newest: Map<string, number>;
+  /** The next event of the same group (−1: none). */
+  next: Int32Array;
+  /** 1 for the events this batch applies in this view. */
+  applied: Uint8Array;
   /** Indexes of the view's distinct-count aggregations. */
   distinctAggs: number[];
   counts: ViewCounts;
@@ -158,9 +158,10 @@ interface WriteSet {
   high: number;
   opened: Map<FeatureView, Set<number>>;
   marks: Set<string>;
-  /** view → window start → entity → state */
-  states: Map<FeatureView, Map<number, Map<string, StateValues>>>;
-  distinct: DistinctValues;
+  /** Its plans: the groups it changed hold the states it wrote. */
+  plans: ViewPlan[];
+  /** distinct key → fields added */
+  distinct: Map<string, string[]>;
   trend: Map<string, [number, number]>;
 }
 
@@ -197,6 +198,7 @@ export class WindowStore {
   private readonly featureTtl: Buffer;
   private readonly openTtl: Buffer;
   private readonly templates = new Map<FeatureView, PublicTemplate>();
+  private readonly featureScratch: number[] = [];
   /** The size of the last batch's writes: the next one's buffer starts there. */
   private writeBytes = 64 * 1024;
   /** Batches compute one at a time, in call order. */
@@ -409,6 +411,7 @@ export class WindowStore {
     }
     for (const p of plans) {
       const n = stateFields(p.view).length;
+      const aggs = p.view.aggregations;
       for (const [ws, groups] of p.byWindow) {
         const list = [...groups.values()];
         const cmd: RespArg[] = ["HMGET", k.state(p.view.entity, ws)];
@@ -418,14 +421,19 @@ export class WindowStore {
           for (let i = 0; i < found.length; i++) {
             if (found[i] === null) continue;
             list[i]!.state = unpack(found[i]!, n);
-            noteNewest(p, list[i]!.entityId, ws);
+            noteNewer(p, list[i]!.entityId, ws);
           }
         });
         if (p.distinctAggs.length === 0) continue;
         const dkey = k.distinct(p.view.entity, ws);
         const fields = new Set<string>();
-        for (const g of list) for (const c of g.contributions) for (const i of p.distinctAggs) {
-          if (c[i] !== false) fields.add(distinctField(g.entityId, i, c[i] as string));
+        for (const g of list) {
+          for (let e = g.first; e !== -1; e = p.next[e]!) {
+            for (const i of p.distinctAggs) {
+              const v = contributionOf(aggs[i]!, events[e]!);
+              if (v !== false) fields.add(distinctField(g.entityId, i, v as string));
+            }
+          }
         }
         const flist = [...fields];
         if (flist.length > 0) {
@@ -473,7 +481,7 @@ export class WindowStore {
         }
       }
       if (older.length === 0) continue;
-      into.add(["HMGET", key, ...older], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && noteNewest(p, older[i]!, ws)));
+      into.add(["HMGET", key, ...older], (r) => (r as (string | null)[]).forEach((x, i) => x !== null && noteNewer(p, older[i]!, ws)));
     }
   }
 
@@ -498,7 +506,7 @@ export class WindowStore {
         for (const g of groups.values()) g.late = refused;
       }
     }
-    const writeSet: WriteSet = { high: snap.high, opened: new Map(), marks: new Set(), states: new Map(), distinct: new Map(), trend: new Map() };
+    const writeSet: WriteSet = { high: snap.high, opened: new Map(), marks: new Set(), plans, distinct: new Map(), trend: new Map() };
     const marks = new Map<number, string[]>();
     const trendEvents = new Map<string, ActivityEvent[]>();
     const tplan = this.trending ? plans.find((x) => x.view === this.trending!.view) : undefined;
@@ -516,7 +524,8 @@ export class WindowStore {
         else {
           p.counts.applied++;
           any = true;
-          (g.applied ??= []).push(p.posOf[i]!);
+          p.applied[i] = 1;
+          g.changed = true;
           if (p === tplan && weights[e.event_type]) {
             let t = trendEvents.get(g.entityId);
             if (!t) trendEvents.set(g.entityId, (t = []));
@@ -543,9 +552,6 @@ export class WindowStore {
     const nowBytes = encodeArgs(now);
     for (const p of plans) {
       const view = p.view;
-      const nf = stateFields(view).length;
-      const viewStates = new Map<number, Map<string, StateValues>>();
-      writeSet.states.set(view, viewStates);
       for (const [ws, groups] of p.byWindow) {
         const dkey = k.distinct(view.entity, ws);
         let known = snap.distinct.get(dkey);
@@ -555,28 +561,24 @@ export class WindowStore {
           const f = distinctField(entityId, i, value);
           if (known?.has(f)) return false;
           (known ??= distinctSet(snap.distinct, dkey)).add(f);
-          distinctSet(writeSet.distinct, dkey).add(f);
           added.push(f);
           return true;
         };
         const changed: Group[] = [];
-        const states = new Map<string, StateValues>();
         for (const g of groups.values()) {
-          if (!g.applied) continue;
-          const s = (g.state ??= new Array<number | undefined>(nf).fill(undefined));
+          if (!g.changed) continue;
+          const s = (g.state ??= emptyState(view));
           entityId = g.entityId;
-          for (const j of g.applied) foldEvent(view, s, events[g.events[j]!]!.event_time, g.contributions[j]!, isNewValue);
-          states.set(g.entityId, s);
-          noteNewest(p, g.entityId, ws);
+          for (let e = g.first; e !== -1; e = p.next[e]!) if (p.applied[e]) foldEvent(view, s, events[e]!, isNewValue);
           changed.push(g);
         }
         if (changed.length === 0) continue;
-        viewStates.set(ws, states);
         const stateKey = k.state(view.entity, ws);
         w.command(2 + 2 * changed.length).raw(HSET).string(stateKey);
         for (const g of changed) pack(w.string(g.entityId), g.state!);
         w.raw(PEXPIRE, 1).string(stateKey).raw(this.openTtl);
         if (added.length > 0) {
+          writeSet.distinct.set(dkey, added);
           w.command(2 + 2 * added.length).raw(HSET).string(dkey);
           for (const f of added) w.string(f).raw(ONE);
           w.raw(PEXPIRE, 1).string(dkey).raw(this.openTtl);
@@ -590,10 +592,7 @@ export class WindowStore {
         // The public hash shows the entity's newest window: an older one still open (events out
         // of order within the watermark) updates its state but leaves the hash alone.
         const window = [encodeArgs(ws), encodeArgs(ws + view.windowMs)] as const;
-        for (const g of changed) {
-          if (p.newest.get(g.entityId)! > ws) continue;
-          this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
-        }
+        for (const g of changed) if (!g.newer) this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
       }
     }
     if (this.trending) this.trendWrites(w, trendEvents, snap.trend, writeSet.trend);
@@ -610,10 +609,10 @@ export class WindowStore {
   private publicWrites(w: RespWriter, view: FeatureView, entityId: string, window: readonly [Buffer, Buffer], s: StateValues, now: Buffer): void {
     const t = this.templates.get(view)!;
     const key = this.publicKey(view, entityId);
-    const f = featureValues(view, s);
+    const f = featureValues(view, s, this.featureScratch);
     w.raw(t.head, 1).string(key);
     for (let i = 0; i < f.length; i++) w.raw(t.fields[i]!).number(f[i]!);
-    w.raw(t.windowStart).raw(window[0]).raw(t.windowEnd).raw(window[1]).raw(t.eventCount).number(s[0] ?? 0).raw(t.featureTime).number(s[1] ?? 0).raw(t.updatedAt).raw(now);
+    w.raw(t.windowStart).raw(window[0]).raw(t.windowEnd).raw(window[1]).raw(t.eventCount).number(s[0]!).raw(t.featureTime).number(s[1]!).raw(t.updatedAt).raw(now);
     w.raw(PEXPIRE, 1).string(key).raw(this.featureTtl);
   }
 
@@ -627,7 +626,7 @@ export class WindowStore {
     if (byItem.size === 0) return;
     const { spec } = this.trending!;
     const H = spec.halfLifeMs;
-    const ranked: RespArg[] = [];
+    let ranked = 0;
     w.command(2 + 2 * byItem.size).raw(HSET).string(this.keys.trend);
     for (const [item, evs] of byItem) {
       let [s, ref] = before.get(item) ?? [0, -Infinity];
@@ -646,11 +645,14 @@ export class WindowStore {
       const value = w.string(item).beginValue();
       w.valueNumber(s).valueAscii(" ").valueNumber(ref).endValue(value);
       after.set(item, [s, ref]);
-      // log2 of the activity decayed to the epoch: items compare like their activity at any
-      // common instant, and more activity only raises a score, so ZADD GT is order-free.
-      if (s > 0) ranked.push(ref / H + Math.log2(s), item);
+      if (s > 0) ranked++;
     }
-    if (ranked.length > 0) w.args(["ZADD", this.names.trendingKey, "GT", ...ranked]).args(["ZREMRANGEBYRANK", this.names.trendingKey, 0, -(spec.maxItems + 1)]);
+    if (ranked === 0) return;
+    // log2 of the activity decayed to the epoch: items compare like their activity at any
+    // common instant, and more activity only raises a score, so ZADD GT is order-free.
+    w.command(3 + 2 * ranked).string("ZADD").string(this.names.trendingKey).string("GT");
+    for (const [item, [s, ref]] of after) if (s > 0) w.number(ref / H + Math.log2(s)).string(item);
+    w.args(["ZREMRANGEBYRANK", this.names.trendingKey, 0, -(spec.maxItems + 1)]);
   }
 
   /** The newest event time any worker has seen (−∞ before the first event). */
@@ -689,7 +691,7 @@ export class WindowStore {
         const out: ClosedWindow[] = [];
         for (let i = 0; i < flat.length; i += 2) {
           const state = unpack(flat[i + 1]!, fields.length);
-          out.push({ view, entityId: flat[i]!, windowStart: ws, windowEnd: ws + view.windowMs, features: featuresOf(view, state), eventCount: state[0] ?? 0 });
+          out.push({ view, entityId: flat[i]!, windowStart: ws, windowEnd: ws + view.windowMs, features: featuresOf(view, state), eventCount: state[0]! || 0 });
         }
         if (out.length > 0) await publish(out);
         rows += out.length;
@@ -775,8 +777,13 @@ interface Computed {
   writeSet: WriteSet;
 }
 
-function noteNewest(p: ViewPlan, entityId: string, ws: number): void {
-  if ((p.newest.get(entityId) ?? -Infinity) < ws) p.newest.set(entityId, ws);
+/** The entity has state in window ws: its groups in older windows are not its newest. */
+function noteNewer(p: ViewPlan, entityId: string, ws: number): void {
+  for (const [at, groups] of p.byWindow) {
+    if (at >= ws) continue;
+    const g = groups.get(entityId);
+    if (g) g.newer = true;
+  }
 }
 
 function distinctSet(values: DistinctValues, dkey: string): Set<string> {
@@ -797,16 +804,15 @@ function overlay(snap: Snapshot, w: WriteSet, events: readonly ActivityEvent[]):
     for (const ws of opened) if (!st.has(ws)) st.set(ws, "open");
   }
   for (const e of events) if (w.marks.has(e.event_id)) snap.applied.add(e.event_id);
-  for (const p of snap.plans) {
-    const states = w.states.get(p.view);
-    if (!states) continue;
-    for (const [ws, m] of states) {
+  for (let v = 0; v < snap.plans.length; v++) {
+    const p = snap.plans[v]!;
+    for (const [ws, theirs] of w.plans[v]!.byWindow) {
       const groups = p.byWindow.get(ws);
-      for (const [id, st] of m) {
-        if (!p.entityIds.has(id)) continue;
-        const g = groups?.get(id);
-        if (g) g.state = st.slice();
-        noteNewest(p, id, ws);
+      for (const g of theirs.values()) {
+        if (!g.changed) continue;
+        const mine = groups?.get(g.entityId);
+        if (mine) mine.state = g.state!.slice();
+        noteNewer(p, g.entityId, ws);
       }
     }
   }
@@ -864,45 +870,49 @@ export function storeKeys(redisPrefix: string): StoreKeys {
 function plan(view: FeatureView, events: readonly ActivityEvent[]): ViewPlan {
   const byWindow = new Map<number, Map<string, Group>>();
   const groupOf: Group[] = new Array(events.length);
-  const posOf: number[] = new Array(events.length);
-  const entityIds = new Set<string>();
+  const next = new Int32Array(events.length).fill(-1);
+  let multiWindow = false;
   for (let i = 0; i < events.length; i++) {
     const e = events[i]!;
     const ws = windowStart(e.event_time, view.windowMs);
     let groups = byWindow.get(ws);
-    if (!groups) byWindow.set(ws, (groups = new Map()));
+    if (!groups) {
+      byWindow.set(ws, (groups = new Map()));
+      multiWindow = byWindow.size > 1;
+    }
     const id = e[view.key];
     let g = groups.get(id);
-    if (!g) {
-      groups.set(id, (g = { entityId: id, events: [], contributions: [] }));
-      entityIds.add(id);
+    if (!g) groups.set(id, (g = { entityId: id, first: i, last: i, state: undefined, late: false, changed: false, newer: false }));
+    else {
+      next[g.last] = i;
+      g.last = i;
     }
     groupOf[i] = g;
-    posOf[i] = g.events.length;
-    g.events.push(i);
-    g.contributions.push(contributions(view, e));
   }
-  const distinctAggs = view.aggregations.flatMap((a, i) => (stateOp(a) === "distinct" ? [i] : []));
-  return { view, byWindow, groupOf, posOf, entityIds, newest: new Map(), distinctAggs, counts: { applied: 0, duplicates: 0, late: 0 } };
+  const p: ViewPlan = { view, byWindow, groupOf, next, applied: new Uint8Array(events.length), distinctAggs: [], counts: { applied: 0, duplicates: 0, late: 0 } };
+  p.distinctAggs = view.aggregations.flatMap((a, i) => (stateOp(a) === "distinct" ? [i] : []));
+  // An entity with events in several windows shows the newest in its public hash.
+  if (multiWindow) for (const [ws, groups] of byWindow) for (const id of groups.keys()) noteNewer(p, id, ws);
+  return p;
 }
 
-/** A window's state as its Redis value: the state values, comma-separated ("" for none). */
+/** A window's state as its Redis value: the state values, comma-separated ("" where absent). */
 function pack(w: RespWriter, s: StateValues): void {
   const mark = w.beginValue();
   for (let i = 0; i < s.length; i++) {
     if (i > 0) w.valueAscii(",");
-    if (s[i] !== undefined) w.valueNumber(s[i]!);
+    if (s[i] === s[i]) w.valueNumber(s[i]!);
   }
   w.endValue(mark);
 }
 
 function unpack(packed: string, n: number): StateValues {
-  const out = new Array<number | undefined>(n);
+  const out = absentValues(n);
   let from = 0;
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < n && from <= packed.length; i++) {
     let to = packed.indexOf(",", from);
     if (to === -1) to = packed.length;
-    out[i] = to > from ? Number(packed.slice(from, to)) : undefined;
+    if (to > from) out[i] = Number(packed.slice(from, to));
     from = to + 1;
   }
   return out;

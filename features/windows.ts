@@ -77,24 +77,53 @@ function matches(a: Aggregation, e: ActivityEvent): boolean {
 export type Contribution = number | string | false;
 
 export function contributions(view: FeatureView, e: ActivityEvent): Contribution[] {
-  return view.aggregations.map((a) => {
-    if (a.kind === "count_distinct") return e[a.field] ? String(e[a.field]) : false;
-    if (!matches(a, e)) return false;
-    if (a.kind === "count") return 1;
-    return e[a.field];
-  });
+  return view.aggregations.map((a) => contributionOf(a, e));
+}
+
+/** One event's contribution to one aggregation (see Contribution). */
+export function contributionOf(a: Aggregation, e: ActivityEvent): Contribution {
+  if (a.kind === "count_distinct") return e[a.field] ? String(e[a.field]) : false;
+  if (!matches(a, e)) return false;
+  if (a.kind === "count") return 1;
+  return e[a.field];
 }
 
 /** A window's state as numbers, keyed by state field (missing fields read as absent). */
 export type WindowState = Readonly<Record<string, number | undefined>>;
 
-/** A window's state as values in `stateFields(view)` order (missing: undefined): how it is kept. */
-export type StateValues = (number | undefined)[];
+/**
+ * A window's state as values in `stateFields(view)` order, NaN where absent (no event yet, or a
+ * max of nothing): how the store keeps it. Numbers only, so V8 keeps them unboxed.
+ */
+export type StateValues = number[];
+
+/** An empty window's state. */
+export function emptyState(view: FeatureView): StateValues {
+  return absentValues(2 + layoutOf(view).size);
+}
+
+/** n absent values (NaN), in an array of unboxed doubles. */
+export function absentValues(n: number): StateValues {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) out.push(NaN);
+  return out;
+}
+
+/** A state value, 0 where absent. */
+function orZero(x: number | undefined): number {
+  return x === undefined || x !== x ? 0 : x;
+}
 
 /** Each aggregation's state op and where its state starts among the view's state values. */
 interface Layout {
   ops: StateOp[];
   at: number[];
+  size: number;
+  /** Each aggregation's event field (none for a count) and event-type condition. */
+  fields: (keyof ActivityEvent | undefined)[];
+  where: (string | undefined)[];
+  /** The aggregations by name, reused to hand them to derived features. */
+  named: Record<string, number>;
 }
 
 const layouts = new WeakMap<FeatureView, Layout>();
@@ -109,7 +138,9 @@ function layoutOf(view: FeatureView): Layout {
       at.push(next);
       next += op === "avg" ? 2 : 1;
     }
-    layouts.set(view, (l = { ops, at }));
+    const fields = view.aggregations.map((a) => (a.kind === "count" ? undefined : a.field));
+    const where = view.aggregations.map((a) => ("where" in a ? a.where?.event_type : undefined));
+    layouts.set(view, (l = { ops, at, size: next - 2, fields, where, named: {} }));
   }
   return l;
 }
@@ -118,35 +149,39 @@ function layoutOf(view: FeatureView): Layout {
  * The features of a window from its state values, in `featureNames(view)` order: every
  * aggregation, then the derived features computed from those. Empty aggregates read as 0 (an
  * average over no events, a max of nothing), the default a model sees for a missing feature.
+ * `out` may be an array to reuse.
  */
-export function featureValues(view: FeatureView, s: readonly (number | undefined)[]): number[] {
-  const { ops, at } = layoutOf(view);
+export function featureValues(view: FeatureView, s: ArrayLike<number | undefined>, out: number[] = []): number[] {
+  const { ops, at, named } = layoutOf(view);
   const aggs = view.aggregations;
-  const out = new Array<number>(aggs.length + view.derived.length);
   for (let i = 0; i < aggs.length; i++) {
     const o = at[i]!;
     if (ops[i] === "avg") {
-      const n = s[o + 1] ?? 0;
-      out[i] = n > 0 ? (s[o] ?? 0) / n : 0;
-    } else out[i] = s[o] ?? 0;
+      const n = orZero(s[o + 1]);
+      out[i] = n > 0 ? orZero(s[o]) / n : 0;
+    } else out[i] = orZero(s[o]);
   }
   if (view.derived.length > 0) {
-    const named: Record<string, number> = {};
     for (let i = 0; i < aggs.length; i++) named[aggs[i]!.name] = out[i]!;
     for (let j = 0; j < view.derived.length; j++) {
       const d = view.derived[j]!;
       out[aggs.length + j] = named[d.name] = d.compute(named);
     }
   }
+  out.length = aggs.length + view.derived.length;
   return out;
 }
 
 /** The features of a window from its state (by field or as values), by name (see featureValues). */
-export function featuresOf(view: FeatureView, state: WindowState | StateValues): Record<string, number> {
-  const values = featureValues(view, Array.isArray(state) ? state : stateFields(view).map((f) => (state as WindowState)[f]));
+export function featuresOf(view: FeatureView, state: WindowState | ArrayLike<number | undefined>): Record<string, number> {
+  const values = featureValues(view, isValues(state) ? state : stateFields(view).map((f) => (state as WindowState)[f]));
   const out: Record<string, number> = {};
   featureNames(view).forEach((name, i) => (out[name] = values[i]!));
   return out;
+}
+
+function isValues(x: WindowState | ArrayLike<number | undefined>): x is ArrayLike<number | undefined> {
+  return Array.isArray(x) || ArrayBuffer.isView(x);
 }
 
 /** The names of a view's features in the order they are written: aggregations, then derived. */
@@ -155,36 +190,35 @@ export function featureNames(view: FeatureView): string[] {
 }
 
 /**
- * Folds one event (its time and `contributions`) into a window's state values. `isNewValue`
- * tells whether a distinct-count value is new to the window, and remembers it.
+ * Folds one event into a window's state values (as its `contributions` say, read straight from
+ * the event). `isNewValue` tells whether a distinct-count value is new to the window, and
+ * remembers it.
  */
-export function foldEvent(view: FeatureView, s: StateValues, eventTime: number, c: readonly Contribution[], isNewValue: (agg: number, value: string) => boolean): void {
-  s[0] = (s[0] ?? 0) + 1;
-  if (s[1] === undefined || eventTime > s[1]) s[1] = eventTime;
-  const { ops, at } = layoutOf(view);
+export function foldEvent(view: FeatureView, s: StateValues, e: ActivityEvent, isNewValue: (agg: number, value: string) => boolean): void {
+  s[0] = orZero(s[0]) + 1;
+  if (!(e.event_time <= s[1]!)) s[1] = e.event_time; // NaN (no event yet) compares false
+  const { ops, at, fields, where } = layoutOf(view);
   for (let i = 0; i < ops.length; i++) {
-    const v = c[i]!;
     const o = at[i]!;
-    switch (ops[i]) {
-      case "add":
-        if (v !== false) s[o] = (s[o] ?? 0) + (v as number);
-        else if (s[o] === undefined) s[o] = 0;
-        break;
-      case "avg":
-        if (v !== false) {
-          s[o] = (s[o] ?? 0) + (v as number);
-          s[o + 1] = (s[o + 1] ?? 0) + 1;
-        }
-        break;
-      case "max":
-        if (v !== false && (s[o] === undefined || (v as number) > s[o]!)) s[o] = v as number;
-        break;
-      case "min":
-        if (v !== false && (s[o] === undefined || (v as number) < s[o]!)) s[o] = v as number;
-        break;
-      case "distinct":
-        s[o] = (s[o] ?? 0) + (v !== false && isNewValue(i, String(v)) ? 1 : 0);
-        break;
+    const op = ops[i]!;
+    const field = fields[i];
+    if (where[i] !== undefined && e.event_type !== where[i]) {
+      if (op === "add") s[o] = orZero(s[o]); // a sum or count of nothing is 0, not absent
+      continue;
+    }
+    if (op === "add") s[o] = orZero(s[o]) + (field === undefined ? 1 : (e[field] as number));
+    else if (op === "avg") {
+      s[o] = orZero(s[o]) + (e[field!] as number);
+      s[o + 1] = orZero(s[o + 1]) + 1;
+    } else if (op === "max") {
+      const v = e[field!] as number;
+      if (!(v <= s[o]!)) s[o] = v;
+    } else if (op === "min") {
+      const v = e[field!] as number;
+      if (!(v >= s[o]!)) s[o] = v;
+    } else {
+      const v = e[field!];
+      s[o] = orZero(s[o]) + (v && isNewValue(i, String(v)) ? 1 : 0);
     }
   }
 }
