@@ -290,7 +290,6 @@ function threadSplit(pid: number, before: Map<number, number>, events: number): 
   const main = used.find(([tid]) => tid === pid)?.[1] ?? 0;
   const others = used.filter(([tid]) => tid !== pid).map(([, s]) => s).sort((a, b) => b - a);
   const us = (s: number) => `${fmt((s * 1e6) / events, 1)} µs`;
-  if (process.env.BENCH_THREADS) console.log(used.map(([t, s]) => `${t}:${us(s)}`).join(" "));
   return `main thread ${us(main)}, store thread ${us(others[0] ?? 0)}, other threads (GC, libuv) ${us(others.slice(1).reduce((a, b) => a + b, 0))}`;
 }
 

@@ -54,13 +54,15 @@ export function isProtobufContentType(contentType: string | undefined): boolean 
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
-export type EventParser = (data: Uint8Array, contentType: string | undefined) => ParseResult;
+/** Parses a message's bytes; `json` parses JSON text already decoded (a batch decodes at once). */
+export type EventParser = ((data: Uint8Array, contentType: string | undefined) => ParseResult) & { json(text: string): ParseResult };
 
 /** A parser with its options resolved once (the worker calls it for every message). */
 export function createEventParser(options: EventParserOptions = {}): EventParser {
   const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
   const opts: Required<EventParserOptions> = { ...DEFAULT_EVENT_PARSER_OPTIONS, ...defined };
-  return (data, contentType) => parse(data, contentType, opts);
+  const parser = (data: Uint8Array, contentType: string | undefined) => parse(data, contentType, opts);
+  return Object.assign(parser, { json: (text: string) => parseJson(text, opts) });
 }
 
 export function parseActivityEvent(data: Uint8Array, contentType: string | undefined, options: EventParserOptions = {}): ParseResult {
@@ -69,9 +71,19 @@ export function parseActivityEvent(data: Uint8Array, contentType: string | undef
 
 function parse(data: Uint8Array, contentType: string | undefined, opts: Required<EventParserOptions>): ParseResult {
   if (isProtobufContentType(contentType)) return parseProtobuf(data, opts);
+  let text: string;
+  try {
+    text = decoder.decode(data);
+  } catch (err) {
+    return fail("invalid_json", (err as Error).message);
+  }
+  return parseJson(text, opts);
+}
+
+function parseJson(text: string, opts: Required<EventParserOptions>): ParseResult {
   let value: unknown;
   try {
-    value = JSON.parse(decoder.decode(data));
+    value = JSON.parse(text);
   } catch (err) {
     return fail("invalid_json", (err as Error).message);
   }
@@ -102,42 +114,46 @@ function parseProtobuf(data: Uint8Array, opts: Required<EventParserOptions>): Pa
   return validate(fields, opts);
 }
 
-const ID_FIELDS = ["event_id", "user_id", "event_type", "page_id"] as const;
-
 function validate(v: Record<string, unknown>, opts: Required<EventParserOptions>): ParseResult {
-  const ids: Partial<Record<(typeof ID_FIELDS)[number], string>> = {};
-  for (const field of ID_FIELDS) {
-    const x = v[field];
-    if (x === undefined || x === null || x === "") return fail("missing_field", `${field} is missing`);
-    if (typeof x !== "string") return fail("wrong_type", `${field} must be a string, got ${describe(x)}`);
-    if (x.length > opts.maxIdLength) return fail("invalid_value", `${field} is longer than ${opts.maxIdLength} characters`);
-    ids[field] = x;
-  }
-  const numbers: Record<"session_duration" | "amount", number> = { session_duration: 0, amount: 0 };
-  for (const field of ["session_duration", "amount"] as const) {
-    const x = v[field];
-    if (x === undefined || x === null) continue;
-    if (typeof x !== "number" || !Number.isFinite(x)) return fail("wrong_type", `${field} must be a finite number, got ${describe(x)}`);
-    numbers[field] = x;
-  }
-  if (numbers.session_duration < 0) return fail("invalid_value", `session_duration must not be negative, got ${numbers.session_duration}`);
-  const time = eventTimeOf(v.event_time, opts);
-  if (typeof time !== "number") return time;
+  // Field by field into the event itself: the worker runs this for every message.
+  const event_id = idOf(v, "event_id", opts);
+  if (typeof event_id !== "string") return event_id;
+  const user_id = idOf(v, "user_id", opts);
+  if (typeof user_id !== "string") return user_id;
+  const event_type = idOf(v, "event_type", opts);
+  if (typeof event_type !== "string") return event_type;
+  const page_id = idOf(v, "page_id", opts);
+  if (typeof page_id !== "string") return page_id;
+  const session_duration = numberOf(v, "session_duration");
+  if (typeof session_duration !== "number") return session_duration;
+  const amount = numberOf(v, "amount");
+  if (typeof amount !== "number") return amount;
+  if (session_duration < 0) return fail("invalid_value", `session_duration must not be negative, got ${session_duration}`);
+  const event_time = eventTimeOf(v.event_time, opts);
+  if (typeof event_time !== "number") return event_time;
   const device = v.device_type;
   if (device !== undefined && device !== null && typeof device !== "string") {
     return fail("wrong_type", `device_type must be a string, got ${describe(device)}`);
   }
-  const event: ActivityEvent = {
-    event_id: ids.event_id!,
-    user_id: ids.user_id!,
-    event_type: ids.event_type!,
-    page_id: ids.page_id!,
-    session_duration: numbers.session_duration,
-    amount: numbers.amount,
-    event_time: time,
-  };
+  const event: ActivityEvent = { event_id, user_id, event_type, page_id, session_duration, amount, event_time };
   if (device) event.device_type = device;
   return { ok: true, event };
+}
+
+function idOf(v: Record<string, unknown>, field: string, opts: Required<EventParserOptions>): string | ParseResult {
+  const x = v[field];
+  if (x === undefined || x === null || x === "") return fail("missing_field", `${field} is missing`);
+  if (typeof x !== "string") return fail("wrong_type", `${field} must be a string, got ${describe(x)}`);
+  if (x.length > opts.maxIdLength) return fail("invalid_value", `${field} is longer than ${opts.maxIdLength} characters`);
+  return x;
+}
+
+/** A numeric field; absent reads as 0 (the protobuf default). */
+function numberOf(v: Record<string, unknown>, field: string): number | ParseResult {
+  const x = v[field];
+  if (x === undefined || x === null) return 0;
+  if (typeof x !== "number" || !Number.isFinite(x)) return fail("wrong_type", `${field} must be a finite number, got ${describe(x)}`);
+  return x;
 }
 
 // Date-time with an optional zone; a space may stand for the "T" (as SQL tools print them).

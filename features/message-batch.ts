@@ -43,13 +43,23 @@ export function batchTransferList(b: MessageBatch): ArrayBuffer[] {
   return [b.bytes.buffer as ArrayBuffer, b.ends.buffer as ArrayBuffer, b.protobuf.buffer as ArrayBuffer];
 }
 
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
 export function parseMessages(b: MessageBatch, parse: EventParser): { events: ActivityEvent[]; refused: RefusedMessage[] } {
   const events: ActivityEvent[] = [];
   const refused: RefusedMessage[] = [];
+  // All text, and ASCII (the usual JSON): decoded at once, each message a slice of it.
+  let text: string | undefined;
+  try {
+    text = decoder.decode(b.bytes);
+    if (text.length !== b.bytes.length) text = undefined;
+  } catch {
+    text = undefined;
+  }
   let from = 0;
   for (let i = 0; i < b.ends.length; i++) {
     const to = b.ends[i]!;
-    const r = parse(b.bytes.subarray(from, to), b.protobuf[i] ? "application/protobuf" : undefined);
+    const r = b.protobuf[i] ? parse(b.bytes.subarray(from, to), "application/protobuf") : text !== undefined ? parse.json(text.slice(from, to)) : parse(b.bytes.subarray(from, to), undefined);
     if (r.ok) events.push(r.event);
     else refused.push({ index: i, reason: r.reason, detail: r.detail });
     from = to;

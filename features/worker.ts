@@ -311,7 +311,7 @@ class Worker implements FeaturesWorker {
       if (result && result.eventTimeHigh > this.high) this.high = result.eventTimeHigh;
       await this.deadLetter(refused.map(({ index, reason, detail }) => ({ m: msgs[index]!, reason, detail })));
       if (result && KILL_AFTER_COMMIT > 0 && ++this.commits === KILL_AFTER_COMMIT) process.kill(process.pid, "SIGKILL");
-      for (const m of msgs) m.ack();
+      this.consumer!.ackAll(msgs);
       this.record(msgs, result?.counts ?? {}, refused.length, started);
     } catch (err) {
       // Nothing was acked: ask for the batch again shortly. Whatever part of it reached Redis

@@ -44,6 +44,15 @@ export interface PullConsumerOptions {
 }
 
 const ACK = new TextEncoder().encode("+ACK");
+/** "PUB " + " 4\r\n+ACK\r\n": an ack frame's bytes besides its subject. */
+const ACK_FRAME_BYTES = 15;
+
+/** The part of nats.js's connection (its protocol handler) that writes raw protocol frames. */
+interface RawProtocol {
+  sendCommand(frame: Uint8Array): void;
+  outMsgs: number;
+  outBytes: number;
+}
 const NAK = new TextEncoder().encode("-NAK");
 const enc = new TextEncoder();
 
@@ -87,6 +96,31 @@ export class PullConsumer {
       for await (const s of status) if (s.type === "reconnect" && !this.stopped) this.reset();
     })().catch(() => undefined);
     this.fill();
+  }
+
+  /**
+   * Acks messages of this consumer in one write. nats.js's publish() leaves ~1 KB of garbage
+   * and a few µs of CPU per ack; here a batch's acks are one buffer handed to nats.js's protocol
+   * layer (an internal of nats.js 2.x: without it, each message is acked by publish()).
+   */
+  ackAll(msgs: readonly PulledMessage[]): void {
+    const protocol = (this.nc as unknown as { protocol?: RawProtocol }).protocol;
+    if (typeof protocol?.sendCommand !== "function" || this.nc.isClosed()) {
+      for (const m of msgs) m.ack();
+      return;
+    }
+    let size = 0;
+    for (const m of msgs) size += 3 * (m as Pulled).reply.length + ACK_FRAME_BYTES;
+    const buf = Buffer.allocUnsafe(size);
+    let at = 0;
+    for (const m of msgs) {
+      at += buf.write("PUB ", at, "latin1");
+      at += buf.write((m as Pulled).reply, at, "utf8");
+      at += buf.write(" 4\r\n+ACK\r\n", at, "latin1");
+    }
+    protocol.outMsgs += msgs.length;
+    protocol.outBytes += 4 * msgs.length;
+    protocol.sendCommand(buf.subarray(0, at));
   }
 
   /** Stops asking for messages (those already asked for still arrive). */
@@ -167,6 +201,9 @@ class Pulled implements PulledMessage {
   }
   get headers(): MsgHdrs | undefined {
     return this.m.headers;
+  }
+  get reply(): string {
+    return this.m.reply!;
   }
 
   info(): { streamSequence: number; deliveryCount: number; timestampNanos: number } {
