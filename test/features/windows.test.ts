@@ -1,7 +1,7 @@
 // Window maths and the meaning of the declared aggregations (no services needed).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { contributions, featuresOf, isLate, isWindowClosed, stateFields, watermarkOf, windowEnd, windowStart } from "../../features/windows.js";
+import { contributions, emptyState, featuresOf, foldEvent, isLate, isWindowClosed, stateFields, watermarkOf, windowEnd, windowStart } from "../../features/windows.js";
 import { storeKeys } from "../../features/window-store.js";
 import { ITEM_FEATURES, USER_FEATURES, type ActivityEvent, type FeatureView } from "../../features/definitions.js";
 
@@ -79,6 +79,39 @@ test("max and min aggregations read 0 when nothing matched", () => {
   };
   assert.deepEqual(contributions(view, event({ session_duration: 7 })), [7, false]);
   assert.deepEqual(featuresOf(view, { n: 1, a0: 7 }), { longest: 7, smallest_purchase: 0 });
+});
+
+test("folding events one by one gives the features computed from the whole window", () => {
+  const view: FeatureView = {
+    entity: "user",
+    key: "user_id",
+    windowMs: 5 * MIN,
+    watermarkMs: 0,
+    aggregations: [
+      { name: "longest", kind: "max", field: "session_duration" },
+      { name: "smallest_purchase", kind: "min", field: "amount", where: { event_type: "purchase" } },
+      { name: "clicks", kind: "count", where: { event_type: "click" } },
+      { name: "spent", kind: "sum", field: "amount" },
+      { name: "avg_session", kind: "avg", field: "session_duration" },
+      { name: "pages", kind: "count_distinct", field: "page_id" },
+    ],
+    derived: [{ name: "clicks_per_page", description: "", compute: (v) => (v.pages! > 0 ? v.clicks! / v.pages! : 0) }],
+  };
+  const events = [
+    event({ event_type: "view", page_id: "a", session_duration: 4, event_time: T0 + 30_000 }),
+    event({ event_type: "purchase", page_id: "b", amount: 12.5, session_duration: 9, event_time: T0 + 10_000 }),
+    event({ event_type: "click", page_id: "a", session_duration: 2, event_time: T0 + 50_000 }),
+    event({ event_type: "purchase", page_id: "c", amount: 3.25, session_duration: 1, event_time: T0 + 20_000 }),
+  ];
+  const s = emptyState(view);
+  const seen = new Set<string>();
+  for (const e of events) foldEvent(view, s, e, (agg, value) => !seen.has(`${agg}:${value}`) && !!seen.add(`${agg}:${value}`));
+  assert.equal(s[0], 4, "events counted");
+  assert.equal(s[1], T0 + 50_000, "the newest event time, whatever the order");
+  assert.deepEqual(featuresOf(view, s), { longest: 9, smallest_purchase: 3.25, clicks: 1, spent: 15.75, avg_session: 4, pages: 3, clicks_per_page: 1 / 3 });
+  const quiet = emptyState(view);
+  foldEvent(view, quiet, event({ event_type: "view", page_id: "", session_duration: 0 }), () => true);
+  assert.deepEqual(featuresOf(view, quiet), { longest: 0, smallest_purchase: 0, clicks: 0, spent: 0, avg_session: 0, pages: 0, clicks_per_page: 0 }, "nothing matched: zeros, not NaN");
 });
 
 test("internal keys live under the namespace prefix, so cleanup finds them", () => {

@@ -38,6 +38,39 @@ describe("on the shared NATS", () => {
     await nc?.close();
   });
 
+  test("acks a batch in one write: nothing stays pending, nothing comes back after the ack wait", async () => {
+    const s = await setup(nc, "ackall", 1000);
+    try {
+      await s.publish(2500);
+      const seen: PulledMessage[] = [];
+      let held: PulledMessage[] = [];
+      let pc: PullConsumer | undefined;
+      pc = new PullConsumer(nc, {
+        stream: s.stream,
+        consumer: "c",
+        batch: 300,
+        onMessage: (m) => {
+          seen.push(m);
+          held.push(m);
+          // Uneven chunks, the last one short, as a worker's batches are.
+          if (held.length === 700 || seen.length === 2500) {
+            pc!.ackAll(held);
+            held = [];
+          }
+        },
+      });
+      await waitFor("all messages", async () => seen.length === 2500, 20_000);
+      await waitFor("all acked", async () => (await s.pending()) === 0, 10_000);
+      await sleep(1500); // past the ack wait: an ack the server missed would come back now
+      pc.stop();
+      assert.equal(seen.length, 2500, "no redelivery");
+      assert.ok(seen.every((m) => m.info().deliveryCount === 1));
+      assert.equal(new Set(seen.map((m) => m.info().streamSequence)).size, 2500);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   test("delivers every message once, acked, with its stream sequence and delivery count", async () => {
     const s = await setup(nc, "all");
     try {
