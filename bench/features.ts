@@ -463,12 +463,12 @@ async function storeOnly(rt: Runtime, warmup: readonly ActivityEvent[], events: 
   const ns = `${rt.config.namespace}_store`;
   const storeRt = createRuntime({ namespace: ns, logLevel: "silent" });
   const store = new WindowStore(storeRt.redis(), storeRt.config.redisUrl, storeRt.names, FEATURE_VIEWS, { view: ITEM_FEATURES, spec: TRENDING });
-  // Two batches handed over at once, as the worker does (the store applies them in turn).
+  // Three batches handed over at once, as the worker does (the store applies them in turn).
   const run = async (list: readonly ActivityEvent[]) => {
     let inflight: Promise<unknown>[] = [];
     for (let i = 0; i < list.length; i += BATCH) {
       inflight.push(store.apply(list.slice(i, i + BATCH)));
-      if (inflight.length >= 2) await inflight.shift();
+      if (inflight.length >= 3) await inflight.shift();
     }
     await Promise.all(inflight);
     inflight = [];

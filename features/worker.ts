@@ -42,7 +42,10 @@ export interface FeaturesWorkerOptions {
   trending?: TrendingSpec | null;
   /** Most messages applied in one batch. @default 2000 */
   maxBatch?: number;
-  /** Batches taken from the buffer at once: one in Redis, the others parsed and waiting. @default 2 */
+  /**
+   * Batches taken from the buffer at once: one in Redis, one being computed, the others parsed
+   * and waiting (a third smooths the pauses of a shared machine). @default 3
+   */
   maxInFlightBatches?: number;
   /**
    * Messages the consumer asks the server for ahead of processing. Kept small relative to the
@@ -76,7 +79,7 @@ export interface FeaturesWorkerOptions {
 export const DEFAULT_FEATURES_WORKER_OPTIONS: Readonly<Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending" | "pullAhead" | "storeThread">>> = Object.freeze({
   views: FEATURE_VIEWS,
   maxBatch: 2000,
-  maxInFlightBatches: 2,
+  maxInFlightBatches: 3,
   ackWaitMs: 30_000,
   maxAckPending: 20_000,
   closeIntervalMs: 250,
