@@ -370,16 +370,14 @@ export class RespWriter implements EncodedCommands {
   }
 
   endValue(mark: number): this {
-    const b = this.buf;
     const start = mark + 6;
     const len = this.pos - start;
     const d = this.digitCount(len);
     // `$` len CR LF takes 3 + d bytes of the 6 reserved: move the value to follow it.
     const at = mark + 3 + d;
-    if (at !== start) {
-      this.room(d);
-      b.copyWithin(at, start, this.pos);
-    }
+    this.room(at - start + 2);
+    const b = this.buf;
+    if (at !== start) b.copyWithin(at, start, this.pos);
     let p = this.digits(len, mark + 1, d);
     b[p++] = 13;
     b[p++] = 10;
