@@ -465,8 +465,9 @@ export class WindowStore {
    * windows (events out of order within the watermark).
    */
   private readNewer(into: Reads, snap: Snapshot, p: ViewPlan, windows: Iterable<number>): void {
-    if (p.byWindow.size === 1 && this.knownWindows.get(p.view)!.size === 0) return;
-    for (const ws of new Set([...windows, ...p.byWindow.keys()])) {
+    const all = new Set([...windows, ...p.byWindow.keys()]);
+    if (all.size < 2) return; // one window: no group is older than another's
+    for (const ws of all) {
       const key = this.keys.state(p.view.entity, ws);
       const here = p.byWindow.get(ws);
       let read = snap.newerRead.get(key);
