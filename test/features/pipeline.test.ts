@@ -180,6 +180,24 @@ describe("events out of order within the watermark", () => {
     assert.deepEqual(older.counts.user, { applied: 1, duplicates: 0, late: 0 }, "the older window took the event");
     assert.equal((await store.readFeatures(USER_FEATURES, "x"))?.window_start, T0 + 5 * MIN);
   });
+
+  test("overlapped batches, one spanning two windows, leave the hash on the newest window", async () => {
+    // Handed over at once, as the worker does: each is computed while the one before is in Redis.
+    const [a, b, c] = await Promise.all([
+      store.apply([ev("z1", "z", T0 + 7 * MIN)]),
+      store.apply([ev("z2", "z", T0 + 2 * MIN), ev("z3", "z", T0 + 12 * MIN), ev("z4", "z", T0 + 11 * MIN)]),
+      store.apply([ev("z5", "z", T0 + 3 * MIN), ev("z1", "z", T0 + 7 * MIN)]),
+    ]);
+    assert.deepEqual([a, b, c].map((r) => r.counts.user), [
+      { applied: 1, duplicates: 0, late: 0 },
+      { applied: 3, duplicates: 0, late: 0 },
+      { applied: 1, duplicates: 1, late: 0 },
+    ]);
+    const z = await store.readFeatures(USER_FEATURES, "z");
+    assert.equal(z?.window_start, T0 + 10 * MIN, "the 12:10 window, not the older ones written after it");
+    assert.equal(z?.event_count, 2);
+    assert.equal(z?.feature_time, T0 + 12 * MIN);
+  });
 });
 
 describe("dead letters", () => {
