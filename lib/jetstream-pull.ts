@@ -44,8 +44,10 @@ export interface PullConsumerOptions {
 }
 
 const ACK = new TextEncoder().encode("+ACK");
+const NAK = new TextEncoder().encode("-NAK");
+const enc = new TextEncoder();
 /** "PUB " + " 4\r\n+ACK\r\n": an ack frame's bytes besides its subject. */
-const ACK_FRAME_BYTES = 15;
+const ACK_FRAME_BYTES = 14;
 
 /** The part of nats.js's connection (its protocol handler) that writes raw protocol frames. */
 interface RawProtocol {
@@ -53,8 +55,6 @@ interface RawProtocol {
   outMsgs: number;
   outBytes: number;
 }
-const NAK = new TextEncoder().encode("-NAK");
-const enc = new TextEncoder();
 
 export class PullConsumer {
   private readonly sub: Subscription;
