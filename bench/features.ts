@@ -1,10 +1,10 @@
 // Features benchmark: events through one `streamserve features` worker (a child process, as
-// deployed) from JetStream into Redis, and freshness (publish → visible in Redis) at steady
-// rates, judged against floors measured in the same run on the same events: raw JetStream
-// publish, raw consume+ack (with nats.js's consume() and with the pull consumer the worker uses),
-// a raw Redis pipeline of the same online writes (HSET + PEXPIRE per entity, ZINCRBY trending:
-// the seed's foreachBatch, without window state or exactly-once), and the window store alone
-// (its transactions, no NATS).
+// deployed, measured once warm) from JetStream into Redis, and freshness (publish → visible in
+// Redis) at steady rates, judged against floors measured in the same run on the same events:
+// raw JetStream publish, raw consume+ack (with nats.js's consume() and with the pull consumer
+// the worker uses), a raw Redis pipeline of the same online writes (HSET + PEXPIRE per entity,
+// ZINCRBY trending: the seed's foreachBatch, without window state or exactly-once), and the
+// window store alone (its transactions, no NATS).
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
