@@ -15,7 +15,7 @@ import { AckPolicy, DeliverPolicy, type JetStreamClient } from "nats";
 import { createRuntime, type Runtime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
 import { deleteKeysWithPrefix } from "../lib/redis.js";
-import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING, type ActivityEvent } from "../features/definitions.js";
+import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING, USER_FEATURES, type ActivityEvent } from "../features/definitions.js";
 import { WindowStore } from "../features/window-store.js";
 import { featuresOf, windowStart } from "../features/windows.js";
 import { PullConsumer, type PulledMessage } from "../lib/jetstream-pull.js";
@@ -309,25 +309,30 @@ function threadSplit(pid: number, before: Map<number, number>, events: number): 
   return `main thread ${us(main)}, store thread ${us(others[0] ?? 0)}, other threads (GC, libuv) ${us(others.slice(1).reduce((a, b) => a + b, 0))}`;
 }
 
-async function waitDrained(jsm: { consumers: { info(s: string, c: string): Promise<{ num_pending: number; num_ack_pending: number; delivered: { stream_seq: number } }> } }, rt: Runtime, timeoutMs: number): Promise<void> {
+type ConsumerInfo = Awaited<ReturnType<Jsm["consumers"]["info"]>>;
+
+/** Polls the worker's consumer every pollMs until `done` holds. */
+async function waitConsumer(jsm: Jsm, rt: Runtime, what: string, done: (info: ConsumerInfo) => boolean, timeoutMs: number, pollMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const info = await jsm.consumers.info(rt.names.eventsStream, rt.names.consumer("features")).catch(() => undefined);
-    if (info && info.num_pending === 0 && info.num_ack_pending === 0 && info.delivered.stream_seq > 0) return;
-    if (Date.now() > deadline) throw new Error("the features worker did not drain the stream in time");
-    // Not much more often: consumer info counts the pending messages, work nats-server would
-    // otherwise book against the worker's CPU per event.
-    await sleep(50);
+    if (info && done(info)) return;
+    if (Date.now() > deadline) throw new Error(`the features worker did not ${what} in time`);
+    await sleep(pollMs);
   }
 }
 
-/** Waits until the worker's consumer has acked the first `count` messages of the stream. */
-async function waitAcked(jsm: { consumers: { info(s: string, c: string): Promise<{ ack_floor: { stream_seq: number } }> } }, rt: Runtime, count: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (((await jsm.consumers.info(rt.names.eventsStream, rt.names.consumer("features")).catch(() => undefined))?.ack_floor.stream_seq ?? 0) < count) {
-    if (Date.now() > deadline) throw new Error("the features worker did not get through the warm-up events in time");
-    await sleep(10);
-  }
+/**
+ * Until the worker has acked everything. Polled not much more often: consumer info counts the
+ * pending messages, work nats-server would otherwise book against the worker's CPU per event.
+ */
+function waitDrained(jsm: Jsm, rt: Runtime, timeoutMs: number): Promise<void> {
+  return waitConsumer(jsm, rt, "drain the stream", (i) => i.num_pending === 0 && i.num_ack_pending === 0 && i.delivered.stream_seq > 0, timeoutMs, 50);
+}
+
+/** Until the worker has acked the first `count` messages of the stream (polled often: it starts a measurement). */
+function waitAcked(jsm: Jsm, rt: Runtime, count: number, timeoutMs: number): Promise<void> {
+  return waitConsumer(jsm, rt, "get through the warm-up events", (i) => i.ack_floor.stream_seq >= count, timeoutMs, 10);
 }
 
 /** A sanity check that the run measured real work: a sample of users has the right event counts. */
@@ -352,7 +357,7 @@ async function checkApplied(rt: Runtime, events: readonly ActivityEvent[]): Prom
  * Publishes at `rate` events/s for STEADY_SECONDS, with a probe event (a user of its own) every
  * 10 ms whose online hash is polled for: publish → first seen in Redis.
  */
-async function steadyLoad(rt: Runtime, js: JetStreamClient, jsm: Parameters<typeof waitDrained>[0], rate: number) {
+async function steadyLoad(rt: Runtime, js: JetStreamClient, jsm: Jsm, rate: number) {
   const redis = rt.redis().duplicate();
   const pending = new Map<string, number>();
   const seen: number[] = [];
@@ -443,7 +448,7 @@ async function rawRedisPipeline(rt: Runtime, events: readonly ActivityEvent[]): 
     const cmds: RespCommand[] = [];
     for (const g of groups.values()) {
       // Features computed from the batch alone (what a stateless sink could do).
-      const view = g.entity === "user" ? FEATURE_VIEWS[0]! : ITEM_FEATURES;
+      const view = g.entity === "user" ? USER_FEATURES : ITEM_FEATURES;
       const key = `${prefix}${g.entity}_features:${g.id}`;
       const fields: (string | number)[] = [];
       for (const [k, v] of Object.entries(featuresOf(view, { n: g.events.length, a0: g.events.length, a1s: 1, a1n: 1, a2: 1, a3: 0 }))) fields.push(k, v);

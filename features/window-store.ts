@@ -40,7 +40,7 @@ import type { Redis } from "../lib/redis.js";
 import type { Names } from "../lib/config.js";
 import { encodeArgs, encodeCommandHeader, RespConnection, RespError, RespWriter, type RespArg, type RespCommand, type RespReply } from "../lib/resp.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
-import { absentValues, contributionOf, emptyState, featureNames, featuresOf, featureValues, foldEvent, isWindowClosed, stateFields, stateOp, watermarkOf, windowStart, type StateValues } from "./windows.js";
+import { contributionOf, emptyState, featureNames, featuresOf, featureValues, foldEvent, isWindowClosed, stateOp, watermarkOf, windowStart, type StateValues } from "./windows.js";
 
 /** The trending sorted set's scoring. */
 export interface TrendingSpec {
@@ -83,8 +83,6 @@ export interface ApplyResult {
   counts: Record<string, ViewCounts>;
   /** The newest event time any worker has seen, this batch included (−∞ before any). */
   eventTimeHigh: number;
-  /** Times the batch was computed again because another writer committed first. */
-  retries: number;
 }
 
 /** A window whose final row was read to be logged. */
@@ -173,16 +171,20 @@ interface Landing {
   committed: Promise<boolean>;
 }
 
-/** Pre-encoded pieces of a view's public-hash HSET. */
+/** Pre-encoded pieces of a view's public-hash HSET: its header and feature names. */
 interface PublicTemplate {
   head: Buffer;
   fields: Buffer[];
-  windowStart: Buffer;
-  windowEnd: Buffer;
-  eventCount: Buffer;
-  featureTime: Buffer;
-  updatedAt: Buffer;
 }
+
+/** The public hash's fields after the features, the same for every view. */
+const PUBLIC_FIELDS = {
+  windowStart: encodeArgs("window_start"),
+  windowEnd: encodeArgs("window_end"),
+  eventCount: encodeArgs("event_count"),
+  featureTime: encodeArgs("feature_time"),
+  updatedAt: encodeArgs("updated_at"),
+};
 
 export class WindowStore {
   private readonly keys: StoreKeys;
@@ -235,16 +237,11 @@ export class WindowStore {
     for (const v of views) {
       const names = featureNames(v);
       this.templates.set(v, {
-        head: encodeCommandHeader("HSET", 2 + 2 * (names.length + 5)),
+        head: encodeCommandHeader("HSET", 2 + 2 * (names.length + Object.keys(PUBLIC_FIELDS).length)),
         fields: names.map((n) => encodeArgs(n)),
-        windowStart: encodeArgs("window_start"),
-        windowEnd: encodeArgs("window_end"),
-        eventCount: encodeArgs("event_count"),
-        featureTime: encodeArgs("feature_time"),
-        updatedAt: encodeArgs("updated_at"),
       });
+      this.knownWindows.set(v, new Map());
     }
-    for (const v of views) this.knownWindows.set(v, new Map());
   }
 
   close(): void {
@@ -286,9 +283,9 @@ export class WindowStore {
       for (const l of overlays) overlay(snap, l.writes, events);
       const batch = await this.compute(events, snap, now, this.reader);
       // Nothing to write (every event a duplicate or late): true whatever others wrote since.
-      if (batch.writes.count === 0) return { counts: batch.counts, eventTimeHigh: batch.high, retries: 0 };
+      if (batch.writes.count === 0) return { counts: batch.counts, eventTimeHigh: batch.high };
       const done = await this.commitOverlapped(snap, overlays, batch, release);
-      if (done) return { counts: batch.counts, eventTimeHigh: batch.high, retries: 0 };
+      if (done) return { counts: batch.counts, eventTimeHigh: batch.high };
     }
     // Fresh reads under WATCH, one transaction at a time until one commits.
     return this.writerSection(async () => {
@@ -297,13 +294,13 @@ export class WindowStore {
         const batch = await this.compute(events, fresh, now, this.writer);
         if (batch.writes.count === 0) {
           await this.writer.send([["UNWATCH"]]);
-          return { counts: batch.counts, eventTimeHigh: batch.high, retries };
+          return { counts: batch.counts, eventTimeHigh: batch.high };
         }
         const version = await this.transaction(batch.writes);
         if (version !== undefined) {
           this.landings = [{ writes: batch.writeSet, version, committed: Promise.resolve(true) }];
           this.ours = { from: version, to: version };
-          return { counts: batch.counts, eventTimeHigh: batch.high, retries };
+          return { counts: batch.counts, eventTimeHigh: batch.high };
         }
         // Another writer committed first: back off a little (a random bit, so two workers do
         // not collide in step) and compute again from what it wrote.
@@ -410,7 +407,6 @@ export class WindowStore {
       });
     }
     for (const p of plans) {
-      const n = stateFields(p.view).length;
       const aggs = p.view.aggregations;
       for (const [ws, groups] of p.byWindow) {
         const list = [...groups.values()];
@@ -420,7 +416,7 @@ export class WindowStore {
           const found = r as (string | null)[];
           for (let i = 0; i < found.length; i++) {
             if (found[i] === null) continue;
-            list[i]!.state = unpack(found[i]!, n);
+            list[i]!.state = unpack(found[i]!, p.view);
             noteNewer(p, list[i]!.entityId, ws);
           }
         });
@@ -445,19 +441,22 @@ export class WindowStore {
       }
       this.readNewer(reads, snap, p, this.knownWindows.get(p.view)!.keys());
     }
-    const tplan = this.trending ? plans.find((x) => x.view === this.trending!.view) : undefined;
+    const tplan = this.trendPlan(plans);
     if (tplan && events.length > 0) {
       const items = [...new Set(tplan.groupOf.map((g) => g.entityId))];
       reads.add(["HMGET", k.trend, ...items], (r) =>
         (r as (string | null)[]).forEach((x, i) => {
-          if (x === null) return;
-          const sp = x.indexOf(" ");
-          snap.trend.set(items[i]!, [Number(x.slice(0, sp)), Number(x.slice(sp + 1))]);
+          if (x !== null) snap.trend.set(items[i]!, trendOf(x));
         }),
       );
     }
     await reads.run(conn, watch ? [k.version] : []);
     return snap;
+  }
+
+  /** The plan of the view that scores the trending set (none without one). */
+  private trendPlan(plans: readonly ViewPlan[]): ViewPlan | undefined {
+    return this.trending ? plans.find((x) => x.view === this.trending!.view) : undefined;
   }
 
   /**
@@ -510,7 +509,7 @@ export class WindowStore {
     const writeSet: WriteSet = { high: snap.high, opened: new Map(), marks: new Set(), plans, distinct: new Map(), trend: new Map() };
     const marks = new Map<number, string[]>();
     const trendEvents = new Map<string, ActivityEvent[]>();
-    const tplan = this.trending ? plans.find((x) => x.view === this.trending!.view) : undefined;
+    const tplan = this.trendPlan(plans);
     const weights = this.trending?.spec.weights ?? {};
     let high = snap.high;
     for (let i = 0; i < events.length; i++) {
@@ -613,7 +612,8 @@ export class WindowStore {
     const f = featureValues(view, s, this.featureScratch);
     w.raw(t.head, 1).string(key);
     for (let i = 0; i < f.length; i++) w.raw(t.fields[i]!).number(f[i]!);
-    w.raw(t.windowStart).raw(window[0]).raw(t.windowEnd).raw(window[1]).raw(t.eventCount).number(s[0]!).raw(t.featureTime).number(s[1]!).raw(t.updatedAt).raw(now);
+    const p = PUBLIC_FIELDS;
+    w.raw(p.windowStart).raw(window[0]).raw(p.windowEnd).raw(window[1]).raw(p.eventCount).number(s[0]!).raw(p.featureTime).number(s[1]!).raw(p.updatedAt).raw(now);
     w.raw(PEXPIRE, 1).string(key).raw(this.featureTtl);
   }
 
@@ -681,7 +681,6 @@ export class WindowStore {
     let rows = 0;
     const windows = await this.windows(view);
     const due = [...windows].filter(([ws, s]) => s !== "published" && isWindowClosed(ws + view.windowMs, watermark)).map(([ws]) => ws).sort((a, b) => a - b);
-    const fields = stateFields(view);
     for (const ws of due) {
       // From here on every writer sees the window closed: a batch that read it open fails its EXEC.
       await this.redis.multi().hset(k.windows(view.entity), String(ws), "closed").incr(k.version).exec();
@@ -691,7 +690,7 @@ export class WindowStore {
         cursor = next;
         const out: ClosedWindow[] = [];
         for (let i = 0; i < flat.length; i += 2) {
-          const state = unpack(flat[i + 1]!, fields.length);
+          const state = unpack(flat[i + 1]!, view);
           out.push({ view, entityId: flat[i]!, windowStart: ws, windowEnd: ws + view.windowMs, features: featuresOf(view, state), eventCount: state[0]! || 0 });
         }
         if (out.length > 0) await publish(out);
@@ -739,7 +738,7 @@ export class WindowStore {
         const [next, flat] = await this.redis.hscan(k.trend, cursor, "COUNT", 1000);
         cursor = next;
         const stale: string[] = [];
-        for (let i = 0; i < flat.length; i += 2) if (Number(flat[i + 1]!.split(" ")[1]) + this.opts.trendTtlMs < high) stale.push(flat[i]!);
+        for (let i = 0; i < flat.length; i += 2) if (trendOf(flat[i + 1]!)[1] + this.opts.trendTtlMs < high) stale.push(flat[i]!);
         if (stale.length > 0) await this.redis.multi().hdel(k.trend, ...stale).zrem(this.names.trendingKey, ...stale).incr(k.version).exec();
       } while (cursor !== "0");
     }
@@ -785,6 +784,12 @@ function noteNewer(p: ViewPlan, entityId: string, ws: number): void {
     const g = groups.get(entityId);
     if (g) g.newer = true;
   }
+}
+
+/** An item's trend activity as stored ("s r", trendWrites): decayed activity s as of event time r. */
+function trendOf(value: string): [number, number] {
+  const sp = value.indexOf(" ");
+  return [Number(value.slice(0, sp)), Number(value.slice(sp + 1))];
 }
 
 function distinctSet(values: DistinctValues, dkey: string): Set<string> {
@@ -907,10 +912,10 @@ function pack(w: RespWriter, s: StateValues): void {
   w.endValue(mark);
 }
 
-function unpack(packed: string, n: number): StateValues {
-  const out = absentValues(n);
+function unpack(packed: string, view: FeatureView): StateValues {
+  const out = emptyState(view);
   let from = 0;
-  for (let i = 0; i < n && from <= packed.length; i++) {
+  for (let i = 0; i < out.length && from <= packed.length; i++) {
     let to = packed.indexOf(",", from);
     if (to === -1) to = packed.length;
     if (to > from) out[i] = Number(packed.slice(from, to));

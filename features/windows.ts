@@ -97,15 +97,10 @@ export type WindowState = Readonly<Record<string, number | undefined>>;
  */
 export type StateValues = number[];
 
-/** An empty window's state. */
+/** An empty window's state: every value absent (NaN), in an array of unboxed doubles. */
 export function emptyState(view: FeatureView): StateValues {
-  return absentValues(2 + layoutOf(view).size);
-}
-
-/** n absent values (NaN), in an array of unboxed doubles. */
-export function absentValues(n: number): StateValues {
   const out: number[] = [];
-  for (let i = 0; i < n; i++) out.push(NaN);
+  for (let i = 0; i < layoutOf(view).size; i++) out.push(NaN);
   return out;
 }
 
@@ -118,10 +113,8 @@ function orZero(x: number | undefined): number {
 interface Layout {
   ops: StateOp[];
   at: number[];
+  /** State values in all: n, t and the aggregations' (stateFields). */
   size: number;
-  /** Each aggregation's event field (none for a count) and event-type condition. */
-  fields: (keyof ActivityEvent | undefined)[];
-  where: (string | undefined)[];
   /** The aggregations by name, reused to hand them to derived features. */
   named: Record<string, number>;
 }
@@ -131,16 +124,13 @@ const layouts = new WeakMap<FeatureView, Layout>();
 function layoutOf(view: FeatureView): Layout {
   let l = layouts.get(view);
   if (!l) {
-    const ops = view.aggregations.map(stateOp);
     const at: number[] = [];
-    let next = 2;
-    for (const op of ops) {
+    let next = 2; // after n and t
+    view.aggregations.forEach((a, i) => {
       at.push(next);
-      next += op === "avg" ? 2 : 1;
-    }
-    const fields = view.aggregations.map((a) => (a.kind === "count" ? undefined : a.field));
-    const where = view.aggregations.map((a) => ("where" in a ? a.where?.event_type : undefined));
-    layouts.set(view, (l = { ops, at, size: next - 2, fields, where, named: {} }));
+      next += stateFieldsOf(a, i).length;
+    });
+    layouts.set(view, (l = { ops: view.aggregations.map(stateOp), at, size: next, named: {} }));
   }
   return l;
 }
@@ -181,7 +171,7 @@ export function featuresOf(view: FeatureView, state: WindowState | ArrayLike<num
 }
 
 function isValues(x: WindowState | ArrayLike<number | undefined>): x is ArrayLike<number | undefined> {
-  return Array.isArray(x) || ArrayBuffer.isView(x);
+  return Array.isArray(x);
 }
 
 /** The names of a view's features in the order they are written: aggregations, then derived. */
@@ -190,35 +180,36 @@ export function featureNames(view: FeatureView): string[] {
 }
 
 /**
- * Folds one event into a window's state values (as its `contributions` say, read straight from
- * the event). `isNewValue` tells whether a distinct-count value is new to the window, and
- * remembers it.
+ * Folds one event (its `contributions`) into a window's state values. `isNewValue` tells whether
+ * a distinct-count value is new to the window, and remembers it.
  */
 export function foldEvent(view: FeatureView, s: StateValues, e: ActivityEvent, isNewValue: (agg: number, value: string) => boolean): void {
   s[0] = orZero(s[0]) + 1;
   if (!(e.event_time <= s[1]!)) s[1] = e.event_time; // NaN (no event yet) compares false
-  const { ops, at, fields, where } = layoutOf(view);
+  const { ops, at } = layoutOf(view);
+  const aggs = view.aggregations;
   for (let i = 0; i < ops.length; i++) {
+    const v = contributionOf(aggs[i]!, e);
     const o = at[i]!;
-    const op = ops[i]!;
-    const field = fields[i];
-    if (where[i] !== undefined && e.event_type !== where[i]) {
-      if (op === "add") s[o] = orZero(s[o]); // a sum or count of nothing is 0, not absent
-      continue;
-    }
-    if (op === "add") s[o] = orZero(s[o]) + (field === undefined ? 1 : (e[field] as number));
-    else if (op === "avg") {
-      s[o] = orZero(s[o]) + (e[field!] as number);
-      s[o + 1] = orZero(s[o + 1]) + 1;
-    } else if (op === "max") {
-      const v = e[field!] as number;
-      if (!(v <= s[o]!)) s[o] = v;
-    } else if (op === "min") {
-      const v = e[field!] as number;
-      if (!(v >= s[o]!)) s[o] = v;
-    } else {
-      const v = e[field!];
-      s[o] = orZero(s[o]) + (v && isNewValue(i, String(v)) ? 1 : 0);
+    switch (ops[i]) {
+      case "add":
+        s[o] = orZero(s[o]) + (v === false ? 0 : (v as number)); // a sum or count of nothing is 0
+        break;
+      case "avg":
+        if (v !== false) {
+          s[o] = orZero(s[o]) + (v as number);
+          s[o + 1] = orZero(s[o + 1]) + 1;
+        }
+        break;
+      case "max":
+        if (v !== false && !((v as number) <= s[o]!)) s[o] = v as number;
+        break;
+      case "min":
+        if (v !== false && !((v as number) >= s[o]!)) s[o] = v as number;
+        break;
+      case "distinct":
+        s[o] = orZero(s[o]) + (v !== false && isNewValue(i, v as string) ? 1 : 0);
+        break;
     }
   }
 }

@@ -280,9 +280,13 @@ export class RespWriter implements EncodedCommands {
   /** A whole command from its arguments. */
   args(a: readonly RespArg[]): this {
     this.command(a.length);
-    for (const x of a) if (typeof x === "number") this.number(x);
-    else this.string(x);
+    for (const x of a) this.arg(x);
     return this;
+  }
+
+  /** One argument, a number or a string. */
+  arg(x: RespArg): this {
+    return typeof x === "number" ? this.number(x) : this.string(x);
   }
 
   /** A bulk string argument. */
@@ -432,8 +436,7 @@ export interface EncodedCommands {
 /** The RESP encoding of one argument list's pieces, for templates copied into many commands. */
 export function encodeArgs(...args: RespArg[]): Buffer {
   const w = new RespWriter(64);
-  for (const a of args) if (typeof a === "number") w.number(a);
-  else w.string(a);
+  for (const a of args) w.arg(a);
   return Buffer.from(w.bytes);
 }
 

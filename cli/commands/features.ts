@@ -6,7 +6,7 @@ import { sendJson, sendText } from "../../lib/http.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
 
 export const FEATURES_FLAGS = `  --batch-size N        most events applied per Redis transaction (default 2000)
-  --in-flight N         batches taken at once: one committing in Redis while the next is computed (default 2)
+  --in-flight N         batches taken at once: one committing in Redis, one computed, the rest waiting (default 3)
   --ack-wait DUR        JetStream ack deadline: how soon a crashed worker's events are redelivered (default 30s).
                         Keep it well under the watermark (10m) so redelivered events are not late.
   --close-interval DUR  how often windows the watermark has passed are closed and published (default 250ms)

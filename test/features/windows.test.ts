@@ -65,38 +65,33 @@ test("features from a window state, with the seed's engagement score", () => {
   assert.equal(featuresOf(ITEM_FEATURES, { n: 1, a1: 1 }).item_ctr_5min, 0, "no views: ctr 0, not Infinity");
 });
 
+/** A user view of these aggregations, 5-minute windows. */
+function userView(aggregations: FeatureView["aggregations"], derived: FeatureView["derived"] = []): FeatureView {
+  return { entity: "user", key: "user_id", windowMs: 5 * MIN, watermarkMs: 0, aggregations, derived };
+}
+
+const MAX_AND_MIN: FeatureView["aggregations"] = [
+  { name: "longest", kind: "max", field: "session_duration" },
+  { name: "smallest_purchase", kind: "min", field: "amount", where: { event_type: "purchase" } },
+];
+
 test("max and min aggregations read 0 when nothing matched", () => {
-  const view: FeatureView = {
-    entity: "user",
-    key: "user_id",
-    windowMs: 5 * MIN,
-    watermarkMs: 0,
-    aggregations: [
-      { name: "longest", kind: "max", field: "session_duration" },
-      { name: "smallest_purchase", kind: "min", field: "amount", where: { event_type: "purchase" } },
-    ],
-    derived: [],
-  };
+  const view = userView(MAX_AND_MIN);
   assert.deepEqual(contributions(view, event({ session_duration: 7 })), [7, false]);
   assert.deepEqual(featuresOf(view, { n: 1, a0: 7 }), { longest: 7, smallest_purchase: 0 });
 });
 
 test("folding events one by one gives the features computed from the whole window", () => {
-  const view: FeatureView = {
-    entity: "user",
-    key: "user_id",
-    windowMs: 5 * MIN,
-    watermarkMs: 0,
-    aggregations: [
-      { name: "longest", kind: "max", field: "session_duration" },
-      { name: "smallest_purchase", kind: "min", field: "amount", where: { event_type: "purchase" } },
+  const view = userView(
+    [
+      ...MAX_AND_MIN,
       { name: "clicks", kind: "count", where: { event_type: "click" } },
       { name: "spent", kind: "sum", field: "amount" },
       { name: "avg_session", kind: "avg", field: "session_duration" },
       { name: "pages", kind: "count_distinct", field: "page_id" },
     ],
-    derived: [{ name: "clicks_per_page", description: "", compute: (v) => (v.pages! > 0 ? v.clicks! / v.pages! : 0) }],
-  };
+    [{ name: "clicks_per_page", description: "", compute: (v) => (v.pages! > 0 ? v.clicks! / v.pages! : 0) }],
+  );
   const events = [
     event({ event_type: "view", page_id: "a", session_duration: 4, event_time: T0 + 30_000 }),
     event({ event_type: "purchase", page_id: "b", amount: 12.5, session_duration: 9, event_time: T0 + 10_000 }),
