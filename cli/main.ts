@@ -109,7 +109,22 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * The last fence: an error that escaped every handler is logged and the process keeps serving.
+ * Request handlers catch their own errors; reaching this is a bug, never a reason to take down
+ * the server (and, in `up`, every other part with it).
+ */
+function keepServingOnStrayErrors(): void {
+  const report = (kind: string) => (err: unknown) => {
+    const e = err instanceof Error ? { message: err.message, stack: err.stack } : { value: String(err) };
+    process.stderr.write(`${JSON.stringify({ level: 50, time: Date.now(), msg: `${kind}: kept serving`, err: e })}\n`);
+  };
+  process.on("unhandledRejection", report("unhandled rejection"));
+  process.on("uncaughtException", report("uncaught exception"));
+}
+
 if (process.argv[1] && fileURLToPath(import.meta.url) === (await import("node:fs")).realpathSync(process.argv[1])) {
+  keepServingOnStrayErrors();
   process.exitCode = await main(process.argv.slice(2));
   // Connections that outlive the command (a NATS reconnect loop) must not keep the process alive.
   setTimeout(() => process.exit(process.exitCode), 2000).unref();

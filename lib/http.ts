@@ -11,7 +11,16 @@ export class HttpServer {
   private server: Server;
 
   constructor(private readonly log: Logger) {
-    this.server = createServer((req, res) => void this.dispatch(req, res));
+    // dispatch never rejects; the catch is the last fence so that no request can become an
+    // unhandled rejection (which would end the process and every part of `up` with it).
+    this.server = createServer((req, res) => {
+      this.dispatch(req, res).catch((err: unknown) => this.failed(res, err, req.url));
+    });
+    this.server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+      if (socket.writable && !socket.writableEnded) socket.end("HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n");
+      else socket.destroy();
+      this.log.debug({ code: err.code }, "malformed HTTP request");
+    });
   }
 
   /** Exact path, or a prefix when the path ends with "*". */
@@ -39,7 +48,8 @@ export class HttpServer {
   }
 
   private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? "/", "http://localhost");
+    const url = requestUrl(req.url);
+    if (!url) return sendText(res, 400, "bad request target: expected an origin-form path such as /metrics\n");
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "GET");
     const handler =
       this.routes.get(`${method} ${url.pathname}`) ?? this.prefixRoutes.find(([m, p]) => m === method && url.pathname.startsWith(p))?.[2];
@@ -47,10 +57,35 @@ export class HttpServer {
     try {
       await handler(req, res, url);
     } catch (err) {
-      this.log.error({ err, path: url.pathname }, "HTTP handler failed");
-      if (!res.headersSent) sendText(res, 500, `error: ${(err as Error).message}\n`);
-      else res.end();
+      this.failed(res, err, url.pathname);
     }
+  }
+
+  private failed(res: ServerResponse, err: unknown, path: string | undefined): void {
+    this.log.error({ err, path }, "HTTP handler failed");
+    if (res.writableEnded) return;
+    if (!res.headersSent) sendText(res, 500, `error: ${(err as Error)?.message ?? String(err)}\n`);
+    else res.end();
+  }
+}
+
+/**
+ * The request target as a URL on this server, or undefined when it cannot be one. Only the path
+ * and query are used: an absolute-form target (`GET http://host:99999/`) would otherwise make
+ * `new URL` throw on its authority.
+ */
+export function requestUrl(target: string | undefined): URL | undefined {
+  let pathAndQuery = target || "/";
+  if (!pathAndQuery.startsWith("/")) {
+    const m = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*(.*)$/i.exec(pathAndQuery);
+    if (!m) return undefined;
+    pathAndQuery = m[1]?.startsWith("/") ? m[1] : `/${m[1] ?? ""}`;
+  }
+  try {
+    // Prefixed, not resolved against a base: "//host:99999/" must stay a path, not an authority.
+    return new URL(`http://localhost${pathAndQuery}`);
+  } catch {
+    return undefined;
   }
 }
 
