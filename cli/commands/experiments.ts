@@ -7,6 +7,7 @@ import { printTable } from "../table.js";
 const command: Command = {
   name: "experiments",
   summary: "create, list and stop A/B experiments between model versions",
+  printsReport: true,
   usage: `Usage:
   streamserve experiments create --name NAME --variant control:50:production --variant treatment:50:candidate [--model recommender]
   streamserve experiments list [--json]
