@@ -19,6 +19,7 @@ import { LogPublisher } from "./log-publisher.js";
 import { HealthService } from "./health.js";
 import { addReflection } from "./reflection.js";
 import { inferenceHandlers } from "./inference-service.js";
+import { mountHttpInference } from "./http-inference.js";
 import { recommendationHandlers } from "./recommendation-service.js";
 import { DEFAULT_LIMITS, type ServingLimits } from "./limits.js";
 import { serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
@@ -28,7 +29,7 @@ export interface ServerOptions {
   security?: SecurityOptions;
   /** How long stop() lets in-flight calls finish before cancelling them. @default 10000 ms */
   drainTimeoutMs?: number;
-  /** Mount /healthz and /metrics on the runtime's HTTP server. @default true */
+  /** Mount /healthz, /metrics and the REST inference API (/v2) on the runtime's HTTP server. @default true */
   http?: boolean;
 }
 
@@ -118,21 +119,14 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
     "grpc.max_send_message_length": limits.maxMessageBytes,
     "grpc.keepalive_permit_without_calls": 1,
   });
-  server.addService(
-    serviceDefinition(GRPCInferenceService),
-    unaryImplementation(
-      GRPCInferenceService,
-      inferenceHandlers({
-        models,
-        limits,
-        metrics,
-        server: { name: "streamserve", version: serverVersion() },
-        isReady: () => models.ready && !draining,
-      }),
-      hooks,
-      shutdown.signal,
-    ),
-  );
+  const inference = inferenceHandlers({
+    models,
+    limits,
+    metrics,
+    server: { name: "streamserve", version: serverVersion() },
+    isReady: () => models.ready && !draining,
+  });
+  server.addService(serviceDefinition(GRPCInferenceService), unaryImplementation(GRPCInferenceService, inference, hooks, shutdown.signal));
   server.addService(
     serviceDefinition(RecommendationService),
     unaryImplementation(
@@ -165,6 +159,8 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
       sendText(res, ok ? 200 : 503, JSON.stringify({ status: ok ? "SERVING" : "NOT_SERVING", model: config.modelName, version: models.servedVersion(config.modelName) ?? "fallback" }), "application/json");
     });
     runtime.http.route("GET", "/metrics", (_req, res) => sendText(res, 200, metrics.render(), "text/plain; version=0.0.4"));
+    // The same inference service as REST (KServe v2 / Triton HTTP), behind the same admission.
+    mountHttpInference(runtime.http, { handlers: inference, hooks, limits, shutdown: shutdown.signal });
   }
 
   return {
