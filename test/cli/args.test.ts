@@ -2,6 +2,7 @@
 // its usage text names plus the global ones; anything else is refused with the closest known flag.
 import { it } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { closestName, durationFlag, flagsInUsage, listFlag, numberFlag, parseArgs, stringFlag, UsageError } from "../../cli/args.js";
 import { COMMANDS, knownFlags, loadCommand, main } from "../../cli/main.js";
 
@@ -70,4 +71,14 @@ it("exits 2 on a mistyped flag without running the command", async () => {
     console.error = error;
   }
   assert.match(errors[0]!, /^streamserve serve: unknown flag --grpc-prot: did you mean --grpc-port\?\n\nUsage: streamserve serve/);
+});
+
+it("every flag a command's file reads is one its usage text names (or it would be refused)", async () => {
+  for (const name of COMMANDS) {
+    const command = (await loadCommand(name))!;
+    const source = readFileSync(new URL(`../../cli/commands/${name}.ts`, import.meta.url), "utf8");
+    const read = [...source.matchAll(/(?:stringFlag|numberFlag|durationFlag|listFlag)\(args, "([a-z0-9-]+)"|args\.flags\["([a-z0-9-]+)"\]|args\.flags\.([a-z]+)\b/g)].map((m) => m[1] ?? m[2] ?? m[3]!);
+    const known = knownFlags(command);
+    for (const flag of read) assert.ok(known.includes(flag) || flag === "help", `streamserve ${name} reads --${flag} but its usage text does not name it`);
+  }
 });
