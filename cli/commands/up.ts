@@ -1,84 +1,149 @@
-// `streamserve up`: every part in one process (server, features worker, sink, trainer, monitor)
-// with the embedded ClickHouse in the data directory. What `npm start` runs.
+// `streamserve up`: the whole platform from one command, in two processes. This one serves
+// (gRPC server and features worker, plus the HTTP server users see); a supervised child
+// (cli/analytics-process.ts) holds the embedded ClickHouse and everything that uses it: sink,
+// trainer, monitor and the dashboard's queries. ClickHouse's inserts and queries and the
+// trainer's CPU never run on the serving event loop, and the child runs at a lower priority.
+// What `npm start` runs.
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import type { Command } from "../command.js";
 import { untilSignal } from "../command.js";
 import { durationFlag, type CommandArgs } from "../args.js";
 import type { Part, Runtime } from "../../lib/runtime.js";
 import { ensureLocalServices, MissingServiceError, type LocalService } from "../../lib/local-services.js";
+import { proxyTo, sendText } from "../../lib/http.js";
+import { superviseChild, type SupervisedChild } from "../../lib/supervisor.js";
 import { startServer, type RunningServer } from "../../server/server.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
-import { startSink } from "../../sink/sink.js";
-import { startTrainingSchedule, type ScheduleOptions, type TrainingSchedule } from "../../trainer/schedule.js";
-import { createMonitor, type Monitor } from "../../monitor/monitor.js";
-import type { MonitorOverrides } from "../../monitor/options.js";
+import type { CycleReport as TrainingReport } from "../../trainer/cycle.js";
+import type { SkippedRun } from "../../trainer/schedule.js";
+import type { CycleReport as MonitoringReport } from "../../monitor/monitor.js";
+import type { AnalyticsInfo, AnalyticsOptions, AnalyticsStart } from "../analytics-process.js";
 import { serverOptionsFromFlags, SERVE_FLAGS } from "./serve.js";
 
-export interface PlatformOptions {
-  /** Time between training cycles. @default 6 h */
-  trainEveryMs?: number;
-  /** Time between monitoring cycles. @default 1 h */
-  monitorEveryMs?: number;
-  /** Further trainer settings (the demo's compressed schedule). */
-  trainer?: ScheduleOptions;
-  /** Further monitor settings. */
-  monitor?: MonitorOverrides;
+export interface PlatformOptions extends AnalyticsOptions {
   /** Further features worker settings (the demo's compressed windows). */
   features?: FeaturesWorkerOptions;
   /** Start private Redis/NATS when none answers. @default true */
   localServices?: boolean;
+  /** Restart delays of the analytics process (tests make them short). */
+  analyticsRestartDelayMs?: number;
 }
 
 export interface Platform {
+  /** The parts in this (the serving) process. */
   parts: Part[];
   server: RunningServer;
-  trainer: TrainingSchedule;
-  monitor: Monitor;
+  /** The analytics process's training schedule, called over IPC. */
+  trainer: { runNow(): Promise<TrainingReport | SkippedRun> };
+  /** The analytics process's monitor, called over IPC. */
+  monitor: { runCycle(now?: Date): Promise<MonitoringReport> };
+  /** The analytics process itself (pid, restarts, state). */
+  analytics: SupervisedChild<AnalyticsInfo>;
   grpcPort: number;
   httpPort: number;
   stop(): Promise<void>;
 }
 
-/** Starts the whole platform on one runtime; used by `up` and `demo`. */
+/** The analytics process's entry: .js when built, .ts under tsx. */
+function analyticsModule(): string {
+  const js = fileURLToPath(new URL("../analytics-process.js", import.meta.url));
+  return existsSync(js) ? js : fileURLToPath(new URL("../analytics-process.ts", import.meta.url));
+}
+
+/** Two Prometheus expositions as one; a family the first already has is not repeated. */
+export function mergeExpositions(own: string, other: string): string {
+  const known = new Set([...own.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]));
+  const families = other.split(/^(?=# HELP )/m).filter((f) => f.trim() && !known.has(/^# TYPE (\S+)/m.exec(f)?.[1] ?? ""));
+  return own + families.join("");
+}
+
+/** Starts the whole platform: serving here, analytics in a supervised child. Used by `up` and `demo`. */
 export async function startPlatform(runtime: Runtime, args: CommandArgs, options: PlatformOptions = {}): Promise<Platform> {
   const { log, config } = runtime;
   let local: LocalService[] = [];
   if (options.localServices !== false) local = await ensureLocalServices(config, config.dataDir, log);
   const parts: Part[] = [];
+  const up = runtime.metrics.gauge("streamserve_analytics_up", "1 while the analytics process (sink, trainer, monitor, dashboard queries) is ready");
+  const restarts = runtime.metrics.counter("streamserve_analytics_restarts_total", "Times the analytics process died and was restarted");
+  let counted = 0;
+  const analytics = superviseChild<AnalyticsStart, AnalyticsInfo>({
+    name: "analytics",
+    module: analyticsModule(),
+    log,
+    start: () => ({
+      config,
+      options: { trainEveryMs: options.trainEveryMs, monitorEveryMs: options.monitorEveryMs, trainer: options.trainer, monitor: options.monitor },
+    }),
+    restartDelayMs: options.analyticsRestartDelayMs,
+    onState: (state, n) => {
+      up.set(state === "ready" ? 1 : 0);
+      if (n > counted) restarts.inc({}, n - counted);
+      counted = n;
+    },
+  });
   try {
-    // Downstream first, so nothing the server logs waits for a consumer that is not there yet.
-    // Small batches: an embedded ClickHouse insert blocks the event loop (about 6 ms per 500
-    // rows), and in this process the event loop also serves gRPC.
-    parts.push(await startSink(runtime, { maxBatchMessages: 500 }));
     parts.push(await startFeaturesWorker(runtime, options.features));
     const server = await startServer(runtime, serverOptionsFromFlags(args));
     parts.push(server);
-    const trainer = startTrainingSchedule(runtime, { ...options.trainer, intervalMs: options.trainEveryMs });
-    parts.push(trainer);
-    const monitor = createMonitor(runtime, { ...options.monitor, ...(options.monitorEveryMs && { intervalMs: options.monitorEveryMs }) });
-    monitor.start();
-    parts.push(monitor);
+    mountAnalyticsRoutes(runtime, analytics);
     const httpPort = await runtime.listenHttp();
+    // Serving does not wait on analytics; the banner does, so that its dashboard URL answers.
+    if (!(await analytics.firstStart)) log.warn("the analytics process failed to start; it is restarted with backoff while serving goes on");
     return {
       parts,
       server,
-      trainer,
-      monitor,
+      analytics,
+      trainer: {
+        runNow: () => analytics.call<TrainingReport | SkippedRun>("trainNow").catch((err: Error): SkippedRun => ({ skipped: true, reason: `failed: ${err.message}` })),
+      },
+      monitor: { runCycle: (now?: Date) => analytics.call<MonitoringReport>("monitorCycle", now) },
       grpcPort: server.port,
       httpPort,
       async stop() {
-        // The server drains and flushes its logs before the sink and the rest stop.
-        const order = [...parts.filter((p) => p.name === "server"), ...parts.filter((p) => p.name !== "server").reverse()];
-        for (const part of order) {
+        // The server drains and flushes its logs first, then the features worker stops, then the
+        // analytics process (its sink writes what reached LOGS meanwhile).
+        for (const part of [...parts].reverse()) {
           await part.stop().catch((err: Error) => log.error({ part: part.name, err: err.message }, "stop failed"));
         }
+        await analytics.stop();
         await runtime.close();
         await Promise.all(local.map((s) => s.stop()));
       },
     };
   } catch (err) {
     for (const part of parts.reverse()) await part.stop().catch(() => undefined);
+    await analytics.stop();
     await Promise.all(local.map((s) => s.stop()));
     throw err;
+  }
+}
+
+/**
+ * The dashboard (/, /dashboard, /api/*) is forwarded to the analytics process, and /metrics shows
+ * both processes' metrics, so users see the same URLs as when everything ran in one process.
+ */
+function mountAnalyticsRoutes(runtime: Runtime, analytics: SupervisedChild<AnalyticsInfo>): void {
+  const unavailable = () =>
+    analytics.state === "stopping" || analytics.state === "stopped"
+      ? "the analytics process is stopping"
+      : `the analytics process is ${analytics.state === "starting" ? "starting" : "restarting"} (restarts so far: ${analytics.restarts}); serving is not affected, try again shortly`;
+  const proxy = proxyTo({ port: () => analytics.info?.httpPort, unavailable });
+  for (const path of ["/", "/dashboard", "/api/*"]) runtime.http.route("GET", path, proxy);
+  runtime.http.route("GET", "/metrics", async (_req, res) => {
+    const own = runtime.metrics.render();
+    sendText(res, 200, mergeExpositions(own, await analyticsMetrics(analytics.info?.httpPort)), "text/plain; version=0.0.4");
+  });
+}
+
+/** The analytics process's /metrics, or "" when it does not answer within a second. */
+async function analyticsMetrics(port: number | undefined): Promise<string> {
+  if (port === undefined) return "";
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(1000) });
+    return res.ok ? await res.text() : "";
+  } catch {
+    return "";
   }
 }
 
@@ -96,11 +161,14 @@ Ctrl-C stops everything.
 
 const command: Command = {
   name: "up",
-  summary: "run every part in one process: server, features, sink, trainer, monitor",
+  summary: "run the whole platform: server and features, plus sink, trainer and monitor in a supervised analytics process",
   booleans: ["no-local-services"],
   usage: `Usage: streamserve up [flags]
 
-Runs the whole platform in one process with the embedded ClickHouse in --data-dir. When Redis or
+Runs the whole platform from one command. This process serves (gRPC server, features worker, the
+HTTP server with the dashboard and /metrics); a child process at a lower CPU priority holds the
+embedded ClickHouse in --data-dir with the sink, the trainer, the monitor and the dashboard's
+queries. If that child dies it is restarted with backoff while serving goes on. When Redis or
 NATS does not answer at its URL on this machine and redis-server / nats-server is installed, a
 private instance is started under the data directory.
 
