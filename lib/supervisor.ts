@@ -231,7 +231,7 @@ export interface ChildPart<Info> {
 }
 
 export interface ServeOptions {
-  /** Nice value the child takes (higher is lower priority). @default 10 */
+  /** Nice value the child takes (higher is lower priority). @default unchanged */
   nice?: number;
   /** Time stop() gets before the child exits anyway. @default 25_000 */
   stopTimeoutMs?: number;
@@ -239,7 +239,7 @@ export interface ServeOptions {
 }
 
 /**
- * The child's side: lowers this process's priority, waits for the start message, starts its part
+ * The child's side: lowers this process's priority (when given a nice value), waits for the start message, starts its part
  * with it and serves calls until stopped. SIGINT is left to the parent (a terminal's Ctrl-C reaches
  * the whole process group, and the parent stops the server first); SIGTERM, a stop message or the
  * parent going away stop the part and end the process.
@@ -250,8 +250,7 @@ export function serveSupervisor<Start, Info>(start: (payload: Start) => Promise<
     console.error("this module is started by `streamserve up`, not on its own");
     process.exit(2);
   }
-  const nice = lowerOwnPriority(options.nice ?? 10);
-  log.debug({ nice }, "priority lowered");
+  if (options.nice !== undefined) log.debug({ nice: lowerOwnPriority(options.nice) }, "priority lowered");
   const send = (m: FromChild) => {
     if (process.connected) process.send!(m, undefined, {}, () => undefined);
   };

@@ -12,7 +12,6 @@ import type { CycleReport as TrainingReport } from "../../trainer/cycle.js";
 import type { SkippedRun } from "../../trainer/schedule.js";
 import { experimentRows, featureDriftRows } from "../../monitor/text-report.js";
 import { formatTable } from "../table.js";
-import { FEATURE_VIEWS } from "../../features/definitions.js";
 
 const say = (text: string) => console.log(`\n▶ ${text}`);
 const note = (text: string) => console.log(`  ${text}`);
@@ -129,7 +128,7 @@ simulated behaviour shifts. The platform keeps running afterwards until Ctrl-C (
       // Windows compressed like the rest of the story (the definitions say 5 minutes, watermark
       // 10): within a few minutes the windows are in steady state, so training, serving and the
       // drift check compare like with like, and closed windows reach ClickHouse during the demo.
-      features: { views: FEATURE_VIEWS.map((v) => ({ ...v, windowMs: phaseMs / 3, watermarkMs: phaseMs / 6 })) },
+      featureWindows: { windowMs: phaseMs / 3, watermarkMs: phaseMs / 6 },
     });
     console.log(banner(platform.grpcPort, platform.httpPort, runtime.config.modelName));
     const sim = await startSimulation(runtime, {

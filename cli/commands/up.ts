@@ -1,9 +1,10 @@
-// `streamserve up`: the whole platform from one command, in two processes. This one serves
-// (gRPC server and features worker, plus the HTTP server users see); a supervised child
-// (cli/analytics-process.ts) holds the embedded ClickHouse and everything that uses it: sink,
-// trainer, monitor and the dashboard's queries. ClickHouse's inserts and queries and the
-// trainer's CPU never run on the serving event loop, and the child runs at a lower priority.
-// What `npm start` runs.
+// `streamserve up`: the whole platform from one command, in three processes. This one serves
+// gRPC and the HTTP server users see (dashboard, /metrics, /healthz); two supervised children do
+// the rest, so that nothing but requests runs on the serving event loop:
+//   features   (cli/features-process.ts) the features worker: EVENTS → windows → Redis;
+//   analytics  (cli/analytics-process.ts) the embedded ClickHouse and everything that uses it:
+//              sink, trainer, monitor and the dashboard's queries, at a lower CPU priority.
+// A child that dies is restarted with backoff while serving goes on. What `npm start` runs.
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Command } from "../command.js";
@@ -14,20 +15,20 @@ import { ensureLocalServices, MissingServiceError, type LocalService } from "../
 import { proxyTo, sendText } from "../../lib/http.js";
 import { superviseChild, type SupervisedChild } from "../../lib/supervisor.js";
 import { startServer, type RunningServer } from "../../server/server.js";
-import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
 import type { CycleReport as TrainingReport } from "../../trainer/cycle.js";
 import type { SkippedRun } from "../../trainer/schedule.js";
 import type { CycleReport as MonitoringReport } from "../../monitor/monitor.js";
 import type { AnalyticsInfo, AnalyticsOptions, AnalyticsStart } from "../analytics-process.js";
+import type { FeaturesInfo, FeaturesStart, FeatureWindows } from "../features-process.js";
 import { serverOptionsFromFlags, SERVE_FLAGS } from "./serve.js";
 
 export interface PlatformOptions extends AnalyticsOptions {
-  /** Further features worker settings (the demo's compressed windows). */
-  features?: FeaturesWorkerOptions;
+  /** The features' windows when not the definitions' (the demo's compressed schedule). */
+  featureWindows?: FeatureWindows;
   /** Start private Redis/NATS when none answers. @default true */
   localServices?: boolean;
-  /** Restart delays of the analytics process (tests make them short). */
-  analyticsRestartDelayMs?: number;
+  /** First restart delay of a child process. @default 1 s */
+  restartDelayMs?: number;
 }
 
 export interface Platform {
@@ -40,15 +41,17 @@ export interface Platform {
   monitor: { runCycle(now?: Date): Promise<MonitoringReport> };
   /** The analytics process itself (pid, restarts, state). */
   analytics: SupervisedChild<AnalyticsInfo>;
+  /** The features process. */
+  features: SupervisedChild<FeaturesInfo>;
   grpcPort: number;
   httpPort: number;
   stop(): Promise<void>;
 }
 
-/** The analytics process's entry: .js when built, .ts under tsx. */
-function analyticsModule(): string {
-  const js = fileURLToPath(new URL("../analytics-process.js", import.meta.url));
-  return existsSync(js) ? js : fileURLToPath(new URL("../analytics-process.ts", import.meta.url));
+/** A child process's entry (cli/<name>-process): .js when built, .ts under tsx. */
+function childModule(name: string): string {
+  const js = fileURLToPath(new URL(`../${name}-process.js`, import.meta.url));
+  return existsSync(js) ? js : fileURLToPath(new URL(`../${name}-process.ts`, import.meta.url));
 }
 
 /** Two Prometheus expositions as one; a family the first already has is not repeated. */
@@ -64,36 +67,44 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
   let local: LocalService[] = [];
   if (options.localServices !== false) local = await ensureLocalServices(config, config.dataDir, log);
   const parts: Part[] = [];
-  const up = runtime.metrics.gauge("streamserve_analytics_up", "1 while the analytics process (sink, trainer, monitor, dashboard queries) is ready");
-  const restarts = runtime.metrics.counter("streamserve_analytics_restarts_total", "Times the analytics process died and was restarted");
-  let counted = 0;
-  const analytics = superviseChild<AnalyticsStart, AnalyticsInfo>({
-    name: "analytics",
-    module: analyticsModule(),
-    log,
-    start: () => ({
-      config,
-      options: { trainEveryMs: options.trainEveryMs, monitorEveryMs: options.monitorEveryMs, trainer: options.trainer, monitor: options.monitor },
-    }),
-    restartDelayMs: options.analyticsRestartDelayMs,
-    onState: (state, n) => {
-      up.set(state === "ready" ? 1 : 0);
-      if (n > counted) restarts.inc({}, n - counted);
-      counted = n;
-    },
-  });
+  const up = runtime.metrics.gauge("streamserve_process_up", "1 while the child process is ready, by process (analytics: sink, trainer, monitor, dashboard queries; features: the features worker)");
+  const restarts = runtime.metrics.counter("streamserve_process_restarts_total", "Times a child process died and was restarted, by process");
+  const supervise = <Start, Info>(name: string, start: () => Start) => {
+    let counted = 0;
+    return superviseChild<Start, Info>({
+      name,
+      module: childModule(name),
+      log,
+      start,
+      restartDelayMs: options.restartDelayMs,
+      onState: (state, n) => {
+        up.set(state === "ready" ? 1 : 0, { process: name });
+        if (n > counted) restarts.inc({ process: name }, n - counted);
+        counted = n;
+      },
+    });
+  };
+  // Downstream first, so nothing the server logs waits for a consumer that is not there yet.
+  const analytics = supervise<AnalyticsStart, AnalyticsInfo>("analytics", () => ({
+    config,
+    options: { trainEveryMs: options.trainEveryMs, monitorEveryMs: options.monitorEveryMs, trainer: options.trainer, monitor: options.monitor },
+  }));
+  const features = supervise<FeaturesStart, FeaturesInfo>("features", () => ({ config, windows: options.featureWindows }));
+  const children = [features, analytics];
   try {
-    parts.push(await startFeaturesWorker(runtime, options.features));
     const server = await startServer(runtime, serverOptionsFromFlags(args));
     parts.push(server);
-    mountAnalyticsRoutes(runtime, analytics);
+    mountChildRoutes(runtime, analytics, children);
     const httpPort = await runtime.listenHttp();
-    // Serving does not wait on analytics; the banner does, so that its dashboard URL answers.
-    if (!(await analytics.firstStart)) log.warn("the analytics process failed to start; it is restarted with backoff while serving goes on");
+    // Serving does not wait on the children; the banner does, so that its dashboard URL answers.
+    for (const [name, child] of [["features", features], ["analytics", analytics]] as const) {
+      if (!(await child.firstStart)) log.warn(`the ${name} process failed to start; it is restarted with backoff while serving goes on`);
+    }
     return {
       parts,
       server,
       analytics,
+      features,
       trainer: {
         runNow: () => analytics.call<TrainingReport | SkippedRun>("trainNow").catch((err: Error): SkippedRun => ({ skipped: true, reason: `failed: ${err.message}` })),
       },
@@ -106,14 +117,14 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
         for (const part of [...parts].reverse()) {
           await part.stop().catch((err: Error) => log.error({ part: part.name, err: err.message }, "stop failed"));
         }
-        await analytics.stop();
+        for (const child of children) await child.stop();
         await runtime.close();
         await Promise.all(local.map((s) => s.stop()));
       },
     };
   } catch (err) {
     for (const part of parts.reverse()) await part.stop().catch(() => undefined);
-    await analytics.stop();
+    for (const child of children) await child.stop();
     await Promise.all(local.map((s) => s.stop()));
     throw err;
   }
@@ -121,9 +132,9 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
 
 /**
  * The dashboard (/, /dashboard, /api/*) is forwarded to the analytics process, and /metrics shows
- * both processes' metrics, so users see the same URLs as when everything ran in one process.
+ * every process's metrics, so users see the same URLs as when everything ran in one process.
  */
-function mountAnalyticsRoutes(runtime: Runtime, analytics: SupervisedChild<AnalyticsInfo>): void {
+function mountChildRoutes(runtime: Runtime, analytics: SupervisedChild<AnalyticsInfo>, children: SupervisedChild<{ httpPort: number }>[]): void {
   const unavailable = () =>
     analytics.state === "stopping" || analytics.state === "stopped"
       ? "the analytics process is stopping"
@@ -131,13 +142,13 @@ function mountAnalyticsRoutes(runtime: Runtime, analytics: SupervisedChild<Analy
   const proxy = proxyTo({ port: () => analytics.info?.httpPort, unavailable });
   for (const path of ["/", "/dashboard", "/api/*"]) runtime.http.route("GET", path, proxy);
   runtime.http.route("GET", "/metrics", async (_req, res) => {
-    const own = runtime.metrics.render();
-    sendText(res, 200, mergeExpositions(own, await analyticsMetrics(analytics.info?.httpPort)), "text/plain; version=0.0.4");
+    const theirs = await Promise.all(children.map((c) => childMetrics(c.info?.httpPort)));
+    sendText(res, 200, theirs.reduce(mergeExpositions, runtime.metrics.render()), "text/plain; version=0.0.4");
   });
 }
 
-/** The analytics process's /metrics, or "" when it does not answer within a second. */
-async function analyticsMetrics(port: number | undefined): Promise<string> {
+/** A child process's /metrics, or "" when it does not answer within a second. */
+async function childMetrics(port: number | undefined): Promise<string> {
   if (port === undefined) return "";
   try {
     const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(1000) });
@@ -161,14 +172,14 @@ Ctrl-C stops everything.
 
 const command: Command = {
   name: "up",
-  summary: "run the whole platform: server and features, plus sink, trainer and monitor in a supervised analytics process",
+  summary: "run the whole platform: the server, with the features worker and the analytics (sink, trainer, monitor) in supervised processes",
   booleans: ["no-local-services"],
   usage: `Usage: streamserve up [flags]
 
-Runs the whole platform from one command. This process serves (gRPC server, features worker, the
-HTTP server with the dashboard and /metrics); a child process at a lower CPU priority holds the
-embedded ClickHouse in --data-dir with the sink, the trainer, the monitor and the dashboard's
-queries. If that child dies it is restarted with backoff while serving goes on. When Redis or
+Runs the whole platform from one command. This process serves gRPC and HTTP (dashboard, /metrics,
+/healthz); a child process runs the features worker, and another, at a lower CPU priority, holds
+the embedded ClickHouse in --data-dir with the sink, the trainer, the monitor and the dashboard's
+queries. A child that dies is restarted with backoff while serving goes on. When Redis or
 NATS does not answer at its URL on this machine and redis-server / nats-server is installed, a
 private instance is started under the data directory.
 

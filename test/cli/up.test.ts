@@ -1,7 +1,7 @@
-// `streamserve up` as a user runs it: one command, two processes. The serving process answers gRPC
-// and the HTTP port; the analytics process (embedded ClickHouse, sink, trainer, monitor, dashboard
-// queries) is its child at a lower CPU priority. Killing the child leaves gRPC serving, and it comes
-// back; Ctrl-C (SIGINT) stops both.
+// `streamserve up` as a user runs it: one command, three processes. The serving process answers gRPC
+// and the HTTP port; its children are the features worker and the analytics process (embedded
+// ClickHouse, sink, trainer, monitor, dashboard queries) at a lower CPU priority. Killing the
+// analytics process leaves gRPC serving, and it comes back; Ctrl-C (SIGINT) stops them all.
 import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -41,6 +41,18 @@ const alive = (pid: number) => {
   return f !== undefined && f[0] !== "Z";
 };
 
+const cmdline = (pid: number) => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+  } catch {
+    return "";
+  }
+};
+/** The platform's child processes (under tsx, the parent has an esbuild child too). */
+const platformChildren = () => childrenOf(up.pid!).filter((pid) => /cli\/\w+-process\./.test(cmdline(pid)));
+/** The child running cli/<name>-process. */
+const childNamed = (name: string) => platformChildren().find((pid) => cmdline(pid).includes(`cli/${name}-process.`));
+
 /** The nice value of every thread of a process (field 19 of stat; 17 after the name). */
 const threadNices = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[16]));
 
@@ -67,12 +79,14 @@ const ports = () => ({
   http: Number(/dashboard\s+http:\/\/127\.0\.0\.1:(\d+)/.exec(out)![1]),
 });
 
-it("serves gRPC in one process and analytics in a lower-priority child; the dashboard answers on the main port", async () => {
-  const kids = childrenOf(up.pid!);
-  assert.equal(kids.length, 1, `one child process (found ${kids.join(", ")})`);
-  const nices = threadNices(kids[0]!);
+it("serves gRPC in one process, features and analytics (at a lower priority) in children; the dashboard answers on the main port", async () => {
+  assert.equal(platformChildren().length, 2, "two child processes");
+  const analytics = childNamed("analytics");
+  assert.ok(analytics && childNamed("features"), "an analytics and a features process");
+  const nices = threadNices(analytics);
   assert.ok(nices.every((n) => n >= 10), `every thread of the analytics process at nice >= 10: ${nices.join(" ")}`);
   assert.ok(threadNices(up.pid!).every((n) => n === 0), "the serving process keeps its priority");
+  assert.ok(threadNices(childNamed("features")!).every((n) => n === 0), "so does the features process");
 
   const { http } = ports();
   const res = await fetch(`http://127.0.0.1:${http}/api/models`);
@@ -81,17 +95,20 @@ it("serves gRPC in one process and analytics in a lower-priority child; the dash
   const page = await fetch(`http://127.0.0.1:${http}/`);
   assert.equal(page.status, 200);
   assert.match(await page.text(), /<html/i);
-  // /metrics shows both processes: the server's and the sink's, and the child's state.
+  // /metrics shows every process: the server's, the features worker's and the sink's, and the children's state.
   const metrics = await (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
   assert.match(metrics, /^# TYPE grpc_server_handled_total counter/m);
+  assert.match(metrics, /^# TYPE streamserve_features_messages_total counter/m);
   assert.match(metrics, /^# TYPE streamserve_sink_rows_written_total counter/m);
-  assert.match(metrics, /^streamserve_analytics_up 1$/m);
+  assert.match(metrics, /^streamserve_process_up\{process="analytics"\} 1$/m);
+  assert.match(metrics, /^streamserve_process_up\{process="features"\} 1$/m);
+  assert.equal(metrics.match(/^# TYPE grpc_server_handled_total /gm)?.length, 1, "each family once");
 });
 
 it("keeps serving gRPC while the analytics process is killed, and restarts it", async () => {
   const { grpc, http } = ports();
   const client = createServiceClient(RecommendationService, `127.0.0.1:${grpc}`);
-  const [first] = childrenOf(up.pid!);
+  const first = childNamed("analytics");
   let ok = 0;
   const failures: string[] = [];
   let calling = true;
@@ -118,13 +135,13 @@ it("keeps serving gRPC while the analytics process is killed, and restarts it", 
       assert.equal(down.status, 503);
       assert.match(((await down.json()) as { error: string }).error, /analytics process is (restarting|starting)/);
     }
-    const second = await waitFor(() => childrenOf(up.pid!).find((p) => p !== first), 30_000, "a new analytics process");
+    const second = await waitFor(() => (childNamed("analytics") !== first ? childNamed("analytics") : undefined), 30_000, "a new analytics process");
     await waitFor(async () => (await fetch(`http://127.0.0.1:${http}/api/models`)).status === 200, 120_000, "the dashboard answering again");
     assert.ok(ok > atKill, `calls succeeded during the outage (${ok - atKill})`);
     assert.notEqual(second, first);
     const metrics = await (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
-    assert.match(metrics, /^streamserve_analytics_restarts_total 1$/m);
-    assert.match(metrics, /^streamserve_analytics_up 1$/m);
+    assert.match(metrics, /^streamserve_process_restarts_total\{process="analytics"\} 1$/m);
+    assert.match(metrics, /^streamserve_process_up\{process="analytics"\} 1$/m);
   } finally {
     calling = false;
     await loop;
@@ -134,8 +151,8 @@ it("keeps serving gRPC while the analytics process is killed, and restarts it", 
 });
 
 it("stops everything on SIGINT, leaving no child process", async () => {
-  const kids = childrenOf(up.pid!);
-  assert.equal(kids.length, 1);
+  const kids = platformChildren();
+  assert.equal(kids.length, 2);
   up.kill("SIGINT");
   assert.equal(await exited, 0);
   await waitFor(() => kids.every((p) => !alive(p)), 10_000, "the analytics process to exit");
