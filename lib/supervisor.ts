@@ -6,7 +6,7 @@
 //           IPC, restarts it with backoff when it dies (pending calls fail, serving goes on), and
 //           stops it on shutdown (SIGKILL only after a timeout).
 //   child   serveSupervisor(): lowers its own CPU priority, starts its part, answers calls, and
-//           stops when told, on SIGTERM, or when the parent goes away: no child outlives `up`.
+//           stops when told or when the parent goes away: no child outlives `up`.
 import { fork, type ChildProcess } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { getPriority, setPriority } from "node:os";
@@ -239,10 +239,9 @@ export interface ServeOptions {
 }
 
 /**
- * The child's side: lowers this process's priority (when given a nice value), waits for the start message, starts its part
- * with it and serves calls until stopped. SIGINT is left to the parent (a terminal's Ctrl-C reaches
- * the whole process group, and the parent stops the server first); SIGTERM, a stop message or the
- * parent going away stop the part and end the process.
+ * The child's side: lowers this process's priority (when given a nice value), waits for the start
+ * message, starts its part with it and serves calls until stopped. SIGINT and SIGTERM are left to
+ * the parent; a stop message or the parent going away stop the part and end the process.
  */
 export function serveSupervisor<Start, Info>(start: (payload: Start) => Promise<ChildPart<Info>>, options: ServeOptions): void {
   const { log } = options;
@@ -270,8 +269,10 @@ export function serveSupervisor<Start, Info>(start: (payload: Start) => Promise<
     log.flush?.();
     process.exit(0);
   };
+  // Signals are the parent's to act on: a Ctrl-C or a service manager's SIGTERM reaches the whole
+  // process group, and the parent stops the server first, then its children, in order.
   process.on("SIGINT", () => undefined);
-  process.once("SIGTERM", () => void stopAndExit("SIGTERM"));
+  process.on("SIGTERM", () => undefined);
   process.once("disconnect", () => void stopAndExit("the parent process went away"));
   process.on("message", (m: ToChild) => {
     if (m.type === "start" && !part && !stopping) {

@@ -66,6 +66,15 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
   const { log, config } = runtime;
   let local: LocalService[] = [];
   if (options.localServices !== false) local = await ensureLocalServices(config, config.dataDir, log);
+  // HTTP first: a port in use fails here, before anything else has started. Routes are mounted
+  // below, as the parts come.
+  let httpPort: number;
+  try {
+    httpPort = await runtime.listenHttp();
+  } catch (err) {
+    await Promise.all(local.map((s) => s.stop()));
+    throw err;
+  }
   const parts: Part[] = [];
   const up = runtime.metrics.gauge("streamserve_process_up", "1 while the child process is ready, by process (analytics: sink, trainer, monitor, dashboard queries; features: the features worker)");
   const restarts = runtime.metrics.counter("streamserve_process_restarts_total", "Times a child process died and was restarted, by process");
@@ -94,8 +103,8 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
   try {
     const server = await startServer(runtime, serverOptionsFromFlags(args));
     parts.push(server);
+    // After the server's routes: this /metrics (every process's) replaces its own.
     mountChildRoutes(runtime, analytics, children);
-    const httpPort = await runtime.listenHttp();
     // Serving does not wait on the children; the banner does, so that its dashboard URL answers.
     for (const [name, child] of [["features", features], ["analytics", analytics]] as const) {
       if (!(await child.firstStart)) log.warn(`the ${name} process failed to start; it is restarted with backoff while serving goes on`);
@@ -147,11 +156,11 @@ function mountChildRoutes(runtime: Runtime, analytics: SupervisedChild<Analytics
   });
 }
 
-/** A child process's /metrics, or "" when it does not answer within a second. */
+/** A child process's /metrics, or "" when it does not answer within 3 s (a scrape waits up to 10 s by default). */
 async function childMetrics(port: number | undefined): Promise<string> {
   if (port === undefined) return "";
   try {
-    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(1000) });
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(3000) });
     return res.ok ? await res.text() : "";
   } catch {
     return "";
