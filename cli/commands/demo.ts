@@ -128,7 +128,8 @@ simulated behaviour shifts. The platform keeps running afterwards until Ctrl-C (
       // Windows compressed like the rest of the story (the definitions say 5 minutes, watermark
       // 10): within a few minutes the windows are in steady state, so training, serving and the
       // drift check compare like with like, and closed windows reach ClickHouse during the demo.
-      featureWindows: { windowMs: phaseMs / 3, watermarkMs: phaseMs / 6 },
+      // Whole milliseconds: window bounds become protobuf Timestamps (--phase 20s would give 6666.67).
+      featureWindows: { windowMs: Math.round(phaseMs / 3), watermarkMs: Math.round(phaseMs / 6) },
     });
     console.log(banner(platform.grpcPort, platform.httpPort, runtime.config.modelName));
     const sim = await startSimulation(runtime, {
