@@ -1,8 +1,8 @@
 // `streamserve up`'s features process: the features worker (JetStream EVENTS → windows → Redis,
 // closed windows → LOGS), forked and supervised by `up` (cli/commands/up.ts) so that parsing and
-// folding events never take the serving event loop's time. It keeps the default priority:
-// fresh features are part of serving. Its HTTP server on a private loopback port gives `up` its
-// metrics.
+// folding events never take the serving event loop's time. It runs a little below serving
+// (nice 5: requests first when both want a core) and well above analytics (nice 10): fresh
+// features are part of serving. Its HTTP server on a private loopback port gives `up` its metrics.
 import { createRuntime } from "../lib/runtime.js";
 import { createLogger } from "../lib/logger.js";
 import { sendText } from "../lib/http.js";
@@ -29,6 +29,9 @@ export interface FeaturesInfo {
   httpPort: number;
 }
 
+/** Nice value of the features process; measured against 0 with `up` + the simulator at 1000 events/s (README). */
+export const FEATURES_NICE = 5;
+
 const log = createLogger(process.env.LOG_LEVEL).child({ process: "features" });
 
 serveSupervisor<FeaturesStart, FeaturesInfo>(
@@ -52,5 +55,5 @@ serveSupervisor<FeaturesStart, FeaturesInfo>(
       throw err;
     }
   },
-  { nice: 0, log },
+  { nice: FEATURES_NICE, log },
 );

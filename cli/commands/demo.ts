@@ -120,8 +120,8 @@ simulated behaviour shifts. The platform keeps running afterwards until Ctrl-C (
       monitorEveryMs: 24 * 3_600_000,
       // Compressed: clicks arrive within seconds here, so the trainer need not wait 5 minutes for
       // them, and a few thousand rows are enough to show a promotion.
-      // No cycle at start: the story runs them (a cycle on the event loop while the simulator's
-      // first calls arrive only delays them).
+      // No cycle at start: the story runs them (a cycle while the simulator's first calls arrive
+      // only competes with them for the CPU).
       trainer: { labelDelayMs: 10_000, minRows: 500, windowMs: 3_600_000, initialDelayMs: 24 * 3_600_000 },
       // Drift over the last phase and a half, so the shift is not diluted by the hour before it.
       monitor: { drift: { windowMs: phaseMs * 1.5 } },
