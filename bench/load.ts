@@ -1,0 +1,138 @@
+// Load from outside the server's process: h2load over gRPC when it is installed, otherwise the
+// grpc-js load client in a child process (bench/load-client.ts). Either way one phase is a
+// warm-up run and then a measured run of fixed length, with the server's CPU time (its whole
+// process tree) taken from /proc around the measured run.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { grpcFailures, h2loadArgs, h2loadVersion, parseH2loadLog, parseH2loadSummary } from "./h2load.js";
+import type { LoadClientJob, LoadClientResult } from "./load-client.js";
+import { percentile } from "./measure.js";
+import { nodeFlags, startChild, treeCpuSeconds } from "./processes.js";
+
+/** A unary gRPC call to load a server with. */
+export interface CallTarget {
+  /** "127.0.0.1:PORT". */
+  address: string;
+  /** "/package.Service/Method". */
+  path: string;
+  /** The request message. */
+  request: Uint8Array;
+  /** Length of the reply message, to tell replies from gRPC errors in h2load's byte counts. */
+  replyBytes: number;
+  /** The server's pid, for its CPU time. */
+  pid: number;
+}
+
+/** How the load is offered: connections × concurrent calls on each. */
+export interface LoadShape {
+  connections: number;
+  streams: number;
+}
+
+export const shapeLabel = (s: LoadShape) => (s.streams === 1 ? `c=${s.connections}` : `${s.connections}x${s.streams}`);
+
+export interface LoadFigures {
+  /** Calls answered with a reply message. */
+  calls: number;
+  /** Calls that failed (transport or gRPC status). */
+  errors: number;
+  seconds: number;
+  perSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+  p999Ms: number;
+  maxMs: number;
+  /** Server CPU (user + system, all its processes) per answered call, in µs. */
+  cpuUsPerCall: number;
+}
+
+interface RawRun {
+  calls: number;
+  errors: number;
+  seconds: number;
+  latenciesMs: number[];
+}
+
+export interface LoadGenerator {
+  /** What a reader is told was used. */
+  description: string;
+  run(target: CallTarget, shape: LoadShape, durationMs: number): Promise<RawRun>;
+}
+
+/** h2load if installed (BENCH_LOAD=client forces the grpc-js client). */
+export function pickLoadGenerator(): LoadGenerator {
+  const version = process.env.BENCH_LOAD === "client" ? undefined : h2loadVersion();
+  if (process.env.BENCH_LOAD === "h2load" && !version) throw new Error("BENCH_LOAD=h2load but h2load is not installed (apt-get install nghttp2-client)");
+  return version ? h2load(version) : grpcJsClient();
+}
+
+const grpcFrame = (message: Uint8Array) => {
+  const frame = Buffer.alloc(5 + message.length);
+  frame.writeUInt32BE(message.length, 1);
+  frame.set(message, 5);
+  return frame;
+};
+
+function h2load(version: string): LoadGenerator {
+  return {
+    description: `h2load (${version}, one thread) over gRPC, in its own process`,
+    async run(target, shape, durationMs) {
+      const dir = mkdtempSync(join(tmpdir(), "streamserve-h2load-"));
+      try {
+        const bodyFile = join(dir, "request.grpc");
+        const logFile = join(dir, "requests.tsv");
+        writeFileSync(bodyFile, grpcFrame(target.request));
+        const args = h2loadArgs({ url: `http://${target.address}${target.path}`, bodyFile, logFile, connections: shape.connections, streams: shape.streams, durationMs });
+        const child = startChild("h2load", "h2load", args);
+        const timer = setTimeout(() => void child.stop(1000), durationMs + 30_000);
+        const code = await child.exited;
+        clearTimeout(timer);
+        if (code !== 0) throw new Error(`h2load exited with ${code}:\n${child.output().slice(-2000)}`);
+        const summary = parseH2loadSummary(child.output());
+        const failedGrpc = grpcFailures(summary, target.replyBytes + 5);
+        const calls = Math.min(summary.succeeded, summary.status2xx) - failedGrpc;
+        return { calls, errors: summary.done - calls, seconds: summary.seconds, latenciesMs: parseH2loadLog(readFileSync(logFile, "utf8")) };
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+function grpcJsClient(): LoadGenerator {
+  return {
+    description: "grpc-js load client in a child process (h2load not installed: apt-get install nghttp2-client)",
+    async run(target, shape, durationMs) {
+      const job: LoadClientJob = { address: target.address, path: target.path, body: Buffer.from(target.request).toString("base64"), ...shape, durationMs };
+      const child = startChild("load client", process.execPath, [...nodeFlags(), "--import", "tsx", "bench/load-client.ts", JSON.stringify(job)]);
+      let stdout = "";
+      child.proc.stdout!.on("data", (d: Buffer) => (stdout += d.toString("utf8")));
+      const timer = setTimeout(() => void child.stop(1000), durationMs + 30_000);
+      const code = await child.exited;
+      clearTimeout(timer);
+      if (code !== 0) throw new Error(`load client exited with ${code}:\n${child.output().slice(-2000)}`);
+      return JSON.parse(stdout.trim().split("\n").at(-1)!) as LoadClientResult;
+    },
+  };
+}
+
+/** One phase: a warm-up run, then the measured run with the server's CPU time around it. */
+export async function measure(generator: LoadGenerator, target: CallTarget, shape: LoadShape, durationMs: number, warmupMs: number): Promise<LoadFigures> {
+  if (warmupMs > 0) await generator.run(target, shape, warmupMs);
+  const cpuBefore = treeCpuSeconds(target.pid);
+  const run = await generator.run(target, shape, durationMs);
+  const cpu = treeCpuSeconds(target.pid) - cpuBefore;
+  const l = run.latenciesMs;
+  return {
+    calls: run.calls,
+    errors: run.errors,
+    seconds: run.seconds,
+    perSecond: run.calls / run.seconds,
+    p50Ms: percentile(l, 50),
+    p99Ms: percentile(l, 99),
+    p999Ms: percentile(l, 99.9),
+    maxMs: l.at(-1) ?? NaN,
+    cpuUsPerCall: run.calls ? (cpu * 1e6) / run.calls : NaN,
+  };
+}
