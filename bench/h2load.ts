@@ -62,8 +62,10 @@ export function parseH2loadLog(log: string): number[] {
  * message, estimated from the DATA bytes (every reply is one frame of `frameBytes`).
  */
 export function grpcFailures(summary: H2loadSummary, frameBytes: number): number {
+  // The byte count covers every 2xx response, including the few that end after the run's
+  // "succeeded" count is taken.
   const replied = Math.round(summary.dataBytes / frameBytes);
-  return Math.max(0, summary.succeeded - replied);
+  return Math.max(0, summary.status2xx - replied);
 }
 
 export interface H2loadRun {

@@ -90,8 +90,9 @@ function h2load(version: string): LoadGenerator {
         clearTimeout(timer);
         if (code !== 0) throw new Error(`h2load exited with ${code}:\n${child.output().slice(-2000)}`);
         const summary = parseH2loadSummary(child.output());
+        if (summary.done === 0) throw new Error(`h2load completed no request to ${target.address}${target.path}:\n${child.output().slice(-2000)}`);
         const failedGrpc = grpcFailures(summary, target.replyBytes + 5);
-        const calls = Math.min(summary.succeeded, summary.status2xx) - failedGrpc;
+        const calls = Math.max(0, summary.succeeded - failedGrpc);
         return { calls, errors: summary.done - calls, seconds: summary.seconds, latenciesMs: parseH2loadLog(readFileSync(logFile, "utf8")) };
       } finally {
         rmSync(dir, { recursive: true, force: true });
