@@ -8,6 +8,8 @@ import { spawnSync } from "node:child_process";
 export interface H2loadSummary {
   /** Length of the measured run. */
   seconds: number;
+  /** Requests sent; more than `done` when some were still running as the run ended. */
+  started: number;
   done: number;
   succeeded: number;
   failed: number;
@@ -29,16 +31,17 @@ export function parseH2loadSummary(output: string): H2loadSummary {
     return m;
   };
   const finished = need(/^finished in ([\d.]+)(us|ms|s|m|h),/m, "'finished in'");
-  const requests = need(/^requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/m, "'requests:'");
+  const requests = need(/^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/m, "'requests:'");
   const status = need(/^status codes: (\d+) 2xx/m, "'status codes:'");
   const traffic = need(/^traffic: .*?([\d.]+\w*B) \((\d+)\) data\s*$/m, "'traffic:'");
   return {
     seconds: Number(finished[1]) * UNIT_SECONDS[finished[2]!]!,
-    done: Number(requests[2]),
-    succeeded: Number(requests[3]),
-    failed: Number(requests[4]),
-    errored: Number(requests[5]),
-    timeout: Number(requests[6]),
+    started: Number(requests[2]),
+    done: Number(requests[3]),
+    succeeded: Number(requests[4]),
+    failed: Number(requests[5]),
+    errored: Number(requests[6]),
+    timeout: Number(requests[7]),
     status2xx: Number(status[1]),
     dataBytes: Number(traffic[2]),
   };

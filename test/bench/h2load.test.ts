@@ -10,6 +10,7 @@ import { grpcFailures, h2loadArgs, h2loadVersion, parseH2loadLog, parseH2loadSum
 import { measure, pickLoadGenerator, type CallTarget } from "../../bench/load.js";
 import { percentile } from "../../bench/measure.js";
 import { startChild, type Child } from "../../bench/processes.js";
+import { freePort } from "../helpers.js";
 
 // h2load 1.52's closing lines (-c 4 -m 4 -D 2 against a 600-byte gRPC reply).
 const SUMMARY = `Stopped all clients for thread #0
@@ -24,7 +25,7 @@ time for request:      134us     35.21ms       783us      1.19ms    94.78%
 
 describe("h2load output", () => {
   it("reads the summary's counts, bytes and duration", () => {
-    assert.deepEqual(parseH2loadSummary(SUMMARY), { seconds: 2.01, done: 40156, succeeded: 40156, failed: 0, errored: 0, timeout: 0, status2xx: 40156, dataBytes: 24294380 });
+    assert.deepEqual(parseH2loadSummary(SUMMARY), { seconds: 2.01, started: 40172, done: 40156, succeeded: 40156, failed: 0, errored: 0, timeout: 0, status2xx: 40156, dataBytes: 24294380 });
   });
 
   it("reads a duration given in milliseconds", () => {
@@ -96,6 +97,10 @@ describe("load generators against the floor server", () => {
         const bad = await measure(load, target("/bench.Floor/Missing"), { connections: 1, streams: 1 }, 300, 0);
         assert.equal(bad.calls, 0);
         assert.ok(bad.errors > 10, `errors ${bad.errors}`);
+        if (kind === "h2load") {
+          const nobody = { ...target(PATH), address: `127.0.0.1:${await freePort()}` };
+          await assert.rejects(measure(load, nobody, { connections: 1, streams: 1 }, 300, 0), /could not send a request/);
+        }
       } finally {
         delete process.env.BENCH_LOAD;
       }
