@@ -1,7 +1,7 @@
 // Load from outside the server's process: h2load over gRPC when it is installed, otherwise the
 // grpc-js load client in a child process (bench/load-client.ts). Either way one phase is a
-// warm-up run and then a measured run of fixed length, with the server's CPU time (its whole
-// process tree) taken from /proc around the measured run.
+// warm-up and then a measured run of fixed length, with the server's CPU time (its whole
+// process tree) taken from /proc around the measured run only.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -52,12 +52,15 @@ interface RawRun {
   errors: number;
   seconds: number;
   latenciesMs: number[];
+  /** The server's CPU seconds over the measured run. */
+  serverCpuSeconds: number;
 }
 
 export interface LoadGenerator {
   /** What a reader is told was used. */
   description: string;
-  run(target: CallTarget, shape: LoadShape, durationMs: number): Promise<RawRun>;
+  /** Warms up for `warmupMs`, then measures for `durationMs`. */
+  run(target: CallTarget, shape: LoadShape, durationMs: number, warmupMs: number): Promise<RawRun>;
 }
 
 /** h2load if installed (BENCH_LOAD=client forces the grpc-js client). */
@@ -77,24 +80,31 @@ const grpcFrame = (message: Uint8Array) => {
 function h2load(version: string): LoadGenerator {
   return {
     description: `h2load (${version}, one thread) over gRPC, in its own process`,
-    async run(target, shape, durationMs) {
+    async run(target, shape, durationMs, warmupMs) {
       const dir = mkdtempSync(join(tmpdir(), "streamserve-h2load-"));
       try {
         const bodyFile = join(dir, "request.grpc");
         const logFile = join(dir, "requests.tsv");
         writeFileSync(bodyFile, grpcFrame(target.request));
-        const args = h2loadArgs({ url: `http://${target.address}${target.path}`, bodyFile, logFile, connections: shape.connections, streams: shape.streams, durationMs });
-        const child = startChild("h2load", "h2load", args);
-        const timer = setTimeout(() => void child.stop(1000), durationMs + 30_000);
-        const code = await child.exited;
-        clearTimeout(timer);
-        if (code !== 0) throw new Error(`h2load exited with ${code}:\n${child.output().slice(-2000)}`);
-        const summary = parseH2loadSummary(child.output());
-        // None done but one running is a stall the figures show; none even sent is a failure.
-        if (summary.started === 0) throw new Error(`h2load could not send a request to ${target.address}${target.path}:\n${child.output().slice(-2000)}`);
-        const failedGrpc = grpcFailures(summary, target.replyBytes + 5);
-        const calls = Math.max(0, summary.succeeded - failedGrpc);
-        return { calls, errors: summary.done - calls, seconds: summary.seconds, latenciesMs: parseH2loadLog(readFileSync(logFile, "utf8")) };
+        const once = async (ms: number) => {
+          const args = h2loadArgs({ url: `http://${target.address}${target.path}`, bodyFile, logFile, connections: shape.connections, streams: shape.streams, durationMs: ms });
+          const child = startChild("h2load", "h2load", args);
+          const timer = setTimeout(() => void child.stop(1000), ms + 30_000);
+          const code = await child.exited;
+          clearTimeout(timer);
+          if (code !== 0) throw new Error(`h2load exited with ${code}:\n${child.output().slice(-2000)}`);
+          const summary = parseH2loadSummary(child.output());
+          // None done but one running is a stall the figures show; none even sent is a failure.
+          if (summary.started === 0) throw new Error(`h2load could not send a request to ${target.address}${target.path}:\n${child.output().slice(-2000)}`);
+          return summary;
+        };
+        // The warm-up is a run of its own: h2load's --warm-up-time would fall inside the CPU window.
+        if (warmupMs > 0) await once(warmupMs);
+        const cpuBefore = treeCpuSeconds(target.pid);
+        const summary = await once(durationMs);
+        const serverCpuSeconds = treeCpuSeconds(target.pid) - cpuBefore;
+        const calls = Math.max(0, summary.succeeded - grpcFailures(summary, target.replyBytes + 5));
+        return { calls, errors: summary.done - calls, seconds: summary.seconds, latenciesMs: parseH2loadLog(readFileSync(logFile, "utf8")), serverCpuSeconds };
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
@@ -105,26 +115,30 @@ function h2load(version: string): LoadGenerator {
 function grpcJsClient(): LoadGenerator {
   return {
     description: "grpc-js load client in a child process (h2load not installed: apt-get install nghttp2-client)",
-    async run(target, shape, durationMs) {
-      const job: LoadClientJob = { address: target.address, path: target.path, body: Buffer.from(target.request).toString("base64"), ...shape, durationMs };
+    async run(target, shape, durationMs, warmupMs) {
+      const job: LoadClientJob = { address: target.address, path: target.path, body: Buffer.from(target.request).toString("base64"), ...shape, warmupMs, durationMs };
       const child = startChild("load client", process.execPath, [...nodeFlags(), "--import", "tsx", "bench/load-client.ts", JSON.stringify(job)]);
       let stdout = "";
-      child.proc.stdout!.on("data", (d: Buffer) => (stdout += d.toString("utf8")));
-      const timer = setTimeout(() => void child.stop(1000), durationMs + 30_000);
+      let cpuBefore = NaN;
+      let serverCpuSeconds = NaN;
+      child.proc.stdout!.on("data", (d: Buffer) => {
+        stdout += d.toString("utf8");
+        if (Number.isNaN(cpuBefore) && stdout.includes("measuring\n")) cpuBefore = treeCpuSeconds(target.pid);
+        if (Number.isNaN(serverCpuSeconds) && stdout.includes("measured\n")) serverCpuSeconds = treeCpuSeconds(target.pid) - cpuBefore;
+      });
+      const timer = setTimeout(() => void child.stop(1000), warmupMs + durationMs + 30_000);
       const code = await child.exited;
       clearTimeout(timer);
       if (code !== 0) throw new Error(`load client exited with ${code}:\n${child.output().slice(-2000)}`);
-      return JSON.parse(stdout.trim().split("\n").at(-1)!) as LoadClientResult;
+      return { ...(JSON.parse(stdout.trim().split("\n").at(-1)!) as LoadClientResult), serverCpuSeconds };
     },
   };
 }
 
-/** One phase: a warm-up run, then the measured run with the server's CPU time around it. */
+/** One phase: a warm-up, then the measured run with the server's CPU time around it. */
 export async function measure(generator: LoadGenerator, target: CallTarget, shape: LoadShape, durationMs: number, warmupMs: number): Promise<LoadFigures> {
-  if (warmupMs > 0) await generator.run(target, shape, warmupMs);
-  const cpuBefore = treeCpuSeconds(target.pid);
-  const run = await generator.run(target, shape, durationMs);
-  const cpu = treeCpuSeconds(target.pid) - cpuBefore;
+  const run = await generator.run(target, shape, durationMs, warmupMs);
+  const cpu = run.serverCpuSeconds;
   const l = run.latenciesMs;
   return {
     calls: run.calls,
