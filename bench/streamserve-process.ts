@@ -118,12 +118,20 @@ export async function startStreamserve(ns: BenchNamespace, command: "serve" | "u
         `streamserve ${command} serving ${MODEL} version ${ns.modelVersion}`,
       ),
     ]);
+    // With several serving workers, health lists each: measure once all of them are ready.
+    await Promise.race([exitedEarly, waitFor(() => allWorkersReady(httpPort), 120_000, `every worker of streamserve ${command} ready`)]);
   } catch (err) {
     await child.stop(2000);
     throw err;
   }
   exitedEarly.catch(() => undefined);
   return { child, address, stop: (graceMs) => child.stop(graceMs) };
+}
+
+/** True unless /healthz lists workers of which some are not ready yet. */
+async function allWorkersReady(httpPort: number): Promise<boolean> {
+  const body = (await (await fetch(`http://127.0.0.1:${httpPort}/healthz`)).json().catch(() => ({}))) as { workers?: { ready?: boolean }[] };
+  return !Array.isArray(body.workers) || body.workers.every((w) => w.ready === true);
 }
 
 /** One unary call with raw bytes both ways (a 5 s deadline): for probing, not for load. */
