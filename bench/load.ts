@@ -37,6 +37,8 @@ export interface LoadFigures {
   calls: number;
   /** Calls that failed (transport or gRPC status). */
   errors: number;
+  /** Latencies the percentiles come from (p99.9 needs thousands). */
+  samples: number;
   seconds: number;
   perSecond: number;
   p50Ms: number;
@@ -84,9 +86,9 @@ function h2load(version: string): LoadGenerator {
       const dir = mkdtempSync(join(tmpdir(), "streamserve-h2load-"));
       try {
         const bodyFile = join(dir, "request.grpc");
-        const logFile = join(dir, "requests.tsv");
         writeFileSync(bodyFile, grpcFrame(target.request));
-        const once = async (ms: number) => {
+        // A log file per run: h2load appends to an existing one.
+        const once = async (ms: number, logFile: string) => {
           const args = h2loadArgs({ url: `http://${target.address}${target.path}`, bodyFile, logFile, connections: shape.connections, streams: shape.streams, durationMs: ms });
           const child = startChild("h2load", "h2load", args);
           const timer = setTimeout(() => void child.stop(1000), ms + 30_000);
@@ -99,9 +101,10 @@ function h2load(version: string): LoadGenerator {
           return summary;
         };
         // The warm-up is a run of its own: h2load's --warm-up-time would fall inside the CPU window.
-        if (warmupMs > 0) await once(warmupMs);
+        if (warmupMs > 0) await once(warmupMs, join(dir, "warm-up.tsv"));
+        const logFile = join(dir, "measured.tsv");
         const cpuBefore = treeCpuSeconds(target.pid);
-        const summary = await once(durationMs);
+        const summary = await once(durationMs, logFile);
         const serverCpuSeconds = treeCpuSeconds(target.pid) - cpuBefore;
         const calls = Math.max(0, summary.succeeded - grpcFailures(summary, target.replyBytes + 5));
         return { calls, errors: summary.done - calls, seconds: summary.seconds, latenciesMs: parseH2loadLog(readFileSync(logFile, "utf8")), serverCpuSeconds };
@@ -114,7 +117,7 @@ function h2load(version: string): LoadGenerator {
 
 function grpcJsClient(): LoadGenerator {
   return {
-    description: "grpc-js load client in a child process (h2load not installed: apt-get install nghttp2-client)",
+    description: `grpc-js load client in a child process (${process.env.BENCH_LOAD === "client" ? "BENCH_LOAD=client" : "h2load not installed: apt-get install nghttp2-client"})`,
     async run(target, shape, durationMs, warmupMs) {
       const job: LoadClientJob = { address: target.address, path: target.path, body: Buffer.from(target.request).toString("base64"), ...shape, warmupMs, durationMs };
       const child = startChild("load client", process.execPath, [...nodeFlags(), "--import", "tsx", "bench/load-client.ts", JSON.stringify(job)]);
@@ -143,6 +146,7 @@ export async function measure(generator: LoadGenerator, target: CallTarget, shap
   return {
     calls: run.calls,
     errors: run.errors,
+    samples: run.latenciesMs.length,
     seconds: run.seconds,
     perSecond: run.calls / run.seconds,
     p50Ms: percentile(l, 50),
