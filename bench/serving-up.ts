@@ -1,6 +1,6 @@
 // `npm run bench -- serving-up`: Recommend at concurrency 1, loaded from outside, against
 // `streamserve up` (the whole platform, a black box started by its CLI in its own namespace and
-// data directory) idle and then with `streamserve simulate --rate 1000` running against it, next
+// data directory) without and then with `streamserve simulate --rate 1000` running against it, next
 // to `streamserve serve` alone measured the same way in the same run: does analytics stall serving?
 import { defaultModelFeatures } from "../features/definitions.js";
 import { measure, pickLoadGenerator, type LoadFigures, type LoadShape } from "./load.js";
@@ -53,7 +53,7 @@ export async function benchServingUp(): Promise<void> {
   let sim: Child | undefined;
   try {
     up = await startStreamserve(upNs, "up", ["--no-local-services"]);
-    printFigures("up, idle", C1, await recommendC1(up, load));
+    printFigures("up, no simulator", C1, await recommendC1(up, load));
     sim = startChild("streamserve simulate", process.execPath, [
       ...["--import", "tsx", "cli/main.ts", "simulate", "--rate", String(SIM_RATE), "--duration", `${Math.ceil((WARMUP_MS + UP_DURATION_MS) / 1000) + 120}s`],
       ...["--grpc-address", up.address, "--progress", "1s", "--namespace", upNs.rt.config.namespace, "--data-dir", upNs.rt.config.dataDir, "--log-level", "warn"],
