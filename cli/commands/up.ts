@@ -61,7 +61,7 @@ export function mergeExpositions(own: string, other: string): string {
   return own + families.join("");
 }
 
-/** Starts the whole platform: serving here, analytics in a supervised child. Used by `up` and `demo`. */
+/** Starts the whole platform: serving here, features and analytics in supervised children. Used by `up` and `demo`. */
 export async function startPlatform(runtime: Runtime, args: CommandArgs, options: PlatformOptions = {}): Promise<Platform> {
   const { log, config } = runtime;
   let local: LocalService[] = [];
