@@ -10,12 +10,14 @@ export interface FeaturesMetrics {
   windowsClosed: Counter;
   batchSeconds: Histogram;
   batchSize: Histogram;
+  transactionSeconds: Histogram;
   staleness: Histogram;
   pending: Gauge;
   watermarkLag: Gauge;
 }
 
 const BATCH_SIZE_BUCKETS = [1, 10, 50, 100, 250, 500, 1000, 2000, 5000];
+const TRANSACTION_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05];
 
 export function createFeaturesMetrics(registry: MetricsRegistry): FeaturesMetrics {
   return {
@@ -30,6 +32,11 @@ export function createFeaturesMetrics(registry: MetricsRegistry): FeaturesMetric
     windowsClosed: registry.counter("streamserve_features_windows_closed_total", "Closed windows published to LOGS, per entity view"),
     batchSeconds: registry.histogram("streamserve_features_batch_seconds", "Time to apply, publish and ack one batch"),
     batchSize: registry.histogram("streamserve_features_batch_size", "Messages per batch", BATCH_SIZE_BUCKETS),
+    transactionSeconds: registry.histogram(
+      "streamserve_features_transaction_redis_seconds",
+      "How long each feature transaction held Redis, by Redis's clock (other clients wait meanwhile)",
+      TRANSACTION_BUCKETS,
+    ),
     staleness: registry.histogram(
       "streamserve_features_batch_staleness_seconds",
       "From the oldest message of a batch reaching the stream to its features being written to Redis",

@@ -61,13 +61,29 @@ export interface WindowStoreOptions {
   closedWindowTtlMs?: number;
   /** How long (event time) an item's trend activity is kept after its last event; after ten half-lives it weighs 1/1024. @default 10 half-lives */
   trendTtlMs?: number;
+  /**
+   * Redis time one transaction may hold the server, ms: a batch is committed in as many
+   * transactions as keep each under it, sized from the time Redis reports for the recent ones
+   * (other clients, the server's feature reads among them, wait while an EXEC runs). @default 2
+   */
+  maxTransactionMs?: number;
 }
 
 export const DEFAULT_WINDOW_STORE_OPTIONS: Readonly<Required<Omit<WindowStoreOptions, "trendTtlMs">>> = Object.freeze({
   featureTtlMs: 3_600_000,
   openWindowTtlMs: 7 * 24 * 3_600_000,
   closedWindowTtlMs: 3_600_000,
+  maxTransactionMs: 2,
 });
+
+/** Sub-batches read ahead of the one being computed (each its own snapshot, completed by overlay). */
+const CHUNKS_AHEAD = 3;
+/** Fewest events in a transaction, however slow Redis seems (a preempted Redis is not the batch's cost). */
+const MIN_CHUNK_EVENTS = 16;
+/** Events in the first transaction, before any was measured. */
+const FIRST_CHUNK_EVENTS = 512;
+/** Redis-measured transaction times kept to size the next ones. */
+const COST_SAMPLES = 16;
 
 /** What one batch did, per view entity. */
 export interface ViewCounts {
@@ -83,6 +99,8 @@ export interface ApplyResult {
   counts: Record<string, ViewCounts>;
   /** The newest event time any worker has seen, this batch included (−∞ before any). */
   eventTimeHigh: number;
+  /** How long each transaction that committed the batch held Redis, ms, as Redis's clock measured it. */
+  transactionMs: number[];
 }
 
 /** A window whose final row was read to be logged. */
@@ -210,6 +228,15 @@ export class WindowStore {
   /** Our own recent batches, and the range of store versions that only we wrote. */
   private landings: Landing[] = [];
   private ours?: { from: number; to: number };
+  /** The WATCH of the store version the last transaction left on the writer, and the version then. */
+  private watched?: { connection: number; version: Promise<number | undefined> };
+  /** Sub-batches are cut, in call order, one apply() after the other. */
+  private issueTurn: Promise<void> = Promise.resolve();
+  /** Sub-batches read ahead and not yet computed, and who waits for a slot. */
+  private chunksAhead = 0;
+  private readonly slotWaiters: (() => void)[] = [];
+  /** Redis time per event (ms) of the recent transactions. */
+  private readonly costs: number[] = [];
 
   /**
    * @param redis for the window closer and readers (ioredis)
@@ -251,27 +278,108 @@ export class WindowStore {
 
   /**
    * Folds a batch of events into their windows, the online hashes and the trending set, exactly
-   * once per event id, and raises the shared newest event time. Lateness is judged against the
-   * watermark as it stood before the batch (as Spark does per micro-batch). Safe to repeat: that
-   * is how a redelivered batch is handled. Resolves once the batch is committed.
+   * once per event id, and raises the shared newest event time. Safe to repeat: that is how a
+   * redelivered batch is handled. Resolves once every event of the batch is committed; rejects
+   * if any part failed (the parts that landed are recognised as applied when it is repeated).
    *
-   * Batches overlap: the next batch's reads are sent at once, and it is computed while Redis
-   * executes this one's transaction, from its snapshot completed with this batch's writes. That
-   * is valid only if nobody else wrote in between, which the store version tells at commit; if
-   * somebody did, the batch is read and computed again under WATCH.
+   * A batch is committed in sub-batches, one transaction each, sized so that each holds Redis
+   * for about maxTransactionMs at most. Each is atomic and idempotent on its own: its events'
+   * markers land with their effects. Lateness is judged against the watermark as it stood
+   * before the transaction that applies the event (as Spark does per micro-batch).
    */
   apply(events: readonly ActivityEvent[], now = Date.now()): Promise<ApplyResult> {
+    // Sub-batches are issued in call order, a few ahead of the one being computed.
+    const turn = this.issueTurn;
+    let issued!: () => void;
+    this.issueTurn = new Promise<void>((r) => (issued = r));
+    return (async () => {
+      const parts: Promise<ApplyResult>[] = [];
+      try {
+        await turn;
+        if (events.length > this.chunkEvents()) events = this.groupedForChunks(events);
+        let from = 0;
+        do {
+          await this.chunkSlot();
+          const n = Math.min(events.length - from, this.chunkEvents());
+          const part = this.applyChunk(events.slice(from, from + n), now);
+          part.catch(() => undefined);
+          parts.push(part);
+          from += n;
+        } while (from < events.length);
+      } finally {
+        issued();
+      }
+      return mergeResults(await Promise.all(parts));
+    })();
+  }
+
+  /**
+   * The batch with the events of each entity of its most repeated view side by side (stably):
+   * each sub-batch then writes an entity's state and public hash once, not once per sub-batch.
+   * The folds do not depend on event order.
+   */
+  private groupedForChunks(events: readonly ActivityEvent[]): readonly ActivityEvent[] {
+    let key: FeatureView["key"] | undefined;
+    let fewest = Infinity;
+    for (const v of this.views) {
+      const distinct = new Set(events.map((e) => e[v.key])).size;
+      if (distinct < fewest) [fewest, key] = [distinct, v.key];
+    }
+    if (!key || fewest === events.length) return events;
+    const k = key;
+    return events.map((e, i) => ({ e, i })).sort((a, b) => (a.e[k] < b.e[k] ? -1 : a.e[k] > b.e[k] ? 1 : a.i - b.i)).map((x) => x.e);
+  }
+
+  /** Waits for a sub-batch slot: at most CHUNKS_AHEAD are read and not yet computed. */
+  private async chunkSlot(): Promise<void> {
+    while (this.chunksAhead >= CHUNKS_AHEAD) await new Promise<void>((r) => this.slotWaiters.push(r));
+    this.chunksAhead++;
+  }
+
+  private freeChunkSlot(): void {
+    this.chunksAhead--;
+    this.slotWaiters.shift()?.();
+  }
+
+  /**
+   * Events in the next transaction: the time budget over the Redis time per event of the recent
+   * transactions, their lower quartile: Redis's clock is the wall clock, and a Redis that the
+   * machine preempts is not busy for other clients either; shrinking the transactions then would
+   * only add round trips, each waiting for Redis to be scheduled.
+   */
+  private chunkEvents(): number {
+    if (this.costs.length === 0) return FIRST_CHUNK_EVENTS;
+    const perEvent = [...this.costs].sort((a, b) => a - b)[this.costs.length >> 2]!;
+    return Math.max(MIN_CHUNK_EVENTS, Math.floor((0.8 * this.opts.maxTransactionMs) / perEvent));
+  }
+
+  /** Notes a committed transaction's Redis time (ms) for `events` events. */
+  private noteCost(ms: number, events: number): void {
+    if (events === 0 || !(ms >= 0)) return;
+    this.costs.push(ms / events);
+    if (this.costs.length > COST_SAMPLES) this.costs.shift();
+  }
+
+  /** One sub-batch: one transaction (the pipeline below overlaps consecutive ones). */
+  private applyChunk(events: readonly ActivityEvent[], now: number): Promise<ApplyResult> {
     const snapshot = this.read(events, this.reader, false);
     snapshot.catch(() => undefined);
     const turn = this.computeTurn;
     let release!: () => void;
     this.computeTurn = new Promise<void>((r) => (release = r));
+    let freed = false;
+    const releaseAll = () => {
+      if (freed) return;
+      freed = true;
+      this.freeChunkSlot();
+      release();
+    };
     return (async () => {
       try {
         await turn;
-        return await this.run(events, snapshot, now, release);
+        return await this.run(events, snapshot, now, releaseAll);
       } finally {
-        release();
+        releaseAll();
       }
     })();
   }
@@ -283,24 +391,28 @@ export class WindowStore {
       for (const l of overlays) overlay(snap, l.writes, events);
       const batch = await this.compute(events, snap, now, this.reader);
       // Nothing to write (every event a duplicate or late): true whatever others wrote since.
-      if (batch.writes.count === 0) return { counts: batch.counts, eventTimeHigh: batch.high };
+      if (batch.writes.count === 0) return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [] };
       const done = await this.commitOverlapped(snap, overlays, batch, release);
-      if (done) return { counts: batch.counts, eventTimeHigh: batch.high };
+      if (done) return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [this.committedMs(done, events.length)] };
     }
-    // Fresh reads under WATCH, one transaction at a time until one commits.
+    // Fresh reads under WATCH, one transaction at a time until one commits. (A WATCH left by
+    // the last transaction only makes it stricter: it began before these reads.)
     return this.writerSection(async () => {
       for (let retries = 1; ; retries++) {
+        this.watched = undefined;
         const fresh = await this.read(events, this.writer, true);
+        const connection = this.writer.connection;
         const batch = await this.compute(events, fresh, now, this.writer);
         if (batch.writes.count === 0) {
           await this.writer.send([["UNWATCH"]]);
-          return { counts: batch.counts, eventTimeHigh: batch.high };
+          return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [] };
         }
-        const version = await this.transaction(batch.writes);
-        if (version !== undefined) {
+        const tx = await this.transaction(batch.writes, connection);
+        if (tx !== undefined) {
+          const { version } = tx;
           this.landings = [{ writes: batch.writeSet, version, committed: Promise.resolve(true) }];
           this.ours = { from: version, to: version };
-          return { counts: batch.counts, eventTimeHigh: batch.high };
+          return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [this.committedMs(tx, events.length)] };
         }
         // Another writer committed first: back off a little (a random bit, so two workers do
         // not collide in step) and compute again from what it wrote.
@@ -315,13 +427,21 @@ export class WindowStore {
    * written since. Lets the next batch compute as soon as the transaction is sent. Returns false
    * when the batch must be recomputed.
    */
-  private async commitOverlapped(snap: Snapshot, overlays: Landing[], batch: Computed, release: () => void): Promise<boolean> {
+  private async commitOverlapped(snap: Snapshot, overlays: Landing[], batch: Computed, release: () => void): Promise<Committed | undefined> {
     let landing: Landing | undefined;
-    let exec: Promise<number | undefined> | undefined;
+    let exec: Promise<Committed | undefined> | undefined;
     await this.writerSection(async () => {
-      const [, current] = await this.writer.send([["WATCH", this.keys.version], ["GET", this.keys.version]]);
+      // The WATCH our last transaction left, and the version then; else one now.
+      const pre = this.watched;
+      this.watched = undefined;
+      let cur = await pre?.version;
+      let connection = pre?.connection;
+      if (cur === undefined) {
+        const [, current] = await this.writer.send([["WATCH", this.keys.version], ["GET", this.keys.version]]);
+        cur = current === null ? 0 : Number(current);
+        connection = this.writer.connection;
+      }
       const allLanded = (await Promise.all(overlays.map((l) => l.committed))).every(Boolean);
-      const cur = current === null ? 0 : Number(current);
       const ours = this.ours;
       // Every commit of ours the snapshot may lack must be among those it was completed with: a
       // batch recomputed after a refused EXEC commits after this one was computed.
@@ -339,9 +459,10 @@ export class WindowStore {
         const oldest = this.landings[0]!.version;
         if (oldest !== undefined && this.ours) this.ours.from = Math.max(this.ours.from, oldest);
       }
-      exec = this.transaction(batch.writes);
+      exec = this.transaction(batch.writes, connection!);
       exec.then(
-        (version) => {
+        (tx) => {
+          const version = tx?.version;
           if (version !== undefined) {
             landing!.version = version;
             if (this.ours && version === this.ours.to + 1) this.ours.to = version;
@@ -356,11 +477,17 @@ export class WindowStore {
         },
       );
     });
-    if (!exec || !landing) return false;
+    if (!exec || !landing) return undefined;
     release();
-    const version = await exec;
-    if (version === undefined) this.landings = this.landings.filter((l) => l !== landing);
-    return version !== undefined;
+    const tx = await exec;
+    if (tx === undefined) this.landings = this.landings.filter((l) => l !== landing);
+    return tx;
+  }
+
+  /** A committed transaction's Redis time, noted to size the next ones. */
+  private committedMs(tx: Committed, events: number): number {
+    this.noteCost(tx.redisMs, events);
+    return tx.redisMs;
   }
 
   /** Runs a WATCH … EXEC section on the writer connection, after the ones before it. */
@@ -371,9 +498,24 @@ export class WindowStore {
     return turn.then(section).finally(done);
   }
 
-  /** MULTI, the writes, INCR version, EXEC: the new version, or undefined if a watched key changed. */
-  private async transaction(writes: RespWriter): Promise<number | undefined> {
-    return execVersion(await this.writer.send([["MULTI"], writes, ["INCR", this.keys.version], ["EXEC"]]));
+  /**
+   * MULTI, TIME, the writes, INCR version, TIME, EXEC: the new version and how long Redis spent
+   * executing it (by its own clock), or undefined if a watched key changed. Sent only on the
+   * connection whose WATCH it relies on. Then WATCH and GET the version for the next one: it
+   * saves that one a round trip, and its GET tells whether anybody wrote in between.
+   */
+  private async transaction(writes: RespWriter, connection: number): Promise<Committed | undefined> {
+    const v = this.keys.version;
+    const sent = this.writer.send([["MULTI"], ["TIME"], writes, ["INCR", v], ["TIME"], ["EXEC"], ["WATCH", v], ["GET", v]], { onConnection: connection });
+    this.watched = {
+      connection,
+      version: sent.then(
+        (r) => (r.at(-1) === null ? 0 : typeof r.at(-1) === "string" ? Number(r.at(-1)) : undefined),
+        () => undefined,
+      ),
+    };
+    const replies = await sent;
+    return execResult(replies.slice(0, -2));
   }
 
   /** Reads what a batch depends on (under WATCH of the store version when `watch`). */
@@ -829,14 +971,43 @@ function overlay(snap: Snapshot, w: WriteSet, events: readonly ActivityEvent[]):
   for (const [item, t] of w.trend) snap.trend.set(item, t);
 }
 
-/** The store version after a MULTI … INCR version EXEC, or undefined if EXEC refused it (WATCH). */
-function execVersion(replies: readonly RespReply[]): number | undefined {
+/** A transaction that landed: the store version it made, and its Redis time. */
+interface Committed {
+  version: number;
+  redisMs: number;
+}
+
+/**
+ * The store version after a MULTI TIME … INCR version TIME EXEC and the time between its two
+ * TIMEs, or undefined if EXEC refused it (WATCH).
+ */
+function execResult(replies: readonly RespReply[]): Committed | undefined {
   const exec = replies[replies.length - 1]!;
   if (exec === null) return undefined;
   if (exec instanceof RespError) throw new WindowStoreError(`Redis refused the feature batch: ${exec.message}`, { cause: exec });
   const results = exec as RespReply[];
   throwIfError(results, "writing the feature batch");
-  return Number(results[results.length - 1]);
+  const micros = (t: RespReply) => Number((t as string[])[0]) * 1e6 + Number((t as string[])[1]);
+  return { version: Number(results[results.length - 2]), redisMs: (micros(results[results.length - 1]!) - micros(results[0]!)) / 1000 };
+}
+
+/** One batch's result from its sub-batches' (in order). */
+function mergeResults(parts: readonly ApplyResult[]): ApplyResult {
+  if (parts.length === 1) return parts[0]!;
+  const counts: Record<string, ViewCounts> = {};
+  let eventTimeHigh = -Infinity;
+  const transactionMs: number[] = [];
+  for (const p of parts) {
+    for (const [entity, c] of Object.entries(p.counts)) {
+      const into = (counts[entity] ??= { applied: 0, duplicates: 0, late: 0 });
+      into.applied += c.applied;
+      into.duplicates += c.duplicates;
+      into.late += c.late;
+    }
+    if (p.eventTimeHigh > eventTimeHigh) eventTimeHigh = p.eventTimeHigh;
+    transactionMs.push(...p.transactionMs);
+  }
+  return { counts, eventTimeHigh, transactionMs };
 }
 
 function distinctField(entityId: string, agg: number, value: string): string {
