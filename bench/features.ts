@@ -72,6 +72,10 @@ export async function benchFeatures(): Promise<void> {
 
     // The worker: a separate process on the same stream, measured from the end of the warm-up
     // events until its consumer is drained.
+    // The floor for the drain's PING figures: the same probe with no worker running.
+    const idlePings = pingLatencies(rt);
+    await sleep(3000);
+    const idlePing = await idlePings.stop();
     const w = await startWorker(namespace);
     worker = w.child;
     await waitAcked(jsm, rt, WARMUP, 600_000);
@@ -80,6 +84,7 @@ export async function benchFeatures(): Promise<void> {
     const nats0 = natsPid ? cpuSeconds(natsPid) : NaN;
     const redis0 = await redisCpuSeconds(rt);
     const exec0 = await execStats(rt);
+    const tx0 = await transactionHistogram(w.httpPort);
     const pings = pingLatencies(rt);
     t = performance.now();
     await waitDrained(jsm, rt, 600_000);
@@ -91,6 +96,7 @@ export async function benchFeatures(): Promise<void> {
     const workerRedisCpu = (await redisCpuSeconds(rt)) - redis0;
     const exec1 = await execStats(rt);
     const exec = { calls: exec1.calls - exec0.calls, usecPerCall: (exec1.usec - exec0.usec) / Math.max(1, exec1.calls - exec0.calls) };
+    const tx = transactionsBetween(tx0, await transactionHistogram(w.httpPort));
     const workerRate = EVENTS / drainSeconds;
     await checkApplied(rt, events);
 
@@ -137,6 +143,14 @@ export async function benchFeatures(): Promise<void> {
     console.log(
       `Redis as other clients saw it during the drain (PING every 5 ms): p50 ${fmt(ping.p50, 2)} ms, p99 ${fmt(ping.p99, 2)} ms, max ${fmt(ping.max, 2)} ms; ` +
         `target p99 <= ${PING_P99_TARGET_MS} ms: ${verdict(ping.p99 <= PING_P99_TARGET_MS)}`,
+    );
+    console.log(
+      `Redis PING floor, same run, no worker running: p50 ${fmt(idlePing.p50, 2)} ms, p99 ${fmt(idlePing.p99, 2)} ms, max ${fmt(idlePing.max, 2)} ms ` +
+        `(the drain added p99 ${fmt(ping.p99 - idlePing.p99, 2)} ms)`,
+    );
+    console.log(
+      `the worker's transactions during the drain, by Redis's clock (its /metrics): ${tx.count} transactions, mean ${fmt(tx.meanMs, 2)} ms, ` +
+        `99 % within ${fmt(tx.p99Ms, 1)} ms, all within ${fmt(tx.maxMs, 1)} ms (histogram bucket bounds)`,
     );
     console.log(
       `feature transactions during the drain (Redis's own count and time, INFO commandstats): ${exec.calls} EXECs, ${fmt(EVENTS / exec.calls, 0)} events each, ` +
@@ -246,7 +260,7 @@ async function rawPull(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, js
   return total / seconds;
 }
 
-async function startWorker(namespace: string): Promise<{ child: ChildProcess; exited: Promise<unknown> }> {
+async function startWorker(namespace: string): Promise<{ child: ChildProcess; exited: Promise<unknown>; httpPort: number }> {
   const child = spawn(
     process.execPath,
     // The young-generation size the streamserve command runs with (see cli/main.ts).
@@ -258,11 +272,31 @@ async function startWorker(namespace: string): Promise<{ child: ChildProcess; ex
   await new Promise<void>((resolve, reject) => {
     child.stderr!.setEncoding("utf8").on("data", (s: string) => {
       log += s;
-      if (log.includes("features worker consuming")) resolve();
+      if (log.includes("features worker consuming") && log.includes("HTTP listening")) resolve();
     });
     child.on("exit", (code) => reject(new Error(`features worker exited with ${code}:\n${log.slice(-2000)}`)));
   });
-  return { child, exited };
+  const httpPort = Number(/"port":(\d+),"msg":"HTTP listening/.exec(log)?.[1] ?? 0);
+  return { child, exited, httpPort };
+}
+
+/** The worker's transaction histogram (streamserve_features_transaction_redis_seconds) from its /metrics. */
+async function transactionHistogram(port: number): Promise<{ count: number; sum: number; buckets: [number, number][] }> {
+  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text()).catch(() => "");
+  const buckets: [number, number][] = [];
+  for (const m of text.matchAll(/^streamserve_features_transaction_redis_seconds_bucket\{le="([^"]+)"\} (\d+)/gm)) buckets.push([m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2])]);
+  const one = (name: string) => Number(new RegExp(`^streamserve_features_transaction_redis_seconds_${name} ([\\d.e+-]+)`, "m").exec(text)?.[1] ?? NaN);
+  return { count: one("count"), sum: one("sum"), buckets };
+}
+
+/** Between two readings of the histogram: count, mean (ms), and the bucket bounds (ms) under which 99 % and all fell. */
+function transactionsBetween(a: Awaited<ReturnType<typeof transactionHistogram>>, b: Awaited<ReturnType<typeof transactionHistogram>>) {
+  const count = b.count - a.count;
+  const within = (q: number) => {
+    for (let i = 0; i < b.buckets.length; i++) if (b.buckets[i]![1] - (a.buckets[i]?.[1] ?? 0) >= q * count) return b.buckets[i]![0] * 1000;
+    return NaN;
+  };
+  return { count, meanMs: ((b.sum - a.sum) * 1000) / count, p99Ms: within(0.99), maxMs: within(1) };
 }
 
 /** Round-trip times of a PING every 5 ms on a connection of its own, until stopped. */

@@ -17,7 +17,7 @@ export interface FeaturesMetrics {
 }
 
 const BATCH_SIZE_BUCKETS = [1, 10, 50, 100, 250, 500, 1000, 2000, 5000];
-const TRANSACTION_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05];
+const TRANSACTION_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1];
 
 export function createFeaturesMetrics(registry: MetricsRegistry): FeaturesMetrics {
   return {

@@ -243,6 +243,11 @@ describe("dead letters", () => {
       [JSON.stringify({ ...good("t0"), event_time: 0 }), "absurd_timestamp"],
       [JSON.stringify({ ...good("tf"), event_time: now + 3_600_000 }), "absurd_timestamp"],
       [new Uint8Array([0x0a, 0xff, 0x01]), "invalid_protobuf", "application/protobuf"],
+      // Two sessions or purchases this large would sum to Infinity in u1's window.
+      [JSON.stringify({ ...good("big1"), session_duration: 1.7e308 }), "invalid_value"],
+      [JSON.stringify({ ...good("big2"), session_duration: 1.7e308 }), "invalid_value"],
+      [JSON.stringify({ ...good("buy1"), event_type: "purchase", amount: 1.7e308 }), "invalid_value"],
+      [JSON.stringify({ ...good("buy2"), event_type: "purchase", amount: 1.7e308 }), "invalid_value"],
     ];
     const sent = new Map<number, { data: Uint8Array; reason: string }>();
     await publishEvents(js, names, [{ ...good("g1") }]);
@@ -261,6 +266,8 @@ describe("dead letters", () => {
     assert.deepEqual(worker.stats.applied, { user: 2, item: 2 }, "the good events around the bad ones were applied");
     const online = await runtime.redis().hgetall(names.userFeaturesKey("u1"));
     assert.equal(online.event_count, "2");
+    assert.equal(online.avg_session_duration, "5", "the aggregations stay finite");
+    assert.equal(online.purchase_amount, "0");
 
     const jsm = await nc.jetstreamManager();
     const info = await jsm.streams.info(names.eventsStream, { subjects_filter: names.deadLetterSubject });
