@@ -256,7 +256,7 @@ export class CommitPipeline {
       this.watched = undefined;
       let cur = await pre?.version;
       let connection = pre?.connection;
-      if (cur === undefined) {
+      if (cur === undefined || connection !== this.writer.connection) {
         const [, current] = await this.writer.send([["WATCH", this.keys.version], ["GET", this.keys.version]]);
         cur = current === null ? 0 : Number(current);
         connection = this.writer.connection;
