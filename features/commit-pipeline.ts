@@ -97,15 +97,9 @@ export class CommitPipeline {
   }
 
   /**
-   * Folds a batch of events into their windows, the online hashes and the trending set, exactly
-   * once per event id, and raises the shared newest event time. Safe to repeat: that is how a
-   * redelivered batch is handled. Resolves once every event of the batch is committed; rejects
-   * if any part failed (the parts that landed are recognised as applied when it is repeated).
-   *
-   * A batch is committed in sub-batches, one transaction each, sized so that each holds Redis
-   * for about maxTransactionMs at most. Each is atomic and idempotent on its own: its events'
-   * markers land with their effects. Lateness is judged against the watermark as it stood
-   * before the transaction that applies the event (as Spark does per micro-batch).
+   * Commits a batch as sub-batches (see the file header), each one transaction, atomic and
+   * idempotent on its own. Resolves once all of them landed; rejects if any failed (those that
+   * landed are recognised as applied when the batch is repeated).
    */
   apply(events: readonly ActivityEvent[], now = Date.now()): Promise<ApplyResult> {
     // Sub-batches are issued in call order, a few ahead of the one being computed.
