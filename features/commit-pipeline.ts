@@ -128,9 +128,9 @@ export class CommitPipeline {
   }
 
   /**
-   * The batch with the events of each entity of its most repeated view side by side (stably):
-   * each sub-batch then writes an entity's state and public hash once, not once per sub-batch.
-   * The folds do not depend on event order.
+   * The batch with the events of each entity of its most repeated view side by side, entities in
+   * the order they first appear (so none is always committed last): each sub-batch then writes an
+   * entity's state and public hash once, not once per sub-batch. The folds do not depend on event order.
    */
   private groupedForChunks(events: readonly ActivityEvent[]): readonly ActivityEvent[] {
     let key: FeatureView["key"] | undefined;
@@ -140,8 +140,13 @@ export class CommitPipeline {
       if (distinct < fewest) [fewest, key] = [distinct, v.key];
     }
     if (!key || fewest === events.length) return events;
-    const k = key;
-    return events.map((e, i) => ({ e, i })).sort((a, b) => (a.e[k] < b.e[k] ? -1 : a.e[k] > b.e[k] ? 1 : a.i - b.i)).map((x) => x.e);
+    const byEntity = new Map<string, ActivityEvent[]>();
+    for (const e of events) {
+      const list = byEntity.get(e[key]);
+      if (list) list.push(e);
+      else byEntity.set(e[key], [e]);
+    }
+    return [...byEntity.values()].flat();
   }
 
   /** Waits for a sub-batch slot: at most CHUNKS_AHEAD are read and not yet computed. */
