@@ -153,7 +153,7 @@ export async function benchFeatures(): Promise<void> {
         `99 % within ${fmt(tx.p99Ms, 1)} ms, all within ${Number.isFinite(tx.maxMs) ? `${fmt(tx.maxMs, 1)} ms` : "> 100 ms (the largest bucket)"} (histogram bucket bounds)`,
     );
     console.log(
-      `feature transactions during the drain (Redis's own count and time, INFO commandstats): ${exec.calls} EXECs, ${fmt(EVENTS / exec.calls, 0)} events each, ` +
+      `EXECs during the drain, every client's (INFO commandstats; others sharing this Redis count too): ${exec.calls} EXECs, ${fmt(EVENTS / exec.calls, 0)} events each, ` +
         `${fmt(exec.usecPerCall / 1000, 2)} ms each on average`,
     );
     console.log(`worker capacity (drain rate above): ${Math.round(workerRate)} events/s; freshness target p99 <= ${FRESHNESS_P99_TARGET_MS} ms up to ${FRESHNESS_TARGET_FRACTION * 100} % of it`);
