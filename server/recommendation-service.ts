@@ -6,7 +6,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Names } from "../lib/config.js";
 import type { Logger } from "../lib/logger.js";
-import type { MetricsRegistry } from "../lib/metrics.js";
+import { childCache, type MetricsRegistry } from "../lib/metrics.js";
 import type { Redis } from "../lib/redis.js";
 import type { FeatureSpec } from "../lib/registry.js";
 import { assignVariant } from "../lib/experiments.js";
@@ -42,9 +42,12 @@ export const FALLBACK_VERSION = "fallback";
 export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<typeof RecommendationService.method> {
   const { names, limits, log } = deps;
   const fallbackFeatures = defaultModelFeatures();
-  const requests = deps.metrics.counter("streamserve_recommend_requests_total", "Recommend calls answered, by model, version and variant");
+  // Label values name registry versions and experiment variants, never anything a caller sent.
+  const requests = deps.metrics.counter("streamserve_recommend_requests_total", "Recommend calls answered, by model, version and variant", { labelNames: ["model", "version", "variant"] });
+  const requestsBy = childCache((version, variant) => requests.labels({ model: deps.modelName, version, variant }));
   const degraded = deps.metrics.counter("streamserve_feature_lookup_degraded_total", "Requests served with default features because Redis was unavailable");
-  const inference = deps.metrics.histogram("streamserve_inference_duration_seconds", "onnxruntime time per request, by model and version");
+  const inference = deps.metrics.histogram("streamserve_inference_duration_seconds", "onnxruntime time per request, by model and version", { labelNames: ["model", "version"] });
+  const inferenceBy = childCache((model, version) => inference.labels({ model, version }));
   let lastRedisWarning = 0;
 
   async function recommend(req: RecommendRequest, ctx: CallContext) {
@@ -80,7 +83,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
       if (model && candidates.length) {
         const t = performance.now();
         scores = await model.score(features.matrix, features.rows);
-        inference.observe((performance.now() - t) / 1000, { model: model.name, version: model.version.version });
+        inferenceBy(model.name, model.version.version).observe((performance.now() - t) / 1000);
       } else {
         // No model yet: rank by popularity (trending score), ties in the caller's order.
         scores = Float64Array.from(candidates, (c) => deps.trending.score(c));
@@ -91,7 +94,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
       const top = order.slice(0, limit);
       const modelVersion = model?.version.version ?? FALLBACK_VERSION;
       const latencyMs = performance.now() - started;
-      requests.inc({ model: deps.modelName, version: modelVersion, variant: variant?.name ?? "" });
+      requestsBy(modelVersion, variant?.name).inc();
 
       // Log every scored candidate with the exact vector served, then the exposure.
       const positions = new Map(top.map((idx, p) => [idx, p + 1]));

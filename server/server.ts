@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { grpc, serviceDefinition, unaryImplementation, ServiceError, Code, type CallHooks } from "../lib/grpc.js";
 import type { Part, Runtime } from "../lib/runtime.js";
 import { sendText } from "../lib/http.js";
+import { OTHER_LABEL, childCache } from "../lib/metrics.js";
 import { waitReady } from "../lib/redis.js";
 import { GRPCInferenceService } from "../gen/inference/grpc_predict_v2_pb.js";
 import { RecommendationService } from "../gen/streamserve/v1/recommendation_pb.js";
@@ -89,26 +90,29 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   });
 
   // ---- admission and accounting for every unary call ----
-  const handled = metrics.counter("grpc_server_handled_total", "gRPC calls completed, by method and status code");
-  const latency = metrics.histogram("grpc_server_handling_seconds", "gRPC call latency, by method");
-  const inflightGauge = metrics.gauge("grpc_server_inflight", "gRPC calls running now");
-  const shed = metrics.counter("grpc_server_shed_total", "Calls refused with RESOURCE_EXHAUSTED because too many were running");
+  const handled = metrics.counter("grpc_server_handled_total", "gRPC calls completed, by method and status code", { labelNames: ["method", "code"] });
+  const latency = metrics.histogram("grpc_server_handling_seconds", "gRPC call latency, by method", { labelNames: ["method"] });
+  const shed = metrics.counter("grpc_server_shed_total", "Calls refused with RESOURCE_EXHAUSTED because too many were running", { labelNames: ["method"] });
   let inflight = 0;
-  inflightGauge.collect((g) => g.set(inflight));
+  metrics.gauge("grpc_server_inflight", "gRPC calls running now", { collect: (g) => g.set(inflight) });
+  // Children bound once per method (the server's own: grpc-js answers unknown ones) and code.
+  const handledBy = childCache((method, code) => handled.labels({ method, code }));
+  const latencyBy = childCache((method) => latency.labels({ method }));
+  const shedBy = childCache((method) => shed.labels({ method }));
   const checkToken = tokenChecker(options.security);
   const hooks: CallHooks = {
     begin(path, metadata) {
       checkToken(path, metadata);
       if (inflight >= limits.maxInflight) {
-        shed.inc({ method: path });
+        shedBy(path).inc();
         throw new ServiceError(Code.RESOURCE_EXHAUSTED, `server busy: ${inflight} calls in flight (limit ${limits.maxInflight}); retry with backoff`);
       }
       inflight++;
       const started = performance.now();
       return (code) => {
         inflight--;
-        handled.inc({ method: path, code: Code[code] ?? String(code) });
-        latency.observe((performance.now() - started) / 1000, { method: path });
+        handledBy(path, Code[code] ?? OTHER_LABEL).inc();
+        latencyBy(path).observe((performance.now() - started) / 1000);
       };
     },
   };
@@ -164,7 +168,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
       const ok = models.ready && !draining;
       sendText(res, ok ? 200 : 503, JSON.stringify({ status: ok ? "SERVING" : "NOT_SERVING", model: config.modelName, version: models.servedVersion(config.modelName) ?? "fallback" }), "application/json");
     });
-    runtime.http.route("GET", "/metrics", (_req, res) => sendText(res, 200, metrics.render(), "text/plain; version=0.0.4"));
+    runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await metrics.render(), metrics.contentType));
   }
 
   return {

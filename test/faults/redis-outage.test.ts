@@ -148,7 +148,7 @@ describe("Redis killed under load", () => {
     assert.ok(recoveryMs < 8000, `recovered ${recoveryMs} ms after Redis came back`);
 
     // What an operator sees: the degraded counter, and the prediction logs flag the defaults.
-    assert.ok(rt.metrics.counter("streamserve_feature_lookup_degraded_total", "").get() >= outage.length);
+    assert.ok((await rt.metrics.value("streamserve_feature_lookup_degraded_total")) >= outage.length);
     await server.logs.flush();
     const healthySample = healthy.filter((a) => scoredWith(a, BEFORE)).slice(0, 20);
     const sample = [...outage.slice(0, 100), ...healthySample];
