@@ -31,6 +31,13 @@ export interface ServerOptions {
   drainTimeoutMs?: number;
   /** Mount /healthz and /metrics on the runtime's HTTP server. @default true */
   http?: boolean;
+  /**
+   * Bind the gRPC port only once the registry's models are loaded, so that no connection reaches a
+   * server still warming up (`serve --workers`: the others keep serving meanwhile). @default false
+   */
+  listenWhenReady?: boolean;
+  /** Where logs JetStream cannot take wait on disk; one publisher per directory. @default <data-dir>/spill/<namespace> */
+  spillDir?: string;
 }
 
 export interface RunningServer extends Part {
@@ -51,6 +58,11 @@ export function serverVersion(): string {
     const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
     return pkg.version;
   }
+}
+
+/** The log publisher's spill directory for a namespace (one per serving process). */
+export function defaultSpillDir(config: Pick<Runtime["config"], "dataDir" | "namespace">): string {
+  return join(config.dataDir, "spill", config.namespace || "default");
 }
 
 export async function startServer(runtime: Runtime, options: ServerOptions = {}): Promise<RunningServer> {
@@ -84,7 +96,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
 
   const logs = new LogPublisher({
     connect: () => runtime.nats(),
-    spillDir: join(config.dataDir, "spill", config.namespace || "default"),
+    spillDir: options.spillDir ?? defaultSpillDir(config),
     log,
     metrics,
   });
@@ -151,6 +163,10 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   // Reflection also describes the log and event messages, so `buf curl`/grpcurl users can decode them.
   addReflection(server, { services: [GRPCInferenceService, RecommendationService, Health], files: [file_streamserve_v1_logs, file_streamserve_v1_events], shutdown: shutdown.signal });
 
+  const untilReady = async () => {
+    while (!models.ready && !shutdown.signal.aborted) await new Promise((r) => setTimeout(r, 50));
+  };
+  if (options.listenWhenReady) await untilReady();
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${config.host}:${config.grpcPort}`, serverCredentials(options.security), (err, p) => (err ? reject(err) : resolve(p))),
   );
@@ -158,7 +174,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
 
   // SERVING once the registry's current state is loaded, or known unreachable (fallback serving).
   void (async () => {
-    while (!models.ready && !shutdown.signal.aborted) await new Promise((r) => setTimeout(r, 50));
+    await untilReady();
     if (!draining) health.setAll(HealthCheckResponse_ServingStatus.SERVING);
     log.info({ served: models.servedVersion(config.modelName) ?? "fallback" }, "ready");
   })();
