@@ -2,6 +2,7 @@
 // same run. `npm run bench -- serving` runs only the benchmarks whose name matches.
 const SUITES: [string, () => Promise<{ default?: unknown } & Record<string, unknown>>, string][] = [
   ["serving", () => import("./serving.js"), "benchServing"],
+  ["workers", () => import("./workers.js"), "benchWorkers"],
   ["features", () => import("./features.js"), "benchFeatures"],
   ["sink", () => import("./sink.js"), "benchSink"],
   ["trainer", () => import("./trainer.js"), "benchTrainer"],
