@@ -4,11 +4,13 @@
 import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
+import { createServer } from "node:net";
 import { freePort, testRuntime, waitFor, type TestRuntime } from "../helpers.js";
 import { createServiceClient, grpc, type Client } from "../../lib/grpc.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 import { garbageModel, logisticModel } from "../fixtures/onnx-models.js";
 import type { FeatureSpec, Registry } from "../../lib/registry.js";
+import { Health, ServingStatus } from "../../server/health.js";
 
 const FEATURES: FeatureSpec[] = [
   { name: "clicks_last_5min", source: "user", type: "numeric", default: 0 },
@@ -71,6 +73,16 @@ it("serves Recommend from both workers and /metrics sums their counters", async 
   const h = await health();
   assert.equal(h.status, "SERVING");
   assert.notEqual(h.workers[0]!.pid, h.workers[1]!.pid);
+  // gRPC health on the shared port answers the same on every connection (each lands on a ready worker).
+  for (let i = 0; i < 4; i++) {
+    const hc = createServiceClient(Health, `127.0.0.1:${grpcPort}`, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 });
+    try {
+      assert.equal((await hc.check({ service: "" })).status, ServingStatus.SERVING);
+      assert.equal((await hc.check({ service: "streamserve.v1.RecommendationService" })).status, ServingStatus.SERVING);
+    } finally {
+      hc.close();
+    }
+  }
   const before = handledOk(await metrics());
   // Connections are dealt round-robin: four of them land two on each worker.
   await Promise.all(Array.from({ length: 4 }, async () => {
@@ -154,4 +166,25 @@ it("SIGTERM drains every worker and the supervisor exits 0", async () => {
   assert.match(stderr, /draining every serving worker/);
   assert.equal((stderr.match(/"msg":"server stopped"/g) ?? []).length, 2, "both workers drained");
   assert.match(stderr, /serving workers stopped/);
+});
+
+it("a gRPC port already taken: no worker can start, so serve exits 1 and says why", async () => {
+  const blocker = createServer();
+  await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", () => r()));
+  try {
+    const port = (blocker.address() as { port: number }).port;
+    const p = spawn(
+      process.execPath,
+      ["--import", "tsx", "cli/main.ts", "serve", "--workers", "2", "--namespace", rt.config.namespace, "--grpc-port", String(port), "--http-port", String(await freePort()), "--data-dir", rt.config.dataDir, "--host", "127.0.0.1"],
+      { stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let err = "";
+    p.stderr!.on("data", (d) => (err += d));
+    const code = await new Promise<number | null>((resolve) => p.once("exit", resolve));
+    assert.equal(code, 1);
+    assert.match(err, /EADDRINUSE/);
+    assert.match(err, /before any worker was ready/);
+  } finally {
+    blocker.close();
+  }
 });
