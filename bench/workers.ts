@@ -43,7 +43,10 @@ interface Run {
   workers: number;
   perSecond: number;
   ok: number;
+  /** Calls ending in another code than OK (h2load cancels the calls in flight when its time is up). */
   failed: number;
+  /** Calls served with default features because Redis was slower than the feature budget. */
+  degraded: number;
   cpuPerCallUs: number;
   load: number;
 }
@@ -61,8 +64,9 @@ const scrape = async (httpPort: number) => {
   const text = await get(`http://127.0.0.1:${httpPort}/metrics`);
   const ok = Number(/^grpc_server_handled_total\{method="\/streamserve\.v1\.RecommendationService\/Recommend",code="OK"\} (\d+)/m.exec(text)?.[1] ?? 0);
   const all = [...text.matchAll(/^grpc_server_handled_total\{method="\/streamserve\.v1\.RecommendationService\/Recommend",code="\w+"\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+  const degraded = Number(/^streamserve_feature_lookup_degraded_total ([\d.e+]+)/m.exec(text)?.[1] ?? 0);
   const cpu = Number(/^process_cpu_seconds_total ([\d.e+-]+)/m.exec(text)?.[1] ?? NaN);
-  return { ok, failed: all - ok, cpu };
+  return { ok, failed: all - ok, cpu, degraded };
 };
 
 async function measure(workers: number, namespace: string, dataDir: string, body: string): Promise<Run> {
@@ -88,7 +92,7 @@ async function measure(workers: number, namespace: string, dataDir: string, body
     const after = await scrape(httpPort);
     if (!/requests: \d+ total/.test(out)) throw new Error(`h2load printed no summary:\n${out}`);
     const ok = after.ok - before.ok;
-    return { workers, perSecond: ok / seconds, ok, failed: after.failed - before.failed, cpuPerCallUs: ((after.cpu - before.cpu) / ok) * 1e6, load: loadavg()[0]! };
+    return { workers, perSecond: ok / seconds, ok, failed: after.failed - before.failed, degraded: after.degraded - before.degraded, cpuPerCallUs: ((after.cpu - before.cpu) / ok) * 1e6, load: loadavg()[0]! };
   } finally {
     child.kill("SIGTERM");
     await exited;
@@ -117,13 +121,14 @@ export async function benchWorkers(): Promise<void> {
     writeFileSync(body, grpcFrame(toBinary(RecommendRequestSchema, create(RecommendRequestSchema, { userId: "bench-user", deviceType: "mobile", candidates: items, limit: 10 }))));
 
     console.log(`${DURATION_S} s per run after a ${WARMUP_S} s warm-up; ${ROUNDS} rounds alternating 1 and ${WORKERS} workers; load average before: ${loadavg().map((l) => fmt(l, 2)).join(" ")}`);
-    row(["round", "workers", "calls/s", "failed", "CPU µs/call", "load 1m"], [6, 8, 9, 7, 12, 8]);
+    const widths = [6, 8, 9, 7, 9, 12, 8];
+    row(["round", "workers", "calls/s", "not OK", "defaults", "CPU µs/call", "load 1m"], widths);
     const runs: Run[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
       for (const n of [1, WORKERS]) {
         const r = await measure(n, rt.config.namespace, rt.config.dataDir, body);
         runs.push(r);
-        row([round, n, Math.round(r.perSecond), r.failed, Math.round(r.cpuPerCallUs), fmt(r.load, 2)], [6, 8, 9, 7, 12, 8]);
+        row([round, n, Math.round(r.perSecond), r.failed, r.degraded, Math.round(r.cpuPerCallUs), fmt(r.load, 2)], widths);
       }
     }
     const ratios = Array.from({ length: ROUNDS }, (_, i) => runs[2 * i + 1]!.perSecond / runs[2 * i]!.perSecond);
