@@ -5,6 +5,8 @@ import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer } from "node:net";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { freePort, testRuntime, waitFor, type TestRuntime } from "../helpers.js";
 import { createServiceClient, grpc, type Client } from "../../lib/grpc.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
@@ -83,6 +85,8 @@ it("serves Recommend from both workers and /metrics sums their counters", async 
       hc.close();
     }
   }
+  // Two log publishers never share a spill directory: worker 2 has its own.
+  assert.ok(existsSync(join(rt.config.dataDir, "spill", rt.config.namespace, "worker-2")), "worker 2's spill directory");
   const before = handledOk(await metrics());
   // Connections are dealt round-robin: four of them land two on each worker.
   await Promise.all(Array.from({ length: 4 }, async () => {
