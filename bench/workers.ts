@@ -3,6 +3,9 @@
 // Redis, a 100-tree depth-5 model, logs on) at 64 connections. The floor is `--workers 1` measured
 // the same way in the same run; rounds alternate 1 and N so drift in a shared machine's load hits
 // both. Calls are counted by the server's own /metrics (an h2load 200 can carry a gRPC error).
+// Knobs: BENCH_WORKERS (2), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64), BENCH_DURATION_S (10),
+// BENCH_WARMUP_S (10: shorter leaves JIT compilation in the measured CPU), BENCH_RPS (per
+// connection; unset: as fast as the server answers).
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
