@@ -152,12 +152,18 @@ export async function superviseWorkers(runtime: Runtime, options: WorkersOptions
   stopping = true;
   log.info({ reason: fatal ?? stopReason }, "draining every serving worker");
   const running = slots.flatMap((s) => (s.worker ? [s.worker] : []));
-  for (const w of running) if (w.isConnected()) w.send({ type: STOP });
+  // Resent until each exits: a worker still booting has no listener yet and would miss one message.
+  const tellStop = () => {
+    for (const w of running) if (w.isConnected()) w.send({ type: STOP }, () => undefined);
+  };
+  tellStop();
+  const resend = setInterval(tellStop, 500);
   const limitMs = options.drainTimeoutMs ?? (options.server.drainTimeoutMs ?? 10_000) + 5_000;
   const exited = Promise.all(running.map((w) => (w.isDead() ? undefined : new Promise((r) => w.once("exit", r)))));
   let timer: NodeJS.Timeout | undefined;
   const timedOut = await Promise.race([exited.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), limitMs)))]);
   clearTimeout(timer);
+  clearInterval(resend);
   if (timedOut) {
     log.warn({ afterMs: limitMs }, "workers still draining: killing them");
     for (const w of running) if (!w.isDead()) w.process.kill("SIGKILL");
@@ -188,8 +194,7 @@ export async function runServingWorker(runtime: Runtime, options: ServerOptions)
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
     process.on("message", (msg: { type?: string }) => msg?.type === STOP && resolve("primary"));
-    // The primary is gone (killed): nobody supervises this worker any more.
-    process.once("disconnect", () => resolve("primary exited"));
+    // (A worker whose primary is killed outright is ended by node:cluster itself.)
   });
 
   // Worker 1 shares the single-process spill directory; each other worker has its own.
@@ -218,7 +223,8 @@ export async function runServingWorker(runtime: Runtime, options: ServerOptions)
   rt.log.info({ reason: why }, "stopping");
   await server.stop();
   clearInterval(timer);
-  // The IPC channel would keep this process alive after the command returns.
-  if (process.connected) process.disconnect();
+  // The IPC channel would keep this process alive after the command returns; disconnecting through
+  // cluster tells the primary this exit is intended (a bare process.disconnect() exits at once).
+  if (process.connected) cluster.worker?.disconnect();
   return 0;
 }
