@@ -1,6 +1,7 @@
 // Glue between protobuf-es service descriptors and @grpc/grpc-js: service definitions whose
-// (de)serializers are toBinary/fromBinary, unary handlers that receive an AbortSignal and throw
-// ServiceError, and promise-based clients. Every streamserve service and client goes through here.
+// (de)serializers are toBinary/fromBinary, unary handlers that receive a call context (cancelled,
+// deadline, an AbortSignal on demand) and throw ServiceError, and promise-based clients. Every
+// streamserve service and client goes through here.
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
@@ -160,6 +161,9 @@ export interface CallHooks {
   begin?(path: string, metadata: grpc.Metadata): ((code: grpc.status) => void) | void;
 }
 
+/** grpc-js's own deadline timer can fire (and cancel the call) a little before Date.now() reaches the deadline. */
+const DEADLINE_SLACK_MS = 5;
+
 /** Builds grpc-js handlers for a service's unary methods. */
 export function unaryImplementation<S extends GenServiceMethods>(
   service: GenService<S>,
@@ -208,7 +212,10 @@ export function unaryImplementation<S extends GenServiceMethods>(
       };
       const failed = (err: unknown) => {
         ctx.end();
-        finish(Date.now() >= ctx.deadline ? new ServiceError(Code.DEADLINE_EXCEEDED, "deadline exceeded") : ServiceError.from(err));
+        // A handler that gives up because its call ended answers for why, not with INTERNAL.
+        if (Date.now() >= ctx.deadline - DEADLINE_SLACK_MS) finish(new ServiceError(Code.DEADLINE_EXCEEDED, "deadline exceeded"));
+        else if (ctx.cancelled && !(err instanceof ServiceError)) finish(new ServiceError(Code.CANCELLED, "the call was cancelled", { cause: err }));
+        else finish(ServiceError.from(err));
       };
       try {
         const out = handler(request, ctx);
