@@ -11,6 +11,9 @@ export interface RequestContext {
   deviceType: string;
 }
 
+/** A value as read: a string, or null/false (Lua's nil) when the hash or field is absent. */
+type RawValue = string | null | false;
+
 export interface FeatureMatrix {
   /** rows × features, row-major, in the order of `specs`. */
   matrix: Float32Array;
@@ -29,8 +32,8 @@ export async function lookupFeatures(
   items: readonly string[],
 ): Promise<FeatureMatrix> {
   const { userFields, itemFields } = planFor(specs);
-  let userValues: (string | null)[] = [];
-  let itemValues: (string | null)[][] = [];
+  let userValues: RawValue[] = [];
+  let itemValues: RawValue[][] = [];
   let unavailable = false;
   if (userFields.length || itemFields.length) {
     const keys = new Array<string>(items.length + 1);
@@ -106,7 +109,7 @@ const pendingReads = new WeakMap<Redis, PendingRead[]>();
  * one pipeline: one socket write for all of them instead of one each (under load the write was
  * the largest single cost of the read). A lone read goes out as it is.
  */
-function batchedScriptRead(redis: Redis, keys: string[], userFields: string[], itemFields: string[]): Promise<(string | null)[][]> {
+function batchedScriptRead(redis: Redis, keys: string[], userFields: string[], itemFields: string[]): Promise<RawValue[][]> {
   defineScript(redis);
   const args = scriptArgs(keys, userFields, itemFields);
   return new Promise<string>((resolve, reject) => {
@@ -116,7 +119,7 @@ function batchedScriptRead(redis: Redis, keys: string[], userFields: string[], i
       setImmediate(() => sendBatch(redis));
     }
     batch.push({ args, resolve, reject });
-  }).then(parseScriptReply);
+  }).then(parseRawReply);
 }
 
 function sendBatch(redis: Redis): void {
@@ -158,9 +161,15 @@ function scriptArgs(keys: string[], userFields: string[], itemFields: string[]):
   return [keys.length, ...keys, userFields.length, itemFields.length, ...userFields, ...itemFields];
 }
 
+/** The script's rows as Lua encodes them: a missing field (nil) is false, a row without fields `{}`. */
+function parseRawReply(json: string): RawValue[][] {
+  const rows = JSON.parse(json) as (RawValue[] | Record<string, never>)[];
+  for (let i = 0; i < rows.length; i++) if (!Array.isArray(rows[i])) rows[i] = [];
+  return rows as RawValue[][];
+}
+
 function parseScriptReply(json: string): (string | null)[][] {
-  // Lua turns a missing field (nil) into false.
-  return (JSON.parse(json) as (string | false)[][]).map((row) => (Array.isArray(row) ? row.map((v) => (v === false ? null : v)) : []));
+  return parseRawReply(json).map((row) => row.map((v) => (v === false ? null : v)));
 }
 
 export async function readWithScript(redis: Redis, keys: string[], userFields: string[], itemFields: string[]): Promise<(string | null)[][]> {
@@ -187,8 +196,8 @@ export function assemble(
   specs: readonly FeatureSpec[],
   ctx: RequestContext,
   items: readonly string[],
-  userValues: readonly (string | null)[],
-  itemValues: readonly (readonly (string | null)[])[],
+  userValues: readonly RawValue[],
+  itemValues: readonly (readonly RawValue[])[],
   unavailable: boolean,
 ): FeatureMatrix {
   const width = specs.length;
@@ -220,8 +229,8 @@ export function assemble(
   return { matrix, rows, missing: [...missing], unavailable };
 }
 
-function parseNumber(raw: string | null | undefined): number | undefined {
-  if (raw === null || raw === undefined || raw === "") return undefined;
+function parseNumber(raw: RawValue | undefined): number | undefined {
+  if (raw === null || raw === undefined || raw === false || raw === "") return undefined;
   const n = Number(raw);
   return Number.isFinite(n) ? n : undefined;
 }

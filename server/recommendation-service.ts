@@ -231,9 +231,11 @@ function modelInput(matrix: Float32Array, rows: number, width: number, modelWidt
 
 /** Resolves with the fallback when the work takes longer than `ms` (the work is left to finish). */
 function withTimeout<T>(work: Promise<T>, ms: number, fallback: () => T): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([
-    work.finally(() => clearTimeout(timer)),
-    new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback()), ms))),
-  ]);
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => resolve(fallback()), ms);
+    work.then(
+      (v) => (clearTimeout(timer), resolve(v)),
+      (err: unknown) => (clearTimeout(timer), reject(err)),
+    );
+  });
 }
