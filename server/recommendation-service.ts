@@ -10,7 +10,7 @@ import type { MetricsRegistry } from "../lib/metrics.js";
 import type { Redis } from "../lib/redis.js";
 import type { FeatureSpec } from "../lib/registry.js";
 import { assignVariant } from "../lib/experiments.js";
-import { invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
+import { Code, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
 import { RecommendationService, type RecommendRequest, type RecordOutcomeRequest } from "../gen/streamserve/v1/recommendation_pb.js";
 import { ExposureLogSchema, OutcomeLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { allFeatureSpecs, defaultModelFeatures } from "../features/definitions.js";
@@ -110,7 +110,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
           log.warn({ requestId }, "Redis unavailable or slower than the feature budget: serving with default features (logged as missing_features)");
         }
       }
-      if (ctx.cancelled) throw new Error("cancelled");
+      if (ctx.cancelled) throw new ServiceError(Code.CANCELLED, "the call was cancelled");
 
       let scores: Float64Array;
       if (model && candidates.length) {
