@@ -86,7 +86,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
         return o.name;
       });
       const outputNames = requested.length ? requested : sig.outputs.filter((o) => o.type !== "non-tensor").map((o) => o.name);
-      if (ctx.signal.aborted) throw new ServiceError(Code.CANCELLED, "cancelled");
+      if (ctx.cancelled) throw new ServiceError(Code.CANCELLED, "cancelled");
       const started = performance.now();
       let results;
       try {

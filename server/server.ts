@@ -20,7 +20,7 @@ import { LogPublisher } from "./log-publisher.js";
 import { HealthService } from "./health.js";
 import { addReflection } from "./reflection.js";
 import { inferenceHandlers } from "./inference-service.js";
-import { recommendationHandlers } from "./recommendation-service.js";
+import { recommendationHandlers, type LogFeatures } from "./recommendation-service.js";
 import { DEFAULT_LIMITS, type ServingLimits } from "./limits.js";
 import { serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
 
@@ -38,6 +38,8 @@ export interface ServerOptions {
   listenWhenReady?: boolean;
   /** Where logs JetStream cannot take wait on disk; one publisher per directory. @default <data-dir>/spill/<namespace> */
   spillDir?: string;
+  /** Features each prediction log carries: every pipeline feature, or only the model's (see LogFeatures). @default "all" */
+  logFeatures?: LogFeatures;
 }
 
 export interface RunningServer extends Part {
@@ -70,7 +72,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   const log = rootLog.child({ part: "server" });
   const limits: ServingLimits = { ...DEFAULT_LIMITS, ...options.limits };
   const shutdown = new AbortController();
-  // Every in-flight call listens on this signal; the default cap of 10 listeners is for leak hunting.
+  // Every service and every Watch stream listens on this signal; the default cap of 10 listeners is for leak hunting.
   setMaxListeners(0, shutdown.signal);
   let draining = false;
 
@@ -153,7 +155,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
     serviceDefinition(RecommendationService),
     unaryImplementation(
       RecommendationService,
-      recommendationHandlers({ modelName: config.modelName, names, redis: runtime.servingRedis(), models, trending, logs, limits, log, metrics }),
+      recommendationHandlers({ modelName: config.modelName, logFeatures: options.logFeatures, names, redis: runtime.servingRedis(), models, trending, logs, limits, log, metrics }),
       hooks,
       shutdown.signal,
     ),

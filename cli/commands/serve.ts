@@ -4,6 +4,7 @@ import { untilSignal } from "../command.js";
 import { numberFlag, stringFlag, UsageError, type CommandArgs } from "../args.js";
 import { startServer, type ServerOptions } from "../../server/server.js";
 import { isServingWorker, runServingWorker, superviseWorkers } from "../../server/workers.js";
+import { LOG_FEATURES, type LogFeatures } from "../../server/recommendation-service.js";
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 
@@ -12,12 +13,19 @@ export const SERVE_FLAGS = `  --tls-cert FILE --tls-key FILE   serve gRPC over T
   --auth-token-file FILE           require "authorization: Bearer <token>" on every RPC but health
                                    [STREAMSERVE_AUTH_TOKEN holds the token itself]
   --max-inflight N                 calls running at once before RESOURCE_EXHAUSTED (default 1024)
-  --max-candidates N               candidates per Recommend (default 1000)`;
+  --max-candidates N               candidates per Recommend (default 1000)
+  --log-features all|model         features each prediction log carries: every pipeline feature (all,
+                                   the default) or only the served model's inputs (model)`;
 
 export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
   const tokenFile = stringFlag(args, "auth-token-file");
   const authToken = tokenFile ? readFileSync(tokenFile, "utf8").trim() : process.env.STREAMSERVE_AUTH_TOKEN || undefined;
+  const logFeatures = stringFlag(args, "log-features");
+  if (logFeatures !== undefined && !LOG_FEATURES.includes(logFeatures as LogFeatures)) {
+    throw new UsageError(`--log-features must be one of ${LOG_FEATURES.join(", ")}, got "${logFeatures}"`);
+  }
   return {
+    ...(logFeatures !== undefined && { logFeatures: logFeatures as LogFeatures }),
     security: {
       tlsCert: stringFlag(args, "tls-cert"),
       tlsKey: stringFlag(args, "tls-key"),
