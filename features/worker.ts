@@ -227,7 +227,7 @@ class Worker implements FeaturesWorker {
   }
 
   start(source: MessageSource): void {
-    this.metrics.watermarkLag.collect((g) => {
+    this.runtime.metrics.collect(this.metrics.watermarkLag, (g) => {
       if (Number.isFinite(this.high)) g.set((Date.now() - this.high) / 1000);
     });
     this.consumer = source.pull(
@@ -244,8 +244,8 @@ class Worker implements FeaturesWorker {
       this.every(this.opts.closeIntervalMs, () => this.closeDueWindows().then(() => undefined)),
       this.every(this.opts.lagIntervalMs, async () => {
         const info = await source.info();
-        this.metrics.pending.set(info.num_pending, { state: "undelivered" });
-        this.metrics.pending.set(info.num_ack_pending, { state: "unacked" });
+        this.metrics.pending.set({ state: "undelivered" }, info.num_pending);
+        this.metrics.pending.set({ state: "unacked" }, info.num_ack_pending);
       }),
     );
     if (this.opts.progressIntervalMs > 0) this.loops.push(this.progressLoop(() => source.info()));
@@ -392,7 +392,7 @@ class Worker implements FeaturesWorker {
     this.stats.messages += msgs.length;
     this.stats.batches++;
     this.stats.deadLetters += dead;
-    m.messages.inc({}, msgs.length);
+    m.messages.inc(msgs.length);
     m.batchSeconds.observe((performance.now() - started) / 1000);
     m.batchSize.observe(msgs.length);
     for (const [entity, c] of Object.entries(counts)) {

@@ -54,7 +54,7 @@ Examples:
   async run(args, runtime) {
     const options = featuresOptionsFromFlags(args);
     const worker = await startFeaturesWorker(runtime, options);
-    runtime.http.route("GET", "/metrics", (_req, res) => sendText(res, 200, runtime.metrics.render(), "text/plain; version=0.0.4"));
+    runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
     runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", features: worker.stats }));
     try {
       await runtime.listenHttp();

@@ -49,13 +49,13 @@ describe(title, () => {
     await env?.cleanup();
   });
 
-  test("every event is applied once; none is late with a jitter under the watermark", () => {
+  test("every event is applied once; none is late with a jitter under the watermark", async () => {
     assert.equal(worker.stats.messages, events.length);
     assert.deepEqual(worker.stats.applied, { user: events.length, item: events.length });
     assert.deepEqual(worker.stats.late, {});
     assert.deepEqual(worker.stats.duplicates, {});
     assert.equal(worker.stats.deadLetters, 0);
-    assert.equal(env.runtime.metrics.counter("streamserve_features_messages_total", "").get(), events.length);
+    assert.equal(await env.runtime.metrics.value("streamserve_features_messages_total"), events.length);
   });
 
   test("online hashes hold each entity's newest window, computed as the seed does", async () => {
@@ -138,7 +138,7 @@ describe("late events", () => {
     await worker.closeDueWindows();
 
     assert.deepEqual(worker.stats.late, { user: 1, item: 1 });
-    assert.equal(runtime.metrics.counter("streamserve_features_late_events_total", "").get({ entity: "user" }), 1);
+    assert.equal(await runtime.metrics.value("streamserve_features_late_events_total", { entity: "user" }), 1);
     assert.deepEqual(worker.stats.applied, { user: 4, item: 4 });
 
     const logged = await readFeatureWindowLogs(nc, names);
@@ -284,8 +284,9 @@ describe("dead letters", () => {
       assert.deepEqual(new Uint8Array(m.data), original.data, "the original bytes, untouched");
       reasons[original.reason] = (reasons[original.reason] ?? 0) + 1;
     }
-    const counter = runtime.metrics.counter("streamserve_features_dead_letters_total", "");
-    for (const [reason, n] of Object.entries(reasons)) assert.equal(counter.get({ reason }), n, `metric for ${reason}`);
+    for (const [reason, n] of Object.entries(reasons)) {
+      assert.equal(await runtime.metrics.value("streamserve_features_dead_letters_total", { reason }), n, `metric for ${reason}`);
+    }
   });
 });
 
