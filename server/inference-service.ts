@@ -2,7 +2,7 @@
 // metadata and ModelInfer over the models in the registry. An empty model_version means the
 // version the serving alias points to.
 import { Code, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
-import type { MetricsRegistry } from "../lib/metrics.js";
+import { childCache, type MetricsRegistry } from "../lib/metrics.js";
 import { GRPCInferenceService, type ModelInferRequest, type ModelInferResponse_InferOutputTensor } from "../gen/inference/grpc_predict_v2_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ModelManager } from "./model-manager.js";
@@ -24,7 +24,9 @@ export interface InferenceDeps {
 
 export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRPCInferenceService.method> {
   const { models } = deps;
-  const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version");
+  // Observed only once acquire() found the model: a name the registry does not know adds no series.
+  const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version", { labelNames: ["model", "version"] });
+  const inferDurationBy = childCache((model, version) => inferDuration.labels({ model, version }));
 
   /** Finds (and if needed loads) the model a request names; the caller must release it. */
   async function acquire(name: string, version: string): Promise<OnnxModel> {
@@ -84,7 +86,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
         return o.name;
       });
       const outputNames = requested.length ? requested : sig.outputs.filter((o) => o.type !== "non-tensor").map((o) => o.name);
-      if (ctx.signal.aborted) throw new ServiceError(Code.CANCELLED, "cancelled");
+      if (ctx.cancelled) throw new ServiceError(Code.CANCELLED, "cancelled");
       const started = performance.now();
       let results;
       try {
@@ -92,7 +94,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
       } catch (err) {
         throw invalidArgument("inputs", `onnxruntime rejected the inputs: ${(err as Error).message}`);
       }
-      inferDuration.observe((performance.now() - started) / 1000, { model: model.name, version: model.version.version });
+      inferDurationBy(model.name, model.version.version).observe((performance.now() - started) / 1000);
       const outputs: MessageInitShape<typeof ModelInferResponse_InferOutputTensorSchema>[] = [];
       const rawOutputs: Uint8Array[] = [];
       for (const name of outputNames) {

@@ -43,10 +43,13 @@ export class ModelManager {
     private readonly options: ModelManagerOptions = {},
   ) {
     this.servingAlias = options.servingAlias ?? "production";
-    this.swaps = metrics.counter("streamserve_model_swaps_total", "Alias swaps completed, by model and alias");
-    this.loadFailures = metrics.counter("streamserve_model_load_failures_total", "Model versions that failed to load or warm up");
-    metrics.gauge("streamserve_models_loaded", "Model versions loaded").collect((g) => {
-      g.set([...this.versions.values()].filter((v) => v.state === "ready").length);
+    // Label values come from the registry (published models and their versions), never from a call.
+    this.swaps = metrics.counter("streamserve_model_swaps_total", "Alias swaps completed, by model and alias", { labelNames: ["model", "alias"] });
+    this.loadFailures = metrics.counter("streamserve_model_load_failures_total", "Model versions that failed to load or warm up", { labelNames: ["model", "version"] });
+    metrics.gauge("streamserve_models_loaded", "Model versions loaded (the most any serving worker holds)", {
+      // Every worker of `serve --workers N` loads the same versions: a sum would count each N times.
+      aggregator: "max",
+      collect: (g) => g.set([...this.versions.values()].filter((v) => v.state === "ready").length),
     });
   }
 
