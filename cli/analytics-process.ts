@@ -62,7 +62,7 @@ serveSupervisor<AnalyticsStart, AnalyticsInfo>(
       monitor.start();
       parts.push(monitor);
       // `up` merges these into its own /metrics.
-      runtime.http.route("GET", "/metrics", (_req, res) => sendText(res, 200, runtime.metrics.render(), "text/plain; version=0.0.4"));
+      runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
       const httpPort = await runtime.listenHttp();
       return {
         info: { pid: process.pid, httpPort, nice },

@@ -40,7 +40,7 @@ serveSupervisor<FeaturesStart, FeaturesInfo>(
     try {
       const views = FEATURE_VIEWS.map((v) => ({ ...v, windowMs: windows.windowMs ?? v.windowMs, watermarkMs: windows.watermarkMs ?? v.watermarkMs }));
       const worker = await startFeaturesWorker(runtime, { views });
-      runtime.http.route("GET", "/metrics", (_req, res) => sendText(res, 200, runtime.metrics.render(), "text/plain; version=0.0.4"));
+      runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
       const httpPort = await runtime.listenHttp();
       return {
         info: { pid: process.pid, httpPort },

@@ -76,8 +76,10 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
     throw err;
   }
   const parts: Part[] = [];
-  const up = runtime.metrics.gauge("streamserve_process_up", "1 while the child process is ready, by process (analytics: sink, trainer, monitor, dashboard queries; features: the features worker)");
-  const restarts = runtime.metrics.counter("streamserve_process_restarts_total", "Times a child process died and was restarted, by process");
+  const up = runtime.metrics.gauge("streamserve_process_up", "1 while the child process is ready, by process (analytics: sink, trainer, monitor, dashboard queries; features: the features worker)", {
+    labelNames: ["process"],
+  });
+  const restarts = runtime.metrics.counter("streamserve_process_restarts_total", "Times a child process died and was restarted, by process", { labelNames: ["process"] });
   const supervise = <Start, Info>(name: string, start: () => Start) => {
     let counted = 0;
     return superviseChild<Start, Info>({
@@ -87,7 +89,7 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
       start,
       restartDelayMs: options.restartDelayMs,
       onState: (state, n) => {
-        up.set(state === "ready" ? 1 : 0, { process: name });
+        up.set({ process: name }, state === "ready" ? 1 : 0);
         if (n > counted) restarts.inc({ process: name }, n - counted);
         counted = n;
       },
@@ -152,7 +154,8 @@ function mountChildRoutes(runtime: Runtime, analytics: SupervisedChild<Analytics
   for (const path of ["/", "/dashboard", "/api/*"]) runtime.http.route("GET", path, proxy);
   runtime.http.route("GET", "/metrics", async (_req, res) => {
     const theirs = await Promise.all(children.map((c) => childMetrics(c.info?.httpPort)));
-    sendText(res, 200, theirs.reduce(mergeExpositions, runtime.metrics.render()), "text/plain; version=0.0.4");
+    // A family every process has (prom-client's process_* and nodejs_* metrics) shows this process's.
+    sendText(res, 200, theirs.reduce(mergeExpositions, await runtime.metrics.render()), runtime.metrics.contentType);
   });
 }
 
