@@ -12,6 +12,9 @@ import { decodeInput, encodeOutput, oipDatatype, toOrtTensor } from "./tensors.j
 import type { ServingLimits } from "./limits.js";
 import { ModelInferResponse_InferOutputTensorSchema, InferTensorContentsSchema } from "../gen/inference/grpc_predict_v2_pb.js";
 
+/** How long a model or version that was not found is answered without asking the registry again. */
+const MISS_TTL_MS = 1000;
+
 export interface InferenceDeps {
   models: ModelManager;
   limits: ServingLimits;
@@ -24,6 +27,7 @@ export interface InferenceDeps {
 
 export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRPCInferenceService.method> {
   const { models } = deps;
+  const misses = new Map<string, { until: number; error: ServiceError }>();
   const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version");
 
   /** Finds (and if needed loads) the model a request names; the caller must release it. */
@@ -34,11 +38,23 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
     let m = models.acquire(name, version);
     if (m) return m;
     if (!registry) throw new ServiceError(Code.UNAVAILABLE, "the model registry is not reachable yet");
+    // Unknown names are answered from the watched registry state, and misses are remembered
+    // briefly: a client naming random models must not cost a KV lookup (or a key listing) each.
+    const notInRegistry = () => new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`);
+    if (!models.mayHaveModel(name)) throw notInRegistry();
+    if (/^\d+$/.test(version) && !models.mayHaveVersion(name, version)) throw new ServiceError(Code.NOT_FOUND, `model "${name}" has no version or alias "${version}"`);
+    const missKey = `${name}\u0000${version}`;
+    const missed = misses.get(missKey);
+    if (missed && missed.until > Date.now()) throw missed.error;
     const resolved = await registry.resolve(name, version || "production");
     if (!resolved) {
-      const known = (await registry.listModels()).includes(name);
-      if (!known) throw new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`);
-      throw new ServiceError(Code.NOT_FOUND, version ? `model "${name}" has no version or alias "${version}"` : `model "${name}" has no production version yet`);
+      const known = models.mayHaveModel(name) && (await registry.listVersions(name)).length > 0;
+      const error = !known
+        ? notInRegistry()
+        : new ServiceError(Code.NOT_FOUND, version ? `model "${name}" has no version or alias "${version}"` : `model "${name}" has no production version yet`);
+      if (misses.size >= 10_000) misses.clear();
+      misses.set(missKey, { until: Date.now() + MISS_TTL_MS, error });
+      throw error;
     }
     try {
       await models.load(name, resolved);

@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { timingSafeEqual } from "node:crypto";
 import { grpc, ServiceError, Code } from "../lib/grpc.js";
+import { registerSecret } from "../lib/redact.js";
 
 export interface SecurityOptions {
   /** PEM files for TLS. Without them the server speaks plaintext. */
@@ -28,6 +29,7 @@ const UNAUTHENTICATED_PATHS = new Set(["/grpc.health.v1.Health/Check", "/grpc.he
 export function tokenChecker(options: SecurityOptions = {}): (path: string, metadata: grpc.Metadata) => void {
   const token = options.authToken;
   if (!token) return () => undefined;
+  registerSecret(token);
   const expected = Buffer.from(`Bearer ${token}`);
   return (path, metadata) => {
     if (UNAUTHENTICATED_PATHS.has(path)) return;

@@ -21,6 +21,7 @@ import { addReflection } from "./reflection.js";
 import { inferenceHandlers } from "./inference-service.js";
 import { recommendationHandlers } from "./recommendation-service.js";
 import { DEFAULT_LIMITS, type ServingLimits } from "./limits.js";
+import { precheckModelInfer } from "./infer-precheck.js";
 import { serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
 
 export interface ServerOptions {
@@ -119,7 +120,8 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
     "grpc.keepalive_permit_without_calls": 1,
   });
   server.addService(
-    serviceDefinition(GRPCInferenceService),
+    // Shapes and counts are checked on the bytes, before a refused batch costs a decode.
+    serviceDefinition(GRPCInferenceService, { modelInfer: (bytes) => precheckModelInfer(bytes, limits) }),
     unaryImplementation(
       GRPCInferenceService,
       inferenceHandlers({
