@@ -28,7 +28,21 @@ export interface InferenceDeps {
 export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRPCInferenceService.method> {
   const { models } = deps;
   const misses = new Map<string, { until: number; error: ServiceError }>();
+  const lookups = new Map<string, Promise<string | ServiceError>>();
   const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version");
+
+  /** The version a name and ref resolve to, or the NOT_FOUND to answer (remembered for MISS_TTL_MS). */
+  async function resolveOrExplain(registry: NonNullable<ModelManager["registryClient"]>, name: string, version: string): Promise<string | ServiceError> {
+    const resolved = await registry.resolve(name, version || "production");
+    if (resolved) return resolved;
+    const known = models.knowsRegistry() ? models.mayHaveModel(name) : (await registry.listVersions(name)).length > 0;
+    const error = !known
+      ? new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`)
+      : new ServiceError(Code.NOT_FOUND, version ? `model "${name}" has no version or alias "${version}"` : `model "${name}" has no production version yet`);
+    if (misses.size >= 10_000) misses.clear();
+    misses.set(`${name}\u0000${version}`, { until: Date.now() + MISS_TTL_MS, error });
+    return error;
+  }
 
   /** Finds (and if needed loads) the model a request names; the caller must release it. */
   async function acquire(name: string, version: string): Promise<OnnxModel> {
@@ -46,16 +60,15 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
     const missKey = `${name}\u0000${version}`;
     const missed = misses.get(missKey);
     if (missed && missed.until > Date.now()) throw missed.error;
-    const resolved = await registry.resolve(name, version || "production");
-    if (!resolved) {
-      const known = models.mayHaveModel(name) && (await registry.listVersions(name)).length > 0;
-      const error = !known
-        ? notInRegistry()
-        : new ServiceError(Code.NOT_FOUND, version ? `model "${name}" has no version or alias "${version}"` : `model "${name}" has no production version yet`);
-      if (misses.size >= 10_000) misses.clear();
-      misses.set(missKey, { until: Date.now() + MISS_TTL_MS, error });
-      throw error;
+    // Concurrent calls for the same name and version share one lookup.
+    let lookup = lookups.get(missKey);
+    if (!lookup) {
+      lookup = resolveOrExplain(registry, name, version).finally(() => lookups.delete(missKey));
+      lookups.set(missKey, lookup);
     }
+    const found = await lookup;
+    if (found instanceof ServiceError) throw found;
+    const resolved = found;
     try {
       await models.load(name, resolved);
     } catch (err) {

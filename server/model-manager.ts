@@ -89,6 +89,11 @@ export class ModelManager {
     return !this.registryState || this.known.has(model);
   }
 
+  /** True while the watched registry state is complete (the watch is live). */
+  knowsRegistry(): boolean {
+    return this.registryState;
+  }
+
   /** Like mayHaveModel, for one version number. */
   mayHaveVersion(model: string, version: string): boolean {
     return !this.registryState || (this.known.get(model)?.has(version) ?? false);
@@ -105,10 +110,11 @@ export class ModelManager {
     while (!signal.aborted) {
       try {
         this.registry = await openRegistry();
+        // Load what the registry says now before reporting ready (Triton: warm up first). After a
+        // reconnect this catches up on what the outage hid; re-applying the rest is a no-op.
+        for (const change of await this.registry.snapshot()) this.apply(change);
+        this.registryState = true;
         if (!this.initialized) {
-          // Load what the registry says now before reporting ready (Triton: warm up first).
-          for (const change of await this.registry.snapshot()) this.apply(change);
-          this.registryState = true;
           await this.settle();
           this.initialized = true;
         }

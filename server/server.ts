@@ -13,7 +13,7 @@ import { RecommendationService } from "../gen/streamserve/v1/recommendation_pb.j
 import { file_streamserve_v1_logs } from "../gen/streamserve/v1/logs_pb.js";
 import { file_streamserve_v1_events } from "../gen/streamserve/v1/events_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { ModelManager } from "./model-manager.js";
+import { ModelManager, type ModelManagerOptions } from "./model-manager.js";
 import { TrendingCache } from "./trending.js";
 import { LogPublisher } from "./log-publisher.js";
 import { HealthService } from "./health.js";
@@ -31,6 +31,8 @@ export interface ServerOptions {
   drainTimeoutMs?: number;
   /** Mount /healthz and /metrics on the runtime's HTTP server. @default true */
   http?: boolean;
+  /** When versions loaded on demand are unloaded (see ModelManagerOptions). */
+  models?: Pick<ModelManagerOptions, "onDemandIdleMs" | "onDemandBudgetBytes">;
 }
 
 export interface RunningServer extends Part {
@@ -63,6 +65,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   let draining = false;
 
   const models = new ModelManager(log, metrics, {
+    ...options.models,
     servingAlias: config.servingAlias,
     onLoadFailure: (model, version, error) => {
       // Every failed load is an operator-visible event and an alert, not just a log line.
