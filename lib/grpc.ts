@@ -65,6 +65,14 @@ function serializer(desc: DescMessage) {
   return (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(desc, msg));
 }
 
+/** Encoded size of each decoded request, for servers that budget the memory calls hold. */
+const wireSizes = new WeakMap<object, number>();
+
+/** The size in bytes a request had on the wire, if this module decoded it. */
+export function wireSize(message: unknown): number | undefined {
+  return typeof message === "object" && message !== null ? wireSizes.get(message) : undefined;
+}
+
 function deserializer(desc: DescMessage, lenient: boolean, precheck?: Precheck) {
   return (bytes: Buffer) => {
     if (precheck) {
@@ -75,7 +83,9 @@ function deserializer(desc: DescMessage, lenient: boolean, precheck?: Precheck) 
       }
     }
     try {
-      return fromBinary(desc, bytes);
+      const message = fromBinary(desc, bytes);
+      wireSizes.set(message, bytes.length);
+      return message;
     } catch (err) {
       // grpc-js turns a throwing deserializer into INTERNAL; callers deserve INVALID_ARGUMENT.
       if (lenient) return new Malformed(desc.typeName, err);

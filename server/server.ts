@@ -22,6 +22,7 @@ import { inferenceHandlers } from "./inference-service.js";
 import { recommendationHandlers } from "./recommendation-service.js";
 import { DEFAULT_LIMITS, type ServingLimits } from "./limits.js";
 import { precheckModelInfer } from "./infer-precheck.js";
+import { CallGuard, grpcServerOptions, listenGrpc } from "./transport-limits.js";
 import { serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
 
 export interface ServerOptions {
@@ -99,29 +100,29 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   const shed = metrics.counter("grpc_server_shed_total", "Calls refused with RESOURCE_EXHAUSTED because too many were running");
   let inflight = 0;
   inflightGauge.collect((g) => g.set(inflight));
+  // A call holds its slot and its bytes until its response has left the server (see transport-limits.ts).
+  const guard = new CallGuard(limits);
+  metrics.gauge("grpc_server_held_bytes", "Request and response bytes of calls not yet finished, unread answers included").collect((g) => g.set(guard.heldBytes));
   const checkToken = tokenChecker(options.security);
   const hooks: CallHooks = {
     begin(path, metadata) {
       checkToken(path, metadata);
-      if (inflight >= limits.maxInflight) {
+      if (inflight >= limits.maxInflight || guard.heldBytes > limits.maxHeldBytes) {
         shed.inc({ method: path });
-        throw new ServiceError(Code.RESOURCE_EXHAUSTED, `server busy: ${inflight} calls in flight (limit ${limits.maxInflight}); retry with backoff`);
+        const why = inflight >= limits.maxInflight ? `${inflight} calls in flight (limit ${limits.maxInflight})` : `calls in flight hold ${guard.heldBytes} bytes (limit ${limits.maxHeldBytes})`;
+        throw new ServiceError(Code.RESOURCE_EXHAUSTED, `server busy: ${why}; retry with backoff`);
       }
       inflight++;
       const started = performance.now();
       return (code) => {
-        inflight--;
         handled.inc({ method: path, code: Code[code] ?? String(code) });
         latency.observe((performance.now() - started) / 1000, { method: path });
+        guard.whenClosed(metadata, () => inflight--);
       };
     },
   };
 
-  const server = new grpc.Server({
-    "grpc.max_receive_message_length": limits.maxMessageBytes,
-    "grpc.max_send_message_length": limits.maxMessageBytes,
-    "grpc.keepalive_permit_without_calls": 1,
-  });
+  const server = new grpc.Server(grpcServerOptions(limits, guard));
   server.addService(
     // Shapes and counts are checked on the bytes, before a refused batch costs a decode.
     serviceDefinition(GRPCInferenceService, { modelInfer: (bytes) => precheckModelInfer(bytes, limits) }),
@@ -147,14 +148,14 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
       shutdown.signal,
     ),
   );
-  const health = new HealthService(Object.fromEntries(["", ...SERVICES].map((s) => [s, HealthCheckResponse_ServingStatus.NOT_SERVING])));
+  const health = new HealthService(Object.fromEntries(["", ...SERVICES].map((s) => [s, HealthCheckResponse_ServingStatus.NOT_SERVING])), { maxWatchers: limits.maxWatchStreams });
   server.addService(serviceDefinition(Health), health.implementation(shutdown.signal));
   // Reflection also describes the log and event messages, so `buf curl`/grpcurl users can decode them.
   addReflection(server, { services: [GRPCInferenceService, RecommendationService, Health], files: [file_streamserve_v1_logs, file_streamserve_v1_events], shutdown: shutdown.signal });
 
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${config.host}:${config.grpcPort}`, serverCredentials(options.security), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  const listener = await listenGrpc(server, config.host, config.grpcPort, serverCredentials(options.security), limits);
+  const port = listener.port;
+  metrics.gauge("grpc_server_connections", "TCP connections to the gRPC port").collect((g) => g.set(listener.connections()));
   log.info({ port, model: config.modelName, alias: config.servingAlias }, "gRPC listening");
 
   // SERVING once the registry's current state is loaded, or known unreachable (fallback serving).
@@ -182,11 +183,13 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
       draining = true;
       health.setAll(HealthCheckResponse_ServingStatus.NOT_SERVING);
       log.info("draining: health NOT_SERVING, waiting for in-flight calls");
+      listener.close();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           log.warn("drain timeout: cancelling remaining calls");
           shutdown.abort();
           server.forceShutdown();
+          listener.destroy();
           resolve();
         }, options.drainTimeoutMs ?? 10_000);
         server.tryShutdown(() => {
