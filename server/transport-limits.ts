@@ -197,14 +197,25 @@ export async function listenGrpc(
   host: string,
   port: number,
   credentials: grpc.ServerCredentials,
-  limits: Pick<TransportLimits, "maxConnections">,
+  limits: Pick<TransportLimits, "maxConnections" | "requestReadTimeoutMs">,
 ): Promise<GrpcListener> {
   const injector = server.createConnectionInjector(credentials);
   const sockets = new Set<Socket>();
   const net: NetServer = createServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
-    injector.injectConnection(socket);
+    socket.on("error", () => socket.destroy());
+    // A connection that never sends a byte would never become an HTTP/2 session that grpc-js
+    // times out, and once handed over it cannot be closed from here: it is handed over only once
+    // it speaks (the first bytes are put back for the HTTP/2 or TLS layer to read).
+    const silent = setTimeout(() => socket.destroy(), limits.requestReadTimeoutMs);
+    silent.unref();
+    socket.once("data", (first) => {
+      clearTimeout(silent);
+      socket.pause();
+      socket.unshift(first);
+      injector.injectConnection(socket);
+    });
   });
   net.maxConnections = limits.maxConnections;
   const bound = await new Promise<number>((resolve, reject) => {
