@@ -23,7 +23,7 @@ import { recommendationHandlers } from "./recommendation-service.js";
 import { DEFAULT_LIMITS, type ServingLimits } from "./limits.js";
 import { precheckModelInfer } from "./infer-precheck.js";
 import { CallGuard, grpcServerOptions, listenGrpc } from "./transport-limits.js";
-import { serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
+import { httpGuard, serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
 
 export interface ServerOptions {
   limits?: Partial<ServingLimits>;
@@ -101,9 +101,9 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   let inflight = 0;
   inflightGauge.collect((g) => g.set(inflight));
   // A call holds its slot and its bytes until its response has left the server (see transport-limits.ts).
-  const guard = new CallGuard(limits);
-  metrics.gauge("grpc_server_held_bytes", "Request and response bytes of calls not yet finished, unread answers included").collect((g) => g.set(guard.heldBytes));
   const checkToken = tokenChecker(options.security);
+  const guard = new CallGuard(limits, checkToken);
+  metrics.gauge("grpc_server_held_bytes", "Request and response bytes of calls not yet finished, unread answers included").collect((g) => g.set(guard.heldBytes));
   const hooks: CallHooks = {
     begin(path, metadata) {
       checkToken(path, metadata);
@@ -166,6 +166,9 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   })();
 
   if (options.http !== false) {
+    // With a token, every HTTP endpoint of the process (the dashboard's too) needs it but /healthz.
+    const http = httpGuard(options.security);
+    if (http) runtime.http.setGuard(http);
     runtime.http.route("GET", "/healthz", (_req, res) => {
       const ok = models.ready && !draining;
       sendText(res, ok ? 200 : 503, JSON.stringify({ status: ok ? "SERVING" : "NOT_SERVING", model: config.modelName, version: models.servedVersion(config.modelName) ?? "fallback" }), "application/json");

@@ -60,7 +60,14 @@ export class CallGuard {
   private held = 0;
   private open = 0;
 
-  constructor(private readonly limits: Pick<TransportLimits, "requestReadTimeoutMs" | "responseWriteTimeoutMs">) {}
+  /**
+   * @param authorize Throws a ServiceError to refuse a streaming call (reflection, Health/Watch)
+   * from its metadata; unary calls are admitted by lib/grpc.ts's hooks.
+   */
+  constructor(
+    private readonly limits: Pick<TransportLimits, "requestReadTimeoutMs" | "responseWriteTimeoutMs">,
+    private readonly authorize: (path: string, metadata: grpc.Metadata) => void = () => undefined,
+  ) {}
 
   /** Request and response bytes of calls whose stream has not closed yet (answers unread included). */
   get heldBytes(): number {
@@ -79,7 +86,7 @@ export class CallGuard {
     else t.onClosed.push(fn);
   }
 
-  readonly interceptor: grpc.ServerInterceptor = (_method, call) => {
+  readonly interceptor: grpc.ServerInterceptor = (method, call) => {
     const stream = guardedStream(call);
     if (!stream) return new grpc.ServerInterceptingCall(call);
     const t: Tracked = { stream, bytes: 0, closed: false, onClosed: [] };
@@ -130,6 +137,15 @@ export class CallGuard {
     const listener = new grpc.ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         this.calls.set(metadata, t);
+        if (method.requestStream || method.responseStream) {
+          try {
+            this.authorize(method.path, metadata);
+          } catch (err) {
+            const e = err as { code?: number; message?: string };
+            call.sendStatus({ code: e.code ?? grpc.status.UNAUTHENTICATED, details: e.message ?? "unauthenticated", metadata: null });
+            return;
+          }
+        }
         next(metadata);
       })
       // The first message is the request of a unary call and the opening of a stream's.

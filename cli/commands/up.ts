@@ -97,7 +97,7 @@ Ctrl-C stops everything.
 const command: Command = {
   name: "up",
   summary: "run every part in one process: server, features, sink, trainer, monitor",
-  booleans: ["no-local-services"],
+  booleans: ["no-local-services", "metrics-open"],
   usage: `Usage: streamserve up [flags]
 
 Runs the whole platform in one process with the embedded ClickHouse in --data-dir. When Redis or
