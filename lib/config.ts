@@ -1,7 +1,7 @@
 // Settings for every part, resolved in one place: explicit overrides (CLI flags) win over the
 // environment, which wins over the defaults below.
 import { resolve } from "node:path";
-import { redactUrl, registerUrlSecrets } from "./redact.js";
+import { redactUrl, registerSecret, registerUrlSecrets } from "./redact.js";
 
 export interface Config {
   /**
@@ -72,6 +72,7 @@ export function loadConfig(overrides: Partial<Config> = {}, env: NodeJS.ProcessE
   config.dataDir = resolve(config.dataDir);
   // Before any check can echo them: passwords in these URLs are masked in every log line from now on.
   for (const url of [config.redisUrl, config.natsUrl, config.clickhouseUrl]) registerUrlSecrets(url);
+  registerSecret(env.NATS_TOKEN);
   if (!/^[A-Za-z0-9_]*$/.test(config.namespace)) {
     throw new ConfigError(`namespace "${config.namespace}" may only contain letters, digits and "_"`);
   }
