@@ -104,12 +104,14 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   const checkToken = tokenChecker(options.security);
   const guard = new CallGuard(limits, checkToken);
   metrics.gauge("grpc_server_held_bytes", "Request and response bytes of calls not yet finished, unread answers included").collect((g) => g.set(guard.heldBytes));
+  metrics.gauge("grpc_server_unread_cancelled", "Answers cancelled since start because their clients did not read them and others needed the room").collect((g) => g.set(guard.reclaimed));
   const hooks: CallHooks = {
     begin(path, metadata) {
       checkToken(path, metadata);
-      if (inflight >= limits.maxInflight || guard.heldBytes > limits.maxHeldBytes) {
+      const room = guard.reclaim(inflight, limits);
+      if (room.calls >= limits.maxInflight || room.bytes > limits.maxHeldBytes) {
         shed.inc({ method: path });
-        const why = inflight >= limits.maxInflight ? `${inflight} calls in flight (limit ${limits.maxInflight})` : `calls in flight hold ${guard.heldBytes} bytes (limit ${limits.maxHeldBytes})`;
+        const why = room.calls >= limits.maxInflight ? `${inflight} calls in flight (limit ${limits.maxInflight})` : `calls in flight hold ${room.bytes} bytes (limit ${limits.maxHeldBytes})`;
         throw new ServiceError(Code.RESOURCE_EXHAUSTED, `server busy: ${why}; retry with backoff`);
       }
       inflight++;

@@ -52,6 +52,10 @@ interface Tracked {
   bytes: number;
   closed: boolean;
   onClosed: (() => void)[];
+  /** A unary call (it holds an admission slot until closed). */
+  unary: boolean;
+  /** Cancelled by `reclaim`, its close still to come. */
+  releasing: boolean;
 }
 
 /** Per-call accounting: what each call's stream still holds, and when it is gone. */
@@ -59,6 +63,10 @@ export class CallGuard {
   private readonly calls = new WeakMap<grpc.Metadata, Tracked>();
   private held = 0;
   private open = 0;
+  /** Calls answered whose answer has not fully left yet, oldest first: the clients not reading. */
+  private readonly unread = new Set<Tracked>();
+  private releasingBytes = 0;
+  private releasingCalls = 0;
 
   /**
    * @param authorize Throws a ServiceError to refuse a streaming call (reflection, Health/Watch)
@@ -86,10 +94,32 @@ export class CallGuard {
     else t.onClosed.push(fn);
   }
 
+  /**
+   * Makes room for a new call: while the calls in flight or the bytes they hold are over their
+   * limits, the oldest answers whose clients have not read them are cancelled (those clients are
+   * the ones holding memory; a client that reads is never affected). Returns the calls and bytes
+   * that remain once those cancellations complete.
+   */
+  reclaim(inflight: number, limits: { maxInflight: number; maxHeldBytes: number }): { calls: number; bytes: number } {
+    for (const t of this.unread) {
+      if (this.held - this.releasingBytes <= limits.maxHeldBytes && inflight - this.releasingCalls < limits.maxInflight) break;
+      if (t.releasing || t.closed) continue;
+      t.releasing = true;
+      this.releasingBytes += t.bytes;
+      if (t.unary) this.releasingCalls++;
+      this.reclaimed++;
+      t.stream.close(h2.NGHTTP2_CANCEL);
+    }
+    return { calls: inflight - this.releasingCalls, bytes: this.held - this.releasingBytes };
+  }
+
+  /** Answers cancelled by `reclaim` so far. */
+  reclaimed = 0;
+
   readonly interceptor: grpc.ServerInterceptor = (method, call) => {
     const stream = guardedStream(call);
     if (!stream) return new grpc.ServerInterceptingCall(call);
-    const t: Tracked = { stream, bytes: 0, closed: false, onClosed: [] };
+    const t: Tracked = { stream, bytes: 0, closed: false, onClosed: [], unary: !method.requestStream && !method.responseStream, releasing: false };
     this.open++;
     let halfClosed = false;
     let answered = false;
@@ -112,6 +142,11 @@ export class CallGuard {
       if (writeTimer) clearTimeout(writeTimer);
       t.closed = true;
       this.held -= t.bytes;
+      this.unread.delete(t);
+      if (t.releasing) {
+        this.releasingBytes -= t.bytes;
+        if (t.unary) this.releasingCalls--;
+      }
       this.open--;
       for (const fn of t.onClosed.splice(0)) fn();
     });
@@ -127,6 +162,7 @@ export class CallGuard {
     // A client that leaves its response unread does not hold it (or its call slot) forever.
     const armWriteTimer = () => {
       if (writeTimer || stream.closed) return;
+      this.unread.add(t);
       writeTimer = setTimeout(() => {
         writeTimer = undefined;
         if (stream.destroyed || stream.closed) return;
