@@ -2,7 +2,7 @@
 // metadata and ModelInfer over the models in the registry. An empty model_version means the
 // version the serving alias points to.
 import { Code, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
-import type { MetricsRegistry } from "../lib/metrics.js";
+import { childCache, type MetricsRegistry } from "../lib/metrics.js";
 import { GRPCInferenceService, type ModelInferRequest, type ModelInferResponse_InferOutputTensor } from "../gen/inference/grpc_predict_v2_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ModelManager } from "./model-manager.js";
@@ -29,7 +29,9 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
   const { models } = deps;
   const misses = new Map<string, { until: number; error: ServiceError }>();
   const lookups = new Map<string, Promise<string | ServiceError>>();
-  const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version");
+  // Observed only once acquire() found the model: a name the registry does not know adds no series.
+  const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version", { labelNames: ["model", "version"] });
+  const inferDurationBy = childCache((model, version) => inferDuration.labels({ model, version }));
 
   /** The version a name and ref resolve to, or the NOT_FOUND to answer (remembered for MISS_TTL_MS). */
   async function resolveOrExplain(registry: NonNullable<ModelManager["registryClient"]>, name: string, version: string): Promise<string | ServiceError> {
@@ -113,7 +115,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
         return o.name;
       });
       const outputNames = requested.length ? requested : sig.outputs.filter((o) => o.type !== "non-tensor").map((o) => o.name);
-      if (ctx.signal.aborted) throw new ServiceError(Code.CANCELLED, "cancelled");
+      if (ctx.cancelled) throw new ServiceError(Code.CANCELLED, "cancelled");
       const started = performance.now();
       let results;
       try {
@@ -121,7 +123,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
       } catch (err) {
         throw invalidArgument("inputs", `onnxruntime rejected the inputs: ${(err as Error).message}`);
       }
-      inferDuration.observe((performance.now() - started) / 1000, { model: model.name, version: model.version.version });
+      inferDurationBy(model.name, model.version.version).observe((performance.now() - started) / 1000);
       const outputs: MessageInitShape<typeof ModelInferResponse_InferOutputTensorSchema>[] = [];
       const rawOutputs: Uint8Array[] = [];
       for (const name of outputNames) {

@@ -61,21 +61,25 @@ export class ModelManager {
     private readonly options: ModelManagerOptions = {},
   ) {
     this.servingAlias = options.servingAlias ?? "production";
-    this.swaps = metrics.counter("streamserve_model_swaps_total", "Alias swaps completed, by model and alias");
-    this.loadFailures = metrics.counter("streamserve_model_load_failures_total", "Model versions that failed to load or warm up");
-    this.unloads = metrics.counter("streamserve_model_unloads_total", "On-demand model versions unloaded, by reason (idle, budget)");
-    metrics.gauge("streamserve_models_loaded", "Model versions loaded").collect((g) => {
-      g.set([...this.versions.values()].filter((v) => v.state === "ready").length);
+    // Label values come from the registry (published models and their versions), never from a call.
+    this.swaps = metrics.counter("streamserve_model_swaps_total", "Alias swaps completed, by model and alias", { labelNames: ["model", "alias"] });
+    this.loadFailures = metrics.counter("streamserve_model_load_failures_total", "Model versions that failed to load or warm up", { labelNames: ["model", "version"] });
+    metrics.gauge("streamserve_models_loaded", "Model versions loaded (the most any serving worker holds)", {
+      // Every worker of `serve --workers N` loads the same versions: a sum would count each N times.
+      aggregator: "max",
+      collect: (g) => g.set([...this.versions.values()].filter((v) => v.state === "ready").length),
     });
-    const reported = new Map<string, Record<string, string>>();
-    metrics.gauge("streamserve_model_version_loaded", "1 for each model version loaded, by model, version and kind (served: an alias or experiment uses it; on_demand: unloaded when idle)").collect((g) => {
-      for (const labels of reported.values()) g.set(0, labels);
-      for (const [key, state] of this.versions) {
-        if (state.state !== "ready") continue;
-        const labels = { model: state.model.name, version: state.model.version.version, kind: this.pinned(state.model) ? "served" : "on_demand" };
-        reported.set(`${key}/${labels.kind}`, labels);
-        g.set(1, labels);
-      }
+    this.unloads = metrics.counter("streamserve_model_unloads_total", "On-demand model versions unloaded, by reason (idle, budget)", { labelNames: ["reason"] });
+    metrics.gauge("streamserve_model_version_loaded", "1 for each model version loaded, by model, version and kind (served: an alias or experiment uses it; on_demand: unloaded when idle)", {
+      labelNames: ["model", "version", "kind"],
+      aggregator: "max",
+      collect: (g) => {
+        g.reset();
+        for (const state of this.versions.values()) {
+          if (state.state !== "ready") continue;
+          g.set({ model: state.model.name, version: state.model.version.version, kind: this.pinned(state.model) ? "served" : "on_demand" }, 1);
+        }
+      },
     });
     this.sweepTimer = setInterval(() => this.unloadIdle(), 15_000);
     this.sweepTimer.unref();

@@ -111,7 +111,7 @@ it("unloads on-demand versions over the budget or idle, never the served one, an
   assert.deepEqual(loaded(), [versions[0], versions[1]].sort());
   await infer(versions[2]!);
   assert.deepEqual(loaded(), [versions[0], versions[2]].sort(), "the least recently used on-demand version went over budget");
-  const rendered = rt.metrics.render();
+  const rendered = await rt.metrics.render();
   const series = (version: string, kind: string) => `streamserve_model_version_loaded{model="scorer",version="${version}",kind="${kind}"}`;
   assert.ok(rendered.includes(`${series(versions[0]!, "served")} 1`), rendered);
   assert.ok(rendered.includes(`${series(versions[2]!, "on_demand")} 1`), rendered);

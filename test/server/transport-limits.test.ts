@@ -16,7 +16,7 @@ import { logisticModel } from "../fixtures/onnx-models.js";
 let rt: TestRuntime;
 let server: RunningServer;
 let url: string;
-const gauge = (name: string) => Number(new RegExp(`^${name} (\\d+)`, "m").exec(rt.metrics.render())?.[1] ?? NaN);
+const gauge = async (name: string) => Number(new RegExp(`^${name} (\\d+)`, "m").exec(await rt.metrics.render())?.[1] ?? NaN);
 
 before(async () => {
   rt = testRuntime();
@@ -68,14 +68,14 @@ it("counts answers a client does not read against the in-flight and byte budgets
     return st;
   });
   // Before, every answered call left the in-flight count at once (it read 0) and the answers piled up.
-  await waitFor(() => gauge("grpc_server_inflight") > 0 && gauge("grpc_server_held_bytes") > 4 * 1024 * 1024, 30_000, "unread answers counted");
+  await waitFor(async () => (await gauge("grpc_server_inflight")) > 0 && (await gauge("grpc_server_held_bytes")) > 4 * 1024 * 1024, 30_000, "unread answers counted");
   // Over the byte budget, the oldest unread answers make room: a client that reads is answered.
-  await waitFor(() => gauge("grpc_server_held_bytes") > 12 * 1024 * 1024, 30_000, "held bytes over the budget");
+  await waitFor(async () => (await gauge("grpc_server_held_bytes")) > 12 * 1024 * 1024, 30_000, "held bytes over the budget");
   assert.equal((await smallInfer()).outputs.length, 1);
-  assert.ok(gauge("grpc_server_unread_cancelled") > 0, "unread answers were cancelled to make room");
+  assert.ok((await gauge("grpc_server_unread_cancelled")) > 0, "unread answers were cancelled to make room");
   // The unread answers are cancelled after responseWriteTimeoutMs; the budget is free again.
   await waitFor(() => streams.every((s) => s.closed), 40_000, "unread streams cancelled");
-  await waitFor(() => gauge("grpc_server_held_bytes") === 0 && gauge("grpc_server_inflight") === 0, 5000, "budgets released");
+  await waitFor(async () => (await gauge("grpc_server_held_bytes")) === 0 && (await gauge("grpc_server_inflight")) === 0, 5000, "budgets released");
   assert.equal((await smallInfer()).outputs.length, 1);
   for (const s of sessions) s.destroy();
 });
