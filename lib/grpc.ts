@@ -103,22 +103,46 @@ class UnaryCallContext implements CallContext {
   }
 }
 
-/** A request body that failed to decode; the handler wrapper answers it with INVALID_ARGUMENT. */
+/**
+ * A request body that failed to decode, or that a precheck refused before decoding; the handler
+ * wrapper answers it with INVALID_ARGUMENT (or the precheck's error).
+ */
 class Malformed {
   constructor(
     readonly typeName: string,
     readonly error: unknown,
+    readonly refusal?: ServiceError,
   ) {}
 }
+
+/** Looks at a request's bytes before they are decoded; throws a ServiceError to refuse the call. */
+export type Precheck = (bytes: Uint8Array) => void;
 
 function serializer(desc: DescMessage) {
   return (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(desc, msg));
 }
 
-function deserializer(desc: DescMessage, lenient: boolean) {
+/** Encoded size of each decoded request, for servers that budget the memory calls hold. */
+const wireSizes = new WeakMap<object, number>();
+
+/** The size in bytes a request had on the wire, if this module decoded it. */
+export function wireSize(message: unknown): number | undefined {
+  return typeof message === "object" && message !== null ? wireSizes.get(message) : undefined;
+}
+
+function deserializer(desc: DescMessage, lenient: boolean, precheck?: Precheck) {
   return (bytes: Buffer) => {
+    if (precheck) {
+      try {
+        precheck(bytes);
+      } catch (err) {
+        return new Malformed(desc.typeName, err, ServiceError.from(err));
+      }
+    }
     try {
-      return fromBinary(desc, bytes);
+      const message = fromBinary(desc, bytes);
+      wireSizes.set(message, bytes.length);
+      return message;
     } catch (err) {
       // grpc-js turns a throwing deserializer into INTERNAL; callers deserve INVALID_ARGUMENT.
       if (lenient) return new Malformed(desc.typeName, err);
@@ -127,7 +151,8 @@ function deserializer(desc: DescMessage, lenient: boolean) {
   };
 }
 
-export function serviceDefinition(service: DescService): grpc.ServiceDefinition {
+/** @param prechecks By method local name (`modelInfer`): checks run on the request bytes before decoding. */
+export function serviceDefinition(service: DescService, prechecks: Record<string, Precheck> = {}): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods) {
     def[m.localName] = {
@@ -135,7 +160,7 @@ export function serviceDefinition(service: DescService): grpc.ServiceDefinition 
       requestStream: m.methodKind === "client_streaming" || m.methodKind === "bidi_streaming",
       responseStream: m.methodKind === "server_streaming" || m.methodKind === "bidi_streaming",
       requestSerialize: serializer(m.input),
-      requestDeserialize: deserializer(m.input, true),
+      requestDeserialize: deserializer(m.input, true, prechecks[m.localName]),
       responseSerialize: serializer(m.output),
       responseDeserialize: deserializer(m.output, false),
       originalName: m.name,
@@ -196,6 +221,7 @@ export function unaryImplementation<S extends GenServiceMethods>(
       }
       const request = call.request;
       if (request instanceof Malformed) {
+        if (request.refusal) return finish(request.refusal);
         finish(new ServiceError(Code.INVALID_ARGUMENT, `request is not a valid ${request.typeName}: ${(request.error as Error)?.message ?? request.error}`));
         return;
       }

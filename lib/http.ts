@@ -6,9 +6,13 @@ import type { Logger } from "./logger.js";
 
 export type HttpHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
 
+/** Runs before every route: true lets the request through; false means it has answered (401). */
+export type HttpGuard = (req: IncomingMessage, res: ServerResponse, url: URL) => boolean;
+
 export class HttpServer {
   private routes = new Map<string, HttpHandler>();
   private prefixRoutes: [string, string, HttpHandler][] = [];
+  private guard: HttpGuard | undefined;
   private server: Server;
 
   constructor(private readonly log: Logger) {
@@ -28,6 +32,11 @@ export class HttpServer {
   route(method: string, path: string, handler: HttpHandler): void {
     if (path.endsWith("*")) this.prefixRoutes.push([method, path.slice(0, -1), handler]);
     else this.routes.set(`${method} ${path}`, handler);
+  }
+
+  /** Sets the check every request passes before routing (authentication). */
+  setGuard(guard: HttpGuard | undefined): void {
+    this.guard = guard;
   }
 
   listen(port: number, host = "0.0.0.0"): Promise<number> {
@@ -51,6 +60,7 @@ export class HttpServer {
   private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = requestUrl(req.url);
     if (!url) return sendText(res, 400, "bad request target: expected an origin-form path such as /metrics\n");
+    if (this.guard && !this.guard(req, res, url)) return;
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "GET");
     const handler =
       this.routes.get(`${method} ${url.pathname}`) ?? this.prefixRoutes.find(([m, p]) => m === method && url.pathname.startsWith(p))?.[2];

@@ -12,6 +12,9 @@ import { decodeInput, encodeOutput, oipDatatype, toOrtTensor } from "./tensors.j
 import type { ServingLimits } from "./limits.js";
 import { ModelInferResponse_InferOutputTensorSchema, InferTensorContentsSchema } from "../gen/inference/grpc_predict_v2_pb.js";
 
+/** How long a model or version that was not found is answered without asking the registry again. */
+const MISS_TTL_MS = 1000;
+
 export interface InferenceDeps {
   models: ModelManager;
   limits: ServingLimits;
@@ -24,9 +27,24 @@ export interface InferenceDeps {
 
 export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRPCInferenceService.method> {
   const { models } = deps;
+  const misses = new Map<string, { until: number; error: ServiceError }>();
+  const lookups = new Map<string, Promise<string | ServiceError>>();
   // Observed only once acquire() found the model: a name the registry does not know adds no series.
   const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version", { labelNames: ["model", "version"] });
   const inferDurationBy = childCache((model, version) => inferDuration.labels({ model, version }));
+
+  /** The version a name and ref resolve to, or the NOT_FOUND to answer (remembered for MISS_TTL_MS). */
+  async function resolveOrExplain(registry: NonNullable<ModelManager["registryClient"]>, name: string, version: string): Promise<string | ServiceError> {
+    const resolved = await registry.resolve(name, version || "production");
+    if (resolved) return resolved;
+    const known = models.knowsRegistry() ? models.mayHaveModel(name) : (await registry.listVersions(name)).length > 0;
+    const error = !known
+      ? new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`)
+      : new ServiceError(Code.NOT_FOUND, version ? `model "${name}" has no version or alias "${version}"` : `model "${name}" has no production version yet`);
+    if (misses.size >= 10_000) misses.clear();
+    misses.set(`${name}\u0000${version}`, { until: Date.now() + MISS_TTL_MS, error });
+    return error;
+  }
 
   /** Finds (and if needed loads) the model a request names; the caller must release it. */
   async function acquire(name: string, version: string): Promise<OnnxModel> {
@@ -36,12 +54,23 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
     let m = models.acquire(name, version);
     if (m) return m;
     if (!registry) throw new ServiceError(Code.UNAVAILABLE, "the model registry is not reachable yet");
-    const resolved = await registry.resolve(name, version || "production");
-    if (!resolved) {
-      const known = (await registry.listModels()).includes(name);
-      if (!known) throw new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`);
-      throw new ServiceError(Code.NOT_FOUND, version ? `model "${name}" has no version or alias "${version}"` : `model "${name}" has no production version yet`);
+    // Unknown names are answered from the watched registry state, and misses are remembered
+    // briefly: a client naming random models must not cost a KV lookup (or a key listing) each.
+    const notInRegistry = () => new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`);
+    if (!models.mayHaveModel(name)) throw notInRegistry();
+    if (/^\d+$/.test(version) && !models.mayHaveVersion(name, version)) throw new ServiceError(Code.NOT_FOUND, `model "${name}" has no version or alias "${version}"`);
+    const missKey = `${name}\u0000${version}`;
+    const missed = misses.get(missKey);
+    if (missed && missed.until > Date.now()) throw missed.error;
+    // Concurrent calls for the same name and version share one lookup.
+    let lookup = lookups.get(missKey);
+    if (!lookup) {
+      lookup = resolveOrExplain(registry, name, version).finally(() => lookups.delete(missKey));
+      lookups.set(missKey, lookup);
     }
+    const found = await lookup;
+    if (found instanceof ServiceError) throw found;
+    const resolved = found;
     try {
       await models.load(name, resolved);
     } catch (err) {

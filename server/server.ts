@@ -14,7 +14,7 @@ import { RecommendationService } from "../gen/streamserve/v1/recommendation_pb.j
 import { file_streamserve_v1_logs } from "../gen/streamserve/v1/logs_pb.js";
 import { file_streamserve_v1_events } from "../gen/streamserve/v1/events_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { ModelManager } from "./model-manager.js";
+import { ModelManager, type ModelManagerOptions } from "./model-manager.js";
 import { TrendingCache } from "./trending.js";
 import { LogPublisher } from "./log-publisher.js";
 import { HealthService } from "./health.js";
@@ -22,7 +22,9 @@ import { addReflection } from "./reflection.js";
 import { inferenceHandlers } from "./inference-service.js";
 import { recommendationHandlers, type LogFeatures } from "./recommendation-service.js";
 import { DEFAULT_LIMITS, type ServingLimits } from "./limits.js";
-import { serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
+import { precheckModelInfer } from "./infer-precheck.js";
+import { CallGuard, grpcServerOptions, listenGrpc } from "./transport-limits.js";
+import { httpGuard, serverCredentials, tokenChecker, type SecurityOptions } from "./security.js";
 
 export interface ServerOptions {
   limits?: Partial<ServingLimits>;
@@ -31,6 +33,8 @@ export interface ServerOptions {
   drainTimeoutMs?: number;
   /** Mount /healthz and /metrics on the runtime's HTTP server. @default true */
   http?: boolean;
+  /** When versions loaded on demand are unloaded (see ModelManagerOptions). */
+  models?: Pick<ModelManagerOptions, "onDemandIdleMs" | "onDemandBudgetBytes">;
   /**
    * Bind the gRPC port only once the registry's models are loaded, so that no connection reaches a
    * server still warming up (`serve --workers`: the others keep serving meanwhile). @default false
@@ -77,6 +81,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   let draining = false;
 
   const models = new ModelManager(log, metrics, {
+    ...options.models,
     servingAlias: config.servingAlias,
     onLoadFailure: (model, version, error) => {
       // Every failed load is an operator-visible event and an alert, not just a log line.
@@ -109,35 +114,38 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   const shed = metrics.counter("grpc_server_shed_total", "Calls refused with RESOURCE_EXHAUSTED because too many were running", { labelNames: ["method"] });
   let inflight = 0;
   metrics.gauge("grpc_server_inflight", "gRPC calls running now", { collect: (g) => g.set(inflight) });
+  // A call holds its slot and its bytes until its response has left the server (see transport-limits.ts).
   // Children bound once per method (the server's own: grpc-js answers unknown ones) and code.
   const handledBy = childCache((method, code) => handled.labels({ method, code }));
   const latencyBy = childCache((method) => latency.labels({ method }));
   const shedBy = childCache((method) => shed.labels({ method }));
   const checkToken = tokenChecker(options.security);
+  const guard = new CallGuard(limits, checkToken);
+  metrics.gauge("grpc_server_held_bytes", "Request and response bytes of calls not yet finished, unread answers included", { collect: (g) => g.set(guard.heldBytes) });
+  metrics.gauge("grpc_server_unread_cancelled", "Answers cancelled since start because their clients did not read them and others needed the room", { collect: (g) => g.set(guard.reclaimed) });
   const hooks: CallHooks = {
     begin(path, metadata) {
       checkToken(path, metadata);
-      if (inflight >= limits.maxInflight) {
+      const room = guard.reclaim(inflight, limits);
+      if (room.calls >= limits.maxInflight || room.bytes > limits.maxHeldBytes) {
         shedBy(path).inc();
-        throw new ServiceError(Code.RESOURCE_EXHAUSTED, `server busy: ${inflight} calls in flight (limit ${limits.maxInflight}); retry with backoff`);
+        const why = room.calls >= limits.maxInflight ? `${inflight} calls in flight (limit ${limits.maxInflight})` : `calls in flight hold ${room.bytes} bytes (limit ${limits.maxHeldBytes})`;
+        throw new ServiceError(Code.RESOURCE_EXHAUSTED, `server busy: ${why}; retry with backoff`);
       }
       inflight++;
       const started = performance.now();
       return (code) => {
-        inflight--;
         handledBy(path, Code[code] ?? OTHER_LABEL).inc();
         latencyBy(path).observe((performance.now() - started) / 1000);
+        guard.whenClosed(metadata, () => inflight--);
       };
     },
   };
 
-  const server = new grpc.Server({
-    "grpc.max_receive_message_length": limits.maxMessageBytes,
-    "grpc.max_send_message_length": limits.maxMessageBytes,
-    "grpc.keepalive_permit_without_calls": 1,
-  });
+  const server = new grpc.Server(grpcServerOptions(limits, guard));
   server.addService(
-    serviceDefinition(GRPCInferenceService),
+    // Shapes and counts are checked on the bytes, before a refused batch costs a decode.
+    serviceDefinition(GRPCInferenceService, { modelInfer: (bytes) => precheckModelInfer(bytes, limits) }),
     unaryImplementation(
       GRPCInferenceService,
       inferenceHandlers({
@@ -160,7 +168,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
       shutdown.signal,
     ),
   );
-  const health = new HealthService(Object.fromEntries(["", ...SERVICES].map((s) => [s, HealthCheckResponse_ServingStatus.NOT_SERVING])));
+  const health = new HealthService(Object.fromEntries(["", ...SERVICES].map((s) => [s, HealthCheckResponse_ServingStatus.NOT_SERVING])), { maxWatchers: limits.maxWatchStreams });
   server.addService(serviceDefinition(Health), health.implementation(shutdown.signal));
   // Reflection also describes the log and event messages, so `buf curl`/grpcurl users can decode them.
   addReflection(server, { services: [GRPCInferenceService, RecommendationService, Health], files: [file_streamserve_v1_logs, file_streamserve_v1_events], shutdown: shutdown.signal });
@@ -169,9 +177,9 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
     while (!models.ready && !shutdown.signal.aborted) await new Promise((r) => setTimeout(r, 50));
   };
   if (options.listenWhenReady) await untilReady();
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${config.host}:${config.grpcPort}`, serverCredentials(options.security), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  const listener = await listenGrpc(server, config.host, config.grpcPort, serverCredentials(options.security), limits);
+  const port = listener.port;
+  metrics.gauge("grpc_server_connections", "TCP connections to the gRPC port", { collect: (g) => g.set(listener.connections()) });
   log.info({ port, model: config.modelName, alias: config.servingAlias }, "gRPC listening");
 
   // SERVING once the registry's current state is loaded, or known unreachable (fallback serving).
@@ -182,6 +190,9 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   })();
 
   if (options.http !== false) {
+    // With a token, every HTTP endpoint of the process (the dashboard's too) needs it but /healthz.
+    const http = httpGuard(options.security);
+    if (http) runtime.http.setGuard(http);
     runtime.http.route("GET", "/healthz", (_req, res) => {
       const ok = models.ready && !draining;
       sendText(res, ok ? 200 : 503, JSON.stringify({ status: ok ? "SERVING" : "NOT_SERVING", model: config.modelName, version: models.servedVersion(config.modelName) ?? "fallback" }), "application/json");
@@ -199,11 +210,13 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
       draining = true;
       health.setAll(HealthCheckResponse_ServingStatus.NOT_SERVING);
       log.info("draining: health NOT_SERVING, waiting for in-flight calls");
+      listener.close();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           log.warn("drain timeout: cancelling remaining calls");
           shutdown.abort();
           server.forceShutdown();
+          listener.destroy();
           resolve();
         }, options.drainTimeoutMs ?? 10_000);
         server.tryShutdown(() => {

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { AggregatorRegistry } from "prom-client";
 import type { Runtime } from "../lib/runtime.js";
 import { sendText } from "../lib/http.js";
+import { httpGuard } from "./security.js";
 import { MetricsRegistry } from "../lib/metrics.js";
 import { defaultSpillDir, startServer, type ServerOptions } from "./server.js";
 
@@ -120,6 +121,9 @@ export async function superviseWorkers(runtime: Runtime, options: WorkersOptions
     });
   };
 
+  // With a token, the primary's HTTP endpoints need it as a single server's do (/healthz aside).
+  const guard = httpGuard(options.server.security);
+  if (guard) runtime.http.setGuard(guard);
   runtime.http.route("GET", "/healthz", (_req, res) => {
     const ready = slots.filter((s) => s.status?.ready);
     // Serving while any worker is: connections only reach workers that are bound, and bound means ready.

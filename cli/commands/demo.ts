@@ -98,7 +98,7 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
 const command: Command = {
   name: "demo",
   summary: "the whole loop on a compressed schedule with the clickstream simulator, narrated",
-  booleans: ["no-local-services"],
+  booleans: ["no-local-services", "metrics-open"],
   usage: `Usage: streamserve demo [flags]
 
 Starts everything \`streamserve up\` starts plus the clickstream simulator, then tells the story

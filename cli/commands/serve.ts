@@ -10,8 +10,12 @@ import { availableParallelism } from "node:os";
 
 export const SERVE_FLAGS = `  --tls-cert FILE --tls-key FILE   serve gRPC over TLS
   --tls-client-ca FILE             also require client certificates signed by this CA (mTLS)
-  --auth-token-file FILE           require "authorization: Bearer <token>" on every RPC but health
+  --auth-token-file FILE           require "authorization: Bearer <token>" on every RPC but Health/Check
+                                   and every HTTP endpoint but /healthz (the dashboard asks for it)
                                    [STREAMSERVE_AUTH_TOKEN holds the token itself]
+  --metrics-token-file FILE        with a token: /metrics takes this one instead (a scraper's credential)
+  --metrics-open                   with a token: /metrics needs none
+  --max-connections N              TCP connections to the gRPC port (default 1024)
   --max-inflight N                 calls running at once before RESOURCE_EXHAUSTED (default 1024)
   --max-candidates N               candidates per Recommend (default 1000)
   --log-features all|model         features each prediction log carries: every pipeline feature (all,
@@ -20,6 +24,8 @@ export const SERVE_FLAGS = `  --tls-cert FILE --tls-key FILE   serve gRPC over T
 export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
   const tokenFile = stringFlag(args, "auth-token-file");
   const authToken = tokenFile ? readFileSync(tokenFile, "utf8").trim() : process.env.STREAMSERVE_AUTH_TOKEN || undefined;
+  const metricsTokenFile = stringFlag(args, "metrics-token-file");
+  const metrics = metricsTokenFile ? { token: readFileSync(metricsTokenFile, "utf8").trim() } : args.flags["metrics-open"] ? ("open" as const) : undefined;
   const logFeatures = stringFlag(args, "log-features");
   if (logFeatures !== undefined && !LOG_FEATURES.includes(logFeatures as LogFeatures)) {
     throw new UsageError(`--log-features must be one of ${LOG_FEATURES.join(", ")}, got "${logFeatures}"`);
@@ -31,10 +37,12 @@ export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
       tlsKey: stringFlag(args, "tls-key"),
       tlsClientCa: stringFlag(args, "tls-client-ca"),
       authToken,
+      metrics,
     },
     limits: {
       ...(numberFlag(args, "max-inflight") !== undefined && { maxInflight: numberFlag(args, "max-inflight") }),
       ...(numberFlag(args, "max-candidates") !== undefined && { maxCandidates: numberFlag(args, "max-candidates") }),
+      ...(numberFlag(args, "max-connections") !== undefined && { maxConnections: numberFlag(args, "max-connections") }),
     },
   };
 }
@@ -67,6 +75,7 @@ registry (NATS JetStream) and are hot-swapped when an alias moves.
 
 ${WORKERS_FLAG}
 ${SERVE_FLAGS}`,
+  booleans: ["metrics-open"],
   async run(args, runtime) {
     const options = serverOptionsFromFlags(args);
     if (isServingWorker()) return runServingWorker(runtime, options);

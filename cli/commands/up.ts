@@ -185,7 +185,7 @@ Ctrl-C stops everything.
 const command: Command = {
   name: "up",
   summary: "run the whole platform: the server, with the features worker and the analytics (sink, trainer, monitor) in supervised processes",
-  booleans: ["no-local-services"],
+  booleans: ["no-local-services", "metrics-open"],
   usage: `Usage: streamserve up [flags]
 
 Runs the whole platform from one command. This process serves gRPC and HTTP (dashboard, /metrics,
