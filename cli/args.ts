@@ -26,11 +26,14 @@ export function flagsInUsage(...texts: string[]): string[] {
 
 /**
  * Parses a command's arguments against the flags it knows: `booleans` take no value, every other
- * known flag takes one, and an unknown flag is a UsageError naming the closest known one.
+ * known flag takes one, and an unknown flag is a UsageError naming the closest known one. Without
+ * `known` (a test parsing one command's flags), every `--flag` given is accepted.
  */
-export function parseArgs(argv: string[], booleans: readonly string[], known: readonly string[]): CommandArgs {
+export function parseArgs(argv: string[], booleans: readonly string[] = [], known?: readonly string[]): CommandArgs {
   const bool = new Set<string>([...GLOBAL_BOOLEANS, ...booleans]);
-  const accepted = new Set<string>([...known, ...bool]);
+  const end = argv.indexOf("--");
+  const given = (end === -1 ? argv : argv.slice(0, end)).filter((a) => a.startsWith("--")).map((a) => a.slice(2).split("=")[0]!);
+  const accepted = new Set<string>([...(known ?? given), ...bool]);
   const options: Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }> = {};
   for (const name of accepted) options[name] = bool.has(name) ? { type: "boolean" } : { type: "string", multiple: true };
   options.help = { type: "boolean", short: "h" };

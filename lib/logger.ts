@@ -1,7 +1,10 @@
-// One pino logger for the process; parts take children named after themselves. Connection URLs
-// pass through redactUrl before they are logged, so credentials never reach the log.
+// One pino logger for the process; parts take children named after themselves. Every serialized
+// line passes through lib/redact.ts, so credentials never reach the log however deep they sit.
 import { pino, type Logger } from "pino";
 import pretty from "pino-pretty";
+import { redactText } from "./redact.js";
+
+export { redactUrl } from "./redact.js";
 
 export type { Logger };
 
@@ -26,6 +29,7 @@ export function createLogger(level = process.env.LOG_LEVEL ?? "info", destinatio
       level,
       base: { service: "streamserve" },
       redact: { paths: ["password", "token", "*.password", "*.token", "authorization"], censor: "[redacted]" },
+      hooks: { streamWrite: redactText },
     },
     format === "pretty" ? prettyStream(destination) : (destination ?? pino.destination({ fd: 2, sync: false })),
   );
@@ -59,13 +63,3 @@ export function prettyLine(log: Record<string, unknown>, messageKey: string, col
   return `${part}${String(log[messageKey] ?? "")}${colorize && rest ? `\x1b[90m${rest}\x1b[39m` : rest}`;
 }
 
-/** `redis://user:secret@host:6379` → `redis://user:***@host:6379`. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return url.replace(/\/\/([^:@/]+):[^@/]*@/, "//$1:***@");
-  }
-}

@@ -65,7 +65,7 @@ export function mountHttpInference(http: HttpServer, options: HttpInferenceOptio
     options.shutdown?.addEventListener("abort", abort, { once: true });
     let code: grpc.status = Code.OK;
     try {
-      await body({ signal: controller.signal, metadata, path, deadline: Infinity });
+      await body({ signal: controller.signal, get cancelled() { return controller.signal.aborted; }, metadata, path, deadline: Infinity });
     } catch (err) {
       const e = ServiceError.from(err);
       code = e.code;

@@ -12,7 +12,6 @@ import type { CycleReport as TrainingReport } from "../../trainer/cycle.js";
 import type { SkippedRun } from "../../trainer/schedule.js";
 import { experimentRows, featureDriftRows } from "../../monitor/text-report.js";
 import { formatTable } from "../table.js";
-import { FEATURE_VIEWS } from "../../features/definitions.js";
 
 const say = (text: string) => console.log(`\n▶ ${text}`);
 const note = (text: string) => console.log(`  ${text}`);
@@ -99,7 +98,7 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
 const command: Command = {
   name: "demo",
   summary: "the whole loop on a compressed schedule with the clickstream simulator, narrated",
-  booleans: ["no-local-services"],
+  booleans: ["no-local-services", "metrics-open"],
   usage: `Usage: streamserve demo [flags]
 
 Starts everything \`streamserve up\` starts plus the clickstream simulator, then tells the story
@@ -121,15 +120,16 @@ simulated behaviour shifts. The platform keeps running afterwards until Ctrl-C (
       monitorEveryMs: 24 * 3_600_000,
       // Compressed: clicks arrive within seconds here, so the trainer need not wait 5 minutes for
       // them, and a few thousand rows are enough to show a promotion.
-      // No cycle at start: the story runs them (a cycle on the event loop while the simulator's
-      // first calls arrive only delays them).
+      // No cycle at start: the story runs them (a cycle while the simulator's first calls arrive
+      // only competes with them for the CPU).
       trainer: { labelDelayMs: 10_000, minRows: 500, windowMs: 3_600_000, initialDelayMs: 24 * 3_600_000 },
       // Drift over the last phase and a half, so the shift is not diluted by the hour before it.
       monitor: { drift: { windowMs: phaseMs * 1.5 } },
       // Windows compressed like the rest of the story (the definitions say 5 minutes, watermark
       // 10): within a few minutes the windows are in steady state, so training, serving and the
       // drift check compare like with like, and closed windows reach ClickHouse during the demo.
-      features: { views: FEATURE_VIEWS.map((v) => ({ ...v, windowMs: phaseMs / 3, watermarkMs: phaseMs / 6 })) },
+      // Whole milliseconds: window bounds become protobuf Timestamps (--phase 20s would give 6666.67).
+      featureWindows: { windowMs: Math.round(phaseMs / 3), watermarkMs: Math.round(phaseMs / 6) },
     });
     console.log(banner(platform.grpcPort, platform.httpPort, runtime.config.modelName));
     const sim = await startSimulation(runtime, {
