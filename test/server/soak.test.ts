@@ -22,6 +22,7 @@ import { GRPCInferenceService, ModelInferRequestSchema } from "../../gen/inferen
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 import { HealthCheckRequestSchema } from "../../gen/grpc/health/v1/health_pb.js";
 import { logisticModel } from "../fixtures/onnx-models.js";
+import { grpcFrame, GRPC_REQUEST_HEADERS } from "./raw-grpc.js";
 
 const ROUND_MS = 30_000;
 /** Normal calls while under attack; the probe saw p50 607 ms and p99 1.7 s from one refused-batch client. */
@@ -75,13 +76,6 @@ after(async () => {
   await rt?.cleanup();
 });
 
-function frame(body: Uint8Array): Buffer {
-  const out = Buffer.alloc(5 + body.length);
-  out.writeUInt32BE(body.length, 1);
-  Buffer.from(body).copy(out, 5);
-  return out;
-}
-const GRPC = { ":method": "POST", "content-type": "application/grpc", te: "trailers" };
 const INFER = "/inference.GRPCInferenceService/ModelInfer";
 
 /** Normal clients: Recommend and small ModelInfer calls, back to back, with their latencies. */
@@ -120,19 +114,19 @@ function hostileTraffic(signal: AbortSignal) {
     sessions.push(s);
     return s;
   };
-  const big = frame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [65536n, 4n] }], rawInputContents: [new Uint8Array(65536 * 16)] })));
-  const refusedBatch = frame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000n, 4n] }], rawInputContents: [new Uint8Array(1_000_000 * 16)] })));
-  const params = frame(
+  const big = grpcFrame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [65536n, 4n] }], rawInputContents: [new Uint8Array(65536 * 16)] })));
+  const refusedBatch = grpcFrame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000n, 4n] }], rawInputContents: [new Uint8Array(1_000_000 * 16)] })));
+  const params = grpcFrame(
     toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, {
       modelName: "wide",
       parameters: Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [`p${i}`, { parameterChoice: { case: "boolParam" as const, value: true } }])),
       inputs: [{ name: "features", datatype: "FP32", shape: [1n, 4n], contents: { fp32Contents: [1, 2, 3, 4] } }],
     })),
   );
-  const unknown = (i: number) => frame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: `nope-${i}`, inputs: [] })));
+  const unknown = (i: number) => grpcFrame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: `nope-${i}`, inputs: [] })));
   const prefix = Buffer.from([0, 0x7f, 0xff, 0xff, 0xff]);
   const stream = (s: http2.ClientHttp2Session, path = INFER) => {
-    const st = s.request({ ...GRPC, ":path": path });
+    const st = s.request({ ...GRPC_REQUEST_HEADERS, ":path": path });
     st.on("error", () => undefined);
     return st;
   };
@@ -179,7 +173,7 @@ function hostileTraffic(signal: AbortSignal) {
   every(500, () => stream(misc).end(params));
   every(20, () => stream(misc).end(unknown(n++ % 5000)));
   // A Watch flood, over the cap.
-  const watchBody = frame(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, {})));
+  const watchBody = grpcFrame(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, {})));
   for (let i = 0; i < 1200; i++) stream(watchers[i % watchers.length]!, "/grpc.health.v1.Health/Watch").end(watchBody);
   // Silent TCP connections, kept at 300.
   every(1000, () => {

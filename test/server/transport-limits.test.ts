@@ -12,6 +12,7 @@ import { createServiceClient, Code } from "../../lib/grpc.js";
 import { GRPCInferenceService, ModelInferRequestSchema } from "../../gen/inference/grpc_predict_v2_pb.js";
 import { Health, HealthCheckRequestSchema } from "../../gen/grpc/health/v1/health_pb.js";
 import { logisticModel } from "../fixtures/onnx-models.js";
+import { grpcFrame, GRPC_REQUEST_HEADERS } from "./raw-grpc.js";
 
 let rt: TestRuntime;
 let server: RunningServer;
@@ -44,15 +45,7 @@ after(async () => {
   await rt?.cleanup();
 });
 
-function frame(body: Uint8Array): Buffer {
-  const out = Buffer.alloc(5 + body.length);
-  out.writeUInt32BE(body.length, 1);
-  Buffer.from(body).copy(out, 5);
-  return out;
-}
-
-const GRPC_HEADERS = { ":method": "POST", "content-type": "application/grpc", te: "trailers" };
-const bigInfer = frame(
+const bigInfer = grpcFrame(
   toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [65536n, 4n] }], rawInputContents: [new Uint8Array(65536 * 16)] })),
 );
 const smallInfer = () =>
@@ -61,7 +54,7 @@ const smallInfer = () =>
 it("counts answers a client does not read against the in-flight and byte budgets, cancels them for room and after a timeout", async () => {
   const sessions = Array.from({ length: 4 }, () => http2.connect(url));
   const streams = Array.from({ length: 24 }, (_, i) => {
-    const st = sessions[i % 4]!.request({ ...GRPC_HEADERS, ":path": "/inference.GRPCInferenceService/ModelInfer" });
+    const st = sessions[i % 4]!.request({ ...GRPC_REQUEST_HEADERS, ":path": "/inference.GRPCInferenceService/ModelInfer" });
     st.on("error", () => undefined);
     st.pause(); // reads nothing: the 256 KB answers stay on the server
     st.end(bigInfer);
@@ -82,7 +75,7 @@ it("counts answers a client does not read against the in-flight and byte budgets
 
 it("refuses a declared length over the limit at once and stops reading the body", async () => {
   const session = http2.connect(url);
-  const st = session.request({ ...GRPC_HEADERS, ":path": "/inference.GRPCInferenceService/ModelInfer" });
+  const st = session.request({ ...GRPC_REQUEST_HEADERS, ":path": "/inference.GRPCInferenceService/ModelInfer" });
   let status: string | undefined;
   st.on("response", (h) => (status ??= h["grpc-status"] as string | undefined));
   st.on("trailers", (h) => (status ??= h["grpc-status"] as string | undefined));
@@ -106,7 +99,7 @@ it("refuses a declared length over the limit at once and stops reading the body"
 
 it("refuses a request that never finishes arriving", async () => {
   const session = http2.connect(url);
-  const st = session.request({ ...GRPC_HEADERS, ":path": "/inference.GRPCInferenceService/ModelInfer" });
+  const st = session.request({ ...GRPC_REQUEST_HEADERS, ":path": "/inference.GRPCInferenceService/ModelInfer" });
   let status: string | undefined;
   st.on("response", (h) => (status ??= h["grpc-status"] as string | undefined));
   st.on("trailers", (h) => (status ??= h["grpc-status"] as string | undefined));
