@@ -111,6 +111,17 @@ export const MIGRATIONS: Migration[] = [
       TTL toDateTime(time) + INTERVAL 365 DAY`,
     ],
   },
+  // Every feature is logged, not only the served model's: `features` holds them all, and
+  // model_features names the entries that were the model's input vector, in model order, so the
+  // exact vector served stays recoverable (arrayMap(n -> features[n], model_features)). Rows
+  // written before it read the default, the old meaning: every logged feature was the model's.
+  {
+    version: 2,
+    name: "predictions model_features",
+    statements: [
+      `ALTER TABLE predictions ADD COLUMN IF NOT EXISTS model_features Array(LowCardinality(String)) DEFAULT mapKeys(features)`,
+    ],
+  },
   // The monitor's additions: the alert log that keeps alerts from repeating every cycle, and the
   // SQL views behind `streamserve report`, the dashboard and the README's queries.
   {

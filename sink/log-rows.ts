@@ -111,6 +111,11 @@ function predictionRows(p: MessageShape<typeof PredictionLogSchema>, storedAtMs:
   required(p.requestId, "request_id", t);
   const time = timeText(p.time, storedAtMs);
   const names = p.featureNames;
+  if (p.modelFeatureCount > names.length) {
+    throw new UndecodableLogError(`${t} ${p.requestId}: model_feature_count ${p.modelFeatureCount} exceeds the ${names.length} feature names`);
+  }
+  // The leading entries are the model's input vector; 0 is the shape before every feature was logged.
+  const modelFeatures = p.modelFeatureCount > 0 ? names.slice(0, p.modelFeatureCount) : names;
   const rows: Row[] = new Array(p.items.length);
   for (let i = 0; i < p.items.length; i++) {
     const item = p.items[i]!;
@@ -136,6 +141,7 @@ function predictionRows(p: MessageShape<typeof PredictionLogSchema>, storedAtMs:
       device_type: p.deviceType,
       features,
       missing_features: p.missingFeatures,
+      model_features: modelFeatures,
       latency_ms: float(p.latencyMs),
     };
   }

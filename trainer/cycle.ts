@@ -87,6 +87,12 @@ export interface CycleOptions extends PromotionPolicy {
   modelName?: string;
   /** @default { kind: "logs" } (the last 24 h of logged predictions and outcomes) */
   data?: CycleData;
+  /**
+   * Logs only: the features the new model learns from, by name (pipeline or request features).
+   * Every feature is logged with each prediction, so these need not be production's.
+   * @default every pipeline and request feature, plus production's own
+   */
+  features?: string[];
   /** GBDT parameters; the defaults are the seed's (100 trees, depth 5). */
   gbdt?: GbdtOptions;
   /** Share of rows for validation. @default 0.1 */
@@ -184,10 +190,12 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     dataset = file;
     specs = file.specs;
   } else {
-    const wanted = uniqueSpecs([...(production?.features ?? []), ...defaultModelFeatures()]);
+    const wanted = o.features ? requestedSpecs(o.features, production) : uniqueSpecs([...(production?.features ?? []), ...defaultModelFeatures()]);
+    // Production's features are read as well, to score it on the same rows.
+    const read = uniqueSpecs([...wanted, ...(production?.features ?? [])]);
     dataset = await loadLoggedDataset(ch.client, {
       modelName,
-      featureNames: wanted.map((s) => s.name),
+      featureNames: read.map((s) => s.name),
       label: data.label,
       windowMs: data.windowMs,
       endMs: data.endMs,
@@ -196,7 +204,7 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
       seed: o.seed,
       signal: o.signal,
     });
-    // Train on the features that were actually served in the window.
+    // Train on the wanted features that were logged with a value in the window.
     const served = new Set(dataset.featureNames.filter((_, f) => dataset.columns[f].some((v) => !Number.isNaN(v))));
     specs = wanted.filter((s) => served.has(s.name));
   }
@@ -407,6 +415,14 @@ function gatherU8(column: Uint8Array, idx: Uint32Array): Uint8Array {
   const out = new Uint8Array(idx.length);
   for (let i = 0; i < idx.length; i++) out[i] = column[idx[i]];
   return out;
+}
+
+/** The specs of the features asked for by name: pipeline and request features, or production's own. */
+function requestedSpecs(names: string[], production: ModelVersion | undefined): FeatureSpec[] {
+  const known = new Map([...(production?.features ?? []), ...defaultModelFeatures()].map((s) => [s.name, s]));
+  const unknown = names.filter((n) => !known.has(n));
+  if (unknown.length) throw new Error(`unknown features ${unknown.join(", ")}; known: ${[...known.keys()].join(", ")}`);
+  return uniqueSpecs(names.map((n) => known.get(n)!));
 }
 
 function uniqueSpecs(specs: FeatureSpec[]): FeatureSpec[] {

@@ -31,6 +31,8 @@ Flags:
                        (promoted or not), 1 when the cycle was skipped (no usable data)
   --data FILE          train from this file instead of the logs (needs --once)
   --label NAME         logs: clicked (default) or converted; --data: the label column (required)
+  --features A,B,C     logs: the features the new model learns from (default: every pipeline and
+                       request feature; all are logged with each prediction, whatever was served)
   --output FILE        also write the ONNX model here
   --no-promote         publish the version as "candidate" whatever its metrics
   --no-publish         do not touch the registry (no NATS needed); with --output to keep the model
@@ -72,6 +74,7 @@ function cycleOptions(args: CommandArgs): CycleOptions {
     publish: !args.flags["no-publish"],
     outputPath: output ? resolve(output) : undefined,
     seed: numberFlag(args, "seed"),
+    features: stringFlag(args, "features")?.split(",").map((f) => f.trim()).filter(Boolean),
   };
 }
 

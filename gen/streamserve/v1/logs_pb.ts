@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file streamserve/v1/logs.proto.
  */
 export const file_streamserve_v1_logs: GenFile = /*@__PURE__*/
-  fileDesc("ChlzdHJlYW1zZXJ2ZS92MS9sb2dzLnByb3RvEg5zdHJlYW1zZXJ2ZS52MSLJAgoNUHJlZGljdGlvbkxvZxISCgpyZXF1ZXN0X2lkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3VzZXJfaWQYAyABKAkSEgoKbW9kZWxfbmFtZRgEIAEoCRIVCg1tb2RlbF92ZXJzaW9uGAUgASgJEhIKCmV4cGVyaW1lbnQYBiABKAkSDwoHdmFyaWFudBgHIAEoCRIUCgxjdXJyZW50X3BhZ2UYCCABKAkSEwoLZGV2aWNlX3R5cGUYCSABKAkSFQoNZmVhdHVyZV9uYW1lcxgKIAMoCRIpCgVpdGVtcxgLIAMoCzIaLnN0cmVhbXNlcnZlLnYxLlNjb3JlZEl0ZW0SGAoQbWlzc2luZ19mZWF0dXJlcxgMIAMoCRISCgpsYXRlbmN5X21zGA0gASgBIlAKClNjb3JlZEl0ZW0SDwoHaXRlbV9pZBgBIAEoCRINCgVzY29yZRgCIAEoARIQCghwb3NpdGlvbhgDIAEoDRIQCghmZWF0dXJlcxgEIAMoASKsAQoLRXhwb3N1cmVMb2cSEgoKcmVxdWVzdF9pZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpleHBlcmltZW50GAMgASgJEg8KB3ZhcmlhbnQYBCABKAkSDwoHdXNlcl9pZBgFIAEoCRISCgptb2RlbF9uYW1lGAYgASgJEhUKDW1vZGVsX3ZlcnNpb24YByABKAkipAEKCk91dGNvbWVMb2cSEgoKb3V0Y29tZV9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEg8KB2l0ZW1faWQYAyABKAkSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY2xpY2tlZBgFIAEoCBIRCgljb252ZXJ0ZWQYBiABKAgSDwoHcmV2ZW51ZRgHIAEoASKkAgoQRmVhdHVyZVdpbmRvd0xvZxITCgtlbnRpdHlfdHlwZRgBIAEoCRIRCgllbnRpdHlfaWQYAiABKAkSMAoMd2luZG93X3N0YXJ0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp3aW5kb3dfZW5kGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJACghmZWF0dXJlcxgFIAMoCzIuLnN0cmVhbXNlcnZlLnYxLkZlYXR1cmVXaW5kb3dMb2cuRmVhdHVyZXNFbnRyeRITCgtldmVudF9jb3VudBgGIAEoBBovCg1GZWF0dXJlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEi2wEKDU1vZGVsRXZlbnRMb2cSEAoIZXZlbnRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbW9kZWxfbmFtZRgDIAEoCRIMCgRraW5kGAQgASgJEg0KBWFsaWFzGAUgASgJEhQKDGZyb21fdmVyc2lvbhgGIAEoCRISCgp0b192ZXJzaW9uGAcgASgJEg0KBWFjdG9yGAggASgJEg4KBnJlYXNvbhgJIAEoCRIUCgxkZXRhaWxzX2pzb24YCiABKAliBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChlzdHJlYW1zZXJ2ZS92MS9sb2dzLnByb3RvEg5zdHJlYW1zZXJ2ZS52MSLmAgoNUHJlZGljdGlvbkxvZxISCgpyZXF1ZXN0X2lkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3VzZXJfaWQYAyABKAkSEgoKbW9kZWxfbmFtZRgEIAEoCRIVCg1tb2RlbF92ZXJzaW9uGAUgASgJEhIKCmV4cGVyaW1lbnQYBiABKAkSDwoHdmFyaWFudBgHIAEoCRIUCgxjdXJyZW50X3BhZ2UYCCABKAkSEwoLZGV2aWNlX3R5cGUYCSABKAkSFQoNZmVhdHVyZV9uYW1lcxgKIAMoCRIpCgVpdGVtcxgLIAMoCzIaLnN0cmVhbXNlcnZlLnYxLlNjb3JlZEl0ZW0SGAoQbWlzc2luZ19mZWF0dXJlcxgMIAMoCRISCgpsYXRlbmN5X21zGA0gASgBEhsKE21vZGVsX2ZlYXR1cmVfY291bnQYDiABKA0iUAoKU2NvcmVkSXRlbRIPCgdpdGVtX2lkGAEgASgJEg0KBXNjb3JlGAIgASgBEhAKCHBvc2l0aW9uGAMgASgNEhAKCGZlYXR1cmVzGAQgAygBIqwBCgtFeHBvc3VyZUxvZxISCgpyZXF1ZXN0X2lkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmV4cGVyaW1lbnQYAyABKAkSDwoHdmFyaWFudBgEIAEoCRIPCgd1c2VyX2lkGAUgASgJEhIKCm1vZGVsX25hbWUYBiABKAkSFQoNbW9kZWxfdmVyc2lvbhgHIAEoCSKkAQoKT3V0Y29tZUxvZxISCgpvdXRjb21lX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSDwoHaXRlbV9pZBgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjbGlja2VkGAUgASgIEhEKCWNvbnZlcnRlZBgGIAEoCBIPCgdyZXZlbnVlGAcgASgBIqQCChBGZWF0dXJlV2luZG93TG9nEhMKC2VudGl0eV90eXBlGAEgASgJEhEKCWVudGl0eV9pZBgCIAEoCRIwCgx3aW5kb3dfc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEkAKCGZlYXR1cmVzGAUgAygLMi4uc3RyZWFtc2VydmUudjEuRmVhdHVyZVdpbmRvd0xvZy5GZWF0dXJlc0VudHJ5EhMKC2V2ZW50X2NvdW50GAYgASgEGi8KDUZlYXR1cmVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASLbAQoNTW9kZWxFdmVudExvZxIQCghldmVudF9pZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgptb2RlbF9uYW1lGAMgASgJEgwKBGtpbmQYBCABKAkSDQoFYWxpYXMYBSABKAkSFAoMZnJvbV92ZXJzaW9uGAYgASgJEhIKCnRvX3ZlcnNpb24YByABKAkSDQoFYWN0b3IYCCABKAkSDgoGcmVhc29uGAkgASgJEhQKDGRldGFpbHNfanNvbhgKIAEoCWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * One Recommend request: the user's context and every scored candidate with the exact feature
@@ -72,7 +72,9 @@ export type PredictionLog = Message<"streamserve.v1.PredictionLog"> & {
   deviceType: string;
 
   /**
-   * Names of the feature vector's entries, in the order the model version declares.
+   * Names of the logged feature entries: the served model's own features first, in the order the
+   * model version declares, then every other feature the pipeline defines (and the request
+   * features). The first model_feature_count entries are exactly the model's input vector.
    *
    * @generated from field: repeated string feature_names = 10;
    */
@@ -84,7 +86,7 @@ export type PredictionLog = Message<"streamserve.v1.PredictionLog"> & {
   items: ScoredItem[];
 
   /**
-   * Features that were absent (or unreadable) and took their declared default.
+   * Features that were absent (or unreadable) and took their declared default, among all logged ones.
    *
    * @generated from field: repeated string missing_features = 12;
    */
@@ -94,6 +96,14 @@ export type PredictionLog = Message<"streamserve.v1.PredictionLog"> & {
    * @generated from field: double latency_ms = 13;
    */
   latencyMs: number;
+
+  /**
+   * How many leading feature_names entries are the model's input vector; 0: all of them (the
+   * shape before every feature was logged).
+   *
+   * @generated from field: uint32 model_feature_count = 14;
+   */
+  modelFeatureCount: number;
 };
 
 /**
