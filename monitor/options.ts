@@ -71,6 +71,11 @@ export interface ExperimentOptions {
   confidence: number;
   /** Stopped experiments are still analysed for this long after they stop. @default 24 h */
   stoppedGraceMs: number;
+  /**
+   * CUPED: a user's pre-exposure activity is the events in their `user_features` windows that
+   * closed in this period before their first exposure. @default 7 d
+   */
+  cupedLookbackMs: number;
 }
 
 export interface AlertOptions {
@@ -123,6 +128,7 @@ export const MONITOR_DEFAULTS: Readonly<MonitorOptions> = Object.freeze({
     power: 0.8,
     confidence: 0.95,
     stoppedGraceMs: 24 * HOUR,
+    cupedLookbackMs: 7 * 24 * HOUR,
   }),
   alerts: Object.freeze({ webhookUrl: undefined, repeatAfterMs: 24 * HOUR, webhookTimeoutMs: 5000 }),
 });

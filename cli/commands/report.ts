@@ -20,7 +20,9 @@ Prints what the monitor stored in ClickHouse (it computes nothing itself; run
             NaN/infinite values, prediction-score drift, each with its threshold and verdict
   quality   hourly AUC, accuracy, calibration error per model version and variant
   ab        the latest analysis per experiment: users, conversions, rate, revenue per user,
-            lift with its 95 % interval, z-test and Welch p-values, sample-ratio mismatch
+            lift with its 95 % interval, z-test and Welch p-values, sample-ratio mismatch; the
+            always-valid (mSPRT) p-value and interval of the rate difference, safe to read every
+            cycle; the CUPED-adjusted p-value and the variance reduction it achieved
 
 The same figures are SQL views (drift_report, quality_report, ab_report, serving_traffic,
 model_timeline, experiment_outcomes): query them with \`clickhouse client\` on a server, or with
