@@ -59,10 +59,29 @@ export interface ExperimentVariant {
   target: string;
 }
 
+/**
+ * A guarded rollout, kept on the experiment that routes it (trainer/rollout.ts): the candidate's
+ * variant holds the current stage's share of users, the baseline (production when it started) the rest.
+ */
+export interface RolloutState {
+  candidate: string;
+  baseline: string;
+  /** Percent of users per stage, ascending; reaching the last (100) promotes the candidate. */
+  stages: number[];
+  /** Index of the current stage in `stages`. */
+  stage: number;
+  startedAt: string;
+  stageStartedAt: string;
+  /** The decision's settings, fixed at the start so every stage is judged alike. */
+  policy: Record<string, number>;
+}
+
 export interface Experiment {
   name: string;
   model: string;
   variants: ExperimentVariant[];
+  /** Set when the experiment is a guarded rollout's routing entry. */
+  rollout?: RolloutState;
   status: "running" | "stopped";
   createdAt: string;
   createdBy: string;
@@ -267,7 +286,7 @@ export class Registry {
 
   // ---- experiments ----
 
-  async createExperiment(input: { name: string; model: string; variants: ExperimentVariant[]; actor?: string }): Promise<Experiment> {
+  async createExperiment(input: { name: string; model: string; variants: ExperimentVariant[]; rollout?: RolloutState; actor?: string }): Promise<Experiment> {
     checkName("experiment name", input.name);
     checkName("model name", input.model);
     checkVariants(input.variants);
@@ -284,6 +303,7 @@ export class Registry {
       name: input.name,
       model: input.model,
       variants: input.variants,
+      ...(input.rollout && { rollout: input.rollout }),
       status: "running",
       createdAt: new Date().toISOString(),
       createdBy: input.actor ?? defaultActor(),

@@ -13,6 +13,8 @@ import { ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME, exportOnnx } from "./onnx-exp
 import { evaluate, splitTrainValid, type Evaluation } from "./metrics.js";
 import { loadFileDataset, loadLoggedDataset, type Dataset, type LabelKind } from "./dataset.js";
 import { acquireCycleLock, isHeld } from "./cycle-lock.js";
+import { startGuardedRollout } from "./rollout.js";
+import type { RolloutPolicy } from "./rollout-decision.js";
 
 /** When a new version may replace production. */
 export interface PromotionPolicy {
@@ -33,7 +35,8 @@ export const PROMOTION_DEFAULTS: Readonly<Required<PromotionPolicy>> = Object.fr
   promote: true,
 });
 
-export type DecisionAction = "promote" | "keep_candidate" | "skip";
+/** "rollout": the policy would promote, and the promotion was handed to a guarded rollout (trainer/rollout.ts). */
+export type DecisionAction = "promote" | "rollout" | "keep_candidate" | "skip";
 
 export interface Decision {
   action: DecisionAction;
@@ -105,6 +108,17 @@ export interface CycleOptions extends PromotionPolicy {
   publish?: boolean;
   /** Also write the ONNX model here. */
   outputPath?: string;
+  /**
+   * How a promotion goes out. "immediate": the production alias moves at once. "guarded": the
+   * version goes out in stages to a growing share of users, each judged online against
+   * production, rolled back on a regression (trainer/rollout.ts); with no production yet there is
+   * nothing to compare with and it is promoted at once. @default "immediate"
+   */
+  rollout?: "immediate" | "guarded";
+  /** Guarded rollouts: the stages (percent of users). @default [10, 50, 100] */
+  rolloutStages?: number[];
+  /** Guarded rollouts: the decision's settings. */
+  rolloutPolicy?: Partial<RolloutPolicy>;
   /** Recorded as the version's author and the events' actor. @default "trainer" */
   actor?: string;
   onProgress?: (p: GbdtProgress) => void;
@@ -140,6 +154,8 @@ export interface CycleReport {
   production?: { version: string; evaluation?: Evaluation; error?: string };
   decision: Decision;
   version?: ModelVersion;
+  /** Set when the promotion was handed to a guarded rollout: its routing experiment and stages. */
+  rollout?: { experiment: string; stages: number[] };
   outputPath?: string;
   params?: Record<string, unknown>;
   featureGain?: Record<string, number>;
@@ -233,7 +249,7 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
       await registry.recordEvent({
         model_name: modelName,
         kind: decision.action === "skip" ? "train_skipped" : "train_decision",
-        alias: decision.action === "promote" ? "production" : decision.action === "keep_candidate" ? "candidate" : "",
+        alias: decision.action === "promote" ? "production" : decision.action === "keep_candidate" || decision.action === "rollout" ? "candidate" : "",
         from_version: production?.version,
         to_version: report.version?.version,
         actor: o.actor,
@@ -333,6 +349,16 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     actor: o.actor,
   });
   const version = report.version.version;
+  if (decision.action === "promote" && o.rollout === "guarded" && production) {
+    await registry.setAlias(modelName, "candidate", version, { actor: o.actor, reason: decision.reason, kind: "candidate" });
+    try {
+      const experiment = await startGuardedRollout(registry, { model: modelName, candidate: version, stages: o.rolloutStages, policy: o.rolloutPolicy, actor: o.actor, reason: decision.reason });
+      report.rollout = { experiment: experiment.name, stages: experiment.rollout!.stages };
+      return finish({ action: "rollout", reason: `${decision.reason}; guarded rollout ${experiment.name} started at ${experiment.rollout!.stages[0]} % of users` });
+    } catch (err) {
+      return finish({ action: "keep_candidate", reason: `${decision.reason}, but the guarded rollout could not start: ${(err as Error).message}` });
+    }
+  }
   if (decision.action === "promote") {
     await registry.setAlias(modelName, "production", version, { actor: o.actor, reason: decision.reason, kind: "promote" });
   } else {

@@ -12,8 +12,8 @@ import type { GbdtOptions, GbdtProgress } from "../../trainer/gbdt.js";
 import type { Evaluation } from "../../trainer/metrics.js";
 
 const USAGE = `Usage:
-  streamserve train [--every 6h] [--window 24h] [--label clicked|converted]
-  streamserve train --once [--window 24h] [--label clicked|converted] [--no-promote]
+  streamserve train [--every 6h] [--window 24h] [--label clicked|converted] [--rollout guarded]
+  streamserve train --once [--window 24h] [--label clicked|converted] [--no-promote] [--rollout guarded]
   streamserve train --once --data FILE --label COLUMN [--output model.onnx] [--no-promote | --no-publish]
 
 Trains gradient-boosted trees on the logged predictions joined to their outcomes (the exact
@@ -35,6 +35,13 @@ Flags:
                        request feature; all are logged with each prediction, whatever was served)
   --output FILE        also write the ONNX model here
   --no-promote         publish the version as "candidate" whatever its metrics
+  --rollout MODE       immediate (default): a promotion moves the production alias at once;
+                       guarded: it goes out in stages to a growing share of users, each stage
+                       judged online against production by always-valid sequential tests on CTR
+                       and conversion with error-rate and latency guardrails; a regression rolls
+                       it back, a stage that holds advances (the monitor looks every cycle;
+                       \`streamserve experiments rollout-check\` looks now)
+  --rollout-stages P,Q percent of users per stage (default 10,50,100)
   --no-publish         do not touch the registry (no NATS needed); with --output to keep the model
   --every DURATION     time between cycles (default 6h)
   --window DURATION    logged data per cycle (default 24h)
@@ -75,7 +82,15 @@ function cycleOptions(args: CommandArgs): CycleOptions {
     outputPath: output ? resolve(output) : undefined,
     seed: numberFlag(args, "seed"),
     features: stringFlag(args, "features")?.split(",").map((f) => f.trim()).filter(Boolean),
+    rollout: rolloutFlag(args),
+    rolloutStages: stringFlag(args, "rollout-stages")?.split(",").map(Number),
   };
+}
+
+function rolloutFlag(args: CommandArgs): CycleOptions["rollout"] {
+  const v = stringFlag(args, "rollout");
+  if (v === undefined || v === "immediate" || v === "guarded") return v;
+  throw new UsageError(`--rollout must be immediate or guarded, got "${v}"`);
 }
 
 /** A progress line on stderr, rewritten in place on a terminal, every 10 trees otherwise. */
@@ -148,7 +163,7 @@ export function formatReport(r: CycleReport): string {
   lines.push("");
   if (r.version) lines.push(`Published: ${r.model} version ${r.version.version} (sha256 ${r.version.artifact.sha256.slice(0, 12)}, ${r.version.artifact.size} bytes)`);
   if (r.outputPath) lines.push(`ONNX written to ${r.outputPath}`);
-  const verb = { promote: "PROMOTED to production", keep_candidate: "kept as candidate", skip: "SKIPPED" }[r.decision.action];
+  const verb = { promote: "PROMOTED to production", rollout: "ROLLING OUT in stages (guarded)", keep_candidate: "kept as candidate", skip: "SKIPPED" }[r.decision.action];
   lines.push(`Decision: ${verb}: ${r.decision.reason}`);
   return lines.join("\n");
 }
