@@ -122,6 +122,36 @@ export const MIGRATIONS: Migration[] = [
       `ALTER TABLE predictions ADD COLUMN IF NOT EXISTS model_features Array(LowCardinality(String)) DEFAULT mapKeys(features)`,
     ],
   },
+  // Shadow traffic: a shadow version's scores of requests production answered, one row per scored
+  // candidate, keyed like predictions (plus the version) so the two join on (request_id, item_id).
+  // position is the shadow's own ranking (1-based within the response size; 0 beyond it).
+  {
+    version: 3,
+    name: "shadow predictions",
+    statements: [
+      `CREATE TABLE IF NOT EXISTS shadow_predictions (
+        request_id String,
+        time DateTime64(3, 'UTC'),
+        user_id String,
+        item_id String,
+        position UInt16,
+        score Float64,
+        model_name LowCardinality(String),
+        model_version LowCardinality(String),
+        experiment LowCardinality(String),
+        variant LowCardinality(String),
+        current_page String,
+        device_type LowCardinality(String),
+        features Map(LowCardinality(String), Float64),
+        missing_features Array(LowCardinality(String)),
+        latency_ms Float32,
+        model_features Array(LowCardinality(String))
+      ) ENGINE = ReplacingMergeTree
+      PARTITION BY toYYYYMMDD(time)
+      ORDER BY (model_name, toStartOfHour(time), request_id, item_id, model_version)
+      TTL toDateTime(time) + INTERVAL 30 DAY`,
+    ],
+  },
   // The monitor's additions: the alert log that keeps alerts from repeating every cycle, and the
   // SQL views behind `streamserve report`, the dashboard and the README's queries.
   {

@@ -4,6 +4,7 @@ import type { FeatureDrift } from "./drift.js";
 import type { QualityGroup } from "./quality.js";
 import type { ExperimentResult } from "./experiments.js";
 import type { AbReportRow, DriftReportRow, QualityReportRow } from "./reports.js";
+import type { ShadowComparison } from "./shadow.js";
 
 type Row = Record<string, string | number>;
 
@@ -129,5 +130,24 @@ export function abReportRows(rows: readonly AbReportRow[]): Row[] {
     "var. reduction": r.control ? "" : pct(r.varianceReduction),
     "revenue p": r.control ? "" : pvalue(r.revenuePValue),
     verdict: r.verdict,
+  }));
+}
+
+export function shadowRows(rows: readonly ShadowComparison[]): Row[] {
+  return rows.map((r) => ({
+    experiment: r.experiment,
+    shadow: r.shadowVersion,
+    served: r.servedVersions.join(","),
+    requests: r.requests,
+    items: r.items,
+    "mean |Δscore|": num(r.meanAbsScoreDifference),
+    "score r": num(r.scoreCorrelation),
+    "rank ρ": num(r.rankCorrelation),
+    "top-k overlap": pct(r.topKOverlap),
+    "same first": pct(r.sameFirstItem),
+    shown: r.shown,
+    clicks: r.clicked,
+    "AUC served": num(r.servedAuc),
+    "AUC shadow": num(r.shadowAuc),
   }));
 }

@@ -96,7 +96,7 @@ export class ModelManager {
     } else if (change.kind === "experiment") {
       if (change.experiment?.status === "running") {
         this.experiments.set(change.experiment.model, change.experiment);
-        for (const v of change.experiment.variants) this.ensureTarget(change.experiment.model, v.target);
+        for (const target of experimentTargets(change.experiment)) this.ensureTarget(change.experiment.model, target);
       } else {
         for (const [model, e] of this.experiments) if (e.name === change.name) this.experiments.delete(model);
       }
@@ -167,7 +167,8 @@ export class ModelManager {
 
   private isServed(model: string, alias: string): boolean {
     if (alias === this.servingAlias) return true;
-    return this.experiments.get(model)?.variants.some((v) => v.target === alias) ?? false;
+    const running = this.experiments.get(model);
+    return running ? experimentTargets(running).includes(alias) : false;
   }
 
   private ensureTarget(model: string, target: string): void {
@@ -243,13 +244,15 @@ export class ModelManager {
   private retireIfUnused(m: OnnxModel): void {
     if ([...this.routes.values()].includes(m)) return;
     const running = this.experiments.get(m.name);
-    if (running?.variants.some((v) => v.target === m.version.version)) return;
+    if (running && experimentTargets(running).includes(m.version.version)) return;
     this.versions.delete(versionKey(m.name, m.version.version));
     m.retired = true;
     if (m.inflight === 0) void m.release();
   }
 }
 
+/** Every alias or version an experiment needs loaded: its variants' and its shadow's. */
+const experimentTargets = (e: Experiment): string[] => [...e.variants.map((v) => v.target), ...(e.shadow ? [e.shadow.target] : [])];
 const routeKey = (model: string, alias: string) => `${model}@${alias}`;
 const versionKey = (model: string, version: string) => `${model}/${version}`;
 

@@ -19,6 +19,7 @@ import type { ModelManager } from "./model-manager.js";
 import type { OnnxModel } from "./onnx-model.js";
 import type { TrendingCache } from "./trending.js";
 import type { ServingLimits } from "./limits.js";
+import { createShadowScorer } from "./shadow-scoring.js";
 
 /** Where logs go; the server's LogPublisher. publish() must never block or throw. */
 export interface LogSink {
@@ -46,6 +47,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
   const degraded = deps.metrics.counter("streamserve_feature_lookup_degraded_total", "Requests served with default features because Redis was unavailable");
   const inference = deps.metrics.histogram("streamserve_inference_duration_seconds", "onnxruntime time per request, by model and version");
   let lastRedisWarning = 0;
+  const shadow = createShadowScorer(deps);
 
   async function recommend(req: RecommendRequest, ctx: CallContext) {
     const started = performance.now();
@@ -129,6 +131,8 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
         });
         deps.logs.publish(names.logsSubject("exposure"), `exposure:${experiment.name}:${requestId}`, toBinary(ExposureLogSchema, exposure));
       }
+      // Off the request's path (it starts after this turn); never part of the response.
+      shadow(experiment, { requestId, timeMs: now, context, candidates, returned: top.length });
 
       return {
         requestId,

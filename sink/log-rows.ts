@@ -14,11 +14,13 @@ import {
 import type { LogKind } from "../lib/config.js";
 
 /** Every log kind the sink consumes, one durable consumer each. */
-export const LOG_KINDS: readonly LogKind[] = Object.freeze(["prediction", "exposure", "outcome", "feature_window", "model_event"]);
+export const LOG_KINDS: readonly LogKind[] = Object.freeze(["prediction", "shadow", "exposure", "outcome", "feature_window", "model_event"]);
 
 /** The tables a kind can write to (feature windows split by entity type). */
 export const KIND_TABLES: Readonly<Record<LogKind, readonly string[]>> = Object.freeze({
   prediction: ["predictions"],
+  // Shadow scores have a table of their own: training, drift and quality read only what was served.
+  shadow: ["shadow_predictions"],
   exposure: ["exposures"],
   outcome: ["outcomes"],
   feature_window: ["user_features", "item_features"],
@@ -55,6 +57,8 @@ export function decodeLog(kind: LogKind, message: LogMessage): TableRows {
   switch (kind) {
     case "prediction":
       return predictionRows(decode(PredictionLogSchema, message), message.storedAtMs);
+    case "shadow":
+      return { table: "shadow_predictions", rows: predictionRows(decode(PredictionLogSchema, message), message.storedAtMs).rows };
     case "exposure":
       return exposureRows(decode(ExposureLogSchema, message), message.storedAtMs);
     case "outcome":

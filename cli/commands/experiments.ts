@@ -1,7 +1,7 @@
 // `streamserve experiments`: A/B tests between model versions, stored in the registry.
 import type { Command } from "../command.js";
 import { durationFlag, listFlag, numberFlag, stringFlag, UsageError } from "../args.js";
-import { parseVariant } from "../../lib/experiments.js";
+import { parseShadow, parseVariant } from "../../lib/experiments.js";
 import { printTable } from "../table.js";
 import { checkRollouts, startGuardedRollout, DEFAULT_STAGES } from "../../trainer/rollout.js";
 
@@ -9,7 +9,8 @@ const command: Command = {
   name: "experiments",
   summary: "create, list and stop A/B experiments between model versions",
   usage: `Usage:
-  streamserve experiments create --name NAME --variant control:50:production --variant treatment:50:candidate [--model recommender]
+  streamserve experiments create --name NAME --variant control:50:production --variant treatment:50:candidate [--shadow VERSION:PERCENT] [--model recommender]
+  streamserve experiments create --name NAME --shadow VERSION:PERCENT
   streamserve experiments list [--json]
   streamserve experiments stop NAME
   streamserve experiments rollout VERSION [--stages 10,50,100] [--min-stage 1h] [--min-users 200] [--alpha 0.05]
@@ -17,6 +18,11 @@ const command: Command = {
 
 A variant is name:traffic%:target, target being a model alias or version; traffic adds up to 100.
 Users are assigned by a hash of experiment and user id: the same user always sees the same variant.
+
+--shadow VERSION:PERCENT also scores PERCENT % of requests (by a hash of experiment and request
+id) with VERSION (a version or alias) after the response is sent; its scores are logged to
+shadow_predictions, never returned. Without --variant everyone stays on production
+(control:100:production). \`streamserve report shadow\` compares the two.
 
 rollout starts a guarded rollout of VERSION against the current production version: an experiment
 rollout-MODEL-vVERSION gives VERSION the first stage's share of users, the rest stay on production.
@@ -41,13 +47,19 @@ Flags:
         const expName = stringFlag(args, "name");
         if (!expName) throw new UsageError("--name is required");
         let variants;
+        let shadow;
         try {
           variants = listFlag(args, "variant").map(parseVariant);
+          const spec = stringFlag(args, "shadow");
+          shadow = spec ? parseShadow(spec) : undefined;
         } catch (err) {
           throw new UsageError((err as Error).message);
         }
-        const e = await registry.createExperiment({ name: expName, model: runtime.config.modelName, variants });
-        console.log(`experiment ${e.name} running on ${e.model}: ${e.variants.map((v) => `${v.name} ${v.traffic}% → ${v.target}`).join(", ")}`);
+        if (!variants.length && shadow) variants = [{ name: "control", traffic: 100, target: "production" }];
+        const e = await registry.createExperiment({ name: expName, model: runtime.config.modelName, variants, shadow });
+        console.log(
+          `experiment ${e.name} running on ${e.model}: ${e.variants.map((v) => `${v.name} ${v.traffic}% → ${v.target}`).join(", ")}${e.shadow ? `; shadow ${e.shadow.target} scores ${e.shadow.percent}% of requests` : ""}`,
+        );
         return 0;
       }
       case "rollout": {
@@ -77,6 +89,7 @@ Flags:
           model: e.model,
           status: e.status,
           variants: e.variants.map((v) => `${v.name}:${v.traffic}:${v.target}`).join(" "),
+          shadow: e.shadow ? `${e.shadow.target}:${e.shadow.percent}` : "",
           rollout: e.rollout ? `v${e.rollout.candidate} vs v${e.rollout.baseline}, stage ${e.rollout.stages[e.rollout.stage]} % of ${e.rollout.stages.join("/")}` : "",
           created: e.createdAt.replace("T", " ").slice(0, 19),
         }));

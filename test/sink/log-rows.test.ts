@@ -55,6 +55,13 @@ describe("decodeLog", () => {
     assert.deepEqual(row!.missing_features, ["engagement_score"]);
   });
 
+  it("writes a shadow log, a PredictionLog on its own subject, to shadow_predictions with the same columns", () => {
+    const shadow = decodeLog("shadow", { data: logMessage("shadow", 4).data, storedAtMs: stored });
+    const prediction = decodeLog("prediction", { data: logMessage("prediction", 4).data, storedAtMs: stored });
+    assert.equal(shadow.table, "shadow_predictions");
+    assert.deepEqual(shadow.rows, prediction.rows);
+  });
+
   it("maps exposures, outcomes and model events column for column", () => {
     assert.deepEqual(decodeLog("exposure", { data: logMessage("exposure", 1).data, storedAtMs: stored }), {
       table: "exposures",
