@@ -69,6 +69,10 @@ export async function startGuardedRollout(registry: RolloutRegistry, options: St
   const production = await registry.getAlias(model, "production");
   if (!production) throw new RegistryError(`model ${model} has no production version to roll out against: promote one first (models promote)`, "not_found");
   if (production.version === candidate) throw new RegistryError(`version ${candidate} of ${model} is already production`, "invalid");
+  // createExperiment would let the same name through (that is how stages advance): a second start
+  // of the same rollout must not reset it to its first stage.
+  const running = (await registry.listExperiments()).find((e) => e.status === "running" && e.model === model);
+  if (running) throw new RegistryError(`experiment ${running.name} is already running on ${model}; stop it first`, "conflict");
   const policy: RolloutPolicy = { ...ROLLOUT_POLICY_DEFAULTS, ...defined(options.policy ?? {}) };
   const now = new Date().toISOString();
   const state: RolloutState = { candidate, baseline: production.version, stages, stage: 0, startedAt: now, stageStartedAt: now, policy: { ...policy } };
