@@ -12,6 +12,8 @@ import { resolveMonitorOptions, type MonitorOptions, type MonitorOverrides } fro
 import { writeMonitoringRows, type MonitoringRow } from "./store.js";
 import { mountDashboard } from "./dashboard.js";
 import { checkRollouts, type RolloutStep } from "../trainer/rollout.js";
+import { readOnlineFigures, type OnlineFigures } from "./online.js";
+import { compareShadow, type ShadowComparison } from "./shadow.js";
 
 export interface CycleReport {
   time: Date;
@@ -21,9 +23,13 @@ export interface CycleReport {
   experiments?: ExperimentsReport;
   /** One look at each guarded rollout, and what it did (hold, advance, promote, roll back). */
   rollouts?: RolloutStep[];
+  /** CTR and conversion per served version over the drift window, from outcomes. */
+  online?: OnlineFigures[];
+  /** Each shadow version against the answering one over the drift window (experiments --shadow). */
+  shadow?: ShadowComparison[];
   alerts: DispatchResult;
   /** Parts of the cycle that failed; the others still ran and were stored. */
-  errors: { part: "drift" | "quality" | "experiments" | "rollouts" | "alerts"; message: string }[];
+  errors: { part: "drift" | "quality" | "experiments" | "rollouts" | "online" | "shadow" | "alerts"; message: string }[];
   rowsWritten: number;
 }
 
@@ -75,6 +81,9 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
     report.experiments = await attempt("experiments", async () => checkExperiments(ch, await runtime.registry(), now, options.experiments));
     // Guarded rollouts look at their stage's outcomes every cycle; the decision acts on the registry.
     report.rollouts = await attempt("rollouts", async () => checkRollouts({ ch, registry: await runtime.registry(), log }, now));
+    const recent = { from: new Date(now.getTime() - options.drift.windowMs), to: now };
+    report.online = await attempt("online", () => readOnlineFigures(ch, model, recent));
+    report.shadow = await attempt("shadow", () => compareShadow(ch, recent));
     for (const r of [report.drift, report.quality, report.experiments]) if (r) rows.push(...r.rows);
     await writeMonitoringRows(ch, rows);
     report.rowsWritten = rows.length;

@@ -7,7 +7,7 @@
 // with one score column has runtime-specific rules for the second column and the label, while
 // this graph states every step, so the probabilities equal the TypeScript model's.
 
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   AttributeProto_AttributeType as AttrType,
   AttributeProtoSchema,
@@ -179,4 +179,21 @@ export function exportOnnx(model: GbdtModel, options: OnnxExportOptions = {}): U
     }),
   );
   return bytes;
+}
+
+/**
+ * A deliberately worse model for rollback drills (the demo, a guarded rollout's own test): the
+ * same trees with every leaf value and the base score negated, so each margin m becomes −m and the
+ * score p becomes 1 − p. It reads the same features and ranks every request upside down.
+ * Works on models this file exported (a TreeEnsembleRegressor feeding the score).
+ */
+export function invertTreeEnsemble(bytes: Uint8Array): Uint8Array {
+  const model = fromBinary(ModelProtoSchema, bytes);
+  const ensembles = model.graph?.node.filter((n) => n.opType === "TreeEnsembleRegressor") ?? [];
+  if (ensembles.length === 0) throw new Error("not a tree-ensemble model: no TreeEnsembleRegressor node to invert");
+  for (const n of ensembles) {
+    for (const a of n.attribute) if (a.name === "target_weights" || a.name === "base_values") a.floats = a.floats.map((v) => -v);
+  }
+  model.docString = `inverted (scores 1 − p) for a rollback drill; ${model.docString}`;
+  return toBinary(ModelProtoSchema, model);
 }

@@ -17,6 +17,7 @@ import { logisticModel } from "../fixtures/onnx-models.js";
 import { createRandom } from "../../trainer/gbdt.js";
 import { compareShadow, summarize, type ShadowPair } from "../../monitor/shadow.js";
 import { report } from "../../cli/commands/report.js";
+import { createMonitor } from "../../monitor/monitor.js";
 
 const MODEL = "recommender";
 const ITEMS = 10;
@@ -123,6 +124,13 @@ describe("shadow traffic", () => {
     assert.equal(c.shown, c.requests * 3);
     assert.equal(c.servedAuc, 0.5, "flat scores: no ranking at all");
     assert.ok(c.shadowAuc > 0.55, `shadow AUC ${c.shadowAuc} on the shown items`);
+
+    // The monitor's cycle carries the same comparison, and each served version's online CTR.
+    const cycle = await createMonitor(rt).runCycle();
+    assert.equal(cycle.shadow?.[0]?.requests, c.requests);
+    const clicks = await count("SELECT countIf(clicked = 1) AS n FROM outcomes FINAL");
+    assert.deepEqual(cycle.online?.map((o) => [o.version, o.requests, o.shown, o.clicks]), [[versions.flat, REQUESTS, REQUESTS * 3, clicks]]);
+    assert.ok(Math.abs(cycle.online![0]!.ctr - clicks / (REQUESTS * 3)) < 1e-12);
 
     const lines: string[] = [];
     const log = console.log;
