@@ -23,9 +23,9 @@ export interface CycleReport {
   experiments?: ExperimentsReport;
   /** One look at each guarded rollout, and what it did (hold, advance, promote, roll back). */
   rollouts?: RolloutStep[];
-  /** CTR and conversion per served version over the drift window, from outcomes. */
+  /** CTR and conversion per served version over the online window, from outcomes. */
   online?: OnlineFigures[];
-  /** Each shadow version against the answering one over the drift window (experiments --shadow). */
+  /** Each shadow version against the answering one over the online window (experiments --shadow). */
   shadow?: ShadowComparison[];
   alerts: DispatchResult;
   /** Parts of the cycle that failed; the others still ran and were stored. */
@@ -81,7 +81,7 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
     report.experiments = await attempt("experiments", async () => checkExperiments(ch, await runtime.registry(), now, options.experiments));
     // Guarded rollouts look at their stage's outcomes every cycle; the decision acts on the registry.
     report.rollouts = await attempt("rollouts", async () => checkRollouts({ ch, registry: await runtime.registry(), log }, now));
-    const recent = { from: new Date(now.getTime() - options.drift.windowMs), to: now };
+    const recent = { from: new Date(now.getTime() - options.online.windowMs), to: now };
     report.online = await attempt("online", () => readOnlineFigures(ch, model, recent));
     report.shadow = await attempt("shadow", () => compareShadow(ch, recent));
     for (const r of [report.drift, report.quality, report.experiments]) if (r) rows.push(...r.rows);
