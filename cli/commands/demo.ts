@@ -45,8 +45,10 @@ async function waitUntil(check: () => boolean | Promise<boolean>, timeoutMs: num
 
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+    // The listener goes with the timer: the story sleeps dozens of times on one signal.
+    const onAbort = () => (clearTimeout(t), resolve());
+    const t = setTimeout(() => (signal.removeEventListener("abort", onAbort), resolve()), ms);
+    signal.addEventListener("abort", onAbort, { once: true });
   });
 
 /** Each look at the running rollout until it is promoted, rolled back, or `maxLooks` pass. */
@@ -132,7 +134,7 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
   }
   if (rollout) {
     note(`${rollout}: always-valid sequential tests (mSPRT) on CTR and conversion per user, guardrails on error rate and latency; a look every ${lookMs / 1000} s`);
-    await followRollout(platform, rollout, lookMs, 8, signal);
+    await followRollout(platform, rollout, lookMs, 10, signal);
   }
 
   say("Phase 4: a deliberately worse model (production's trees with their leaves negated: it ranks every request upside down) goes out the same way.");
@@ -146,14 +148,19 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
       inputName: prodVersion.inputName,
       outputName: prodVersion.outputName,
       description: `v${prodVersion.version} inverted, for the demo's rollback`,
+      // Same features, same training data: the monitor's drift reference is the same too.
+      reference: await registry.fetchReference(prodVersion),
       actor: "demo",
     });
     await stopRunning(registry, model);
     const e = await startGuardedRollout(registry, { model, candidate: bad.version, policy: DEMO_ROLLOUT_POLICY(phaseMs), actor: "demo", reason: "demo: a deliberately worse model" });
     note(`version ${bad.version} published; ${e.name} at 10 %`);
-    await followRollout(platform, e.name, lookMs, 6, signal);
+    await followRollout(platform, e.name, lookMs, 8, signal);
 
-    say(`Phase 5: an A/B test, production v${prodVersion.version} against the upside-down v${bad.version}, until the always-valid test reaches a verdict; v${v1} scores half the requests in shadow meanwhile.`);
+    // Production now: unchanged if the rollback happened, the worse model if the tests let it through.
+    const control = (await registry.getAlias(model, "production"))?.version ?? prodVersion.version;
+    const treatment = control === bad.version ? prodVersion.version : bad.version;
+    say(`Phase 5: an A/B test, production v${control} against v${treatment}, until the always-valid test reaches a verdict; v${v1} scores half the requests in shadow meanwhile.`);
     await stopRunning(registry, model);
     const name = `demo_ab_${Date.now().toString(36)}`;
     await registry.createExperiment({
@@ -161,12 +168,12 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
       model,
       actor: "demo",
       variants: [
-        { name: "control", traffic: 50, target: prodVersion.version },
-        { name: "treatment", traffic: 50, target: bad.version },
+        { name: "control", traffic: 50, target: control },
+        { name: "treatment", traffic: 50, target: treatment },
       ],
-      ...(v1 !== prodVersion.version && { shadow: { target: v1, percent: 50 } }),
+      ...(v1 !== control && v1 !== treatment && { shadow: { target: v1, percent: 50 } }),
     });
-    note(`experiment ${name}: control → v${prodVersion.version}, treatment → v${bad.version}, 50/50 by a hash of the user id`);
+    note(`experiment ${name}: control → v${control}, treatment → v${treatment}, 50/50 by a hash of the user id`);
     let verdict = false;
     let report: MonitoringReport | undefined;
     for (let look = 1; look <= 6 && !verdict && !signal.aborted; look++) {
@@ -203,6 +210,7 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
   const report = await platform.monitor.runCycle();
   const drift = report.drift?.features ?? [];
   if (drift.length) console.log(formatTable(featureDriftRows(drift)).replace(/^/gm, "    "));
+  else if (report.drift?.reason) note(`drift not checked: ${report.drift.reason}`);
   const alerts = report.alerts.sent.length;
   note(alerts ? `${alerts} alert(s) sent (NATS ${runtime.names.alertsSubject("<kind>")}, the log, and the webhook if STREAMSERVE_ALERT_WEBHOOK is set)` : "no alert this cycle");
 }
@@ -221,7 +229,7 @@ async function forgetNamespace(stopped: Runtime): Promise<void> {
 }
 
 /** Stages judged at the pace of the story: a look every half phase. */
-const DEMO_ROLLOUT_POLICY = (phaseMs: number) => ({ minStageMs: phaseMs / 2, minUsers: 20, minTestUsers: 20 });
+const DEMO_ROLLOUT_POLICY = (phaseMs: number) => ({ minStageMs: phaseMs, minUsers: 40, minTestUsers: 20 });
 
 const command: Command = {
   name: "demo",
@@ -281,6 +289,10 @@ state is deleted when the demo ends, its ClickHouse data is kept for \`report sq
       rate: numberFlag(args, "rate", 300),
       users: numberFlag(args, "users", 800),
       pages: numberFlag(args, "pages", 120),
+      // Two recommendations out of twenty candidates: what the ranking puts first is what users
+      // see, so a better or worse model shows in the clicks within a phase or two.
+      candidates: 20,
+      limit: 2,
       durationMs: 0,
       // The story shifts the world itself, at phase 6 (sim.world.shift()).
       progressIntervalMs: 10_000,
