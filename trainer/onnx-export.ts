@@ -7,7 +7,7 @@
 // with one score column has runtime-specific rules for the second column and the label, while
 // this graph states every step, so the probabilities equal the TypeScript model's.
 
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import {
   AttributeProto_AttributeType as AttrType,
   AttributeProtoSchema,
@@ -182,18 +182,27 @@ export function exportOnnx(model: GbdtModel, options: OnnxExportOptions = {}): U
 }
 
 /**
- * A deliberately worse model for rollback drills (the demo, a guarded rollout's own test): the
- * same trees with every leaf value and the base score negated, so each margin m becomes −m and the
- * score p becomes 1 − p. It reads the same features and ranks every request upside down.
- * Works on models this file exported (a TreeEnsembleRegressor feeding the score).
+ * A hand-set logistic scorer, p = sigmoid(x · weights + bias), with the trained models' input and
+ * outputs: for drills that need a model of known behaviour (the demo's deliberately worse model).
  */
-export function invertTreeEnsemble(bytes: Uint8Array): Uint8Array {
-  const model = fromBinary(ModelProtoSchema, bytes);
-  const ensembles = model.graph?.node.filter((n) => n.opType === "TreeEnsembleRegressor") ?? [];
-  if (ensembles.length === 0) throw new Error("not a tree-ensemble model: no TreeEnsembleRegressor node to invert");
-  for (const n of ensembles) {
-    for (const a of n.attribute) if (a.name === "target_weights" || a.name === "base_values") a.floats = a.floats.map((v) => -v);
-  }
-  model.docString = `inverted (scores 1 − p) for a rollback drill; ${model.docString}`;
-  return toBinary(ModelProtoSchema, model);
+export function logisticOnnx(weights: readonly number[], bias: number, description = ""): Uint8Array {
+  const F = weights.length;
+  const tensor = (name: string, dims: bigint[], floatData: number[]) => create(TensorProtoSchema, { name, dataType: DataType.FLOAT, dims, floatData });
+  const graph = create(GraphProtoSchema, {
+    name: "streamserve_logistic",
+    input: [valueInfo(ONNX_INPUT_NAME, DataType.FLOAT, ["N", F])],
+    output: [valueInfo(ONNX_PROBABILITIES_NAME, DataType.FLOAT, ["N", 2])],
+    initializer: [tensor("w", [BigInt(F), 1n], [...weights]), tensor("b", [1n], [bias]), tensor("one", [], [1])],
+    node: [
+      node("MatMul", [ONNX_INPUT_NAME, "w"], ["z0"]),
+      node("Add", ["z0", "b"], ["margin"]),
+      node("Sigmoid", ["margin"], ["p_positive"]),
+      node("Sub", ["one", "p_positive"], ["p_negative"]),
+      node("Concat", ["p_negative", "p_positive"], [ONNX_PROBABILITIES_NAME], [attrInt("axis", 1)]),
+    ],
+  });
+  return toBinary(
+    ModelProtoSchema,
+    create(ModelProtoSchema, { irVersion: 8n, producerName: "streamserve-trainer", docString: description, graph, opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 13n })] }),
+  );
 }

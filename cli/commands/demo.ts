@@ -20,7 +20,8 @@ import type { CycleReport as MonitoringReport } from "../../monitor/monitor.js";
 import { formatTable } from "../table.js";
 import type { Registry } from "../../lib/registry.js";
 import { startGuardedRollout, type RolloutStep } from "../../trainer/rollout.js";
-import { invertTreeEnsemble } from "../../trainer/onnx-export.js";
+import { logisticOnnx, ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME } from "../../trainer/onnx-export.js";
+import { featureSpec } from "../../features/definitions.js";
 import { FALLBACK_VERSION } from "../../server/recommendation-service.js";
 import { FEATURE_VIEWS } from "../../features/definitions.js";
 
@@ -137,19 +138,21 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
     await followRollout(platform, rollout, lookMs, 10, signal);
   }
 
-  say("Phase 4: a deliberately worse model (production's trees with their leaves negated: it ranks every request upside down) goes out the same way.");
+  say("Phase 4: a deliberately worse model (it prefers the items users click least: item CTR and clicks with negative weights) goes out the same way.");
   const production = await registry.getAlias(model, "production");
   const prodVersion = production && (await registry.getVersion(model, production.version));
   if (prodVersion) {
+    const specs = WORSE_MODEL.map((w) => featureSpec(w.feature)!);
+    const reference = await registry.fetchReference(prodVersion);
     const bad = await registry.publish({
       name: model,
-      artifact: invertTreeEnsemble(await registry.fetchArtifact(prodVersion)),
-      features: prodVersion.features,
-      inputName: prodVersion.inputName,
-      outputName: prodVersion.outputName,
-      description: `v${prodVersion.version} inverted, for the demo's rollback`,
-      // Same features, same training data: the monitor's drift reference is the same too.
-      reference: await registry.fetchReference(prodVersion),
+      artifact: logisticOnnx(WORSE_MODEL.map((w) => w.weight), 0, "the demo's deliberately worse model"),
+      features: specs,
+      inputName: ONNX_INPUT_NAME,
+      outputName: ONNX_PROBABILITIES_NAME,
+      description: "prefers the least clicked items, for the demo's rollback",
+      // The served features' reference, from production's training sample.
+      reference: reference && Object.fromEntries(specs.filter((f) => reference[f.name]).map((f) => [f.name, reference[f.name]!])),
       actor: "demo",
     });
     await stopRunning(registry, model);
@@ -211,8 +214,15 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
   const drift = report.drift?.features ?? [];
   if (drift.length) console.log(formatTable(featureDriftRows(drift)).replace(/^/gm, "    "));
   else if (report.drift?.reason) note(`drift not checked: ${report.drift.reason}`);
-  const alerts = report.alerts.sent.length;
-  note(alerts ? `${alerts} alert(s) sent (NATS ${runtime.names.alertsSubject("<kind>")}, the log, and the webhook if STREAMSERVE_ALERT_WEBHOOK is set)` : "no alert this cycle");
+  const sent = report.alerts.sent.length;
+  const firing = report.alerts.suppressed.length;
+  const shifted = drift.filter((f) => f.verdict === "alert").map((f) => f.feature);
+  if (shifted.length) note(`drift on ${shifted.length} of ${drift.length} features: ${shifted.join(", ")}`);
+  note(
+    sent || firing
+      ? `${sent} alert(s) sent now, ${firing} still firing from an earlier look (NATS ${runtime.names.alertsSubject("<kind>")}, the log, and the webhook if STREAMSERVE_ALERT_WEBHOOK is set)`
+      : "no alert this cycle",
+  );
 }
 
 /** A fresh demo namespace leaves nothing in the shared NATS and Redis (its ClickHouse data stays). */
@@ -228,6 +238,12 @@ async function forgetNamespace(stopped: Runtime): Promise<void> {
   }
 }
 
+/** The deliberately worse model: the more an item is clicked, the lower it ranks. */
+const WORSE_MODEL = [
+  { feature: "item_ctr_5min", weight: -8 },
+  { feature: "item_clicks_5min", weight: -0.3 },
+];
+
 /** Stages judged at the pace of the story: a look every half phase. */
 const DEMO_ROLLOUT_POLICY = (phaseMs: number) => ({ minStageMs: phaseMs, minUsers: 40, minTestUsers: 20 });
 
@@ -242,7 +258,7 @@ of the loop as it happens (about ten minutes), with numbers measured from the lo
   1. fallback serving (popularity) while events flow;
   2. the first model trained, hot-swapped in, its online CTR against the fallback's;
   3. a second model in a guarded rollout, 10 % → 50 % → 100 % of users, each stage judged online;
-  4. a deliberately worse model (the production trees inverted) rolled back by the same test;
+  4. a deliberately worse model (it prefers the least clicked items) rolled back by the same test;
   5. an A/B test that runs until its always-valid test reaches a verdict, with a shadow version
      scoring half the requests meanwhile;
   6. a drift alert after the simulated behaviour shifts.
@@ -289,10 +305,10 @@ state is deleted when the demo ends, its ClickHouse data is kept for \`report sq
       rate: numberFlag(args, "rate", 300),
       users: numberFlag(args, "users", 800),
       pages: numberFlag(args, "pages", 120),
-      // Two recommendations out of twenty candidates: what the ranking puts first is what users
+      // Three recommendations out of twelve candidates: what the ranking puts first is what users
       // see, so a better or worse model shows in the clicks within a phase or two.
-      candidates: 20,
-      limit: 2,
+      candidates: 12,
+      limit: 3,
       durationMs: 0,
       // The story shifts the world itself, at phase 6 (sim.world.shift()).
       progressIntervalMs: 10_000,

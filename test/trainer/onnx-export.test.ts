@@ -4,7 +4,7 @@ import * as ort from "onnxruntime-node";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ModelProtoSchema } from "../../gen/onnx/onnx_pb.js";
 import { createRandom, predictProba, trainGbdt, type GbdtData } from "../../trainer/gbdt.js";
-import { ONNX_INPUT_NAME, ONNX_LABEL_NAME, ONNX_PROBABILITIES_NAME, exportOnnx, invertTreeEnsemble } from "../../trainer/onnx-export.js";
+import { ONNX_INPUT_NAME, ONNX_LABEL_NAME, ONNX_PROBABILITIES_NAME, exportOnnx, logisticOnnx } from "../../trainer/onnx-export.js";
 
 /** Numeric, heavy-tailed, partly missing and categorical features with a known logistic target. */
 function mixedData(n: number, seed: number): GbdtData {
@@ -85,25 +85,16 @@ test("the ONNX model records feature names, categorical features and opsets", ()
   );
 });
 
-test("invertTreeEnsemble: the same trees scoring 1 − p, for a deliberately worse model in rollback drills", async () => {
-  const model = trainGbdt(mixedData(2000, 4), { numTrees: 20 });
-  const held = mixedData(500, 5);
-  const F = held.columns.length;
-  const x = new Float32Array(held.labels.length * F);
-  for (let i = 0; i < held.labels.length; i++) for (let f = 0; f < F; f++) x[i * F + f] = held.columns[f]![i]!;
-  const score = async (bytes: Uint8Array) => {
-    const session = await ort.InferenceSession.create(bytes);
-    try {
-      const out = await session.run({ [ONNX_INPUT_NAME]: new ort.Tensor("float32", x, [held.labels.length, F]) });
-      return Array.from(out[ONNX_PROBABILITIES_NAME]!.data as Float32Array).filter((_, k) => k % 2 === 1);
-    } finally {
-      await session.release();
-    }
-  };
-  const original = await score(exportOnnx(model));
-  const inverted = await score(invertTreeEnsemble(exportOnnx(model)));
-  let maxDiff = 0;
-  for (let i = 0; i < original.length; i++) maxDiff = Math.max(maxDiff, Math.abs(inverted[i]! - (1 - original[i]!)));
-  assert.ok(maxDiff < 1e-5, `max |inverted − (1 − p)| = ${maxDiff}`);
-  assert.throws(() => invertTreeEnsemble(new Uint8Array([8, 1])), /not a tree-ensemble model/);
+test("logisticOnnx: p = sigmoid(x · w + b) with the trained models' input and outputs", async () => {
+  const session = await ort.InferenceSession.create(logisticOnnx([2, -1], 0.5));
+  try {
+    const out = await session.run({ [ONNX_INPUT_NAME]: new ort.Tensor("float32", new Float32Array([1, 3, 0, 0]), [2, 2]) });
+    const p = out[ONNX_PROBABILITIES_NAME]!.data as Float32Array;
+    const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
+    // Row 1: 2·1 − 1·3 + 0.5 = −0.5; row 2: 0.5.
+    assert.ok(Math.abs(p[1]! - sigmoid(-0.5)) < 1e-6 && Math.abs(p[0]! - (1 - sigmoid(-0.5))) < 1e-6);
+    assert.ok(Math.abs(p[3]! - sigmoid(0.5)) < 1e-6);
+  } finally {
+    await session.release();
+  }
 });
