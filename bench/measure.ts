@@ -1,41 +1,12 @@
-// Timing helpers shared by the benchmarks: run a call at a given concurrency for a while and
-// report percentiles and throughput, and print figures next to the baseline they are judged by.
+// Helpers shared by the benchmarks: percentiles, a median timing of an in-process call, and
+// printing figures next to the baseline they are judged by.
 
-export interface LoadResult {
-  calls: number;
-  errors: number;
-  seconds: number;
-  perSecond: number;
-  p50Ms: number;
-  p99Ms: number;
-}
-
-/** Calls `fn` from `concurrency` loops for `durationMs` (after a short warm-up). */
-export async function runLoad(fn: () => Promise<unknown>, concurrency: number, durationMs = 3000, warmupMs = 500): Promise<LoadResult> {
-  const latencies: number[] = [];
-  let errors = 0;
-  let recording = false;
-  const stopAt = Date.now() + warmupMs + durationMs;
-  setTimeout(() => (recording = true), warmupMs);
-  let started = 0;
-  const loops = Array.from({ length: concurrency }, async () => {
-    while (Date.now() < stopAt) {
-      const t = performance.now();
-      try {
-        await fn();
-        if (recording) latencies.push(performance.now() - t);
-      } catch {
-        if (recording) errors++;
-      }
-    }
-  });
-  await new Promise((r) => setTimeout(r, warmupMs));
-  started = performance.now();
-  await Promise.all(loops);
-  const seconds = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
-  const pct = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))] ?? NaN;
-  return { calls: latencies.length, errors, seconds, perSecond: latencies.length / seconds, p50Ms: pct(50), p99Ms: pct(99) };
+/** The value at percentile `p` (0–100) of ascending `sorted` values (nearest rank); NaN when empty. */
+export function percentile(sorted: readonly number[], p: number): number {
+  if (!sorted.length) return NaN;
+  // The epsilon keeps 99.9 % of 1000 at rank 999: (99.9 / 100) * 1000 is 999.0000000000001.
+  const rank = Math.ceil((p / 100) * sorted.length - 1e-9);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))]!;
 }
 
 /** Times `fn` sequentially `n` times; returns the median in ms. */

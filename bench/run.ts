@@ -1,15 +1,21 @@
 // `npm run bench`: every benchmark, each printing its figures next to a baseline measured in the
-// same run. `npm run bench -- serving` runs only the benchmarks whose name matches.
+// same run. `npm run bench -- serving` runs only the named one (a name that is no benchmark's
+// selects those it is part of: `npm run bench -- serv` runs serving and serving-up).
+import { killAll } from "./processes.js";
+
 const SUITES: [string, () => Promise<{ default?: unknown } & Record<string, unknown>>, string][] = [
   ["serving", () => import("./serving.js"), "benchServing"],
+  ["serving-up", () => import("./serving-up.js"), "benchServingUp"],
   ["features", () => import("./features.js"), "benchFeatures"],
   ["sink", () => import("./sink.js"), "benchSink"],
   ["trainer", () => import("./trainer.js"), "benchTrainer"],
 ];
 
 const filters = process.argv.slice(2);
+const selected = (name: string) => !filters.length || filters.some((f) => (SUITES.some(([n]) => n === f) ? name === f : name.includes(f)));
+let failed = false;
 for (const [name, load, fn] of SUITES) {
-  if (filters.length && !filters.some((f) => name.includes(f))) continue;
+  if (!selected(name)) continue;
   let mod;
   try {
     mod = await load();
@@ -17,6 +23,12 @@ for (const [name, load, fn] of SUITES) {
     console.log(`\n(${name}: benchmark not available: ${(err as Error).message})`);
     continue;
   }
-  await (mod[fn] as () => Promise<void>)();
+  try {
+    await (mod[fn] as () => Promise<void>)();
+  } catch (err) {
+    failed = true;
+    console.error(`\n${name} failed: ${(err as Error).stack ?? err}`);
+    killAll();
+  }
 }
-process.exit(0);
+process.exit(failed ? 1 : 0);
