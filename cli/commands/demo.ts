@@ -179,7 +179,7 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
     note(`experiment ${name}: control → v${control}, treatment → v${treatment}, 50/50 by a hash of the user id`);
     let verdict = false;
     let report: MonitoringReport | undefined;
-    for (let look = 1; look <= 6 && !verdict && !signal.aborted; look++) {
+    for (let look = 1; look <= 10 && !verdict && !signal.aborted; look++) {
       await sleep(lookMs, signal);
       await platform.server.logs.flush();
       await sleep(1500, signal);
@@ -196,7 +196,7 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
     }
     const result = report?.experiments?.experiments.filter((r) => r.experiment === name) ?? [];
     if (result.length) console.log(formatTable(experimentRows(result)).replace(/^/gm, "    "));
-    if (!verdict) note("no verdict within six looks: the always-valid test keeps the experiment running until the data decide");
+    if (!verdict) note("no verdict within ten looks: the always-valid test keeps the experiment running until the data decide");
     const shadow = report?.shadow?.find((c) => c.experiment === name);
     if (shadow) {
       note(
