@@ -6,6 +6,7 @@ import { killAll } from "./processes.js";
 const SUITES: [string, () => Promise<{ default?: unknown } & Record<string, unknown>>, string][] = [
   ["serving", () => import("./serving.js"), "benchServing"],
   ["serving-up", () => import("./serving-up.js"), "benchServingUp"],
+  ["workers", () => import("./workers.js"), "benchWorkers"],
   ["features", () => import("./features.js"), "benchFeatures"],
   ["sink", () => import("./sink.js"), "benchSink"],
   ["trainer", () => import("./trainer.js"), "benchTrainer"],

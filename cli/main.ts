@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { createRuntime } from "../lib/runtime.js";
 import { ConfigError } from "../lib/config.js";
 import { RegistryError } from "../lib/registry.js";
+import { redactText } from "../lib/redact.js";
 import { parseArgs, configFromFlags, UsageError } from "./args.js";
 import type { Command } from "./command.js";
 
@@ -82,7 +83,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     runtime = createRuntime(configFromFlags(args));
   } catch (err) {
-    console.error(`streamserve ${name}: ${(err as Error).message}`);
+    console.error(redactText(`streamserve ${name}: ${(err as Error).message}`));
     return 2;
   }
   try {
@@ -93,16 +94,16 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     if (err instanceof ConfigError || err instanceof RegistryError) {
-      console.error(`streamserve ${name}: ${err.message}`);
+      console.error(redactText(`streamserve ${name}: ${err.message}`));
       return 1;
     }
     const e = err as { code?: string; message?: string };
     if (e?.code === "CONNECTION_REFUSED" || /ECONNREFUSED/.test(e?.message ?? "")) {
-      console.error(`streamserve ${name}: cannot reach a service (${e.message}). Is it running? Check --nats-url / --redis-url.`);
+      console.error(redactText(`streamserve ${name}: cannot reach a service (${e.message}). Is it running? Check --nats-url / --redis-url.`));
       return 1;
     }
     runtime.log.error({ err }, `${name} failed`);
-    console.error(`streamserve ${name}: ${(err as Error)?.message ?? err}`);
+    console.error(redactText(`streamserve ${name}: ${(err as Error)?.message ?? err}`));
     return 1;
   } finally {
     await runtime.close().catch(() => undefined);
@@ -117,7 +118,7 @@ export async function main(argv: string[]): Promise<number> {
 function keepServingOnStrayErrors(): void {
   const report = (kind: string) => (err: unknown) => {
     const e = err instanceof Error ? { message: err.message, stack: err.stack } : { value: String(err) };
-    process.stderr.write(`${JSON.stringify({ level: 50, time: Date.now(), msg: `${kind}: kept serving`, err: e })}\n`);
+    process.stderr.write(`${redactText(JSON.stringify({ level: 50, time: Date.now(), msg: `${kind}: kept serving`, err: e }))}\n`);
   };
   process.on("unhandledRejection", report("unhandled rejection"));
   process.on("uncaughtException", report("uncaught exception"));

@@ -2,8 +2,8 @@
 // so the worker can dead-letter it with that reason instead of stalling on it.
 //
 // JSON carries the seed's fields: event_id, user_id, event_type, page_id (non-empty strings),
-// session_duration and amount (finite numbers; absent reads as 0, the protobuf default, so both
-// encodings agree), event_time (an ISO-8601 string, a zone-less one read as UTC, or epoch
+// session_duration and amount (finite numbers of magnitude at most maxAbsValue, so that no sum or
+// average of a window can overflow; absent reads as 0, the protobuf default, so both encodings agree), event_time (an ISO-8601 string, a zone-less one read as UTC, or epoch
 // milliseconds) and an optional device_type. A message with `Content-Type: application/protobuf`
 // is decoded as streamserve.v1.ActivityEvent and checked the same way.
 import { fromBinary } from "@bufbuild/protobuf";
@@ -34,6 +34,12 @@ export interface EventParserOptions {
   minEventTimeMs?: number;
   /** Longest id (event, user, page) accepted, in characters. @default 256 */
   maxIdLength?: number;
+  /**
+   * Largest magnitude of session_duration and amount accepted: far beyond any real session or
+   * purchase, and so far below the largest double (1.8e308) that a window's sum of any number of
+   * events stays finite (1e12 × 2^53 events ≈ 9e27). @default 1e12
+   */
+  maxAbsValue?: number;
   /** The clock that bounds future events. @default Date.now */
   now?: () => number;
 }
@@ -42,6 +48,7 @@ export const DEFAULT_EVENT_PARSER_OPTIONS: Readonly<Required<EventParserOptions>
   maxFutureMs: 5 * 60_000,
   minEventTimeMs: Date.UTC(2000, 0, 1),
   maxIdLength: 256,
+  maxAbsValue: 1e12,
   now: Date.now,
 });
 
@@ -124,9 +131,9 @@ function validate(v: Record<string, unknown>, opts: Required<EventParserOptions>
   if (typeof event_type !== "string") return event_type;
   const page_id = idOf(v, "page_id", opts);
   if (typeof page_id !== "string") return page_id;
-  const session_duration = numberOf(v, "session_duration");
+  const session_duration = numberOf(v, "session_duration", opts);
   if (typeof session_duration !== "number") return session_duration;
-  const amount = numberOf(v, "amount");
+  const amount = numberOf(v, "amount", opts);
   if (typeof amount !== "number") return amount;
   if (session_duration < 0) return fail("invalid_value", `session_duration must not be negative, got ${session_duration}`);
   const event_time = eventTimeOf(v.event_time, opts);
@@ -149,10 +156,11 @@ function idOf(v: Record<string, unknown>, field: string, opts: Required<EventPar
 }
 
 /** A numeric field; absent reads as 0 (the protobuf default). */
-function numberOf(v: Record<string, unknown>, field: string): number | ParseResult {
+function numberOf(v: Record<string, unknown>, field: string, opts: Required<EventParserOptions>): number | ParseResult {
   const x = v[field];
   if (x === undefined || x === null) return 0;
   if (typeof x !== "number" || !Number.isFinite(x)) return fail("wrong_type", `${field} must be a finite number, got ${describe(x)}`);
+  if (Math.abs(x) > opts.maxAbsValue) return fail("invalid_value", `${field} must be within ±${opts.maxAbsValue} (a window's sums would overflow), got ${x}`);
   return x;
 }
 

@@ -7,8 +7,10 @@
 //   product    := unary (("*" | "/") unary)*
 //   unary      := "-" unary | number | name | "(" formula ")"
 //
-// A name is a feature of the same view (absent reads as 0). The condition of "?:" must be a
-// comparison, because Lua and JavaScript disagree on whether 0 is true.
+// A name is a feature of the same view (absent reads as 0). Numbers and conditions do not mix:
+// the condition of "?:" must be a comparison (is 0 false? a formula never has to say) and a
+// comparison is never a number (no `(a > b) * 3`), so a formula reads one way to whoever writes
+// it and to every evaluator of it.
 export type Formula =
   | { kind: "num"; value: number }
   | { kind: "var"; name: string }
@@ -92,7 +94,7 @@ export function parseFormula(source: string): Formula {
   return f;
 }
 
-/** A comparison is a condition, never a number (Lua has no true + 1). */
+/** A comparison is a condition, never a number (see the header). */
 function checkComparisons(f: Formula, asCondition: boolean, source: string): void {
   switch (f.kind) {
     case "cmp":

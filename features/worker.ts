@@ -4,9 +4,9 @@
 //
 // Flow of one batch:
 //   pull (lib/jetstream-pull.ts) → the raw messages to the store's thread (features/store-thread.ts)
-//   → parse → WindowStore.apply: one Redis transaction with late events dropped, duplicates
-//   recognised, window state, online hashes, trending → what did not parse to the dead-letter
-//   subject → ack every message of the batch.
+//   → parse → WindowStore.apply: Redis transactions of bounded Redis time (maxTransactionMs),
+//   each with its events' late drops, duplicates, window state, online hashes and trending
+//   → what did not parse to the dead-letter subject → ack every message of the batch.
 // Acks come last: a crash anywhere before them means redelivery, which the store turns into a
 // no-op for what was already applied. The next batch is parsed while one is in Redis; several
 // workers may share the consumer (the store's transactions keep them consistent).
@@ -40,7 +40,7 @@ export interface FeaturesWorkerOptions {
   views?: readonly FeatureView[];
   /** The trending set, scored from the item view's events; null turns it off. @default TRENDING */
   trending?: TrendingSpec | null;
-  /** Most messages applied in one batch. @default 2000 */
+  /** Most messages taken as one batch (acked together; committed in transactions of store.maxTransactionMs each). @default 2000 */
   maxBatch?: number;
   /**
    * Batches taken from the buffer at once: one in Redis, one being computed, the others parsed
@@ -227,7 +227,7 @@ class Worker implements FeaturesWorker {
   }
 
   start(source: MessageSource): void {
-    this.metrics.watermarkLag.collect((g) => {
+    this.runtime.metrics.collect(this.metrics.watermarkLag, (g) => {
       if (Number.isFinite(this.high)) g.set((Date.now() - this.high) / 1000);
     });
     this.consumer = source.pull(
@@ -244,8 +244,8 @@ class Worker implements FeaturesWorker {
       this.every(this.opts.closeIntervalMs, () => this.closeDueWindows().then(() => undefined)),
       this.every(this.opts.lagIntervalMs, async () => {
         const info = await source.info();
-        this.metrics.pending.set(info.num_pending, { state: "undelivered" });
-        this.metrics.pending.set(info.num_ack_pending, { state: "unacked" });
+        this.metrics.pending.set({ state: "undelivered" }, info.num_pending);
+        this.metrics.pending.set({ state: "unacked" }, info.num_ack_pending);
       }),
     );
     if (this.opts.progressIntervalMs > 0) this.loops.push(this.progressLoop(() => source.info()));
@@ -313,9 +313,11 @@ class Worker implements FeaturesWorker {
       const { result, refused } = await this.store.applyMessages(packMessages(msgs));
       if (result && result.eventTimeHigh > this.high) this.high = result.eventTimeHigh;
       await this.deadLetter(refused.map(({ index, reason, detail }) => ({ m: msgs[index]!, reason, detail })));
-      if (result && KILL_AFTER_COMMIT > 0 && ++this.commits === KILL_AFTER_COMMIT) process.kill(process.pid, "SIGKILL");
+      // Only batches that wrote count (a redelivered batch of duplicates commits nothing).
+      if (result && result.transactionMs.length > 0 && KILL_AFTER_COMMIT > 0 && ++this.commits === KILL_AFTER_COMMIT) process.kill(process.pid, "SIGKILL");
       this.consumer!.ackAll(msgs);
       this.record(msgs, result?.counts ?? {}, refused.length, started);
+      for (const ms of result?.transactionMs ?? []) this.metrics.transactionSeconds.observe(ms / 1000);
     } catch (err) {
       // Nothing was acked: ask for the batch again shortly. Whatever part of it reached Redis
       // will be recognised as already applied.
@@ -390,7 +392,7 @@ class Worker implements FeaturesWorker {
     this.stats.messages += msgs.length;
     this.stats.batches++;
     this.stats.deadLetters += dead;
-    m.messages.inc({}, msgs.length);
+    m.messages.inc(msgs.length);
     m.batchSeconds.observe((performance.now() - started) / 1000);
     m.batchSize.observe(msgs.length);
     for (const [entity, c] of Object.entries(counts)) {

@@ -1,6 +1,7 @@
 // Settings for every part, resolved in one place: explicit overrides (CLI flags) win over the
 // environment, which wins over the defaults below.
 import { resolve } from "node:path";
+import { redactUrl, registerSecret, registerUrlSecrets } from "./redact.js";
 
 export interface Config {
   /**
@@ -69,12 +70,16 @@ export function loadConfig(overrides: Partial<Config> = {}, env: NodeJS.ProcessE
     }
   }
   config.dataDir = resolve(config.dataDir);
+  // Before any check can echo them: passwords in these URLs are masked in every log line from now on.
+  for (const url of [config.redisUrl, config.natsUrl, config.clickhouseUrl]) registerUrlSecrets(url);
+  registerSecret(env.NATS_TOKEN);
   if (!/^[A-Za-z0-9_]*$/.test(config.namespace)) {
     throw new ConfigError(`namespace "${config.namespace}" may only contain letters, digits and "_"`);
   }
   if (!/^[A-Za-z0-9_-]+$/.test(config.modelName)) {
     throw new ConfigError(`model name "${config.modelName}" may only contain letters, digits, "_" and "-"`);
   }
+  checkRedisUrl(config.redisUrl);
   for (const key of ["grpcPort", "httpPort", "featureTtlSeconds"] as const) {
     const n = Number(config[key]);
     if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${key} must be a non-negative integer, got "${config[key]}"`);
@@ -85,6 +90,27 @@ export function loadConfig(overrides: Partial<Config> = {}, env: NodeJS.ProcessE
 
 export class ConfigError extends Error {
   override name = "ConfigError";
+}
+
+/**
+ * What ioredis would otherwise reject later, from inside its connection (an uncaught error, with
+ * the URL and its password in it): the scheme, and a database that is not a number. Messages show
+ * the URL with its password masked.
+ */
+function checkRedisUrl(url: string): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new ConfigError(`redis URL "${redactUrl(url)}" is not a URL; expected redis://[user:password@]host:port[/db]`);
+  }
+  if (u.protocol !== "redis:" && u.protocol !== "rediss:") {
+    throw new ConfigError(`redis URL "${redactUrl(url)}" must start with redis:// or rediss:// (TLS)`);
+  }
+  const db = u.pathname.replace(/^\//, "");
+  if (db !== "" && !/^\d+$/.test(db)) {
+    throw new ConfigError(`redis URL "${redactUrl(url)}": the database "${db}" after the host must be a number (e.g. redis://127.0.0.1:6379/0)`);
+  }
 }
 
 /** Every name the parts agree on, derived from the namespace so tests and deployments can coexist. */

@@ -1,6 +1,7 @@
 // Glue between protobuf-es service descriptors and @grpc/grpc-js: service definitions whose
-// (de)serializers are toBinary/fromBinary, unary handlers that receive an AbortSignal and throw
-// ServiceError, and promise-based clients. Every streamserve service and client goes through here.
+// (de)serializers are toBinary/fromBinary, unary handlers that receive a call context (cancelled,
+// deadline, an AbortSignal on demand) and throw ServiceError, and promise-based clients. Every
+// streamserve service and client goes through here.
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
@@ -37,31 +38,111 @@ function isAbort(e: unknown): boolean {
 
 /** What a handler knows about its call. */
 export interface CallContext {
-  /** Fires when the client goes away, the deadline passes or the server shuts down. */
-  signal: AbortSignal;
-  metadata: grpc.Metadata;
+  /**
+   * Fires when the client goes away, the deadline passes or the server shuts down. Made on first
+   * use: a handler that only needs to check should read `cancelled`, which costs nothing.
+   */
+  readonly signal: AbortSignal;
+  /** The client went away, the deadline passed or the server is shutting down. */
+  readonly cancelled: boolean;
+  readonly metadata: grpc.Metadata;
   /** "/package.Service/Method". */
-  path: string;
+  readonly path: string;
   /** Milliseconds since epoch, or Infinity. */
-  deadline: number;
+  readonly deadline: number;
 }
 
-/** A request body that failed to decode; the handler wrapper answers it with INVALID_ARGUMENT. */
+/**
+ * One call's context. Most handlers never wait on the signal, so the AbortController, its
+ * listeners, the deadline timer and the DOMException an abort allocates exist only once a handler
+ * reads `signal`; `cancelled` asks grpc-js, the clock and the shutdown signal directly.
+ */
+class UnaryCallContext implements CallContext {
+  private controller?: AbortController;
+  private timer?: NodeJS.Timeout;
+  private done = false;
+  readonly metadata: grpc.Metadata;
+  readonly deadline: number;
+
+  constructor(
+    private readonly call: grpc.ServerUnaryCall<unknown, unknown>,
+    readonly path: string,
+    private readonly shutdown: AbortSignal | undefined,
+    private readonly watched: Set<UnaryCallContext>,
+  ) {
+    this.metadata = call.metadata;
+    this.deadline = deadlineMs(call.getDeadline());
+  }
+
+  get cancelled(): boolean {
+    return this.call.cancelled || this.shutdown?.aborted === true || (this.deadline !== Infinity && Date.now() >= this.deadline) || this.controller?.signal.aborted === true;
+  }
+
+  get signal(): AbortSignal {
+    if (this.controller) return this.controller.signal;
+    this.controller = new AbortController();
+    if (this.cancelled) {
+      this.controller.abort();
+    } else if (!this.done) {
+      this.call.once("cancelled", this.abort);
+      this.watched.add(this);
+      if (this.deadline !== Infinity) this.timer = setTimeout(this.abort, Math.max(0, this.deadline - Date.now()));
+    }
+    return this.controller.signal;
+  }
+
+  readonly abort = (): void => this.controller?.abort();
+
+  /** The call is answered: nothing may fire for it any more. */
+  end(): void {
+    this.done = true;
+    if (!this.controller) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.call.removeListener("cancelled", this.abort);
+    this.watched.delete(this);
+  }
+}
+
+/**
+ * A request body that failed to decode, or that a precheck refused before decoding; the handler
+ * wrapper answers it with INVALID_ARGUMENT (or the precheck's error).
+ */
 class Malformed {
   constructor(
     readonly typeName: string,
     readonly error: unknown,
+    readonly refusal?: ServiceError,
   ) {}
 }
+
+/** Looks at a request's bytes before they are decoded; throws a ServiceError to refuse the call. */
+export type Precheck = (bytes: Uint8Array) => void;
 
 function serializer(desc: DescMessage) {
   return (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(desc, msg));
 }
 
-function deserializer(desc: DescMessage, lenient: boolean) {
+/** Encoded size of each decoded request, for servers that budget the memory calls hold. */
+const wireSizes = new WeakMap<object, number>();
+
+/** The size in bytes a request had on the wire, if this module decoded it. */
+export function wireSize(message: unknown): number | undefined {
+  return typeof message === "object" && message !== null ? wireSizes.get(message) : undefined;
+}
+
+function deserializer(desc: DescMessage, lenient: boolean, precheck?: Precheck) {
   return (bytes: Buffer) => {
+    if (precheck) {
+      try {
+        precheck(bytes);
+      } catch (err) {
+        return new Malformed(desc.typeName, err, ServiceError.from(err));
+      }
+    }
     try {
-      return fromBinary(desc, bytes);
+      const message = fromBinary(desc, bytes);
+      wireSizes.set(message, bytes.length);
+      return message;
     } catch (err) {
       // grpc-js turns a throwing deserializer into INTERNAL; callers deserve INVALID_ARGUMENT.
       if (lenient) return new Malformed(desc.typeName, err);
@@ -70,7 +151,8 @@ function deserializer(desc: DescMessage, lenient: boolean) {
   };
 }
 
-export function serviceDefinition(service: DescService): grpc.ServiceDefinition {
+/** @param prechecks By method local name (`modelInfer`): checks run on the request bytes before decoding. */
+export function serviceDefinition(service: DescService, prechecks: Record<string, Precheck> = {}): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods) {
     def[m.localName] = {
@@ -78,7 +160,7 @@ export function serviceDefinition(service: DescService): grpc.ServiceDefinition 
       requestStream: m.methodKind === "client_streaming" || m.methodKind === "bidi_streaming",
       responseStream: m.methodKind === "server_streaming" || m.methodKind === "bidi_streaming",
       requestSerialize: serializer(m.input),
-      requestDeserialize: deserializer(m.input, true),
+      requestDeserialize: deserializer(m.input, true, prechecks[m.localName]),
       responseSerialize: serializer(m.output),
       responseDeserialize: deserializer(m.output, false),
       originalName: m.name,
@@ -104,6 +186,9 @@ export interface CallHooks {
   begin?(path: string, metadata: grpc.Metadata): ((code: grpc.status) => void) | void;
 }
 
+/** grpc-js's own deadline timer can fire (and cancel the call) a little before Date.now() reaches the deadline. */
+const DEADLINE_SLACK_MS = 5;
+
 /** Builds grpc-js handlers for a service's unary methods. */
 export function unaryImplementation<S extends GenServiceMethods>(
   service: GenService<S>,
@@ -112,6 +197,9 @@ export function unaryImplementation<S extends GenServiceMethods>(
   shutdown?: AbortSignal,
 ): grpc.UntypedServiceImplementation {
   const impl: grpc.UntypedServiceImplementation = {};
+  // Calls whose handler holds a signal; one shutdown listener aborts them all.
+  const watched = new Set<UnaryCallContext>();
+  shutdown?.addEventListener("abort", () => watched.forEach((c) => c.abort()), { once: true });
   for (const m of (service as unknown as DescService).methods) {
     const handler = (handlers as Record<string, (req: unknown, ctx: CallContext) => unknown>)[m.localName];
     if (!handler || m.methodKind !== "unary") continue;
@@ -133,26 +221,35 @@ export function unaryImplementation<S extends GenServiceMethods>(
       }
       const request = call.request;
       if (request instanceof Malformed) {
+        if (request.refusal) return finish(request.refusal);
         finish(new ServiceError(Code.INVALID_ARGUMENT, `request is not a valid ${request.typeName}: ${(request.error as Error)?.message ?? request.error}`));
         return;
       }
-      const controller = new AbortController();
-      const deadline = deadlineMs(call.getDeadline());
-      const abort = () => controller.abort();
-      call.once("cancelled", abort);
-      shutdown?.addEventListener("abort", abort, { once: true });
-      const timer = Number.isFinite(deadline) ? setTimeout(abort, Math.max(0, deadline - Date.now())) : undefined;
-      const ctx: CallContext = { signal: controller.signal, metadata: call.metadata, path, deadline };
-      Promise.resolve()
-        .then(() => handler(request, ctx))
-        .then(
-          (out) => finish(null, create(m.output, out as MessageInitShape<DescMessage>)),
-          (err) => finish(controller.signal.aborted && Date.now() >= deadline ? new ServiceError(Code.DEADLINE_EXCEEDED, "deadline exceeded") : ServiceError.from(err)),
-        )
-        .finally(() => {
-          if (timer) clearTimeout(timer);
-          shutdown?.removeEventListener("abort", abort);
-        });
+      const ctx = new UnaryCallContext(call, path, shutdown, watched);
+      const ok = (out: unknown) => {
+        let response: unknown;
+        try {
+          response = create(m.output, out as MessageInitShape<DescMessage>);
+        } catch (err) {
+          return failed(err);
+        }
+        ctx.end();
+        finish(null, response);
+      };
+      const failed = (err: unknown) => {
+        ctx.end();
+        // A handler that gives up because its call ended answers for why, not with INTERNAL.
+        if (Date.now() >= ctx.deadline - DEADLINE_SLACK_MS) finish(new ServiceError(Code.DEADLINE_EXCEEDED, "deadline exceeded"));
+        else if (ctx.cancelled && !(err instanceof ServiceError)) finish(new ServiceError(Code.CANCELLED, "the call was cancelled", { cause: err }));
+        else finish(ServiceError.from(err));
+      };
+      try {
+        const out = handler(request, ctx);
+        if (typeof (out as PromiseLike<unknown> | undefined)?.then === "function") (out as PromiseLike<unknown>).then(ok, failed);
+        else ok(out);
+      } catch (err) {
+        failed(err);
+      }
     };
   }
   return impl;

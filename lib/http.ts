@@ -1,13 +1,18 @@
 // The HTTP side of a process: /healthz, /metrics and whatever the parts running in it mount
-// (the monitor's dashboard and JSON API). One server per process, shared by the parts of `up`.
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+// (the monitor's dashboard and JSON API). One server per process, shared by the parts of `up`;
+// `proxyTo` forwards routes to another process's server (`up`'s analytics process).
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Logger } from "./logger.js";
 
 export type HttpHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
 
+/** Runs before every route: true lets the request through; false means it has answered (401). */
+export type HttpGuard = (req: IncomingMessage, res: ServerResponse, url: URL) => boolean;
+
 export class HttpServer {
   private routes = new Map<string, HttpHandler>();
   private prefixRoutes: [string, string, HttpHandler][] = [];
+  private guard: HttpGuard | undefined;
   private server: Server;
 
   constructor(private readonly log: Logger) {
@@ -27,6 +32,11 @@ export class HttpServer {
   route(method: string, path: string, handler: HttpHandler): void {
     if (path.endsWith("*")) this.prefixRoutes.push([method, path.slice(0, -1), handler]);
     else this.routes.set(`${method} ${path}`, handler);
+  }
+
+  /** Sets the check every request passes before routing (authentication). */
+  setGuard(guard: HttpGuard | undefined): void {
+    this.guard = guard;
   }
 
   listen(port: number, host = "0.0.0.0"): Promise<number> {
@@ -50,6 +60,7 @@ export class HttpServer {
   private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = requestUrl(req.url);
     if (!url) return sendText(res, 400, "bad request target: expected an origin-form path such as /metrics\n");
+    if (this.guard && !this.guard(req, res, url)) return;
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "GET");
     const handler =
       this.routes.get(`${method} ${url.pathname}`) ?? this.prefixRoutes.find(([m, p]) => m === method && url.pathname.startsWith(p))?.[2];
@@ -96,4 +107,47 @@ export function sendText(res: ServerResponse, status: number, body: string, cont
 
 export function sendJson(res: ServerResponse, status: number, body: unknown): void {
   sendText(res, status, JSON.stringify(body), "application/json");
+}
+
+export interface ProxyOptions {
+  /** The loopback port to forward to, or undefined while that server is not there. */
+  port: () => number | undefined;
+  /** Why nothing answers, for the 503 while `port()` is undefined. */
+  unavailable: () => string;
+  /** Longest wait for the whole answer. @default 60_000 */
+  timeoutMs?: number;
+}
+
+/**
+ * A handler that forwards the request (method, path and query, headers, body) to 127.0.0.1:port and
+ * streams the answer back. No server there: 503 with the reason, in JSON for /api/ paths.
+ */
+export function proxyTo(options: ProxyOptions): HttpHandler {
+  const unavailable = (res: ServerResponse, url: URL, reason: string) => {
+    res.setHeader("retry-after", "5");
+    if (url.pathname.startsWith("/api/")) sendJson(res, 503, { error: reason });
+    else sendText(res, 503, `${reason}\n`);
+  };
+  return (req, res, url) =>
+    new Promise<void>((resolve) => {
+      const port = options.port();
+      if (port === undefined) return resolve(unavailable(res, url, options.unavailable()));
+      const upstream = request(
+        { host: "127.0.0.1", port, method: req.method, path: url.pathname + url.search, headers: { ...req.headers, connection: "close" }, timeout: options.timeoutMs ?? 60_000 },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+          answer.once("end", resolve);
+          answer.once("error", () => (res.destroy(), resolve()));
+        },
+      );
+      upstream.once("timeout", () => upstream.destroy(new Error("timed out")));
+      upstream.once("error", (err) => {
+        if (!res.headersSent) unavailable(res, url, `${options.unavailable()} (${err.message})`);
+        else res.destroy();
+        resolve();
+      });
+      res.once("close", () => upstream.destroy());
+      req.pipe(upstream);
+    });
 }

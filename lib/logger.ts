@@ -1,6 +1,9 @@
-// One pino logger for the process; parts take children named after themselves. Connection URLs
-// pass through redactUrl before they are logged, so credentials never reach the log.
+// One pino logger for the process; parts take children named after themselves. Every serialized
+// line passes through lib/redact.ts, so credentials never reach the log however deep they sit.
 import { pino, type Logger } from "pino";
+import { redactText } from "./redact.js";
+
+export { redactUrl } from "./redact.js";
 
 export type { Logger };
 
@@ -10,18 +13,8 @@ export function createLogger(level = process.env.LOG_LEVEL ?? "info", destinatio
       level,
       base: { service: "streamserve" },
       redact: { paths: ["password", "token", "*.password", "*.token", "authorization"], censor: "[redacted]" },
+      hooks: { streamWrite: redactText },
     },
     destination ?? pino.destination({ fd: 2, sync: false }),
   );
-}
-
-/** `redis://user:secret@host:6379` → `redis://user:***@host:6379`. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return url.replace(/\/\/([^:@/]+):[^@/]*@/, "//$1:***@");
-  }
 }

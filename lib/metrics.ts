@@ -1,118 +1,147 @@
-// A small Prometheus registry: counters, gauges and histograms with labels, rendered in the text
-// exposition format at /metrics. One registry per process, shared by the parts running in it.
+// The process's Prometheus metrics, kept by prom-client: one registry per runtime, shared by the
+// parts running in it, with prom-client's default Node.js metrics (process_cpu_seconds_total,
+// resident memory, event-loop lag, GC, active handles). This file only adds what the parts share:
+// asking twice for one name hands back the same metric (the parts of `up` register side by side),
+// gauges read at scrape time, and a value reader for tests.
+//
+// Labels: declare every label name; observations pass labels first (`inc({ table }, n)`,
+// `set({ kind }, v)`, `observe({ kind }, v)`), and request-path code binds its children once
+// (`handled.labels({ method, code })`). A label value never carries a string a client chose.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Aggregator } from "prom-client";
 
-type Labels = Record<string, string>;
-
-interface Metric {
-  name: string;
-  help: string;
-  type: "counter" | "gauge" | "histogram";
-  render(): string[];
-}
-
-const key = (labels: Labels) => JSON.stringify(Object.entries(labels).sort(([a], [b]) => a.localeCompare(b)));
-const fmt = (labels: Labels, extra: Labels = {}) => {
-  const all = { ...labels, ...extra };
-  const parts = Object.entries(all).map(([k, v]) => `${k}="${String(v).replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`);
-  return parts.length ? `{${parts.join(",")}}` : "";
-};
-const num = (v: number) => (Number.isFinite(v) ? String(v) : v > 0 ? "+Inf" : v < 0 ? "-Inf" : "NaN");
-
-export class Counter implements Metric {
-  readonly type = "counter";
-  private values = new Map<string, { labels: Labels; value: number }>();
-  constructor(readonly name: string, readonly help: string) {}
-  inc(labels: Labels = {}, by = 1): void {
-    const k = key(labels);
-    const e = this.values.get(k);
-    if (e) e.value += by;
-    else this.values.set(k, { labels, value: by });
-  }
-  get(labels: Labels = {}): number {
-    return this.values.get(key(labels))?.value ?? 0;
-  }
-  render(): string[] {
-    return [...this.values.values()].map((e) => `${this.name}${fmt(e.labels)} ${num(e.value)}`);
-  }
-}
-
-export class Gauge implements Metric {
-  readonly type = "gauge";
-  private values = new Map<string, { labels: Labels; value: number }>();
-  private collectors: (() => void)[] = [];
-  constructor(readonly name: string, readonly help: string) {}
-  set(value: number, labels: Labels = {}): void {
-    this.values.set(key(labels), { labels, value });
-  }
-  get(labels: Labels = {}): number {
-    return this.values.get(key(labels))?.value ?? 0;
-  }
-  /** Read a value at scrape time (e.g. a buffer's depth) instead of updating it on every change. */
-  collect(fn: (g: Gauge) => void): void {
-    this.collectors.push(() => fn(this));
-  }
-  render(): string[] {
-    for (const c of this.collectors) c();
-    return [...this.values.values()].map((e) => `${this.name}${fmt(e.labels)} ${num(e.value)}`);
-  }
-}
+export { Counter, Gauge, Histogram, Registry };
 
 /** Latency buckets in seconds, from 100 µs to 10 s. */
 export const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
-export class Histogram implements Metric {
-  readonly type = "histogram";
-  private series = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
-  constructor(readonly name: string, readonly help: string, readonly buckets: number[] = LATENCY_BUCKETS) {}
-  observe(value: number, labels: Labels = {}): void {
-    const k = key(labels);
-    let s = this.series.get(k);
-    if (!s) this.series.set(k, (s = { labels, counts: new Array(this.buckets.length).fill(0), sum: 0, count: 0 }));
-    for (let i = 0; i < this.buckets.length; i++) if (value <= this.buckets[i]!) s.counts[i]!++;
-    s.sum += value;
-    s.count++;
-  }
-  count(labels: Labels = {}): number {
-    return this.series.get(key(labels))?.count ?? 0;
-  }
-  render(): string[] {
-    const out: string[] = [];
-    for (const s of this.series.values()) {
-      this.buckets.forEach((b, i) => out.push(`${this.name}_bucket${fmt(s.labels, { le: String(b) })} ${s.counts[i]}`));
-      out.push(`${this.name}_bucket${fmt(s.labels, { le: "+Inf" })} ${s.count}`);
-      out.push(`${this.name}_sum${fmt(s.labels)} ${num(s.sum)}`);
-      out.push(`${this.name}_count${fmt(s.labels)} ${s.count}`);
-    }
-    return out;
-  }
+/** The label value for anything outside a metric's known set (keeps series bounded). */
+export const OTHER_LABEL = "other";
+
+export interface MetricOptions<L extends string> {
+  /** Every label the metric takes; prom-client rejects any other. @default [] */
+  labelNames?: readonly L[];
+  /**
+   * How `serve --workers N` combines the workers' values into one /metrics: "sum" for totals and
+   * levels that add up (calls, buffer depth), "max"/"min"/"average"/"first" otherwise.
+   * @default "sum"
+   */
+  aggregator?: Aggregator;
 }
 
+export interface GaugeOptions<L extends string> extends MetricOptions<L> {
+  /** Reads the value at scrape time (a buffer's depth) instead of setting it on every change. */
+  collect?: (gauge: Gauge<L>) => void;
+}
+
+export interface HistogramOptions<L extends string> extends MetricOptions<L> {
+  /** Bucket upper bounds. @default LATENCY_BUCKETS */
+  buckets?: number[];
+}
+
+export interface MetricsRegistryOptions {
+  /** Register prom-client's default Node.js process metrics. @default true */
+  defaultMetrics?: boolean;
+}
+
+/**
+ * A metric's children bound once per pair of label values and found again by two Map lookups, so
+ * the request path allocates no label object. Its size is the metric's series count: give it
+ * bounded values only.
+ */
+export function childCache<C>(bind: (a: string, b: string) => C): (a: string, b?: string) => C {
+  const outer = new Map<string, Map<string, C>>();
+  return (a, b = "") => {
+    let inner = outer.get(a);
+    if (!inner) outer.set(a, (inner = new Map()));
+    let child = inner.get(b);
+    if (child === undefined) inner.set(b, (child = bind(a, b)));
+    return child;
+  };
+}
+
+type AnyMetric = Counter<string> | Gauge<string> | Histogram<string>;
+
 export class MetricsRegistry {
-  private metrics = new Map<string, Metric>();
+  /** The prom-client registry (for /metrics and cluster aggregation). */
+  readonly registry = new Registry();
+  private readonly collectors = new Map<string, ((gauge: Gauge<string>) => void)[]>();
 
-  counter(name: string, help: string): Counter {
-    return this.register(name, () => new Counter(name, help)) as Counter;
-  }
-  gauge(name: string, help: string): Gauge {
-    return this.register(name, () => new Gauge(name, help)) as Gauge;
-  }
-  histogram(name: string, help: string, buckets?: number[]): Histogram {
-    return this.register(name, () => new Histogram(name, help, buckets)) as Histogram;
+  constructor(options: MetricsRegistryOptions = {}) {
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
 
-  /** Prometheus text exposition format 0.0.4. */
-  render(): string {
-    const lines: string[] = [];
-    for (const m of this.metrics.values()) {
-      lines.push(`# HELP ${m.name} ${m.help}`, `# TYPE ${m.name} ${m.type}`, ...m.render());
+  counter<L extends string = never>(name: string, help: string, options: MetricOptions<L> = {}): Counter<L> {
+    return this.existing(name, "counter", options) ?? new Counter<L>({ ...this.base(name, help, options) });
+  }
+
+  gauge<L extends string = never>(name: string, help: string, options: GaugeOptions<L> = {}): Gauge<L> {
+    let collectors = this.collectors.get(name);
+    const gauge =
+      (this.existing(name, "gauge", options) as Gauge<L> | undefined) ??
+      new Gauge<L>({
+        ...this.base(name, help, options),
+        // Several parts (or a restarted server in one process) may each read a share at scrape time.
+        collect() {
+          for (const c of collectors!) c(this as Gauge<string>);
+        },
+      });
+    if (!collectors) this.collectors.set(name, (collectors = []));
+    if (options.collect) collectors.push(options.collect as (gauge: Gauge<string>) => void);
+    return gauge;
+  }
+
+  /** Adds a scrape-time reader to a gauge this registry made (for a part that starts later). */
+  collect<L extends string>(gauge: Gauge<L>, read: (gauge: Gauge<L>) => void): void {
+    const collectors = this.collectors.get((gauge as unknown as { name: string }).name);
+    if (!collectors) throw new Error("collect(): the gauge is not from this registry");
+    collectors.push(read as unknown as (gauge: Gauge<string>) => void);
+  }
+
+  histogram<L extends string = never>(name: string, help: string, options: HistogramOptions<L> = {}): Histogram<L> {
+    return (
+      this.existing(name, "histogram", options) ??
+      new Histogram<L>({ ...this.base(name, help, options), buckets: options.buckets ?? LATENCY_BUCKETS })
+    );
+  }
+
+  /** Prometheus text exposition format. */
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** The Content-Type of `render()`. */
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /**
+   * The sum of a metric's series whose labels include `labels` (a histogram's observation count);
+   * 0 when there is none. For tests and summaries, not the request path.
+   */
+  async value(name: string, labels: Record<string, string> = {}): Promise<number> {
+    const metric = this.registry.getSingleMetric(name);
+    if (!metric) return 0;
+    const { values } = await metric.get();
+    const want = metric instanceof Histogram ? `${name}_count` : undefined;
+    return values
+      .filter((v) => (want ? (v as { metricName?: string }).metricName === want : true))
+      .filter((v) => Object.entries(labels).every(([k, x]) => String((v.labels as Record<string, unknown>)[k]) === x))
+      .reduce((sum, v) => sum + v.value, 0);
+  }
+
+  private base<L extends string>(name: string, help: string, options: MetricOptions<L>) {
+    return { name, help, labelNames: options.labelNames ?? [], aggregator: options.aggregator ?? "sum", registers: [this.registry] };
+  }
+
+  /** The metric already registered under `name`, checked to be the same kind with the same labels. */
+  private existing<M extends AnyMetric>(name: string, type: string, options: MetricOptions<string>): M | undefined {
+    const m = this.registry.getSingleMetric(name) as (AnyMetric & { type?: string; labelNames?: string[] }) | undefined;
+    if (!m) return undefined;
+    const labels = [...(options.labelNames ?? [])].sort().join(",");
+    const had = [...(m.labelNames ?? [])].sort().join(",");
+    if (m.type !== type || labels !== had) {
+      throw new Error(`metric ${name} is already registered as a ${m.type} with labels [${had}], not a ${type} with [${labels}]`);
     }
-    return lines.join("\n") + "\n";
-  }
-
-  private register(name: string, make: () => Metric): Metric {
-    // Parts in one process ask for the same metric: hand back the existing one.
-    let m = this.metrics.get(name);
-    if (!m) this.metrics.set(name, (m = make()));
-    return m;
+    return m as M;
   }
 }

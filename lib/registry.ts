@@ -165,10 +165,21 @@ export class Registry {
     if (input.artifact.byteLength === 0) throw new RegistryError("the model artifact is empty", "invalid");
     checkFeatures(input.features);
     const sha256 = createHash("sha256").update(input.artifact).digest("hex");
+    // Content-addressed: the artifact's key is its sha256, so two publishers racing for the same
+    // version number can never overwrite each other's bytes (the loser's write is the same object
+    // name only when it is the same content). Written before the version key, which must never
+    // point at a missing object.
+    const key = `${input.name}/sha256-${sha256}.onnx`;
+    await this.objects.putBlob({ name: key }, input.artifact);
+    let referenceKey: string | undefined;
+    if (input.reference) {
+      const json = new TextEncoder().encode(JSON.stringify(input.reference));
+      referenceKey = `${input.name}/sha256-${createHash("sha256").update(json).digest("hex")}.reference.json`;
+      await this.objects.putBlob({ name: referenceKey }, json);
+    }
     for (let attempt = 0; attempt < 20; attempt++) {
       const versions = await this.versionNumbers(input.name);
       const version = String((versions.at(-1) ?? 0) + 1);
-      const key = `${input.name}/${version}.onnx`;
       const mv: ModelVersion = {
         name: input.name,
         version,
@@ -182,13 +193,8 @@ export class Registry {
         params: input.params ?? {},
         data: input.data,
         description: input.description,
-        referenceKey: input.reference ? `${input.name}/${version}.reference.json` : undefined,
+        referenceKey,
       };
-      // Artifacts first: a version key must never point at a missing object.
-      await this.objects.putBlob({ name: key }, input.artifact);
-      if (input.reference) {
-        await this.objects.putBlob({ name: mv.referenceKey! }, new TextEncoder().encode(JSON.stringify(input.reference)));
-      }
       try {
         await this.kv.create(versionKey(input.name, version), encode(mv));
       } catch (err) {
@@ -268,11 +274,23 @@ export class Registry {
     if (/^\d+$/.test(alias)) throw new RegistryError("an alias cannot be a number (numbers are versions)", "invalid");
     const mv = await this.getVersion(name, version);
     if (!mv) throw new RegistryError(`model ${name} has no version ${version}`, "not_found");
-    const current = await this.getAlias(name, alias);
-    const record: AliasRecord = { version, previous: current?.version, by: opts.actor ?? defaultActor(), at: new Date().toISOString(), reason: opts.reason };
-    await this.kv.put(aliasKey(name, alias), encode(record));
-    await this.recordEvent({ model_name: name, kind: opts.kind ?? "promote", alias, from_version: current?.version, to_version: version, actor: record.by, reason: opts.reason });
-    return record;
+    // Compare-and-set on the key's revision: two concurrent promotions both land, one after the
+    // other, each recording the version it replaced (a blind put would lose one of them).
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const entry = await this.kv.get(aliasKey(name, alias));
+      const current = entry && entry.operation === "PUT" ? decode<AliasRecord>(entry.value) : undefined;
+      const record: AliasRecord = { version, previous: current?.version, by: opts.actor ?? defaultActor(), at: new Date().toISOString(), reason: opts.reason };
+      try {
+        if (entry) await this.kv.update(aliasKey(name, alias), encode(record), entry.revision);
+        else await this.kv.create(aliasKey(name, alias), encode(record));
+      } catch (err) {
+        if (isWrongLastSequence(err)) continue; // someone else moved it meanwhile: read again
+        throw err;
+      }
+      await this.recordEvent({ model_name: name, kind: opts.kind ?? "promote", alias, from_version: current?.version, to_version: version, actor: record.by, reason: opts.reason });
+      return record;
+    }
+    throw new RegistryError(`alias ${alias} of ${name} kept changing under concurrent updates; try again`, "conflict");
   }
 
   /** Every value the alias has had, oldest first. */
@@ -356,10 +374,15 @@ export class Registry {
 
   // ---- changes ----
 
-  /** The current aliases and experiments, as the changes that would recreate them. */
+  /** The current versions, aliases and experiments, as the changes that would recreate them. */
   async snapshot(): Promise<RegistryChange[]> {
     const out: RegistryChange[] = [];
-    for (const model of await this.listModels()) {
+    const keys = await this.keys("model.>");
+    for (const key of keys) {
+      const parts = key.split(".");
+      if (parts[2] === "version" && parts[3]) out.push({ kind: "version", model: parts[1]!, version: parts[3] });
+    }
+    for (const model of [...new Set(keys.map((k) => k.split(".")[1]!))].sort()) {
       for (const [alias, record] of Object.entries(await this.aliases(model))) out.push({ kind: "alias", model, alias, record });
     }
     for (const experiment of await this.listExperiments()) out.push({ kind: "experiment", name: experiment.name, experiment });

@@ -51,17 +51,31 @@ export class RespConnection {
   /** Arrays being filled, innermost last: the parser resumes inside them when more bytes come. */
   private readonly arrays: { items: RespReply[]; left: number }[] = [];
   private closed = false;
+  /** Connections made so far: a WATCH holds only on the connection that sent it. */
+  private dials = 0;
 
   constructor(
     private readonly url: string,
     private readonly options: RespOptions = {},
   ) {}
 
-  /** Sends the commands in one write; resolves with one reply per command, in order. */
-  async send(commands: readonly RespCommand[]): Promise<RespReply[]> {
+  /**
+   * Sends the commands in one write; resolves with one reply per command, in order. With
+   * `onConnection` (a `connection` read earlier), fails instead of sending on a newer connection:
+   * what that one had (a WATCH) is gone.
+   */
+  async send(commands: readonly RespCommand[], options: { onConnection?: number } = {}): Promise<RespReply[]> {
     if (commands.length === 0) return [];
     const socket = await this.connected();
+    if (options.onConnection !== undefined && options.onConnection !== this.dials) {
+      throw new RespConnectionError("the Redis connection was replaced since the commands it depends on");
+    }
     return this.write(socket, commands);
+  }
+
+  /** Which connection the next send goes out on if it is still open (they are numbered as made). */
+  get connection(): number {
+    return this.dials;
   }
 
   /** Closes the connection; commands still in flight fail. */
@@ -144,6 +158,7 @@ export class RespConnection {
       throw new RespConnectionError("the Redis connection was closed");
     }
     this.socket = socket;
+    this.dials++;
     return socket;
   }
 

@@ -51,8 +51,8 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
   const options = resolveMonitorOptions({ ...overrides, alerts: { ...overrides.alerts, webhookUrl } });
   const log = runtime.log.child({ part: "monitor" });
   const model = runtime.config.modelName;
-  const cycles = runtime.metrics.counter("streamserve_monitor_cycles_total", "Monitoring cycles run, by outcome");
-  const firing = runtime.metrics.gauge("streamserve_monitor_conditions", "Conditions judged in the last cycle, by kind and severity");
+  const cycles = runtime.metrics.counter("streamserve_monitor_cycles_total", "Monitoring cycles run, by outcome", { labelNames: ["outcome"] });
+  const firing = runtime.metrics.gauge("streamserve_monitor_conditions", "Conditions judged in the last cycle, by kind and severity", { labelNames: ["kind", "severity"] });
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<CycleReport> | undefined;
   let stopped = false;
@@ -94,7 +94,7 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
     );
     if (alerts) report.alerts = alerts;
     for (const kind of ["drift", "quality", "ab"] as const) {
-      for (const severity of ["ok", "warning", "alert"] as const) firing.set(conditions.filter((c) => c.kind === kind && c.severity === severity).length, { kind, severity });
+      for (const severity of ["ok", "warning", "alert"] as const) firing.set({ kind, severity }, conditions.filter((c) => c.kind === kind && c.severity === severity).length);
     }
     cycles.inc({ outcome: report.errors.length ? "partial" : "ok" });
     log.info({ rows: rows.length, sent: report.alerts.sent.length, errors: report.errors.length }, "monitoring cycle done");

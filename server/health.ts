@@ -41,7 +41,10 @@ export class HealthService {
    * @param initial Statuses known from the start. The whole server ("") is always known and starts
    * NOT_SERVING unless given here: a server is not ready until it says so.
    */
-  constructor(initial: Record<string, ServingStatus> = {}) {
+  private readonly maxWatchers: number;
+
+  constructor(initial: Record<string, ServingStatus> = {}, options: { /** Open Watch streams before new ones get RESOURCE_EXHAUSTED. @default 1000 */ maxWatchers?: number } = {}) {
+    this.maxWatchers = options.maxWatchers ?? 1000;
     this.statuses.set(WHOLE_SERVER, ServingStatus.NOT_SERVING);
     for (const [service, status] of Object.entries(initial)) this.statuses.set(service, status);
   }
@@ -90,6 +93,11 @@ export class HealthService {
     // not a HealthCheckRequest here is a body that failed to decode.
     if (!isMessage(call.request, HealthCheckRequestSchema)) {
       call.emit("error", { code: Code.INVALID_ARGUMENT, details: "request is not a valid grpc.health.v1.HealthCheckRequest" });
+      return;
+    }
+    // Watch needs no token, so the number of open streams is what bounds its memory.
+    if (this.watchers.size >= this.maxWatchers) {
+      call.emit("error", { code: Code.RESOURCE_EXHAUSTED, details: `too many Health/Watch streams open (limit ${this.maxWatchers}); poll Check or retry later` });
       return;
     }
     const w: Watcher = { call, service: call.request.service, sent: undefined, waitingForDrain: false };

@@ -2,7 +2,7 @@
 // metadata and ModelInfer over the models in the registry. An empty model_version means the
 // version the serving alias points to.
 import { Code, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
-import type { MetricsRegistry } from "../lib/metrics.js";
+import { childCache, type MetricsRegistry } from "../lib/metrics.js";
 import { GRPCInferenceService, type ModelInferRequest, type ModelInferResponse_InferOutputTensor } from "../gen/inference/grpc_predict_v2_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ModelManager } from "./model-manager.js";
@@ -11,6 +11,9 @@ import { signature } from "./onnx-model.js";
 import { decodeInput, encodeOutput, oipDatatype, toOrtTensor } from "./tensors.js";
 import type { ServingLimits } from "./limits.js";
 import { ModelInferResponse_InferOutputTensorSchema, InferTensorContentsSchema } from "../gen/inference/grpc_predict_v2_pb.js";
+
+/** How long a model or version that was not found is answered without asking the registry again. */
+const MISS_TTL_MS = 1000;
 
 export interface InferenceDeps {
   models: ModelManager;
@@ -24,7 +27,24 @@ export interface InferenceDeps {
 
 export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRPCInferenceService.method> {
   const { models } = deps;
-  const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version");
+  const misses = new Map<string, { until: number; error: ServiceError }>();
+  const lookups = new Map<string, Promise<string | ServiceError>>();
+  // Observed only once acquire() found the model: a name the registry does not know adds no series.
+  const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version", { labelNames: ["model", "version"] });
+  const inferDurationBy = childCache((model, version) => inferDuration.labels({ model, version }));
+
+  /** The version a name and ref resolve to, or the NOT_FOUND to answer (remembered for MISS_TTL_MS). */
+  async function resolveOrExplain(registry: NonNullable<ModelManager["registryClient"]>, name: string, version: string): Promise<string | ServiceError> {
+    const resolved = await registry.resolve(name, version || "production");
+    if (resolved) return resolved;
+    const known = models.knowsRegistry() ? models.mayHaveModel(name) : (await registry.listVersions(name)).length > 0;
+    const error = !known
+      ? new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`)
+      : new ServiceError(Code.NOT_FOUND, version ? `model "${name}" has no version or alias "${version}"` : `model "${name}" has no production version yet`);
+    if (misses.size >= 10_000) misses.clear();
+    misses.set(`${name}\u0000${version}`, { until: Date.now() + MISS_TTL_MS, error });
+    return error;
+  }
 
   /** Finds (and if needed loads) the model a request names; the caller must release it. */
   async function acquire(name: string, version: string): Promise<OnnxModel> {
@@ -34,12 +54,23 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
     let m = models.acquire(name, version);
     if (m) return m;
     if (!registry) throw new ServiceError(Code.UNAVAILABLE, "the model registry is not reachable yet");
-    const resolved = await registry.resolve(name, version || "production");
-    if (!resolved) {
-      const known = (await registry.listModels()).includes(name);
-      if (!known) throw new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`);
-      throw new ServiceError(Code.NOT_FOUND, version ? `model "${name}" has no version or alias "${version}"` : `model "${name}" has no production version yet`);
+    // Unknown names are answered from the watched registry state, and misses are remembered
+    // briefly: a client naming random models must not cost a KV lookup (or a key listing) each.
+    const notInRegistry = () => new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`);
+    if (!models.mayHaveModel(name)) throw notInRegistry();
+    if (/^\d+$/.test(version) && !models.mayHaveVersion(name, version)) throw new ServiceError(Code.NOT_FOUND, `model "${name}" has no version or alias "${version}"`);
+    const missKey = `${name}\u0000${version}`;
+    const missed = misses.get(missKey);
+    if (missed && missed.until > Date.now()) throw missed.error;
+    // Concurrent calls for the same name and version share one lookup.
+    let lookup = lookups.get(missKey);
+    if (!lookup) {
+      lookup = resolveOrExplain(registry, name, version).finally(() => lookups.delete(missKey));
+      lookups.set(missKey, lookup);
     }
+    const found = await lookup;
+    if (found instanceof ServiceError) throw found;
+    const resolved = found;
     try {
       await models.load(name, resolved);
     } catch (err) {
@@ -84,7 +115,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
         return o.name;
       });
       const outputNames = requested.length ? requested : sig.outputs.filter((o) => o.type !== "non-tensor").map((o) => o.name);
-      if (ctx.signal.aborted) throw new ServiceError(Code.CANCELLED, "cancelled");
+      if (ctx.cancelled) throw new ServiceError(Code.CANCELLED, "cancelled");
       const started = performance.now();
       let results;
       try {
@@ -92,7 +123,7 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
       } catch (err) {
         throw invalidArgument("inputs", `onnxruntime rejected the inputs: ${(err as Error).message}`);
       }
-      inferDuration.observe((performance.now() - started) / 1000, { model: model.name, version: model.version.version });
+      inferDurationBy(model.name, model.version.version).observe((performance.now() - started) / 1000);
       const outputs: MessageInitShape<typeof ModelInferResponse_InferOutputTensorSchema>[] = [];
       const rawOutputs: Uint8Array[] = [];
       for (const name of outputNames) {

@@ -147,7 +147,7 @@ interface PublisherMetrics {
   spilled: Counter;
   replayed: Counter;
   failures: Counter;
-  dropped: Counter;
+  dropped: Counter<"reason">;
   outOfOrder: Counter;
 }
 
@@ -339,7 +339,7 @@ export class LogPublisher {
     this.inflight = batch.length;
     const out = await this.send(js, batch);
     this.inflight = 0;
-    this.m?.published.inc({}, out.acked.filter(Boolean).length);
+    this.m?.published.inc(out.acked.filter(Boolean).length);
     if (out.firstRetry < 0) {
       this.settle(batch[batch.length - 1]!.seq);
       this.backToBack = true;
@@ -365,8 +365,8 @@ export class LogPublisher {
       const settledUpTo = out.firstRetry < 0 ? batch.length : out.firstRetry;
       const acked = out.acked.slice(0, settledUpTo).filter(Boolean).length;
       this.forget(file, settledUpTo);
-      this.m?.published.inc({}, acked);
-      this.m?.replayed.inc({}, acked);
+      this.m?.published.inc(acked);
+      this.m?.replayed.inc(acked);
       if (this.episode) this.episode.replayed += acked;
       if (out.firstRetry >= 0) {
         current.reader.seek(batch[out.firstRetry]!.start);
@@ -479,8 +479,8 @@ export class LogPublisher {
         out.outOfOrder++;
       }
     }
-    if (out.retry.length) this.m?.failures.inc({}, out.retry.length);
-    if (out.outOfOrder) this.m?.outOfOrder.inc({}, out.outOfOrder);
+    if (out.retry.length) this.m?.failures.inc(out.retry.length);
+    if (out.outOfOrder) this.m?.outOfOrder.inc(out.outOfOrder);
     if (out.dropped) this.drop("rejected", out.dropped, dropError);
     return out;
   }
@@ -513,7 +513,7 @@ export class LogPublisher {
         this.queue.unshift(...chunk);
         this.inflight = 0;
         this.spillFailing = true;
-        this.m?.failures.inc({}, chunk.length);
+        this.m?.failures.inc(chunk.length);
         if (this.graceOver) {
           // Shutting down and the disk refuses: give up rather than hang the exit.
           const lost = this.queue.length;
@@ -541,7 +541,7 @@ export class LogPublisher {
     this.active.records += chunk.length;
     this.onDisk += chunk.length;
     this.unsynced = true;
-    this.m?.spilled.inc({}, chunk.length);
+    this.m?.spilled.inc(chunk.length);
     if (this.episode) this.episode.spilled += chunk.length;
     this.reported.delete("write");
   }
@@ -760,14 +760,14 @@ export class LogPublisher {
   }
 
   private registerMetrics(registry: MetricsRegistry): PublisherMetrics {
-    registry.gauge("streamserve_log_buffer_depth", "Log messages held in memory, queued or awaiting a JetStream ack").collect((g) => g.set(this.depth));
-    registry.gauge("streamserve_log_spill_messages", "Log messages in spill files waiting to be replayed to JetStream").collect((g) => g.set(this.spilled));
+    registry.gauge("streamserve_log_buffer_depth", "Log messages held in memory, queued or awaiting a JetStream ack", { collect: (g) => g.set(this.depth) });
+    registry.gauge("streamserve_log_spill_messages", "Log messages in spill files waiting to be replayed to JetStream", { collect: (g) => g.set(this.spilled) });
     return {
       published: registry.counter("streamserve_log_published_total", "Log messages acknowledged by JetStream, replayed ones included"),
       spilled: registry.counter("streamserve_log_spilled_total", "Log messages written to spill files"),
       replayed: registry.counter("streamserve_log_replayed_total", "Spilled log messages acknowledged by JetStream"),
       failures: registry.counter("streamserve_log_publish_failures_total", "Log messages whose publish (or spill write) failed or timed out and is retried"),
-      dropped: registry.counter("streamserve_log_dropped_total", "Log messages given up on, by reason"),
+      dropped: registry.counter("streamserve_log_dropped_total", "Log messages given up on, by reason", { labelNames: ["reason"] }),
       outOfOrder: registry.counter("streamserve_log_out_of_order_total", "Log messages JetStream stored ahead of an earlier one that had to be sent again"),
     };
   }

@@ -5,6 +5,10 @@
 // while the old one keeps serving; then the alias pointer moves in one assignment. Requests hold
 // the model they started on (inflight count) and the old session is released after the last of
 // them finishes. A version that fails to load leaves the old one serving.
+//
+// Versions a request names explicitly (ModelInfer model_version "3") are loaded on demand and
+// unloaded again, least recently used first, once they sit idle or exceed a memory budget; the
+// versions an alias serves or an experiment routes to are never unloaded.
 import type { Logger } from "../lib/logger.js";
 import type { MetricsRegistry } from "../lib/metrics.js";
 import type { Experiment, Registry, RegistryChange } from "../lib/registry.js";
@@ -16,6 +20,13 @@ export interface ModelManagerOptions {
   session?: SessionSettings;
   /** Called when a version fails to load (the server raises an alert). */
   onLoadFailure?: (model: string, version: string, error: Error) => void;
+  /** Versions loaded on demand are unloaded after this long without a request. @default 300000 ms */
+  onDemandIdleMs?: number;
+  /**
+   * Artifact bytes of on-demand versions kept loaded; beyond it the least recently used go (an
+   * onnxruntime session takes a few times its artifact's size). @default 256 MiB
+   */
+  onDemandBudgetBytes?: number;
 }
 
 export type VersionState =
@@ -36,6 +47,13 @@ export class ModelManager {
   private initialized = false;
   private readonly swaps;
   private readonly loadFailures;
+  /** When each loaded version last served a request, for unloading the idle on-demand ones. */
+  private readonly lastUsed = new Map<string, number>();
+  /** Model names and versions the registry holds, as its watch reports them. */
+  private readonly known = new Map<string, Set<string>>();
+  private registryState = false;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private readonly unloads;
 
   constructor(
     private readonly log: Logger,
@@ -43,11 +61,46 @@ export class ModelManager {
     private readonly options: ModelManagerOptions = {},
   ) {
     this.servingAlias = options.servingAlias ?? "production";
-    this.swaps = metrics.counter("streamserve_model_swaps_total", "Alias swaps completed, by model and alias");
-    this.loadFailures = metrics.counter("streamserve_model_load_failures_total", "Model versions that failed to load or warm up");
-    metrics.gauge("streamserve_models_loaded", "Model versions loaded").collect((g) => {
-      g.set([...this.versions.values()].filter((v) => v.state === "ready").length);
+    // Label values come from the registry (published models and their versions), never from a call.
+    this.swaps = metrics.counter("streamserve_model_swaps_total", "Alias swaps completed, by model and alias", { labelNames: ["model", "alias"] });
+    this.loadFailures = metrics.counter("streamserve_model_load_failures_total", "Model versions that failed to load or warm up", { labelNames: ["model", "version"] });
+    metrics.gauge("streamserve_models_loaded", "Model versions loaded (the most any serving worker holds)", {
+      // Every worker of `serve --workers N` loads the same versions: a sum would count each N times.
+      aggregator: "max",
+      collect: (g) => g.set([...this.versions.values()].filter((v) => v.state === "ready").length),
     });
+    this.unloads = metrics.counter("streamserve_model_unloads_total", "On-demand model versions unloaded, by reason (idle, budget)", { labelNames: ["reason"] });
+    metrics.gauge("streamserve_model_version_loaded", "1 for each model version loaded, by model, version and kind (served: an alias or experiment uses it; on_demand: unloaded when idle)", {
+      labelNames: ["model", "version", "kind"],
+      aggregator: "max",
+      collect: (g) => {
+        g.reset();
+        for (const state of this.versions.values()) {
+          if (state.state !== "ready") continue;
+          g.set({ model: state.model.name, version: state.model.version.version, kind: this.pinned(state.model) ? "served" : "on_demand" }, 1);
+        }
+      },
+    });
+    this.sweepTimer = setInterval(() => this.unloadIdle(), 15_000);
+    this.sweepTimer.unref();
+  }
+
+  /**
+   * False when the registry's watched state says the model does not exist (no KV call needed);
+   * true when it exists or the state is not known (no registry yet).
+   */
+  mayHaveModel(model: string): boolean {
+    return !this.registryState || this.known.has(model);
+  }
+
+  /** True while the watched registry state is complete (the watch is live). */
+  knowsRegistry(): boolean {
+    return this.registryState;
+  }
+
+  /** Like mayHaveModel, for one version number. */
+  mayHaveVersion(model: string, version: string): boolean {
+    return !this.registryState || (this.known.get(model)?.has(version) ?? false);
   }
 
   /** True once the registry's state has been read (or there is no registry yet: fallback serving). */
@@ -61,9 +114,11 @@ export class ModelManager {
     while (!signal.aborted) {
       try {
         this.registry = await openRegistry();
+        // Load what the registry says now before reporting ready (Triton: warm up first). After a
+        // reconnect this catches up on what the outage hid; re-applying the rest is a no-op.
+        for (const change of await this.registry.snapshot()) this.apply(change);
+        this.registryState = true;
         if (!this.initialized) {
-          // Load what the registry says now before reporting ready (Triton: warm up first).
-          for (const change of await this.registry.snapshot()) this.apply(change);
           await this.settle();
           this.initialized = true;
         }
@@ -76,6 +131,8 @@ export class ModelManager {
         if (signal.aborted) break;
         this.log.warn({ err: (err as Error).message }, "registry watch interrupted; retrying");
       }
+      // The watched state may miss changes until the watch is back: ask the registry meanwhile.
+      this.registryState = false;
       // No registry (NATS down): serve the fallback rather than wait.
       this.initialized = true;
       await sleep(backoff, signal);
@@ -85,6 +142,11 @@ export class ModelManager {
 
   /** Applies one registry change; exported for tests that drive the manager directly. */
   apply(change: RegistryChange): void {
+    if (change.kind === "version" || (change.kind === "alias" && change.record)) {
+      const versions = this.known.get(change.model) ?? new Set<string>();
+      if (change.kind === "version") versions.add(change.version);
+      this.known.set(change.model, versions);
+    }
     if (change.kind === "alias") {
       const key = routeKey(change.model, change.alias);
       if (!change.record) {
@@ -115,7 +177,10 @@ export class ModelManager {
   acquire(model: string, ref = ""): OnnxModel | undefined {
     const target = ref || this.servingAlias;
     const m = /^\d+$/.test(target) ? this.readyVersion(model, target) : this.routes.get(routeKey(model, target));
-    if (m) m.inflight++;
+    if (m) {
+      m.inflight++;
+      this.lastUsed.set(versionKey(m.name, m.version.version), Date.now());
+    }
     return m;
   }
 
@@ -159,6 +224,7 @@ export class ModelManager {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.sweepTimer);
     await Promise.allSettled([...this.swapChains.values()]);
     for (const state of this.versions.values()) if (state.state === "ready") await state.model.release();
     this.versions.clear();
@@ -224,7 +290,11 @@ export class ModelManager {
     })();
     this.versions.set(key, { state: "loading", promise });
     promise.then(
-      (m) => this.versions.set(key, { state: "ready", model: m }),
+      (m) => {
+        this.versions.set(key, { state: "ready", model: m });
+        this.lastUsed.set(key, Date.now());
+        this.unloadOverBudget();
+      },
       (err: Error) => {
         this.versions.set(key, { state: "failed", error: err.message });
         this.loadFailures.inc({ model, version });
@@ -240,14 +310,61 @@ export class ModelManager {
     return state?.state === "ready" ? state.model : undefined;
   }
 
+  /** True for a version an alias serves or the running experiment routes to: never unloaded. */
+  private pinned(m: OnnxModel): boolean {
+    if ([...this.routes.values()].includes(m)) return true;
+    const running = this.experiments.get(m.name);
+    if (running && experimentTargets(running).includes(m.version.version)) return true;
+    // A served alias whose swap to this version is pending.
+    for (const [key, version] of this.wantedAliases) if (version === m.version.version && key.startsWith(`${m.name}@`) && this.isServed(m.name, key.slice(m.name.length + 1))) return true;
+    return false;
+  }
+
   /** Unloads a version no alias serves any more, once its in-flight requests finish. */
   private retireIfUnused(m: OnnxModel): void {
-    if ([...this.routes.values()].includes(m)) return;
-    const running = this.experiments.get(m.name);
-    if (running && experimentTargets(running).includes(m.version.version)) return;
-    this.versions.delete(versionKey(m.name, m.version.version));
+    if (this.pinned(m)) return;
+    this.unload(m);
+  }
+
+  private unload(m: OnnxModel): void {
+    const key = versionKey(m.name, m.version.version);
+    this.versions.delete(key);
+    this.lastUsed.delete(key);
     m.retired = true;
     if (m.inflight === 0) void m.release();
+  }
+
+  /** The ready versions loaded on demand, least recently used first. */
+  private onDemand(): OnnxModel[] {
+    const out: OnnxModel[] = [];
+    for (const state of this.versions.values()) if (state.state === "ready" && !this.pinned(state.model)) out.push(state.model);
+    const used = (m: OnnxModel) => this.lastUsed.get(versionKey(m.name, m.version.version)) ?? 0;
+    return out.sort((a, b) => used(a) - used(b));
+  }
+
+  /** Unloads on-demand versions idle for longer than onDemandIdleMs (also run by a timer). */
+  unloadIdle(now = Date.now()): void {
+    const idleMs = this.options.onDemandIdleMs ?? 300_000;
+    for (const m of this.onDemand()) {
+      if (m.inflight > 0 || now - (this.lastUsed.get(versionKey(m.name, m.version.version)) ?? 0) < idleMs) continue;
+      this.unloads.inc({ reason: "idle" });
+      this.log.info({ model: m.name, version: m.version.version }, "idle on-demand model version unloaded");
+      this.unload(m);
+    }
+  }
+
+  private unloadOverBudget(): void {
+    const budget = this.options.onDemandBudgetBytes ?? 256 * 1024 * 1024;
+    const loaded = this.onDemand();
+    let bytes = loaded.reduce((sum, m) => sum + m.version.artifact.size, 0);
+    // The newest stays even alone over budget: the request that loaded it is about to use it.
+    for (const m of loaded.slice(0, -1)) {
+      if (bytes <= budget) break;
+      bytes -= m.version.artifact.size;
+      this.unloads.inc({ reason: "budget" });
+      this.log.info({ model: m.name, version: m.version.version }, "on-demand model version unloaded to stay within the memory budget");
+      this.unload(m);
+    }
   }
 }
 

@@ -1,20 +1,21 @@
 // streamserve.v1.RecommendationService: rank candidates for a user with the served model.
-// The request path touches Redis (one pipelined read) and onnxruntime (one run), nothing else:
-// logs go to an in-memory buffer that publishes to JetStream in the background.
+// The request path touches Redis (one read) and onnxruntime (one run), nothing else: logs go to
+// an in-memory buffer that publishes to JetStream in the background.
 import { randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Names } from "../lib/config.js";
 import type { Logger } from "../lib/logger.js";
-import type { MetricsRegistry } from "../lib/metrics.js";
+import { childCache, type MetricsRegistry } from "../lib/metrics.js";
 import type { Redis } from "../lib/redis.js";
 import type { FeatureSpec } from "../lib/registry.js";
 import { assignVariant } from "../lib/experiments.js";
-import { invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
+import { Code, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
 import { RecommendationService, type RecommendRequest, type RecordOutcomeRequest } from "../gen/streamserve/v1/recommendation_pb.js";
-import { ExposureLogSchema, OutcomeLogSchema, PredictionLogSchema } from "../gen/streamserve/v1/logs_pb.js";
-import { defaultModelFeatures } from "../features/definitions.js";
+import { ExposureLogSchema, OutcomeLogSchema } from "../gen/streamserve/v1/logs_pb.js";
+import { allFeatureSpecs, defaultModelFeatures } from "../features/definitions.js";
 import { assemble, lookupFeatures } from "./feature-lookup.js";
+import { encodePredictionLog } from "./prediction-log.js";
 import type { ModelManager } from "./model-manager.js";
 import type { OnnxModel } from "./onnx-model.js";
 import type { TrendingCache } from "./trending.js";
@@ -26,8 +27,18 @@ export interface LogSink {
   publish(subject: string, msgId: string, payload: Uint8Array): void;
 }
 
+/**
+ * Which features a prediction log carries. "all": the served model's features, then every other
+ * feature the pipeline defines (features/definitions.ts) and the request features, so that a later
+ * model can train on features this one does not use. "model": the model's input vector only.
+ */
+export type LogFeatures = "all" | "model";
+export const LOG_FEATURES: readonly LogFeatures[] = ["all", "model"];
+
 export interface RecommendationDeps {
   modelName: string;
+  /** @default "all" */
+  logFeatures?: LogFeatures;
   names: Names;
   redis: Redis;
   models: ModelManager;
@@ -40,14 +51,41 @@ export interface RecommendationDeps {
 
 export const FALLBACK_VERSION = "fallback";
 
+/** The features one served feature list reads and logs: the model's first, in its order. */
+interface LogLayout {
+  logged: readonly FeatureSpec[];
+  names: string[];
+  /** The leading `modelCount` logged features are the model's input vector. */
+  modelCount: number;
+}
+
 export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<typeof RecommendationService.method> {
   const { names, limits, log } = deps;
+  const logFeatures = deps.logFeatures ?? "all";
+  if (!LOG_FEATURES.includes(logFeatures)) throw new RangeError(`logFeatures must be one of ${LOG_FEATURES.join(", ")}, got "${logFeatures}"`);
   const fallbackFeatures = defaultModelFeatures();
-  const requests = deps.metrics.counter("streamserve_recommend_requests_total", "Recommend calls answered, by model, version and variant");
+  const pipelineFeatures = allFeatureSpecs();
+  // Label values name registry versions and experiment variants, never anything a caller sent.
+  const requests = deps.metrics.counter("streamserve_recommend_requests_total", "Recommend calls answered, by model, version and variant", { labelNames: ["model", "version", "variant"] });
+  const requestsBy = childCache((version, variant) => requests.labels({ model: deps.modelName, version, variant }));
   const degraded = deps.metrics.counter("streamserve_feature_lookup_degraded_total", "Requests served with default features because Redis was unavailable");
-  const inference = deps.metrics.histogram("streamserve_inference_duration_seconds", "onnxruntime time per request, by model and version");
+  const inference = deps.metrics.histogram("streamserve_inference_duration_seconds", "onnxruntime time per request, by model and version", { labelNames: ["model", "version"] });
+  const inferenceBy = childCache((model, version) => inference.labels({ model, version }));
   let lastRedisWarning = 0;
   const shadow = createShadowScorer(deps);
+
+  // One layout per served feature list (a model version's, or the fallback's), worked out once.
+  const layouts = new WeakMap<readonly FeatureSpec[], LogLayout>();
+  function layoutFor(model: readonly FeatureSpec[]): LogLayout {
+    let layout = layouts.get(model);
+    if (!layout) {
+      const own = new Set(model.map((s) => s.name));
+      const logged = logFeatures === "all" ? [...model, ...pipelineFeatures.filter((s) => !own.has(s.name))] : model;
+      layout = { logged, names: logged.map((s) => s.name), modelCount: model.length };
+      layouts.set(model, layout);
+    }
+    return layout;
+  }
 
   async function recommend(req: RecommendRequest, ctx: CallContext) {
     const started = performance.now();
@@ -61,7 +99,8 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
     model ??= deps.models.acquire(deps.modelName);
     try {
       const candidates = req.candidates.length ? req.candidates : deps.trending.top(Math.max(req.limit || limits.defaultTrendingLimit, 1) * 5);
-      const specs: readonly FeatureSpec[] = model?.features ?? fallbackFeatures;
+      const layout = layoutFor(model?.features ?? fallbackFeatures);
+      const specs = layout.logged;
       const context = { userId: req.userId, currentPage: req.currentPage, deviceType: req.deviceType };
       const features = await withTimeout(
         lookupFeatures(deps.redis, names, specs, context, candidates),
@@ -76,13 +115,13 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
           log.warn({ requestId }, "Redis unavailable or slower than the feature budget: serving with default features (logged as missing_features)");
         }
       }
-      if (ctx.signal.aborted) throw new Error("cancelled");
+      if (ctx.cancelled) throw new ServiceError(Code.CANCELLED, "the call was cancelled");
 
       let scores: Float64Array;
       if (model && candidates.length) {
         const t = performance.now();
-        scores = await model.score(features.matrix, features.rows);
-        inference.observe((performance.now() - t) / 1000, { model: model.name, version: model.version.version });
+        scores = await model.score(modelInput(features.matrix, features.rows, specs.length, layout.modelCount), features.rows);
+        inferenceBy(model.name, model.version.version).observe((performance.now() - t) / 1000);
       } else {
         // No model yet: rank by popularity (trending score), ties in the caller's order.
         scores = Float64Array.from(candidates, (c) => deps.trending.score(c));
@@ -93,14 +132,15 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
       const top = order.slice(0, limit);
       const modelVersion = model?.version.version ?? FALLBACK_VERSION;
       const latencyMs = performance.now() - started;
-      requests.inc({ model: deps.modelName, version: modelVersion, variant: variant?.name ?? "" });
+      requestsBy(modelVersion, variant?.name).inc();
 
-      // Log every scored candidate with the exact vector served, then the exposure.
-      const positions = new Map(top.map((idx, p) => [idx, p + 1]));
+      // Log every scored candidate with the exact vector served (and the other logged features), then the exposure.
+      const positions = new Uint32Array(candidates.length);
+      top.forEach((idx, p) => (positions[idx] = p + 1));
       const now = Date.now();
-      const prediction = create(PredictionLogSchema, {
+      const prediction = encodePredictionLog({
         requestId,
-        time: timestampFromMs(now),
+        timeMs: now,
         userId: req.userId,
         modelName: deps.modelName,
         modelVersion,
@@ -108,17 +148,16 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
         variant: variant?.name ?? "",
         currentPage: req.currentPage,
         deviceType: req.deviceType,
-        featureNames: specs.map((s) => s.name),
-        items: candidates.map((item, i) => ({
-          itemId: item,
-          score: scores[i]!,
-          position: positions.get(i) ?? 0,
-          features: Array.from(features.matrix.subarray(i * specs.length, (i + 1) * specs.length)),
-        })),
+        featureNames: layout.names,
+        modelFeatureCount: layout.modelCount,
+        itemIds: candidates,
+        scores,
+        positions,
+        matrix: features.matrix,
         missingFeatures: features.missing,
         latencyMs,
       });
-      deps.logs.publish(names.logsSubject("prediction"), `prediction:${requestId}`, toBinary(PredictionLogSchema, prediction));
+      deps.logs.publish(names.logsSubject("prediction"), `prediction:${requestId}`, prediction);
       if (experiment && variant) {
         const exposure = create(ExposureLogSchema, {
           requestId,
@@ -189,11 +228,21 @@ export function validateRecommend(req: RecommendRequest, limits: ServingLimits):
   if (req.deviceType.length > 64) throw invalidArgument("device_type", "is longer than 64 characters");
 }
 
+/** The model's input: the first `modelWidth` columns of the logged rows (the whole matrix when nothing else is logged). */
+function modelInput(matrix: Float32Array, rows: number, width: number, modelWidth: number): Float32Array {
+  if (width === modelWidth) return matrix;
+  const input = new Float32Array(rows * modelWidth);
+  for (let r = 0; r < rows; r++) input.set(matrix.subarray(r * width, r * width + modelWidth), r * modelWidth);
+  return input;
+}
+
 /** Resolves with the fallback when the work takes longer than `ms` (the work is left to finish). */
 function withTimeout<T>(work: Promise<T>, ms: number, fallback: () => T): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([
-    work.finally(() => clearTimeout(timer)),
-    new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback()), ms))),
-  ]);
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => resolve(fallback()), ms);
+    work.then(
+      (v) => (clearTimeout(timer), resolve(v)),
+      (err: unknown) => (clearTimeout(timer), reject(err)),
+    );
+  });
 }

@@ -41,7 +41,8 @@ export function decodeInput(
   contents: InferTensorContents | undefined,
   raw: Uint8Array | undefined,
 ): DecodedInput {
-  const dt = DATATYPES[datatype];
+  // Own keys only: "__proto__", "constructor" and "toString" are on every object's prototype.
+  const dt = Object.hasOwn(DATATYPES, datatype) ? DATATYPES[datatype] : undefined;
   if (!dt) throw invalidArgument(`${field}.datatype`, `"${datatype}" is not supported (use one of ${Object.keys(DATATYPES).join(", ")})`);
   const dims = shape.map((d, i) => {
     if (d < 0n || d > 2n ** 31n) throw invalidArgument(`${field}.shape[${i}]`, `must be between 0 and 2^31, got ${d}`);

@@ -124,12 +124,17 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
   const o = resolveSinkOptions(options);
   const log = ctx.log.child({ part: "sink" });
   const m = {
-    rows: ctx.metrics.counter("streamserve_sink_rows_written_total", "Rows the sink inserted into ClickHouse, by table"),
-    messages: ctx.metrics.counter("streamserve_sink_messages_total", "LOGS messages the sink finished, by kind and result (written, undecodable, rejected)"),
-    failures: ctx.metrics.counter("streamserve_sink_insert_failures_total", "Failed ClickHouse insert attempts, by table (each is retried)"),
-    batch: ctx.metrics.histogram("streamserve_sink_batch_seconds", "From a batch in hand to its messages acked, by kind"),
-    batchSize: ctx.metrics.histogram("streamserve_sink_batch_messages", "Messages per batch, by kind", [1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000]),
-    lag: ctx.metrics.gauge("streamserve_sink_consumer_lag", "LOGS messages not yet written (pending plus unacked), by kind"),
+    rows: ctx.metrics.counter("streamserve_sink_rows_written_total", "Rows the sink inserted into ClickHouse, by table", { labelNames: ["table"] }),
+    messages: ctx.metrics.counter("streamserve_sink_messages_total", "LOGS messages the sink finished, by kind and result (written, undecodable, rejected)", {
+      labelNames: ["kind", "result"],
+    }),
+    failures: ctx.metrics.counter("streamserve_sink_insert_failures_total", "Failed ClickHouse insert attempts, by table (each is retried)", { labelNames: ["table"] }),
+    batch: ctx.metrics.histogram("streamserve_sink_batch_seconds", "From a batch in hand to its messages acked, by kind", { labelNames: ["kind"] }),
+    batchSize: ctx.metrics.histogram("streamserve_sink_batch_messages", "Messages per batch, by kind", {
+      labelNames: ["kind"],
+      buckets: [1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000],
+    }),
+    lag: ctx.metrics.gauge("streamserve_sink_consumer_lag", "LOGS messages not yet written (pending plus unacked), by kind", { labelNames: ["kind"] }),
   };
   const stats: SinkStats = { rowsWritten: {}, messagesWritten: 0, messagesRejected: 0, insertFailures: 0, batches: 0, lag: {} };
 
@@ -269,8 +274,8 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
     m.messages.inc({ kind, result: "written" }, acked.length);
     stats.messagesWritten += acked.length;
     stats.batches++;
-    m.batch.observe((performance.now() - started) / 1000, { kind });
-    m.batchSize.observe(batch.length, { kind });
+    m.batch.observe({ kind }, (performance.now() - started) / 1000);
+    m.batchSize.observe({ kind }, batch.length);
     const last = batch.at(-1)!;
     setLag(kind, last.info.pending);
     return true;
@@ -294,7 +299,7 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
 
   function setLag(kind: LogKind, pending: number): void {
     stats.lag[kind] = pending;
-    m.lag.set(pending, { kind });
+    m.lag.set({ kind }, pending);
   }
 
   async function fetchBatch(consumer: Consumer): Promise<JsMsg[]> {

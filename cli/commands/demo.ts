@@ -23,7 +23,6 @@ import { startGuardedRollout, type RolloutStep } from "../../trainer/rollout.js"
 import { logisticOnnx, ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME } from "../../trainer/onnx-export.js";
 import { featureSpec } from "../../features/definitions.js";
 import { FALLBACK_VERSION } from "../../server/recommendation-service.js";
-import { FEATURE_VIEWS } from "../../features/definitions.js";
 
 const say = (text: string) => console.log(`\n▶ ${text}`);
 const note = (text: string) => console.log(`  ${text}`);
@@ -250,7 +249,7 @@ const DEMO_ROLLOUT_POLICY = (phaseMs: number) => ({ minStageMs: phaseMs, minUser
 const command: Command = {
   name: "demo",
   summary: "the whole loop on a compressed schedule with the clickstream simulator, narrated",
-  booleans: ["no-local-services"],
+  booleans: ["no-local-services", "metrics-open"],
   usage: `Usage: streamserve demo [flags]
 
 Starts everything \`streamserve up\` starts plus the clickstream simulator, then tells the story
@@ -287,8 +286,8 @@ state is deleted when the demo ends, its ClickHouse data is kept for \`report sq
       monitorEveryMs: 24 * 3_600_000,
       // Compressed: clicks arrive within seconds here, so the trainer need not wait 5 minutes for
       // them, and a few thousand rows are enough to show a promotion.
-      // No cycle at start: the story runs them (a cycle on the event loop while the simulator's
-      // first calls arrive only delays them).
+      // No cycle at start: the story runs them (a cycle while the simulator's first calls arrive
+      // only competes with them for the CPU).
       // Promotions after the first go out as guarded rollouts, at the story's pace.
       trainer: { labelDelayMs: 10_000, minRows: 500, windowMs: 3_600_000, initialDelayMs: 24 * 3_600_000, rollout: "guarded", rolloutPolicy: DEMO_ROLLOUT_POLICY(phaseMs) },
       // Drift over the last phase and a half, so the shift is not diluted by the hour before it.
@@ -297,7 +296,8 @@ state is deleted when the demo ends, its ClickHouse data is kept for \`report sq
       // Windows compressed like the rest of the story (the definitions say 5 minutes, watermark
       // 10): within a few minutes the windows are in steady state, so training, serving and the
       // drift check compare like with like, and closed windows reach ClickHouse during the demo.
-      features: { views: FEATURE_VIEWS.map((v) => ({ ...v, windowMs: phaseMs / 3, watermarkMs: phaseMs / 6 })) },
+      // Whole milliseconds: window bounds become protobuf Timestamps (--phase 20s would give 6666.67).
+      featureWindows: { windowMs: Math.round(phaseMs / 3), watermarkMs: Math.round(phaseMs / 6) },
     });
     console.log(banner(platform.grpcPort, platform.httpPort, runtime.config.modelName));
     const sim = await startSimulation(runtime, {

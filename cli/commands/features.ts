@@ -5,8 +5,10 @@ import { durationFlag, numberFlag, UsageError, type CommandArgs } from "../args.
 import { sendJson, sendText } from "../../lib/http.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
 
-export const FEATURES_FLAGS = `  --batch-size N        most events applied per Redis transaction (default 2000)
+export const FEATURES_FLAGS = `  --batch-size N        most events taken and acked as one batch (default 2000)
   --in-flight N         batches taken at once: one committing in Redis, one computed, the rest waiting (default 3)
+  --max-transaction-ms N  Redis time one feature transaction may take; batches are committed in as many
+                        transactions as keep each under it (default 2)
   --ack-wait DUR        JetStream ack deadline: how soon a crashed worker's events are redelivered (default 30s).
                         Keep it well under the watermark (10m) so redelivered events are not late.
   --close-interval DUR  how often windows the watermark has passed are closed and published (default 250ms)
@@ -20,7 +22,10 @@ export function featuresOptionsFromFlags(args: CommandArgs): FeaturesWorkerOptio
   };
   const ackWaitMs = durationFlag(args, "ack-wait");
   if (ackWaitMs !== undefined && ackWaitMs < 1000) throw new UsageError(`--ack-wait must be at least 1s, got ${ackWaitMs} ms`);
+  const maxTransactionMs = numberFlag(args, "max-transaction-ms");
+  if (maxTransactionMs !== undefined && !(maxTransactionMs > 0)) throw new UsageError(`--max-transaction-ms must be a positive number, got ${maxTransactionMs}`);
   return {
+    ...(maxTransactionMs !== undefined ? { store: { maxTransactionMs } } : {}),
     maxBatch: positiveInt("batch-size"),
     maxInFlightBatches: positiveInt("in-flight"),
     ackWaitMs,
@@ -49,7 +54,7 @@ Examples:
   async run(args, runtime) {
     const options = featuresOptionsFromFlags(args);
     const worker = await startFeaturesWorker(runtime, options);
-    runtime.http.route("GET", "/metrics", (_req, res) => sendText(res, 200, runtime.metrics.render(), "text/plain; version=0.0.4"));
+    runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
     runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", features: worker.stats }));
     try {
       await runtime.listenHttp();

@@ -1,32 +1,67 @@
 // `streamserve serve`: the gRPC inference server on its own.
 import type { Command } from "../command.js";
 import { untilSignal } from "../command.js";
-import { numberFlag, stringFlag, type CommandArgs } from "../args.js";
+import { numberFlag, stringFlag, UsageError, type CommandArgs } from "../args.js";
 import { startServer, type ServerOptions } from "../../server/server.js";
+import { isServingWorker, runServingWorker, superviseWorkers } from "../../server/workers.js";
+import { LOG_FEATURES, type LogFeatures } from "../../server/recommendation-service.js";
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 
 export const SERVE_FLAGS = `  --tls-cert FILE --tls-key FILE   serve gRPC over TLS
   --tls-client-ca FILE             also require client certificates signed by this CA (mTLS)
-  --auth-token-file FILE           require "authorization: Bearer <token>" on every RPC but health
+  --auth-token-file FILE           require "authorization: Bearer <token>" on every RPC but Health/Check
+                                   and every HTTP endpoint but /healthz (the dashboard asks for it)
                                    [STREAMSERVE_AUTH_TOKEN holds the token itself]
+  --metrics-token-file FILE        with a token: /metrics takes this one instead (a scraper's credential)
+  --metrics-open                   with a token: /metrics needs none
+  --max-connections N              TCP connections to the gRPC port (default 1024)
   --max-inflight N                 calls running at once before RESOURCE_EXHAUSTED (default 1024)
-  --max-candidates N               candidates per Recommend (default 1000)`;
+  --max-candidates N               candidates per Recommend (default 1000)
+  --log-features all|model         features each prediction log carries: every pipeline feature (all,
+                                   the default) or only the served model's inputs (model)`;
 
 export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
   const tokenFile = stringFlag(args, "auth-token-file");
   const authToken = tokenFile ? readFileSync(tokenFile, "utf8").trim() : process.env.STREAMSERVE_AUTH_TOKEN || undefined;
+  const metricsTokenFile = stringFlag(args, "metrics-token-file");
+  const metrics = metricsTokenFile ? { token: readFileSync(metricsTokenFile, "utf8").trim() } : args.flags["metrics-open"] ? ("open" as const) : undefined;
+  const logFeatures = stringFlag(args, "log-features");
+  if (logFeatures !== undefined && !LOG_FEATURES.includes(logFeatures as LogFeatures)) {
+    throw new UsageError(`--log-features must be one of ${LOG_FEATURES.join(", ")}, got "${logFeatures}"`);
+  }
   return {
+    ...(logFeatures !== undefined && { logFeatures: logFeatures as LogFeatures }),
     security: {
       tlsCert: stringFlag(args, "tls-cert"),
       tlsKey: stringFlag(args, "tls-key"),
       tlsClientCa: stringFlag(args, "tls-client-ca"),
       authToken,
+      metrics,
     },
     limits: {
       ...(numberFlag(args, "max-inflight") !== undefined && { maxInflight: numberFlag(args, "max-inflight") }),
       ...(numberFlag(args, "max-candidates") !== undefined && { maxCandidates: numberFlag(args, "max-candidates") }),
+      ...(numberFlag(args, "max-connections") !== undefined && { maxConnections: numberFlag(args, "max-connections") }),
     },
   };
+}
+
+const WORKERS_FLAG = `  --workers N|auto                 serving event loops (processes) on the one gRPC port (default 1;
+                                   auto: one per CPU). 1 by default because every worker loads its
+                                   own copy of each model and its own Redis/NATS connections, the CPU
+                                   count ignores container quotas, and where Redis and NATS share the
+                                   host they need cores too. Workers hot-swap on their own; /metrics
+                                   and /healthz answer for all; a worker that dies is restarted`;
+
+/** --workers: a count, or "auto" for one per CPU. @default 1 */
+export function workersFromFlags(args: CommandArgs): number {
+  const v = stringFlag(args, "workers");
+  if (v === undefined) return 1;
+  if (v === "auto") return availableParallelism();
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--workers must be a whole number of at least 1, or auto; got "${v}"`);
+  return n;
 }
 
 const command: Command = {
@@ -38,9 +73,15 @@ Serves inference.GRPCInferenceService and streamserve.v1.RecommendationService o
 with health and reflection, and /healthz and /metrics on --http-port. Models come from the
 registry (NATS JetStream) and are hot-swapped when an alias moves.
 
+${WORKERS_FLAG}
 ${SERVE_FLAGS}`,
+  booleans: ["metrics-open"],
   async run(args, runtime) {
-    const server = await startServer(runtime, serverOptionsFromFlags(args));
+    const options = serverOptionsFromFlags(args);
+    if (isServingWorker()) return runServingWorker(runtime, options);
+    const workers = workersFromFlags(args);
+    if (workers > 1) return superviseWorkers(runtime, { workers, server: options, stop: untilSignal() });
+    const server = await startServer(runtime, options);
     await runtime.listenHttp();
     const signal = await untilSignal();
     runtime.log.info({ signal }, "stopping");

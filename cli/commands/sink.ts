@@ -45,7 +45,7 @@ Examples:
     // Apply migrations now; if ClickHouse is down the sink starts anyway and retries each batch.
     await runtime.clickhouse().catch((err) => runtime.log.warn({ err }, "ClickHouse not reachable yet; the sink will retry"));
     const sink = await startSink(runtime, options);
-    runtime.http.route("GET", "/metrics", (_req, res) => sendText(res, 200, runtime.metrics.render(), "text/plain; version=0.0.4"));
+    runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
     runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", sink: sink.stats() }));
     await runtime.listenHttp();
     const signal = await untilSignal();

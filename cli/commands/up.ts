@@ -1,84 +1,172 @@
-// `streamserve up`: every part in one process (server, features worker, sink, trainer, monitor)
-// with the embedded ClickHouse in the data directory. What `npm start` runs.
+// `streamserve up`: the whole platform from one command, in three processes. This one serves
+// gRPC and the HTTP server users see (dashboard, /metrics, /healthz); two supervised children do
+// the rest, so that nothing but requests runs on the serving event loop:
+//   features   (cli/features-process.ts) the features worker: EVENTS → windows → Redis;
+//   analytics  (cli/analytics-process.ts) the embedded ClickHouse and everything that uses it:
+//              sink, trainer, monitor and the dashboard's queries, at a lower CPU priority.
+// A child that dies is restarted with backoff while serving goes on. What `npm start` runs.
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import type { Command } from "../command.js";
 import { untilSignal } from "../command.js";
 import { durationFlag, type CommandArgs } from "../args.js";
 import type { Part, Runtime } from "../../lib/runtime.js";
 import { ensureLocalServices, MissingServiceError, type LocalService } from "../../lib/local-services.js";
+import { proxyTo, sendText } from "../../lib/http.js";
+import { superviseChild, type SupervisedChild } from "../../lib/supervisor.js";
 import { startServer, type RunningServer } from "../../server/server.js";
-import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
-import { startSink } from "../../sink/sink.js";
-import { startTrainingSchedule, type ScheduleOptions, type TrainingSchedule } from "../../trainer/schedule.js";
-import { createMonitor, type Monitor } from "../../monitor/monitor.js";
-import type { MonitorOverrides } from "../../monitor/options.js";
+import type { CycleReport as TrainingReport } from "../../trainer/cycle.js";
+import type { SkippedRun } from "../../trainer/schedule.js";
+import type { CycleReport as MonitoringReport } from "../../monitor/monitor.js";
+import type { AnalyticsInfo, AnalyticsOptions, AnalyticsStart } from "../analytics-process.js";
+import type { FeaturesInfo, FeaturesStart, FeatureWindows } from "../features-process.js";
 import { serverOptionsFromFlags, SERVE_FLAGS } from "./serve.js";
 
-export interface PlatformOptions {
-  /** Time between training cycles. @default 6 h */
-  trainEveryMs?: number;
-  /** Time between monitoring cycles. @default 1 h */
-  monitorEveryMs?: number;
-  /** Further trainer settings (the demo's compressed schedule). */
-  trainer?: ScheduleOptions;
-  /** Further monitor settings. */
-  monitor?: MonitorOverrides;
-  /** Further features worker settings (the demo's compressed windows). */
-  features?: FeaturesWorkerOptions;
+export interface PlatformOptions extends AnalyticsOptions {
+  /** The features' windows when not the definitions' (the demo's compressed schedule). */
+  featureWindows?: FeatureWindows;
   /** Start private Redis/NATS when none answers. @default true */
   localServices?: boolean;
+  /** First restart delay of a child process. @default 1 s */
+  restartDelayMs?: number;
 }
 
 export interface Platform {
+  /** The parts in this (the serving) process. */
   parts: Part[];
   server: RunningServer;
-  trainer: TrainingSchedule;
-  monitor: Monitor;
+  /** The analytics process's training schedule, called over IPC. */
+  trainer: { runNow(): Promise<TrainingReport | SkippedRun> };
+  /** The analytics process's monitor, called over IPC. */
+  monitor: { runCycle(now?: Date): Promise<MonitoringReport> };
+  /** The analytics process itself (pid, restarts, state). */
+  analytics: SupervisedChild<AnalyticsInfo>;
+  /** The features process. */
+  features: SupervisedChild<FeaturesInfo>;
   grpcPort: number;
   httpPort: number;
   stop(): Promise<void>;
 }
 
-/** Starts the whole platform on one runtime; used by `up` and `demo`. */
+/** A child process's entry (cli/<name>-process): .js when built, .ts under tsx. */
+function childModule(name: string): string {
+  const js = fileURLToPath(new URL(`../${name}-process.js`, import.meta.url));
+  return existsSync(js) ? js : fileURLToPath(new URL(`../${name}-process.ts`, import.meta.url));
+}
+
+/** Two Prometheus expositions as one; a family the first already has is not repeated. */
+export function mergeExpositions(own: string, other: string): string {
+  const known = new Set([...own.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]));
+  const families = other.split(/^(?=# HELP )/m).filter((f) => f.trim() && !known.has(/^# TYPE (\S+)/m.exec(f)?.[1] ?? ""));
+  return own + families.join("");
+}
+
+/** Starts the whole platform: serving here, features and analytics in supervised children. Used by `up` and `demo`. */
 export async function startPlatform(runtime: Runtime, args: CommandArgs, options: PlatformOptions = {}): Promise<Platform> {
   const { log, config } = runtime;
   let local: LocalService[] = [];
   if (options.localServices !== false) local = await ensureLocalServices(config, config.dataDir, log);
-  const parts: Part[] = [];
+  // HTTP first: a port in use fails here, before anything else has started. Routes are mounted
+  // below, as the parts come.
+  let httpPort: number;
   try {
-    // Downstream first, so nothing the server logs waits for a consumer that is not there yet.
-    // Small batches: an embedded ClickHouse insert blocks the event loop (about 6 ms per 500
-    // rows), and in this process the event loop also serves gRPC.
-    parts.push(await startSink(runtime, { maxBatchMessages: 500 }));
-    parts.push(await startFeaturesWorker(runtime, options.features));
+    httpPort = await runtime.listenHttp();
+  } catch (err) {
+    await Promise.all(local.map((s) => s.stop()));
+    throw err;
+  }
+  const parts: Part[] = [];
+  const up = runtime.metrics.gauge("streamserve_process_up", "1 while the child process is ready, by process (analytics: sink, trainer, monitor, dashboard queries; features: the features worker)", {
+    labelNames: ["process"],
+  });
+  const restarts = runtime.metrics.counter("streamserve_process_restarts_total", "Times a child process died and was restarted, by process", { labelNames: ["process"] });
+  const supervise = <Start, Info>(name: string, start: () => Start) => {
+    let counted = 0;
+    return superviseChild<Start, Info>({
+      name,
+      module: childModule(name),
+      log,
+      start,
+      restartDelayMs: options.restartDelayMs,
+      onState: (state, n) => {
+        up.set({ process: name }, state === "ready" ? 1 : 0);
+        if (n > counted) restarts.inc({ process: name }, n - counted);
+        counted = n;
+      },
+    });
+  };
+  // Downstream first, so nothing the server logs waits for a consumer that is not there yet.
+  const analytics = supervise<AnalyticsStart, AnalyticsInfo>("analytics", () => ({
+    config,
+    options: { trainEveryMs: options.trainEveryMs, monitorEveryMs: options.monitorEveryMs, trainer: options.trainer, monitor: options.monitor },
+  }));
+  const features = supervise<FeaturesStart, FeaturesInfo>("features", () => ({ config, windows: options.featureWindows }));
+  const children = [features, analytics];
+  try {
     const server = await startServer(runtime, serverOptionsFromFlags(args));
     parts.push(server);
-    const trainer = startTrainingSchedule(runtime, { ...options.trainer, intervalMs: options.trainEveryMs });
-    parts.push(trainer);
-    const monitor = createMonitor(runtime, { ...options.monitor, ...(options.monitorEveryMs && { intervalMs: options.monitorEveryMs }) });
-    monitor.start();
-    parts.push(monitor);
-    const httpPort = await runtime.listenHttp();
+    // After the server's routes: this /metrics (every process's) replaces its own.
+    mountChildRoutes(runtime, analytics, children);
+    // Serving does not wait on the children; the banner does, so that its dashboard URL answers.
+    for (const [name, child] of [["features", features], ["analytics", analytics]] as const) {
+      if (!(await child.firstStart)) log.warn(`the ${name} process failed to start; it is restarted with backoff while serving goes on`);
+    }
     return {
       parts,
       server,
-      trainer,
-      monitor,
+      analytics,
+      features,
+      trainer: {
+        runNow: () => analytics.call<TrainingReport | SkippedRun>("trainNow").catch((err: Error): SkippedRun => ({ skipped: true, reason: `failed: ${err.message}` })),
+      },
+      monitor: { runCycle: (now?: Date) => analytics.call<MonitoringReport>("monitorCycle", now) },
       grpcPort: server.port,
       httpPort,
       async stop() {
-        // The server drains and flushes its logs before the sink and the rest stop.
-        const order = [...parts.filter((p) => p.name === "server"), ...parts.filter((p) => p.name !== "server").reverse()];
-        for (const part of order) {
+        // The server drains and flushes its logs first, then the features worker stops, then the
+        // analytics process (its sink writes what reached LOGS meanwhile).
+        for (const part of [...parts].reverse()) {
           await part.stop().catch((err: Error) => log.error({ part: part.name, err: err.message }, "stop failed"));
         }
+        for (const child of children) await child.stop();
         await runtime.close();
         await Promise.all(local.map((s) => s.stop()));
       },
     };
   } catch (err) {
     for (const part of parts.reverse()) await part.stop().catch(() => undefined);
+    for (const child of children) await child.stop();
     await Promise.all(local.map((s) => s.stop()));
     throw err;
+  }
+}
+
+/**
+ * The dashboard (/, /dashboard, /api/*) is forwarded to the analytics process, and /metrics shows
+ * every process's metrics, so users see the same URLs as when everything ran in one process.
+ */
+function mountChildRoutes(runtime: Runtime, analytics: SupervisedChild<AnalyticsInfo>, children: SupervisedChild<{ httpPort: number }>[]): void {
+  const unavailable = () =>
+    analytics.state === "stopping" || analytics.state === "stopped"
+      ? "the analytics process is stopping"
+      : `the analytics process is ${analytics.state === "starting" ? "starting" : "restarting"} (restarts so far: ${analytics.restarts}); serving is not affected, try again shortly`;
+  const proxy = proxyTo({ port: () => analytics.info?.httpPort, unavailable });
+  for (const path of ["/", "/dashboard", "/api/*"]) runtime.http.route("GET", path, proxy);
+  runtime.http.route("GET", "/metrics", async (_req, res) => {
+    const theirs = await Promise.all(children.map((c) => childMetrics(c.info?.httpPort)));
+    // A family every process has (prom-client's process_* and nodejs_* metrics) shows this process's.
+    sendText(res, 200, theirs.reduce(mergeExpositions, await runtime.metrics.render()), runtime.metrics.contentType);
+  });
+}
+
+/** A child process's /metrics, or "" when it does not answer within 3 s (a scrape waits up to 10 s by default). */
+async function childMetrics(port: number | undefined): Promise<string> {
+  if (port === undefined) return "";
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(3000) });
+    return res.ok ? await res.text() : "";
+  } catch {
+    return "";
   }
 }
 
@@ -96,11 +184,14 @@ Ctrl-C stops everything.
 
 const command: Command = {
   name: "up",
-  summary: "run every part in one process: server, features, sink, trainer, monitor",
-  booleans: ["no-local-services"],
+  summary: "run the whole platform: the server, with the features worker and the analytics (sink, trainer, monitor) in supervised processes",
+  booleans: ["no-local-services", "metrics-open"],
   usage: `Usage: streamserve up [flags]
 
-Runs the whole platform in one process with the embedded ClickHouse in --data-dir. When Redis or
+Runs the whole platform from one command. This process serves gRPC and HTTP (dashboard, /metrics,
+/healthz); a child process runs the features worker, and another, at a lower CPU priority, holds
+the embedded ClickHouse in --data-dir with the sink, the trainer, the monitor and the dashboard's
+queries. A child that dies is restarted with backoff while serving goes on. When Redis or
 NATS does not answer at its URL on this machine and redis-server / nats-server is installed, a
 private instance is started under the data directory.
 

@@ -128,7 +128,7 @@ it("rejects corrupt and incompatible artifacts, keeps the previous version servi
   assert.equal(load.failures.length, 0, `zero failed calls (first: ${(load.failures[0] as Error | undefined)?.message})`);
   assert.ok(load.answers.every((a) => a.modelVersion === good.version && fromGoodVersion(a)), "no broken version ever answered");
   for (const v of broken) {
-    assert.equal(rt.metrics.counter("streamserve_model_load_failures_total", "").get({ model: "recommender", version: v }), 1, `version ${v} counted as a load failure`);
+    assert.equal(await rt.metrics.value("streamserve_model_load_failures_total", { model: "recommender", version: v }), 1, `version ${v} counted as a load failure`);
   }
 
   // The operator's record: one load_failed event per broken version, with the reason.

@@ -75,7 +75,7 @@ it("keeps serving through a NATS crash and ends with exactly one prediction row 
   const during = load.answers.filter((a) => a.at > killedAt && a.at < restartedAt);
   assert.ok(during.length >= 50, `the server kept answering while NATS was down (${during.length} answers)`);
   assert.ok(during.every((a) => a.modelVersion === v1), "the loaded model kept serving without its registry");
-  const spilledTotal = rt.metrics.counter("streamserve_log_spilled_total", "").get();
+  const spilledTotal = await rt.metrics.value("streamserve_log_spilled_total");
   assert.ok(spilledTotal > 0, "the spill shows in the metrics");
 
   // ---- NATS back, with its streams (same store directory) ----

@@ -76,6 +76,9 @@ test("wrongly typed fields say what they got", () => {
   refused({ ...good, event_time: true }, "wrong_type", /event_time/);
   refused({ ...good, device_type: 3 }, "wrong_type", /device_type/);
   refused({ ...good, session_duration: -1 }, "invalid_value", /negative/);
+  // Two of these would sum to Infinity in a window.
+  refused({ ...good, session_duration: 1.7e308 }, "invalid_value", /session_duration must be within ±1000000000000 .*1\.7e\+308/);
+  refused({ ...good, event_type: "purchase", amount: -1.7e308 }, "invalid_value", /amount must be within/);
   refused({ ...good, page_id: "x".repeat(300) }, "invalid_value", /longer than 256/);
 });
 

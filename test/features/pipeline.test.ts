@@ -49,13 +49,13 @@ describe(title, () => {
     await env?.cleanup();
   });
 
-  test("every event is applied once; none is late with a jitter under the watermark", () => {
+  test("every event is applied once; none is late with a jitter under the watermark", async () => {
     assert.equal(worker.stats.messages, events.length);
     assert.deepEqual(worker.stats.applied, { user: events.length, item: events.length });
     assert.deepEqual(worker.stats.late, {});
     assert.deepEqual(worker.stats.duplicates, {});
     assert.equal(worker.stats.deadLetters, 0);
-    assert.equal(env.runtime.metrics.counter("streamserve_features_messages_total", "").get(), events.length);
+    assert.equal(await env.runtime.metrics.value("streamserve_features_messages_total"), events.length);
   });
 
   test("online hashes hold each entity's newest window, computed as the seed does", async () => {
@@ -138,7 +138,7 @@ describe("late events", () => {
     await worker.closeDueWindows();
 
     assert.deepEqual(worker.stats.late, { user: 1, item: 1 });
-    assert.equal(runtime.metrics.counter("streamserve_features_late_events_total", "").get({ entity: "user" }), 1);
+    assert.equal(await runtime.metrics.value("streamserve_features_late_events_total", { entity: "user" }), 1);
     assert.deepEqual(worker.stats.applied, { user: 4, item: 4 });
 
     const logged = await readFeatureWindowLogs(nc, names);
@@ -243,6 +243,11 @@ describe("dead letters", () => {
       [JSON.stringify({ ...good("t0"), event_time: 0 }), "absurd_timestamp"],
       [JSON.stringify({ ...good("tf"), event_time: now + 3_600_000 }), "absurd_timestamp"],
       [new Uint8Array([0x0a, 0xff, 0x01]), "invalid_protobuf", "application/protobuf"],
+      // Two sessions or purchases this large would sum to Infinity in u1's window.
+      [JSON.stringify({ ...good("big1"), session_duration: 1.7e308 }), "invalid_value"],
+      [JSON.stringify({ ...good("big2"), session_duration: 1.7e308 }), "invalid_value"],
+      [JSON.stringify({ ...good("buy1"), event_type: "purchase", amount: 1.7e308 }), "invalid_value"],
+      [JSON.stringify({ ...good("buy2"), event_type: "purchase", amount: 1.7e308 }), "invalid_value"],
     ];
     const sent = new Map<number, { data: Uint8Array; reason: string }>();
     await publishEvents(js, names, [{ ...good("g1") }]);
@@ -261,6 +266,8 @@ describe("dead letters", () => {
     assert.deepEqual(worker.stats.applied, { user: 2, item: 2 }, "the good events around the bad ones were applied");
     const online = await runtime.redis().hgetall(names.userFeaturesKey("u1"));
     assert.equal(online.event_count, "2");
+    assert.equal(online.avg_session_duration, "5", "the aggregations stay finite");
+    assert.equal(online.purchase_amount, "0");
 
     const jsm = await nc.jetstreamManager();
     const info = await jsm.streams.info(names.eventsStream, { subjects_filter: names.deadLetterSubject });
@@ -277,8 +284,9 @@ describe("dead letters", () => {
       assert.deepEqual(new Uint8Array(m.data), original.data, "the original bytes, untouched");
       reasons[original.reason] = (reasons[original.reason] ?? 0) + 1;
     }
-    const counter = runtime.metrics.counter("streamserve_features_dead_letters_total", "");
-    for (const [reason, n] of Object.entries(reasons)) assert.equal(counter.get({ reason }), n, `metric for ${reason}`);
+    for (const [reason, n] of Object.entries(reasons)) {
+      assert.equal(await runtime.metrics.value("streamserve_features_dead_letters_total", { reason }), n, `metric for ${reason}`);
+    }
   });
 });
 

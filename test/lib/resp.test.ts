@@ -134,6 +134,27 @@ describe("connection handling", () => {
     }
   });
 
+  test("a send tied to a connection fails on a newer one: a WATCH does not survive a reconnect", async () => {
+    const conn = new RespConnection(redis.url, { name: "watch-holder" });
+    const other = new RespConnection(redis.url);
+    try {
+      await conn.send([["SET", "v", "1"], ["WATCH", "v"]]);
+      const watching = conn.connection;
+      // The server drops the connection (as a restart or a network blip would); a foreign write follows.
+      await other.send([["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]]);
+      await other.send([["SET", "v", "2"]]);
+      await new Promise((r) => setTimeout(r, 100)); // the client has seen its socket close
+      await assert.rejects(conn.send([["MULTI"], ["SET", "v", "mine"], ["EXEC"]], { onConnection: watching }), RespConnectionError);
+      assert.deepEqual(await other.send([["GET", "v"]]), ["2"], "the unwatched transaction was not sent");
+      assert.deepEqual(await conn.send([["PING"]]), ["PONG"]);
+      assert.notEqual(conn.connection, watching);
+      assert.deepEqual(await conn.send([["PING"]], { onConnection: conn.connection }), ["PONG"], "the new connection serves sends tied to it");
+    } finally {
+      conn.close();
+      other.close();
+    }
+  });
+
   test("a server that refuses AUTH is reported, not retried silently", async () => {
     const conn = new RespConnection(`redis://:wrong@127.0.0.1:${redis.port}`);
     try {

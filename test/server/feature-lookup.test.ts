@@ -46,3 +46,36 @@ it("assembles the matrix in the model's order with defaults, and names what was 
   assert.deepEqual(Array.from(unknownDevice.matrix), [0, 0, -1, 7]);
   assert.deepEqual(unknownDevice.missing.sort(), ["clicks_last_5min", "device_type", "engagement_score", "item_views_5min"]);
 });
+
+it("lookups started together share one pipelined read and each gets its own rows", async () => {
+  assert.ok(await waitReady(rt.servingRedis()));
+  const redis = rt.redis();
+  const users = Array.from({ length: 40 }, (_, i) => `batch-u${i}`);
+  for (const [i, u] of users.entries()) {
+    await redis.hset(rt.names.userFeaturesKey(u), { clicks_last_5min: String(i), engagement_score: String(i / 2) });
+    await redis.hset(rt.names.itemFeaturesKey(`batch-i${i}`), { item_views_5min: String(1000 + i) });
+  }
+  const serving = rt.servingRedis();
+  // Count the pipelines the lookups open (a spy on the real client; Redis answers for real).
+  const pipeline = serving.pipeline;
+  let pipelines = 0;
+  serving.pipeline = function (this: typeof serving, ...args: Parameters<typeof pipeline>) {
+    pipelines++;
+    return pipeline.apply(this, args);
+  } as typeof pipeline;
+  let results;
+  try {
+    // Started in one turn of the event loop, as concurrent requests are.
+    results = await Promise.all(
+      users.map((u, i) => lookupFeatures(serving, rt.names, SPECS, { userId: u, currentPage: "", deviceType: "desktop" }, [`batch-i${i}`, "batch-none"])),
+    );
+  } finally {
+    serving.pipeline = pipeline;
+  }
+  assert.equal(pipelines, 1, "one pipeline (one socket write) for the 40 lookups");
+  results.forEach((m, i) => {
+    assert.equal(m.unavailable, false);
+    assert.deepEqual(Array.from(m.matrix), [1000 + i, i, 0, i / 2, 0, i, 0, i / 2], `user ${i} got its own values`);
+    assert.deepEqual(m.missing, ["item_views_5min"], "batch-none has no hash");
+  });
+});

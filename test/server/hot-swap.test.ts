@@ -99,5 +99,5 @@ it("swaps ten times under load with zero failed requests", async () => {
   } finally {
     oip.close();
   }
-  assert.match(rt.metrics.render(), /streamserve_model_load_failures_total\{model="recommender",version="\d+"\} 1/);
+  assert.match(await rt.metrics.render(), /streamserve_model_load_failures_total\{model="recommender",version="\d+"\} 1/);
 });

@@ -166,7 +166,7 @@ function publisher(options: Partial<LogPublisherOptions> & Pick<LogPublisherOpti
   const metrics = options.metrics ?? new MetricsRegistry();
   const p = new LogPublisher({ ...options, metrics });
   cleanups.push(() => p.close());
-  const counter = (name: string, labels: Record<string, string> = {}) => metrics.counter(name, "").get(labels);
+  const counter = (name: string, labels: Record<string, string> = {}) => metrics.value(name, labels);
   return { p, metrics, counter };
 }
 
@@ -290,8 +290,8 @@ describe("LogPublisher on the shared NATS", () => {
     });
     assert.equal(p.depth, 0);
     assert.equal(p.spilled, 0);
-    assert.equal(counter("streamserve_log_published_total"), N);
-    assert.equal(counter("streamserve_log_spilled_total"), 0);
+    assert.equal(await counter("streamserve_log_published_total"), N);
+    assert.equal(await counter("streamserve_log_spilled_total"), 0);
     assert.deepEqual(await spillFiles(spillDir), []);
     assert.equal(count(/./, WARN), 0, "a healthy run logs no warnings");
     await p.close();
@@ -312,12 +312,12 @@ describe("LogPublisher on the shared NATS", () => {
     p.publish(`${prefix}.logs.prediction`, `${run}-y`, "not bytes" as unknown as Uint8Array);
     await p.flush();
     await assertStreamHolds(nc, name, [`${run}-0`, `${run}-1`]);
-    assert.equal(counter("streamserve_log_dropped_total", { reason: "rejected" }), 1);
-    assert.equal(counter("streamserve_log_dropped_total", { reason: "invalid" }), 3);
+    assert.equal(await counter("streamserve_log_dropped_total", { reason: "rejected" }), 1);
+    assert.equal(await counter("streamserve_log_dropped_total", { reason: "invalid" }), 3);
     assert.equal(p.spilled, 0, "a refused message is not spilled and retried forever");
     await p.close();
     p.publish(`${prefix}.logs.prediction`, `${run}-late`, new Uint8Array(1));
-    assert.equal(counter("streamserve_log_dropped_total", { reason: "closed" }), 1);
+    assert.equal(await counter("streamserve_log_dropped_total", { reason: "closed" }), 1);
     // One line per reason, not per message.
     assert.equal(count(/dropped logs/), 3);
   });
@@ -337,10 +337,10 @@ describe("LogPublisher on the shared NATS", () => {
     await waitFor("the spill to be replayed", () => count(REPLAY_DONE) === 1);
     await p.flush();
     await assertStreamHolds(nc, name, ids(run, 0, N));
-    assert.ok(counter("streamserve_log_spilled_total") >= N - 256, `spilled ${counter("streamserve_log_spilled_total")}`);
-    assert.equal(counter("streamserve_log_replayed_total"), counter("streamserve_log_spilled_total"));
-    assert.equal(counter("streamserve_log_published_total"), N);
-    assert.equal(counter("streamserve_log_dropped_total", { reason: "overflow" }), 0, "a burst on a healthy disk loses nothing");
+    assert.ok((await counter("streamserve_log_spilled_total")) >= N - 256, `spilled ${(await counter("streamserve_log_spilled_total"))}`);
+    assert.equal(await counter("streamserve_log_replayed_total"), (await counter("streamserve_log_spilled_total")));
+    assert.equal(await counter("streamserve_log_published_total"), N);
+    assert.equal(await counter("streamserve_log_dropped_total", { reason: "overflow" }), 0, "a burst on a healthy disk loses nothing");
     assert.equal(count(SPILL_STARTED), 1);
     assert.deepEqual(await spillFiles(spillDir), [], "replayed files are deleted");
     await p.close();
@@ -431,7 +431,7 @@ describe("LogPublisher on the shared NATS", () => {
     await waitFor("a failed spill write", () => count(/cannot write the spill/) === 1);
     assert.equal(p.spilled, 0);
     assert.equal(p.depth, maxBuffered * 10, "ten times maxBuffered are held in memory");
-    assert.equal(counter("streamserve_log_dropped_total", { reason: "overflow" }), 60 - maxBuffered * 10);
+    assert.equal(await counter("streamserve_log_dropped_total", { reason: "overflow" }), 60 - maxBuffered * 10);
     await rm(spillDir);
     await mkdir(spillDir);
     await waitFor("the held messages to reach the disk", () => p.spilled === 50 && p.depth === 0);
@@ -468,9 +468,9 @@ describe("LogPublisher on the shared NATS", () => {
     await waitFor("the replay", () => count(REPLAY_DONE) === 1);
     await p.flush();
     await assertStreamHolds(nc, name, ids(run, 0, 900));
-    assert.equal(counter("streamserve_log_published_total"), 900);
-    assert.equal(counter("streamserve_log_replayed_total"), counter("streamserve_log_spilled_total"));
-    assert.ok(counter("streamserve_log_spilled_total") >= 300);
+    assert.equal(await counter("streamserve_log_published_total"), 900);
+    assert.equal(await counter("streamserve_log_replayed_total"), (await counter("streamserve_log_spilled_total")));
+    assert.ok((await counter("streamserve_log_spilled_total")) >= 300);
     await p.close();
   });
 });
@@ -545,10 +545,10 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     assert.equal(p.spilled, 0);
     // Each message was acknowledged exactly once as far as the publisher knows: either from memory
     // or (once) from disk, never both.
-    assert.equal(counter("streamserve_log_published_total"), N);
-    assert.equal(counter("streamserve_log_replayed_total"), counter("streamserve_log_spilled_total"));
-    assert.ok(counter("streamserve_log_spilled_total") >= 300 + 1800);
-    assert.equal(counter("streamserve_log_dropped_total", { reason: "rejected" }), 0);
+    assert.equal(await counter("streamserve_log_published_total"), N);
+    assert.equal(await counter("streamserve_log_replayed_total"), (await counter("streamserve_log_spilled_total")));
+    assert.ok((await counter("streamserve_log_spilled_total")) >= 300 + 1800);
+    assert.equal(await counter("streamserve_log_dropped_total", { reason: "rejected" }), 0);
     // Two outages: one warning each, one completion line each; nothing per message.
     assert.equal(count(SPILL_STARTED), 2);
     assert.equal(count(REPLAY_DONE), 2);

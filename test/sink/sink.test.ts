@@ -97,7 +97,7 @@ describe("sink", () => {
       { kind: "promote", alias: "production", from_version: "1", to_version: "2", actor: "trainer", reason: "auc +2%", i: 3 },
     ]);
     for (const kind of KINDS) assert.ok(await consumerIdle(kind), `consumer of ${kind} has nothing pending`);
-    const metrics = runtime.metrics.render();
+    const metrics = await runtime.metrics.render();
     assert.match(metrics, /streamserve_sink_rows_written_total\{table="predictions"\} 120/);
     assert.match(metrics, /streamserve_sink_messages_total\{kind="outcome",result="written"\} 40/);
     assert.match(metrics, /streamserve_sink_batch_seconds_count\{kind="exposure"\} [1-9]/);
@@ -186,7 +186,7 @@ describe("sink", () => {
       await sink.stop();
     }
     assert.equal(sink.stats().messagesRejected, garbage.length);
-    assert.match(runtime.metrics.render(), /streamserve_sink_messages_total\{kind="model_event",result="undecodable"\} 3/);
+    assert.match(await runtime.metrics.render(), /streamserve_sink_messages_total\{kind="model_event",result="undecodable"\} 3/);
     assert.equal(await count("SELECT count() n FROM model_events FINAL WHERE event_id LIKE 'ev-mixed-%'"), good.length);
   });
 });

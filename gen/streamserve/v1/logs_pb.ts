@@ -19,7 +19,9 @@ export const file_streamserve_v1_logs: GenFile = /*@__PURE__*/
 
 /**
  * One Recommend request: the user's context and every scored candidate with the exact feature
- * vector the model saw. The sink writes one `predictions` row per scored item.
+ * vector the model saw, followed (with --log-features all, the default) by every other feature
+ * the pipeline defines, so that a later model can train on features the served one did not use.
+ * The sink writes one `predictions` row per scored item.
  *
  * @generated from message streamserve.v1.PredictionLog
  */
@@ -73,8 +75,7 @@ export type PredictionLog = Message<"streamserve.v1.PredictionLog"> & {
 
   /**
    * Names of the logged feature entries: the served model's own features first, in the order the
-   * model version declares, then every other feature the pipeline defines (and the request
-   * features). The first model_feature_count entries are exactly the model's input vector.
+   * model version declares, then every other logged feature.
    *
    * @generated from field: repeated string feature_names = 10;
    */
@@ -86,7 +87,7 @@ export type PredictionLog = Message<"streamserve.v1.PredictionLog"> & {
   items: ScoredItem[];
 
   /**
-   * Features that were absent (or unreadable) and took their declared default, among all logged ones.
+   * Logged features that were absent (or unreadable) and took their default.
    *
    * @generated from field: repeated string missing_features = 12;
    */
@@ -98,8 +99,8 @@ export type PredictionLog = Message<"streamserve.v1.PredictionLog"> & {
   latencyMs: number;
 
   /**
-   * How many leading feature_names entries are the model's input vector; 0: all of them (the
-   * shape before every feature was logged).
+   * How many leading entries of feature_names (and of each item's features) are the model's input
+   * vector, exactly as the model saw it. 0 (logs written before this field): every entry is.
    *
    * @generated from field: uint32 model_feature_count = 14;
    */
