@@ -46,7 +46,7 @@ export function inShadowShare(experiment: Pick<Experiment, "name" | "shadow">, r
 
 export function createShadowScorer(deps: ShadowScorerDeps): (experiment: Experiment | undefined, request: ShadowRequest) => void {
   const maxInFlight = deps.maxInFlight ?? 64;
-  const outcomes = deps.metrics.counter("streamserve_shadow_requests_total", "Requests scored by a shadow version, by outcome (logged, skipped_busy, not_loaded, features_unavailable, failed)");
+  const outcomes = deps.metrics.counter("streamserve_shadow_requests_total", "Requests scored by a shadow version, by outcome (logged, skipped_busy, not_loaded, features_unavailable, failed)", { labelNames: ["outcome"] });
   let inFlight = 0;
   let lastWarning = 0;
 
