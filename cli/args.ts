@@ -1,5 +1,8 @@
-// Command-line parsing shared by every streamserve command: `--flag value`, `--flag=value`,
-// boolean flags the command declares, repeated flags collected into arrays.
+// Command-line parsing shared by every streamserve command: node:util.parseArgs reads `--flag value`,
+// `--flag=value`, `-h` and `--`; a command's known flags are the ones its usage text names plus the
+// global ones, so a flag documented in a usage text is accepted and any other is an error that
+// names the closest known flag. Repeated flags are collected into arrays.
+import { parseArgs as parseArgv } from "node:util";
 import type { Config } from "../lib/config.js";
 
 export type Flags = Record<string, string | boolean | string[]>;
@@ -13,37 +16,79 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
-export function parseArgs(argv: string[], booleans: readonly string[] = []): CommandArgs {
+/** Flags that take no value in every command. */
+export const GLOBAL_BOOLEANS = ["help", "json", "once"] as const;
+
+/** Every `--flag` a usage text mentions, in order, without repeats. */
+export function flagsInUsage(...texts: string[]): string[] {
+  return [...new Set(texts.flatMap((t) => [...t.matchAll(/--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)/g)].map((m) => m[1]!)))];
+}
+
+/**
+ * Parses a command's arguments against the flags it knows: `booleans` take no value, every other
+ * known flag takes one, and an unknown flag is a UsageError naming the closest known one. Without
+ * `known` (a test parsing one command's flags), every `--flag` given is accepted.
+ */
+export function parseArgs(argv: string[], booleans: readonly string[] = [], known?: readonly string[]): CommandArgs {
+  const bool = new Set<string>([...GLOBAL_BOOLEANS, ...booleans]);
+  const end = argv.indexOf("--");
+  const given = (end === -1 ? argv : argv.slice(0, end)).filter((a) => a.startsWith("--")).map((a) => a.slice(2).split("=")[0]!);
+  const accepted = new Set<string>([...(known ?? given), ...bool]);
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }> = {};
+  for (const name of accepted) options[name] = bool.has(name) ? { type: "boolean" } : { type: "string", multiple: true };
+  options.help = { type: "boolean", short: "h" };
+  // Not strict: the checks below give the messages (and the closest flag) themselves.
+  const { tokens, positionals } = parseArgv({ args: argv, options, strict: false, allowPositionals: true, tokens: true });
   const flags: Flags = {};
-  const positionals: string[] = [];
-  const bool = new Set(["help", "json", "once", ...booleans]);
   const add = (name: string, value: string | boolean) => {
     const prev = flags[name];
-    if (prev === undefined) flags[name] = value;
-    else flags[name] = [...(Array.isArray(prev) ? prev : [String(prev)]), String(value)];
+    if (prev === undefined || typeof value === "boolean") flags[name] = value;
+    else flags[name] = [...(Array.isArray(prev) ? prev : [String(prev)]), value];
   };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === "--") {
-      positionals.push(...argv.slice(i + 1));
-      break;
-    }
-    if (arg === "-h") {
-      flags.help = true;
+  for (const token of tokens) {
+    if (token.kind !== "option") continue;
+    const name = token.name;
+    if (!accepted.has(name)) throw new UsageError(unknownFlagMessage(token.rawName, name, accepted));
+    if (bool.has(name)) {
+      if (token.inlineValue) throw new UsageError(`${token.rawName} takes no value (got "${token.value}")`);
+      add(name, true);
       continue;
     }
-    if (!arg.startsWith("--")) {
-      positionals.push(arg);
-      continue;
-    }
-    const eq = arg.indexOf("=");
-    const name = arg.slice(2, eq === -1 ? undefined : eq);
-    if (eq !== -1) add(name, arg.slice(eq + 1));
-    else if (bool.has(name)) add(name, true);
-    else if (i + 1 < argv.length && !argv[i + 1]!.startsWith("--")) add(name, argv[++i]!);
-    else throw new UsageError(`--${name} needs a value`);
+    // A flag's value may start with "-" (a negative number) but not with "--": "--model --json" lacks one.
+    if (typeof token.value !== "string" || (!token.inlineValue && token.value.startsWith("--"))) throw new UsageError(`--${name} needs a value`);
+    add(name, token.value);
   }
   return { flags, positionals };
+}
+
+function unknownFlagMessage(rawName: string, name: string, known: ReadonlySet<string>): string {
+  const closest = closestName(name, [...known]);
+  return closest ? `unknown flag ${rawName}: did you mean --${closest}?` : `unknown flag ${rawName}`;
+}
+
+/** The known name nearest to a typo by edit distance, when it is near enough to be the one meant. */
+export function closestName(name: string, known: readonly string[]): string | undefined {
+  let best: { name: string; distance: number } | undefined;
+  for (const k of known) {
+    const distance = editDistance(name, k);
+    if (!best || distance < best.distance) best = { name: k, distance };
+  }
+  if (!best) return undefined;
+  const near = (best.distance <= Math.max(1, Math.floor(name.length / 3)) && best.distance < name.length) || (name.length > 2 && (best.name.includes(name) || name.includes(best.name)));
+  return near ? best.name : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  // Optimal string alignment: a swap of two neighbours ("prot" for "port") counts as one edit.
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
+    }
+  }
+  return d[a.length]![b.length]!;
 }
 
 export function stringFlag(args: CommandArgs, name: string): string | undefined {

@@ -7,12 +7,13 @@ import { fileURLToPath } from "node:url";
 import { createRuntime } from "../lib/runtime.js";
 import { ConfigError } from "../lib/config.js";
 import { RegistryError } from "../lib/registry.js";
+import { createLogger, LOG_FORMATS, defaultLogFormat, type LogFormat } from "../lib/logger.js";
 import { redactText } from "../lib/redact.js";
-import { parseArgs, configFromFlags, UsageError } from "./args.js";
-import type { Command } from "./command.js";
+import { parseArgs, configFromFlags, flagsInUsage, stringFlag, UsageError, type CommandArgs } from "./args.js";
+import { printsReport, type Command } from "./command.js";
 
 /** Every command, in the order `--help` lists them. */
-const COMMANDS = [
+export const COMMANDS = [
   "up",
   "serve",
   "features",
@@ -36,9 +37,30 @@ const GLOBAL_FLAGS = `Flags every command takes (environment variable in bracket
   --clickhouse-url URL ClickHouse server; unset: embedded engine in the data directory [CLICKHOUSE_URL]
   --namespace NAME     prefix for streams, buckets and keys, to run several platforms side by side [STREAMSERVE_NAMESPACE]
   --model NAME         registry model that Recommend serves (default recommender)
-  --log-level LEVEL    trace, debug, info, warn, error (default info) [LOG_LEVEL]`;
+  --host ADDR          interface the gRPC and HTTP servers bind to (default 0.0.0.0)
+  --log-level LEVEL    trace, debug, info, warn, error, silent (default info; warn for commands that
+                       print a table or report) [LOG_LEVEL]
+  --log-format FORMAT  pretty (one coloured line per event) or json (default: pretty when stderr is a
+                       terminal, json otherwise) [LOG_FORMAT]`;
 
-async function loadCommand(name: string): Promise<Command | undefined> {
+/** The flags a command accepts: those its usage text and the global flags name, and its booleans. */
+export function knownFlags(command: Command): string[] {
+  return [...flagsInUsage(command.usage, GLOBAL_FLAGS), ...(command.booleans ?? [])];
+}
+
+/**
+ * The process's logger. Logs go to stderr; a command that prints a table or report logs only
+ * warnings unless --log-level or LOG_LEVEL asks for more, so a terminal shows just its result.
+ */
+function loggerFor(command: Command, args: CommandArgs) {
+  const format = stringFlag(args, "log-format") ?? defaultLogFormat();
+  if (!(LOG_FORMATS as readonly string[]).includes(format)) throw new UsageError(`--log-format must be ${LOG_FORMATS.join(" or ")}, got "${format}"`);
+  const asked = stringFlag(args, "log-level") ?? (process.env.LOG_LEVEL || undefined);
+  const level = asked ?? (printsReport(command, args) ? "warn" : "info");
+  return { level, format: format as LogFormat };
+}
+
+export async function loadCommand(name: string): Promise<Command | undefined> {
   const file = new URL(`./commands/${name}.js`, import.meta.url);
   // Under tsx the sources are .ts; built, they are .js.
   const candidates = [file, new URL(`./commands/${name}.ts`, import.meta.url)];
@@ -70,7 +92,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   let args;
   try {
-    args = parseArgs(rest, command.booleans);
+    args = parseArgs(rest, command.booleans, knownFlags(command));
   } catch (err) {
     console.error(`streamserve ${name}: ${(err as Error).message}\n\n${command.usage}`);
     return 2;
@@ -81,7 +103,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   let runtime;
   try {
-    runtime = createRuntime(configFromFlags(args));
+    const { level, format } = loggerFor(command, args);
+    runtime = createRuntime({ ...configFromFlags(args), logLevel: level }, createLogger(level, undefined, format));
   } catch (err) {
     console.error(redactText(`streamserve ${name}: ${(err as Error).message}`));
     return 2;

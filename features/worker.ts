@@ -26,6 +26,7 @@ import { packMessages } from "./message-batch.js";
 import type { ClosedWindow, TrendingSpec, ViewCounts, WindowStoreOptions } from "./window-store.js";
 import { ThreadedWindowStore, type FeatureStore } from "./store-thread.js";
 import { createFeaturesMetrics, type FeaturesMetrics } from "./metrics.js";
+import { progressPacer } from "../lib/progress-pacer.js";
 
 /** Header of a dead letter that says why the event was refused (a DeadLetterReason). */
 export const DEAD_LETTER_REASON_HEADER = "Streamserve-Dead-Letter-Reason";
@@ -425,9 +426,13 @@ class Worker implements FeaturesWorker {
 
   private async progressLoop(consumerInfo: () => Promise<{ num_pending: number; num_ack_pending: number }>): Promise<void> {
     let last = { at: performance.now(), messages: 0 };
+    // A line when something moved; an idle worker writes one every 30 intervals (5 min by default).
+    const due = progressPacer({ idleEveryMs: 30 * this.opts.progressIntervalMs });
     await this.every(this.opts.progressIntervalMs, async () => {
       const now = performance.now();
       const info = await consumerInfo().catch(() => undefined);
+      const { messages, late, duplicates, deadLetters, windowsClosed } = this.stats;
+      if (!due({ messages, late, duplicates, deadLetters, windowsClosed, backlog: info?.num_pending, unacked: info?.num_ack_pending })) return;
       const rate = ((this.stats.messages - last.messages) * 1000) / (now - last.at);
       last = { at: now, messages: this.stats.messages };
       this.log.info(

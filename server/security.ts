@@ -71,6 +71,8 @@ export function httpGuard(options: SecurityOptions = {}): HttpGuard | undefined 
   };
   return (req, res, url) => {
     if (url.pathname === "/healthz") return true;
+    // The REST inference API checks the same token itself (its probes excepted) and answers in the protocol's JSON.
+    if (url.pathname === "/v2" || url.pathname.startsWith("/v2/")) return true;
     const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
     if (url.pathname === "/metrics") {
       if (metrics === "open") return true;

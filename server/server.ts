@@ -20,6 +20,7 @@ import { LogPublisher } from "./log-publisher.js";
 import { HealthService } from "./health.js";
 import { addReflection } from "./reflection.js";
 import { inferenceHandlers } from "./inference-service.js";
+import { mountHttpInference } from "./http-inference.js";
 import { recommendationHandlers, type LogFeatures } from "./recommendation-service.js";
 import { DEFAULT_LIMITS, type ServingLimits } from "./limits.js";
 import { precheckModelInfer } from "./infer-precheck.js";
@@ -31,7 +32,7 @@ export interface ServerOptions {
   security?: SecurityOptions;
   /** How long stop() lets in-flight calls finish before cancelling them. @default 10000 ms */
   drainTimeoutMs?: number;
-  /** Mount /healthz and /metrics on the runtime's HTTP server. @default true */
+  /** Mount /healthz, /metrics and the REST inference API (/v2) on the runtime's HTTP server. @default true */
   http?: boolean;
   /** When versions loaded on demand are unloaded (see ModelManagerOptions). */
   models?: Pick<ModelManagerOptions, "onDemandIdleMs" | "onDemandBudgetBytes">;
@@ -143,21 +144,17 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   };
 
   const server = new grpc.Server(grpcServerOptions(limits, guard));
+  const inference = inferenceHandlers({
+    models,
+    limits,
+    metrics,
+    server: { name: "streamserve", version: serverVersion() },
+    isReady: () => models.ready && !draining,
+  });
   server.addService(
     // Shapes and counts are checked on the bytes, before a refused batch costs a decode.
     serviceDefinition(GRPCInferenceService, { modelInfer: (bytes) => precheckModelInfer(bytes, limits) }),
-    unaryImplementation(
-      GRPCInferenceService,
-      inferenceHandlers({
-        models,
-        limits,
-        metrics,
-        server: { name: "streamserve", version: serverVersion() },
-        isReady: () => models.ready && !draining,
-      }),
-      hooks,
-      shutdown.signal,
-    ),
+    unaryImplementation(GRPCInferenceService, inference, hooks, shutdown.signal),
   );
   server.addService(
     serviceDefinition(RecommendationService),
@@ -198,6 +195,8 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
       sendText(res, ok ? 200 : 503, JSON.stringify({ status: ok ? "SERVING" : "NOT_SERVING", model: config.modelName, version: models.servedVersion(config.modelName) ?? "fallback" }), "application/json");
     });
     runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await metrics.render(), metrics.contentType));
+    // The same inference service as REST (KServe v2 / Triton HTTP), behind the same admission.
+    mountHttpInference(runtime.http, { handlers: inference, hooks, limits, shutdown: shutdown.signal });
   }
 
   return {

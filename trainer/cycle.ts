@@ -323,7 +323,7 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     },
     o,
   );
-  if (!registry) return finish({ action: decision.action === "skip" ? "skip" : "keep_candidate", reason: `not published (--no-publish); the policy would ${decision.action === "promote" ? "promote" : "keep it as candidate"}: ${decision.reason}` });
+  if (!registry) return finish({ action: decision.action === "skip" ? "skip" : "keep_candidate", reason: `not published to the registry; the policy would ${decision.action === "promote" ? "promote" : "keep it as candidate"}: ${decision.reason}` });
 
   report.version = await registry.publish({
     name: modelName,

@@ -69,6 +69,7 @@ function listOf(args: CommandArgs, name: string): string[] {
 export const drift: Command = {
   name: "drift",
   summary: "drift statistics (KS, PSI, chi-square) between two files of samples",
+  printsReport: true,
   usage: USAGE,
   async run(args) {
     const referencePath = stringFlag(args, "reference");

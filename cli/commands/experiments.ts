@@ -8,6 +8,7 @@ import { checkRollouts, startGuardedRollout, DEFAULT_STAGES } from "../../traine
 const command: Command = {
   name: "experiments",
   summary: "create, list and stop A/B experiments between model versions",
+  printsReport: true,
   usage: `Usage:
   streamserve experiments create --name NAME --variant control:50:production --variant treatment:50:candidate [--shadow VERSION:PERCENT] [--model recommender]
   streamserve experiments create --name NAME --shadow VERSION:PERCENT

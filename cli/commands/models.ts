@@ -98,6 +98,7 @@ const command: Command = {
   name: "models",
   summary: "push, list, promote and roll back model versions in the registry",
   usage: USAGE,
+  printsReport: true,
   async run(args, runtime) {
     const [sub, name, version] = args.positionals;
     const registry = await runtime.registry();

@@ -101,6 +101,7 @@ function cycleJson(report: CycleReport): unknown {
 export const monitor: Command = {
   name: "monitor",
   summary: "drift, quality and A/B checks on a schedule (--once: one cycle), alerts, dashboard",
+  printsReport: (args) => Boolean(args.flags.once),
   usage: USAGE,
   async run(args, runtime) {
     const o = overrides(args);

@@ -47,6 +47,7 @@ const KINDS = ["drift", "quality", "ab", "shadow", "sql"] as const;
 export const report: Command = {
   name: "report",
   summary: "the monitor's latest drift, quality and A/B results, as tables or JSON",
+  printsReport: true,
   usage: USAGE,
   async run(args, runtime) {
     const kind = args.positionals[0];

@@ -14,7 +14,8 @@ import type { Evaluation } from "../../trainer/metrics.js";
 const USAGE = `Usage:
   streamserve train [--every 6h] [--window 24h] [--label clicked|converted] [--rollout guarded]
   streamserve train --once [--window 24h] [--label clicked|converted] [--no-promote] [--rollout guarded]
-  streamserve train --once --data FILE --label COLUMN [--output model.onnx] [--no-promote | --no-publish]
+  streamserve train --once --data FILE --label COLUMN [--no-promote | --no-publish]
+  streamserve train --once --data FILE --label COLUMN --output model.onnx [--publish [--no-promote]]
 
 Trains gradient-boosted trees on the logged predictions joined to their outcomes (the exact
 feature vectors served), evaluates the new model and the production model on the same
@@ -33,7 +34,9 @@ Flags:
   --label NAME         logs: clicked (default) or converted; --data: the label column (required)
   --features A,B,C     logs: the features the new model learns from (default: every pipeline and
                        request feature; all are logged with each prediction, whatever was served)
-  --output FILE        also write the ONNX model here
+  --output FILE        write the ONNX model here; with --once the registry is left alone (no
+                       NATS needed) unless --publish is given too
+  --publish            with --output: also publish the version to the registry
   --no-promote         publish the version as "candidate" whatever its metrics
   --rollout MODE       immediate (default): a promotion moves the production alias at once;
                        guarded: it goes out in stages to a growing share of users, each stage
@@ -42,7 +45,7 @@ Flags:
                        it back, a stage that holds advances (the monitor looks every cycle;
                        \`streamserve experiments rollout-check\` looks now)
   --rollout-stages P,Q percent of users per stage (default 10,50,100)
-  --no-publish         do not touch the registry (no NATS needed); with --output to keep the model
+  --no-publish         do not touch the registry (no NATS needed)
   --every DURATION     time between cycles (default 6h)
   --window DURATION    logged data per cycle (default 24h)
   --min-gain RATIO     relative AUC gain over production needed to promote (default 0.01 = 1 %)
@@ -53,7 +56,8 @@ Flags:
 
 Examples:
   streamserve train --once
-  streamserve train --once --data history.parquet --label clicked --output model.onnx`;
+  streamserve train --once --data history.parquet --label clicked --output model.onnx
+  streamserve train --once --data history.parquet --label clicked --output model.onnx --publish`;
 
 function gbdtOptions(args: CommandArgs): GbdtOptions {
   const positive = (name: string) => {
@@ -71,14 +75,29 @@ function gbdtOptions(args: CommandArgs): GbdtOptions {
   };
 }
 
+/**
+ * Whether a run touches the registry: --publish and --no-publish say so; otherwise a one-off run
+ * that writes --output is about the file, and every other run publishes.
+ */
+export function publishes(args: CommandArgs): boolean {
+  if (args.flags.publish && args.flags["no-publish"]) throw new UsageError("--publish and --no-publish contradict each other; pass one of them");
+  if (args.flags.publish) return true;
+  if (args.flags["no-publish"]) return false;
+  return !(args.flags.once && stringFlag(args, "output"));
+}
+
 function cycleOptions(args: CommandArgs): CycleOptions {
   const output = stringFlag(args, "output");
+  const publish = publishes(args);
+  if (args.flags["no-promote"] && !publish && !args.flags["no-publish"]) {
+    throw new UsageError("--output alone leaves the registry alone, so --no-promote has nothing to do: add --publish to publish the version as candidate");
+  }
   return {
     gbdt: gbdtOptions(args),
     minRelativeGain: numberFlag(args, "min-gain"),
     minRows: numberFlag(args, "min-rows"),
     promote: !args.flags["no-promote"],
-    publish: !args.flags["no-publish"],
+    publish,
     outputPath: output ? resolve(output) : undefined,
     seed: numberFlag(args, "seed"),
     features: stringFlag(args, "features")?.split(",").map((f) => f.trim()).filter(Boolean),
@@ -172,7 +191,8 @@ const command: Command = {
   name: "train",
   summary: "train, evaluate and publish a model (every 6 h, --once, or from a file with --data)",
   usage: USAGE,
-  booleans: ["no-promote", "no-publish"],
+  booleans: ["no-promote", "no-publish", "publish"],
+  printsReport: (args) => Boolean(args.flags.once),
   async run(args, runtime) {
     const label = stringFlag(args, "label");
     const data = stringFlag(args, "data");

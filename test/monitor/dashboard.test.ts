@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { existsSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { chromium, type Browser, type LaunchOptions, type Page } from "playwright-core";
 import type { ClickHouse } from "../../lib/clickhouse.js";
 import { createMonitor, type Monitor } from "../../monitor/monitor.js";
 import { publishProduction, testEnvironment } from "./fixtures/environment.js";
@@ -14,7 +14,21 @@ import { TEST_FEATURES, insertRows, makeExperiment, makeTraffic, referenceSample
 
 const HOUR = 3_600_000;
 const MODEL = "recommender";
-const CHROMIUM = "/usr/bin/chromium";
+const SYSTEM_CHROMIUM = "/usr/bin/chromium";
+
+/**
+ * Debian's Chromium when it is installed, otherwise the headless build that the devDependency
+ * @sparticuz/chromium ships inside its npm package (unpacked to the temporary directory on first use),
+ * so `npm install && npm test` needs no system package.
+ */
+async function browserLaunchOptions(): Promise<LaunchOptions> {
+  const common = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+  if (existsSync(SYSTEM_CHROMIUM)) return { executablePath: SYSTEM_CHROMIUM, args: ["--headless", ...common] };
+  const bundled = (await import("@sparticuz/chromium")).default;
+  // Its defaults also turn off web security, which a test of a page must keep on.
+  const args = bundled.args.filter((a) => !["--disable-web-security", "--allow-running-insecure-content"].includes(a));
+  return { executablePath: await bundled.executablePath(), args: [...args, ...common] };
+}
 const env = testEnvironment("monitor-dashboard");
 
 let ch: ClickHouse;
@@ -61,11 +75,7 @@ before(async () => {
   assert.deepEqual(report.errors, []);
   base = `http://127.0.0.1:${await runtime.listenHttp()}`;
 
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await chromium.launch(await browserLaunchOptions());
   page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
   page.on("console", (msg) => {
     if (msg.type() === "error") consoleErrors.push(msg.text());
