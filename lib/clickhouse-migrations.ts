@@ -111,6 +111,47 @@ export const MIGRATIONS: Migration[] = [
       TTL toDateTime(time) + INTERVAL 365 DAY`,
     ],
   },
+  // Every feature is logged, not only the served model's: `features` holds them all, and
+  // model_features names the entries that were the model's input vector, in model order, so the
+  // exact vector served stays recoverable (arrayMap(n -> features[n], model_features)). Rows
+  // written before it read the default, the old meaning: every logged feature was the model's.
+  {
+    version: 2,
+    name: "predictions model_features",
+    statements: [
+      `ALTER TABLE predictions ADD COLUMN IF NOT EXISTS model_features Array(LowCardinality(String)) DEFAULT mapKeys(features)`,
+    ],
+  },
+  // Shadow traffic: a shadow version's scores of requests production answered, one row per scored
+  // candidate, keyed like predictions (plus the version) so the two join on (request_id, item_id).
+  // position is the shadow's own ranking (1-based within the response size; 0 beyond it).
+  {
+    version: 3,
+    name: "shadow predictions",
+    statements: [
+      `CREATE TABLE IF NOT EXISTS shadow_predictions (
+        request_id String,
+        time DateTime64(3, 'UTC'),
+        user_id String,
+        item_id String,
+        position UInt16,
+        score Float64,
+        model_name LowCardinality(String),
+        model_version LowCardinality(String),
+        experiment LowCardinality(String),
+        variant LowCardinality(String),
+        current_page String,
+        device_type LowCardinality(String),
+        features Map(LowCardinality(String), Float64),
+        missing_features Array(LowCardinality(String)),
+        latency_ms Float32,
+        model_features Array(LowCardinality(String))
+      ) ENGINE = ReplacingMergeTree
+      PARTITION BY toYYYYMMDD(time)
+      ORDER BY (model_name, toStartOfHour(time), request_id, item_id, model_version)
+      TTL toDateTime(time) + INTERVAL 30 DAY`,
+    ],
+  },
   // The monitor's additions: the alert log that keeps alerts from repeating every cycle, and the
   // SQL views behind `streamserve report`, the dashboard and the README's queries.
   {
@@ -230,6 +271,45 @@ export const MIGRATIONS: Migration[] = [
         GROUP BY experiment, user_id)
       GROUP BY experiment, variant
       ORDER BY experiment, variant`,
+    ],
+  },
+  {
+    version: 102,
+    name: "sequential and CUPED A/B columns",
+    statements: [
+      // ab_report with the always-valid (mSPRT) p-value and confidence sequence of the rate
+      // difference, and the CUPED-adjusted difference with the variance reduction it achieved.
+      `CREATE OR REPLACE VIEW ab_report AS
+      SELECT time, JSONExtractString(details, 'experiment') AS experiment, JSONExtractString(details, 'variant') AS variant,
+        model_name, model_version,
+        JSONExtractBool(details, 'control') AS is_control,
+        JSONExtractUInt(details, 'users') AS users,
+        JSONExtractUInt(details, 'exposures') AS exposures,
+        JSONExtractUInt(details, 'conversions') AS conversions,
+        value AS conversion_rate,
+        JSONExtract(details, 'avg_revenue', 'Nullable(Float64)') AS avg_revenue,
+        JSONExtract(details, 'lift', 'Nullable(Float64)') AS lift,
+        JSONExtract(details, 'lift_lower', 'Nullable(Float64)') AS lift_lower,
+        JSONExtract(details, 'lift_upper', 'Nullable(Float64)') AS lift_upper,
+        if(isNaN(p_value), NULL, p_value) AS p_value,
+        JSONExtract(details, 'revenue_p_value', 'Nullable(Float64)') AS revenue_p_value,
+        JSONExtractBool(details, 'srm') AS srm,
+        JSONExtract(details, 'seq_p_value', 'Nullable(Float64)') AS seq_p_value,
+        JSONExtract(details, 'seq_diff', 'Nullable(Float64)') AS seq_diff,
+        JSONExtract(details, 'seq_lower', 'Nullable(Float64)') AS seq_lower,
+        JSONExtract(details, 'seq_upper', 'Nullable(Float64)') AS seq_upper,
+        JSONExtract(details, 'cuped_diff', 'Nullable(Float64)') AS cuped_diff,
+        JSONExtract(details, 'cuped_lower', 'Nullable(Float64)') AS cuped_lower,
+        JSONExtract(details, 'cuped_upper', 'Nullable(Float64)') AS cuped_upper,
+        JSONExtract(details, 'cuped_p_value', 'Nullable(Float64)') AS cuped_p_value,
+        JSONExtract(details, 'cuped_variance_reduction', 'Nullable(Float64)') AS cuped_variance_reduction,
+        verdict,
+        JSONExtractString(details, 'note') AS note
+      FROM monitoring
+      WHERE kind = 'ab' AND statistic = 'variant'
+        AND (JSONExtractString(details, 'experiment'), time) IN (
+          SELECT JSONExtractString(details, 'experiment'), max(time) FROM monitoring WHERE kind = 'ab' GROUP BY 1)
+      ORDER BY experiment, is_control DESC, variant`,
     ],
   },
 ];

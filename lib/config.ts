@@ -137,7 +137,8 @@ export interface Names {
   redisPrefix: string;
 }
 
-export type LogKind = "prediction" | "exposure" | "outcome" | "feature_window" | "model_event";
+/** "shadow": a shadow version's scores of a request production answered (never returned to the caller). */
+export type LogKind = "prediction" | "shadow" | "exposure" | "outcome" | "feature_window" | "model_event";
 
 export function names(config: Pick<Config, "namespace">): Names {
   const ns = config.namespace;

@@ -1,7 +1,7 @@
 // Deterministic assignment of users to experiment variants: a hash of experiment and user, so a user
 // sees the same variant on every server and after every restart, and the monitor can recompute it.
 import { createHash } from "node:crypto";
-import type { Experiment, ExperimentVariant } from "./registry.js";
+import type { Experiment, ExperimentVariant, ShadowTarget } from "./registry.js";
 
 /** Buckets per experiment: 0.01 % resolution for traffic shares. */
 export const BUCKETS = 10_000;
@@ -29,4 +29,13 @@ export function parseVariant(spec: string): ExperimentVariant {
   const share = Number(traffic);
   if (!Number.isFinite(share)) throw new Error(`variant "${spec}": traffic "${traffic}" is not a number`);
   return { name, traffic: share, target };
+}
+
+/** Parses the CLI form `target:percent`, e.g. `7:20` (version 7 scores 20 % of requests in shadow). */
+export function parseShadow(spec: string): ShadowTarget {
+  const i = spec.lastIndexOf(":");
+  if (i <= 0) throw new Error(`shadow "${spec}" must look like VERSION:PERCENT, e.g. 7:20`);
+  const percent = Number(spec.slice(i + 1));
+  if (!(percent > 0 && percent <= 100)) throw new Error(`shadow "${spec}": percent must be a number in (0, 100]`);
+  return { target: spec.slice(0, i), percent };
 }

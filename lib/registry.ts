@@ -59,10 +59,40 @@ export interface ExperimentVariant {
   target: string;
 }
 
+/**
+ * A guarded rollout, kept on the experiment that routes it (trainer/rollout.ts): the candidate's
+ * variant holds the current stage's share of users, the baseline (production when it started) the rest.
+ */
+export interface RolloutState {
+  candidate: string;
+  baseline: string;
+  /** Percent of users per stage, ascending; reaching the last (100) promotes the candidate. */
+  stages: number[];
+  /** Index of the current stage in `stages`. */
+  stage: number;
+  startedAt: string;
+  stageStartedAt: string;
+  /** The decision's settings, fixed at the start so every stage is judged alike. */
+  policy: Record<string, number>;
+}
+
+export interface ShadowTarget {
+  target: string;
+  /** Percent of requests, (0, 100]. */
+  percent: number;
+}
+
 export interface Experiment {
   name: string;
   model: string;
   variants: ExperimentVariant[];
+  /** Set when the experiment is a guarded rollout's routing entry. */
+  rollout?: RolloutState;
+  /**
+   * Shadow traffic: this share of requests is also scored by `target` (an alias or version), off
+   * the request's path; its scores are logged as `shadow` logs, never returned.
+   */
+  shadow?: ShadowTarget;
   status: "running" | "stopped";
   createdAt: string;
   createdBy: string;
@@ -285,10 +315,17 @@ export class Registry {
 
   // ---- experiments ----
 
-  async createExperiment(input: { name: string; model: string; variants: ExperimentVariant[]; actor?: string }): Promise<Experiment> {
+  async createExperiment(input: { name: string; model: string; variants: ExperimentVariant[]; rollout?: RolloutState; shadow?: ShadowTarget; actor?: string }): Promise<Experiment> {
     checkName("experiment name", input.name);
     checkName("model name", input.model);
-    checkVariants(input.variants);
+    // A shadow needs no A/B split: one variant taking every user is enough.
+    checkVariants(input.variants, input.shadow ? 1 : 2);
+    if (input.shadow) {
+      if (!(input.shadow.percent > 0 && input.shadow.percent <= 100)) throw new RegistryError(`shadow: percent must be between 0 and 100, got ${input.shadow.percent}`, "invalid");
+      if (!(await this.resolve(input.model, input.shadow.target))) {
+        throw new RegistryError(`shadow: model ${input.model} has no alias or version "${input.shadow.target}"`, "not_found");
+      }
+    }
     const running = (await this.listExperiments()).find((e) => e.status === "running" && e.model === input.model);
     if (running && running.name !== input.name) {
       throw new RegistryError(`experiment ${running.name} is already running on ${input.model}; stop it first`, "conflict");
@@ -302,6 +339,8 @@ export class Registry {
       name: input.name,
       model: input.model,
       variants: input.variants,
+      ...(input.rollout && { rollout: input.rollout }),
+      ...(input.shadow && { shadow: input.shadow }),
       status: "running",
       createdAt: new Date().toISOString(),
       createdBy: input.actor ?? defaultActor(),
@@ -444,8 +483,8 @@ function checkFeatures(features: FeatureSpec[]): void {
   }
 }
 
-function checkVariants(variants: ExperimentVariant[]): void {
-  if (variants.length < 2) throw new RegistryError("an experiment needs at least two variants", "invalid");
+function checkVariants(variants: ExperimentVariant[], minimum = 2): void {
+  if (variants.length < minimum) throw new RegistryError(minimum === 1 ? "an experiment needs a variant" : "an experiment needs at least two variants", "invalid");
   const names = new Set<string>();
   let total = 0;
   for (const v of variants) {

@@ -3,6 +3,10 @@
 // confidence interval and Welch's t-test on revenue per user; the sample-ratio-mismatch check of the
 // users seen against the configured split; and a warning while the sample is too small to conclude.
 // The unit of analysis is the user, because users (not requests) are what the router randomizes.
+// Next to the fixed-horizon z-test, which is only valid read once at a planned sample size, each
+// treatment gets the always-valid mSPRT p-value and confidence sequence (stats/sequential.ts), safe
+// to read every cycle, and the CUPED-adjusted difference (stats/cuped.ts) with each user's
+// pre-exposure activity from `user_features` as covariate, with the variance reduction achieved.
 import type { ClickHouse } from "../lib/clickhouse.js";
 import type { Experiment, Registry } from "../lib/registry.js";
 import type { ExperimentOptions } from "./options.js";
@@ -18,6 +22,9 @@ import {
   type SrmResult,
   type WelchResult,
 } from "./stats/ab-tests.js";
+import { alwaysValidPValue, defaultTau2, msprt, sequentialProportionTest, type SequentialResult } from "./stats/sequential.js";
+import { cuped, type CupedSums } from "./stats/cuped.js";
+import { normalQuantile, normalSf } from "./stats/special-functions.js";
 import { floatIn, toClickHouseTime, type MonitoringRow, type Verdict } from "./store.js";
 
 /** Per-variant figures as ClickHouse aggregates them (per user first, then per variant). */
@@ -32,6 +39,22 @@ export interface VariantCounts {
   revenueVariance: number;
   /** Users of this variant who were also exposed to another one (should be 0 with hash routing). */
   crossovers: number;
+  /** Per-user sums of Y = converted (0/1) and X = pre-exposure activity (events), for CUPED. */
+  cupedSums?: CupedSums;
+}
+
+/** CUPED-adjusted comparison of a treatment's conversion rate against control. */
+export interface CupedComparison {
+  theta: number;
+  /** 1 − Var(adjusted difference) / Var(raw difference). */
+  varianceReduction: number;
+  /** Adjusted rate difference (treatment − control) with its fixed-horizon interval and z-test. */
+  difference: number;
+  lower: number;
+  upper: number;
+  pValue: number;
+  /** The always-valid test on the adjusted difference. */
+  sequential: SequentialResult;
 }
 
 export interface VariantResult extends VariantCounts {
@@ -48,6 +71,12 @@ export interface VariantResult extends VariantCounts {
   revenueLift?: LiftResult;
   revenueTest?: WelchResult;
   significant?: boolean;
+  /** Always-valid test of the conversion-rate difference (treatment − control). */
+  sequential?: SequentialResult;
+  /** The sequential p-value's running minimum over the analyses so far (always valid). */
+  sequentialPValue?: number;
+  sequentialSignificant?: boolean;
+  cuped?: CupedComparison;
   verdict: Verdict;
 }
 
@@ -66,8 +95,17 @@ export interface ExperimentResult {
   notes: string[];
 }
 
-/** The statistics of one experiment from its per-variant counts; pure. */
-export function analyzeExperiment(experiment: Pick<Experiment, "name" | "model" | "variants" | "status">, counts: readonly VariantCounts[], window: { from: Date; to: Date }, options: ExperimentOptions): ExperimentResult {
+/**
+ * The statistics of one experiment from its per-variant counts; pure. `previousSequential` holds
+ * each treatment's always-valid p-value from earlier analyses (its running minimum is kept).
+ */
+export function analyzeExperiment(
+  experiment: Pick<Experiment, "name" | "model" | "variants" | "status">,
+  counts: readonly VariantCounts[],
+  window: { from: Date; to: Date },
+  options: ExperimentOptions,
+  previousSequential: ReadonlyMap<string, number> = new Map(),
+): ExperimentResult {
   const byName = new Map(counts.map((c) => [c.variant, c]));
   const controlName = experiment.variants.find((v) => v.name === "control")?.name ?? experiment.variants[0]!.name;
   const empty = (variant: string): VariantCounts => ({ variant, users: 0, exposures: 0, conversions: 0, revenue: 0, avgRevenue: NaN, revenueVariance: NaN, crossovers: 0 });
@@ -92,6 +130,13 @@ export function analyzeExperiment(experiment: Pick<Experiment, "name" | "model" 
     const revenueB = { n: t.users, mean: t.avgRevenue, variance: t.revenueVariance };
     t.revenueTest = welchTTest(revenueA, revenueB);
     t.revenueLift = relativeLift(revenueA, revenueB, options.confidence);
+    // Tuned to the smallest lift worth detecting; with no control conversions yet there is nothing to scale by.
+    const tau2 = defaultTau2(control.conversionRate, options.minimumDetectableLift);
+    const seqAlpha = 1 - options.confidence;
+    t.sequential = sequentialProportionTest(control.conversions, control.users, t.conversions, t.users, tau2, seqAlpha);
+    t.sequentialPValue = alwaysValidPValue(previousSequential.get(t.variant), t.sequential.pValue);
+    t.sequentialSignificant = t.sequentialPValue < options.alpha;
+    if (control.cupedSums && t.cupedSums) t.cuped = cupedComparison(control.cupedSums, t.cupedSums, tau2, options);
   }
   // Several treatments against one control are several tests: Holm keeps the family-wise error at alpha.
   const adjusted = adjustPValues(treatments.map((t) => t.pValue ?? NaN), "holm");
@@ -124,15 +169,40 @@ export function analyzeExperiment(experiment: Pick<Experiment, "name" | "model" 
   return { experiment: experiment.name, model: experiment.model, status: experiment.status, window, control: controlName, variants, srm, requiredUsers, tooSmall, verdict, notes };
 }
 
-/** Per-variant counts of an experiment in a window, per user first (converted if any request converted). */
-export async function readVariantCounts(ch: ClickHouse, experiment: string, window: { from: Date; to: Date }): Promise<VariantCounts[]> {
+function cupedComparison(control: CupedSums, treatment: CupedSums, tau2: number, options: ExperimentOptions): CupedComparison {
+  const r = cuped([control, treatment]);
+  const [a, b] = r.arms as [{ n: number; mean: number; variance: number }, { n: number; mean: number; variance: number }];
+  const difference = b.mean - a.mean;
+  const variance = a.variance / a.n + b.variance / b.n;
+  const se = Math.sqrt(variance);
+  const z = normalQuantile(1 - (1 - options.confidence) / 2);
+  return {
+    theta: r.theta,
+    varianceReduction: r.varianceReduction,
+    difference,
+    lower: difference - z * se,
+    upper: difference + z * se,
+    pValue: se > 0 ? Math.min(1, 2 * normalSf(Math.abs(difference) / se)) : NaN,
+    sequential: msprt(difference, variance, tau2, 1 - options.confidence),
+  };
+}
+
+/**
+ * Per-variant counts of an experiment in a window, per user first (converted if any request
+ * converted), with the CUPED sums: X is the user's events in the `user_features` windows that
+ * closed within `cupedLookbackMs` before their first exposure (0 for a user without any).
+ */
+export async function readVariantCounts(ch: ClickHouse, experiment: string, window: { from: Date; to: Date }, cupedLookbackMs = 7 * 24 * 3_600_000): Promise<VariantCounts[]> {
   const result = await ch.client.query({
     query: `
       SELECT variant, count() AS users, sum(requests) AS exposures, sum(user_converted) AS conversions, sum(user_revenue) AS revenue,
-        avg(user_revenue) AS avg_revenue, varSamp(user_revenue) AS var_revenue, countIf(variants > 1) AS crossovers
+        avg(user_revenue) AS avg_revenue, varSamp(user_revenue) AS var_revenue, countIf(variants > 1) AS crossovers,
+        sum(user_converted * user_converted) AS sum_y2, sum(pre) AS sum_x, sum(pre * pre) AS sum_x2, sum(pre * user_converted) AS sum_xy
       FROM (
+        SELECT u.*, toFloat64(arraySum(arrayMap(w -> if(w.1 <= u.first_seen AND w.1 > u.first_seen - toIntervalMillisecond({lookback:UInt64}), w.2, 0), f.windows))) AS pre
+        FROM (
         SELECT e.user_id AS user_id, argMin(e.variant, e.time) AS variant, uniqExact(e.variant) AS variants, count() AS requests,
-          max(o.request_converted) AS user_converted, sum(o.request_revenue) AS user_revenue
+          min(e.time) AS first_seen, toFloat64(max(o.request_converted)) AS user_converted, sum(o.request_revenue) AS user_revenue
         FROM (
           SELECT request_id, user_id, variant, time FROM exposures FINAL
           WHERE experiment = {experiment:String} AND time >= {from:DateTime64(3)} AND time < {to:DateTime64(3)}) AS e
@@ -140,10 +210,16 @@ export async function readVariantCounts(ch: ClickHouse, experiment: string, wind
           SELECT request_id, max(converted) AS request_converted, sum(revenue) AS request_revenue FROM outcomes FINAL
           WHERE time >= {from:DateTime64(3)} GROUP BY request_id) AS o
         USING (request_id)
-        GROUP BY user_id)
+        GROUP BY user_id) AS u
+        LEFT JOIN (
+          SELECT user_id, groupArray((window_end, event_count)) AS windows FROM user_features FINAL
+          WHERE window_end > {from:DateTime64(3)} - toIntervalMillisecond({lookback:UInt64}) AND window_end < {to:DateTime64(3)}
+            AND user_id IN (SELECT user_id FROM exposures WHERE experiment = {experiment:String} AND time >= {from:DateTime64(3)} AND time < {to:DateTime64(3)})
+          GROUP BY user_id) AS f
+        USING (user_id))
       GROUP BY variant
       ORDER BY variant`,
-    query_params: { experiment, from: toClickHouseTime(window.from), to: toClickHouseTime(window.to) },
+    query_params: { experiment, from: toClickHouseTime(window.from), to: toClickHouseTime(window.to), lookback: Math.round(cupedLookbackMs) },
     format: "JSONEachRow",
   });
   const rows = await result.json<Record<string, string | number | null>>();
@@ -156,6 +232,14 @@ export async function readVariantCounts(ch: ClickHouse, experiment: string, wind
     avgRevenue: floatIn(r.avg_revenue),
     revenueVariance: floatIn(r.var_revenue),
     crossovers: Number(r.crossovers),
+    cupedSums: {
+      n: Number(r.users),
+      sumY: Number(r.conversions),
+      sumY2: floatIn(r.sum_y2),
+      sumX: floatIn(r.sum_x),
+      sumX2: floatIn(r.sum_x2),
+      sumXY: floatIn(r.sum_xy),
+    },
   }));
 }
 
@@ -181,13 +265,30 @@ export async function checkExperiments(ch: ClickHouse, registry: Pick<Registry, 
     const live = e.status === "running" || (e.stoppedAt !== undefined && now.getTime() - Date.parse(e.stoppedAt) < options.stoppedGraceMs);
     if (!live) continue;
     const window = { from: new Date(e.createdAt), to: e.stoppedAt ? new Date(Math.min(Date.parse(e.stoppedAt), now.getTime())) : now };
-    const result = analyzeExperiment(e, await readVariantCounts(ch, e.name, window), window, options);
+    const previous = await previousSequentialPValues(ch, e.name, window.from);
+    const result = analyzeExperiment(e, await readVariantCounts(ch, e.name, window, options.cupedLookbackMs), window, options, previous);
     const versions = new Map<string, string>();
     for (const v of e.variants) versions.set(v.name, (await registry.resolve(e.model, v.target).catch(() => undefined)) ?? v.target);
     results.push(result);
     rows.push(...experimentRows(result, now, versions, options));
   }
   return { time: now, experiments: results, rows };
+}
+
+/** Each treatment's smallest always-valid p-value in the analyses stored since the experiment started. */
+async function previousSequentialPValues(ch: ClickHouse, experiment: string, since: Date): Promise<Map<string, number>> {
+  const result = await ch.client.query({
+    query: `SELECT JSONExtractString(details, 'variant') AS variant, min(JSONExtract(details, 'seq_p_value', 'Nullable(Float64)')) AS p
+      FROM monitoring
+      WHERE kind = 'ab' AND statistic = 'variant' AND time >= {since:DateTime64(3)}
+        AND JSONExtractString(details, 'experiment') = {experiment:String}
+      GROUP BY variant
+      HAVING p IS NOT NULL`,
+    query_params: { experiment, since: toClickHouseTime(since) },
+    format: "JSONEachRow",
+  });
+  const rows = await result.json<{ variant: string; p: number | string }>();
+  return new Map(rows.map((r) => [r.variant, floatIn(r.p)] as [string, number]).filter(([, p]) => Number.isFinite(p)));
 }
 
 async function recentExperimentNames(ch: ClickHouse, since: Date): Promise<string[]> {
@@ -235,6 +336,21 @@ export function experimentRows(r: ExperimentResult, now: Date, versions: Map<str
       revenue_df: v.revenueTest?.df,
       revenue_p_value: v.revenueTest?.pValue,
       significant: v.significant ?? false,
+      seq_p_value: v.sequentialPValue,
+      seq_p_look: v.sequential?.pValue,
+      seq_significant: v.sequentialSignificant ?? false,
+      seq_diff: v.sequential?.estimate,
+      seq_lower: v.sequential?.lower,
+      seq_upper: v.sequential?.upper,
+      cuped_theta: v.cuped?.theta,
+      cuped_variance_reduction: v.cuped?.varianceReduction,
+      cuped_diff: v.cuped?.difference,
+      cuped_lower: v.cuped?.lower,
+      cuped_upper: v.cuped?.upper,
+      cuped_p_value: v.cuped?.pValue,
+      cuped_seq_p_value: v.cuped?.sequential.pValue,
+      cuped_seq_lower: v.cuped?.sequential.lower,
+      cuped_seq_upper: v.cuped?.sequential.upper,
       srm: r.srm.mismatch,
       too_small: r.tooSmall,
       required_users: r.requiredUsers,

@@ -1,5 +1,6 @@
 // The monitoring loop: one cycle checks drift of the production model, quality from feedback and
-// every live experiment, stores the figures in ClickHouse `monitoring`, and announces what changed.
+// every live experiment, takes one look at each guarded rollout (trainer/rollout.ts), stores the
+// figures in ClickHouse `monitoring`, and announces what changed.
 // `start()` runs a cycle now and then every `intervalMs` (hourly by default); cycles never overlap.
 // Nothing here is on the request path: the monitor only reads what the sink wrote.
 import type { Part, Runtime } from "../lib/runtime.js";
@@ -10,6 +11,9 @@ import { conditionsFromRows, dispatchAlerts, type AlertKind, type DispatchResult
 import { resolveMonitorOptions, type MonitorOptions, type MonitorOverrides } from "./options.js";
 import { writeMonitoringRows, type MonitoringRow } from "./store.js";
 import { mountDashboard } from "./dashboard.js";
+import { checkRollouts, type RolloutStep } from "../trainer/rollout.js";
+import { readOnlineFigures, type OnlineFigures } from "./online.js";
+import { compareShadow, type ShadowComparison } from "./shadow.js";
 
 export interface CycleReport {
   time: Date;
@@ -17,9 +21,15 @@ export interface CycleReport {
   drift?: DriftReport;
   quality?: QualityReport;
   experiments?: ExperimentsReport;
+  /** One look at each guarded rollout, and what it did (hold, advance, promote, roll back). */
+  rollouts?: RolloutStep[];
+  /** CTR and conversion per served version over the online window, from outcomes. */
+  online?: OnlineFigures[];
+  /** Each shadow version against the answering one over the online window (experiments --shadow). */
+  shadow?: ShadowComparison[];
   alerts: DispatchResult;
   /** Parts of the cycle that failed; the others still ran and were stored. */
-  errors: { part: "drift" | "quality" | "experiments" | "alerts"; message: string }[];
+  errors: { part: "drift" | "quality" | "experiments" | "rollouts" | "online" | "shadow" | "alerts"; message: string }[];
   rowsWritten: number;
 }
 
@@ -69,6 +79,11 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
     report.drift = await attempt("drift", async () => checkDrift({ ch, registry: await runtime.registry() }, model, runtime.config.servingAlias, now, options.drift));
     report.quality = await attempt("quality", () => checkQuality(ch, model, now, options.quality));
     report.experiments = await attempt("experiments", async () => checkExperiments(ch, await runtime.registry(), now, options.experiments));
+    // Guarded rollouts look at their stage's outcomes every cycle; the decision acts on the registry.
+    report.rollouts = await attempt("rollouts", async () => checkRollouts({ ch, registry: await runtime.registry(), log }, now));
+    const recent = { from: new Date(now.getTime() - options.online.windowMs), to: now };
+    report.online = await attempt("online", () => readOnlineFigures(ch, model, recent));
+    report.shadow = await attempt("shadow", () => compareShadow(ch, recent));
     for (const r of [report.drift, report.quality, report.experiments]) if (r) rows.push(...r.rows);
     await writeMonitoringRows(ch, rows);
     report.rowsWritten = rows.length;

@@ -71,6 +71,11 @@ export interface ExperimentOptions {
   confidence: number;
   /** Stopped experiments are still analysed for this long after they stop. @default 24 h */
   stoppedGraceMs: number;
+  /**
+   * CUPED: a user's pre-exposure activity is the events in their `user_features` windows that
+   * closed in this period before their first exposure. @default 7 d
+   */
+  cupedLookbackMs: number;
 }
 
 export interface AlertOptions {
@@ -82,9 +87,15 @@ export interface AlertOptions {
   webhookTimeoutMs: number;
 }
 
+export interface OnlineOptions {
+  /** CTR and conversion per served version (and shadow comparisons) over this window before the cycle. @default 1 h */
+  windowMs: number;
+}
+
 export interface MonitorOptions {
   /** Time between cycles. @default 1 h */
   intervalMs: number;
+  online: OnlineOptions;
   drift: DriftOptions;
   quality: QualityOptions;
   experiments: ExperimentOptions;
@@ -93,6 +104,7 @@ export interface MonitorOptions {
 
 export const MONITOR_DEFAULTS: Readonly<MonitorOptions> = Object.freeze({
   intervalMs: HOUR,
+  online: Object.freeze({ windowMs: HOUR }),
   drift: Object.freeze({
     windowMs: HOUR,
     alpha: 0.05,
@@ -123,12 +135,14 @@ export const MONITOR_DEFAULTS: Readonly<MonitorOptions> = Object.freeze({
     power: 0.8,
     confidence: 0.95,
     stoppedGraceMs: 24 * HOUR,
+    cupedLookbackMs: 7 * 24 * HOUR,
   }),
   alerts: Object.freeze({ webhookUrl: undefined, repeatAfterMs: 24 * HOUR, webhookTimeoutMs: 5000 }),
 });
 
 /** Overrides as the caller knows them: any subset, at any depth. */
-export type MonitorOverrides = Partial<Omit<MonitorOptions, "drift" | "quality" | "experiments" | "alerts">> & {
+export type MonitorOverrides = Partial<Omit<MonitorOptions, "online" | "drift" | "quality" | "experiments" | "alerts">> & {
+  online?: Partial<OnlineOptions>;
   drift?: Partial<DriftOptions>;
   quality?: Partial<QualityOptions>;
   experiments?: Partial<ExperimentOptions>;
@@ -139,6 +153,7 @@ export type MonitorOverrides = Partial<Omit<MonitorOptions, "drift" | "quality" 
 export function resolveMonitorOptions(overrides: MonitorOverrides = {}): MonitorOptions {
   const o: MonitorOptions = {
     intervalMs: overrides.intervalMs ?? MONITOR_DEFAULTS.intervalMs,
+    online: { ...MONITOR_DEFAULTS.online, ...defined(overrides.online) },
     drift: { ...MONITOR_DEFAULTS.drift, ...defined(overrides.drift) },
     quality: { ...MONITOR_DEFAULTS.quality, ...defined(overrides.quality) },
     experiments: { ...MONITOR_DEFAULTS.experiments, ...defined(overrides.experiments) },
@@ -148,6 +163,7 @@ export function resolveMonitorOptions(overrides: MonitorOverrides = {}): Monitor
     if (!ok) throw new RangeError(`monitor options: ${message}`);
   };
   check(o.intervalMs > 0, `the interval must be positive, got ${o.intervalMs} ms`);
+  check(o.online.windowMs > 0, `the online window must be positive, got ${o.online.windowMs} ms`);
   check(o.drift.windowMs > 0, `the drift window must be positive, got ${o.drift.windowMs} ms`);
   for (const [name, v] of [["drift alpha", o.drift.alpha], ["A/B alpha", o.experiments.alpha], ["SRM alpha", o.experiments.srmAlpha]] as const) {
     check(v > 0 && v < 1, `${name} must be between 0 and 1, got ${v}`);

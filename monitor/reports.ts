@@ -55,6 +55,16 @@ export interface AbReportRow {
   pValue: number;
   revenuePValue: number;
   srm: boolean;
+  /** Always-valid (mSPRT) p-value and confidence sequence of the rate difference, treatment − control. */
+  sequentialPValue: number;
+  sequentialLower: number;
+  sequentialUpper: number;
+  /** CUPED-adjusted rate difference with its interval and p-value, and the variance reduction. */
+  cupedDiff: number;
+  cupedLower: number;
+  cupedUpper: number;
+  cupedPValue: number;
+  varianceReduction: number;
   verdict: string;
   note: string;
 }
@@ -181,6 +191,14 @@ export async function readAbReport(ch: ClickHouse, experiment?: string): Promise
     pValue: floatIn(r.p_value),
     revenuePValue: floatIn(r.revenue_p_value),
     srm: Boolean(r.srm),
+    sequentialPValue: floatIn(r.seq_p_value),
+    sequentialLower: floatIn(r.seq_lower),
+    sequentialUpper: floatIn(r.seq_upper),
+    cupedDiff: floatIn(r.cuped_diff),
+    cupedLower: floatIn(r.cuped_lower),
+    cupedUpper: floatIn(r.cuped_upper),
+    cupedPValue: floatIn(r.cuped_p_value),
+    varianceReduction: floatIn(r.cuped_variance_reduction),
     verdict: str(r.verdict),
     note: str(r.note),
   }));

@@ -4,6 +4,7 @@ import type { FeatureDrift } from "./drift.js";
 import type { QualityGroup } from "./quality.js";
 import type { ExperimentResult } from "./experiments.js";
 import type { AbReportRow, DriftReportRow, QualityReportRow } from "./reports.js";
+import type { ShadowComparison } from "./shadow.js";
 
 type Row = Record<string, string | number>;
 
@@ -68,6 +69,10 @@ export function experimentRows(results: readonly ExperimentResult[]): Row[] {
       lift: v.control ? "" : pct(v.lift?.lift),
       "95% CI": v.control ? "" : interval(v.lift?.lower, v.lift?.upper),
       p: v.control ? "" : pvalue(v.pAdjusted),
+      "seq p": v.control ? "" : pvalue(v.sequentialPValue),
+      "diff (always valid)": v.control ? "" : interval(v.sequential?.lower, v.sequential?.upper),
+      "CUPED p": v.control ? "" : pvalue(v.cuped?.pValue),
+      "var. reduction": v.control ? "" : pct(v.cuped?.varianceReduction),
       "revenue p": v.control ? "" : pvalue(v.revenueTest?.pValue),
       verdict: v.verdict,
     })),
@@ -119,7 +124,30 @@ export function abReportRows(rows: readonly AbReportRow[]): Row[] {
     lift: r.control ? "" : pct(r.lift),
     "95% CI": r.control ? "" : interval(r.liftLower, r.liftUpper),
     p: r.control ? "" : pvalue(r.pValue),
+    "seq p": r.control ? "" : pvalue(r.sequentialPValue),
+    "diff (always valid)": r.control ? "" : interval(r.sequentialLower, r.sequentialUpper),
+    "CUPED p": r.control ? "" : pvalue(r.cupedPValue),
+    "var. reduction": r.control ? "" : pct(r.varianceReduction),
     "revenue p": r.control ? "" : pvalue(r.revenuePValue),
     verdict: r.verdict,
+  }));
+}
+
+export function shadowRows(rows: readonly ShadowComparison[]): Row[] {
+  return rows.map((r) => ({
+    experiment: r.experiment,
+    shadow: r.shadowVersion,
+    served: r.servedVersions.join(","),
+    requests: r.requests,
+    items: r.items,
+    "mean |Δscore|": num(r.meanAbsScoreDifference),
+    "score r": num(r.scoreCorrelation),
+    "rank ρ": num(r.rankCorrelation),
+    "top-k overlap": pct(r.topKOverlap),
+    "same first": pct(r.sameFirstItem),
+    shown: r.shown,
+    clicks: r.clicked,
+    "AUC served": num(r.servedAuc),
+    "AUC shadow": num(r.shadowAuc),
   }));
 }

@@ -158,7 +158,7 @@ export class ModelManager {
     } else if (change.kind === "experiment") {
       if (change.experiment?.status === "running") {
         this.experiments.set(change.experiment.model, change.experiment);
-        for (const v of change.experiment.variants) this.ensureTarget(change.experiment.model, v.target);
+        for (const target of experimentTargets(change.experiment)) this.ensureTarget(change.experiment.model, target);
       } else {
         for (const [model, e] of this.experiments) if (e.name === change.name) this.experiments.delete(model);
       }
@@ -233,7 +233,8 @@ export class ModelManager {
 
   private isServed(model: string, alias: string): boolean {
     if (alias === this.servingAlias) return true;
-    return this.experiments.get(model)?.variants.some((v) => v.target === alias) ?? false;
+    const running = this.experiments.get(model);
+    return running ? experimentTargets(running).includes(alias) : false;
   }
 
   private ensureTarget(model: string, target: string): void {
@@ -313,7 +314,7 @@ export class ModelManager {
   private pinned(m: OnnxModel): boolean {
     if ([...this.routes.values()].includes(m)) return true;
     const running = this.experiments.get(m.name);
-    if (running?.variants.some((v) => v.target === m.version.version)) return true;
+    if (running && experimentTargets(running).includes(m.version.version)) return true;
     // A served alias whose swap to this version is pending.
     for (const [key, version] of this.wantedAliases) if (version === m.version.version && key.startsWith(`${m.name}@`) && this.isServed(m.name, key.slice(m.name.length + 1))) return true;
     return false;
@@ -367,6 +368,8 @@ export class ModelManager {
   }
 }
 
+/** Every alias or version an experiment needs loaded: its variants' and its shadow's. */
+const experimentTargets = (e: Experiment): string[] => [...e.variants.map((v) => v.target), ...(e.shadow ? [e.shadow.target] : [])];
 const routeKey = (model: string, alias: string) => `${model}@${alias}`;
 const versionKey = (model: string, version: string) => `${model}/${version}`;
 

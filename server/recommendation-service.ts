@@ -20,6 +20,7 @@ import type { ModelManager } from "./model-manager.js";
 import type { OnnxModel } from "./onnx-model.js";
 import type { TrendingCache } from "./trending.js";
 import type { ServingLimits } from "./limits.js";
+import { createShadowScorer } from "./shadow-scoring.js";
 
 /** Where logs go; the server's LogPublisher. publish() must never block or throw. */
 export interface LogSink {
@@ -71,6 +72,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
   const inference = deps.metrics.histogram("streamserve_inference_duration_seconds", "onnxruntime time per request, by model and version", { labelNames: ["model", "version"] });
   const inferenceBy = childCache((model, version) => inference.labels({ model, version }));
   let lastRedisWarning = 0;
+  const shadow = createShadowScorer(deps);
 
   // One layout per served feature list (a model version's, or the fallback's), worked out once.
   const layouts = new WeakMap<readonly FeatureSpec[], LogLayout>();
@@ -168,6 +170,8 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
         });
         deps.logs.publish(names.logsSubject("exposure"), `exposure:${experiment.name}:${requestId}`, toBinary(ExposureLogSchema, exposure));
       }
+      // Off the request's path (it starts after this turn); never part of the response.
+      shadow(experiment, { requestId, timeMs: now, context, candidates, returned: top.length });
 
       return {
         requestId,

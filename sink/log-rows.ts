@@ -14,11 +14,13 @@ import {
 import type { LogKind } from "../lib/config.js";
 
 /** Every log kind the sink consumes, one durable consumer each. */
-export const LOG_KINDS: readonly LogKind[] = Object.freeze(["prediction", "exposure", "outcome", "feature_window", "model_event"]);
+export const LOG_KINDS: readonly LogKind[] = Object.freeze(["prediction", "shadow", "exposure", "outcome", "feature_window", "model_event"]);
 
 /** The tables a kind can write to (feature windows split by entity type). */
 export const KIND_TABLES: Readonly<Record<LogKind, readonly string[]>> = Object.freeze({
   prediction: ["predictions"],
+  // Shadow scores have a table of their own: training, drift and quality read only what was served.
+  shadow: ["shadow_predictions"],
   exposure: ["exposures"],
   outcome: ["outcomes"],
   feature_window: ["user_features", "item_features"],
@@ -55,6 +57,8 @@ export function decodeLog(kind: LogKind, message: LogMessage): TableRows {
   switch (kind) {
     case "prediction":
       return predictionRows(decode(PredictionLogSchema, message), message.storedAtMs);
+    case "shadow":
+      return { table: "shadow_predictions", rows: predictionRows(decode(PredictionLogSchema, message), message.storedAtMs).rows };
     case "exposure":
       return exposureRows(decode(ExposureLogSchema, message), message.storedAtMs);
     case "outcome":
@@ -111,6 +115,11 @@ function predictionRows(p: MessageShape<typeof PredictionLogSchema>, storedAtMs:
   required(p.requestId, "request_id", t);
   const time = timeText(p.time, storedAtMs);
   const names = p.featureNames;
+  if (p.modelFeatureCount > names.length) {
+    throw new UndecodableLogError(`${t} ${p.requestId}: model_feature_count ${p.modelFeatureCount} exceeds the ${names.length} feature names`);
+  }
+  // The leading entries are the model's input vector; 0 is the shape before every feature was logged.
+  const modelFeatures = p.modelFeatureCount > 0 ? names.slice(0, p.modelFeatureCount) : names;
   const rows: Row[] = new Array(p.items.length);
   for (let i = 0; i < p.items.length; i++) {
     const item = p.items[i]!;
@@ -136,6 +145,7 @@ function predictionRows(p: MessageShape<typeof PredictionLogSchema>, storedAtMs:
       device_type: p.deviceType,
       features,
       missing_features: p.missingFeatures,
+      model_features: modelFeatures,
       latency_ms: float(p.latencyMs),
     };
   }

@@ -13,6 +13,8 @@ import { ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME, exportOnnx } from "./onnx-exp
 import { evaluate, splitTrainValid, type Evaluation } from "./metrics.js";
 import { loadFileDataset, loadLoggedDataset, type Dataset, type LabelKind } from "./dataset.js";
 import { acquireCycleLock, isHeld } from "./cycle-lock.js";
+import { startGuardedRollout } from "./rollout.js";
+import type { RolloutPolicy } from "./rollout-decision.js";
 
 /** When a new version may replace production. */
 export interface PromotionPolicy {
@@ -33,7 +35,8 @@ export const PROMOTION_DEFAULTS: Readonly<Required<PromotionPolicy>> = Object.fr
   promote: true,
 });
 
-export type DecisionAction = "promote" | "keep_candidate" | "skip";
+/** "rollout": the policy would promote, and the promotion was handed to a guarded rollout (trainer/rollout.ts). */
+export type DecisionAction = "promote" | "rollout" | "keep_candidate" | "skip";
 
 export interface Decision {
   action: DecisionAction;
@@ -87,6 +90,12 @@ export interface CycleOptions extends PromotionPolicy {
   modelName?: string;
   /** @default { kind: "logs" } (the last 24 h of logged predictions and outcomes) */
   data?: CycleData;
+  /**
+   * Logs only: the features the new model learns from, by name (pipeline or request features).
+   * Every feature is logged with each prediction, so these need not be production's.
+   * @default every pipeline and request feature, plus production's own
+   */
+  features?: string[];
   /** GBDT parameters; the defaults are the seed's (100 trees, depth 5). */
   gbdt?: GbdtOptions;
   /** Share of rows for validation. @default 0.1 */
@@ -99,6 +108,17 @@ export interface CycleOptions extends PromotionPolicy {
   publish?: boolean;
   /** Also write the ONNX model here. */
   outputPath?: string;
+  /**
+   * How a promotion goes out. "immediate": the production alias moves at once. "guarded": the
+   * version goes out in stages to a growing share of users, each judged online against
+   * production, rolled back on a regression (trainer/rollout.ts); with no production yet there is
+   * nothing to compare with and it is promoted at once. @default "immediate"
+   */
+  rollout?: "immediate" | "guarded";
+  /** Guarded rollouts: the stages (percent of users). @default [10, 50, 100] */
+  rolloutStages?: number[];
+  /** Guarded rollouts: the decision's settings. */
+  rolloutPolicy?: Partial<RolloutPolicy>;
   /** Recorded as the version's author and the events' actor. @default "trainer" */
   actor?: string;
   onProgress?: (p: GbdtProgress) => void;
@@ -134,6 +154,8 @@ export interface CycleReport {
   production?: { version: string; evaluation?: Evaluation; error?: string };
   decision: Decision;
   version?: ModelVersion;
+  /** Set when the promotion was handed to a guarded rollout: its routing experiment and stages. */
+  rollout?: { experiment: string; stages: number[] };
   outputPath?: string;
   params?: Record<string, unknown>;
   featureGain?: Record<string, number>;
@@ -184,10 +206,12 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     dataset = file;
     specs = file.specs;
   } else {
-    const wanted = uniqueSpecs([...(production?.features ?? []), ...defaultModelFeatures()]);
+    const wanted = o.features ? requestedSpecs(o.features, production) : uniqueSpecs([...(production?.features ?? []), ...defaultModelFeatures()]);
+    // Production's features are read as well, to score it on the same rows.
+    const read = uniqueSpecs([...wanted, ...(production?.features ?? [])]);
     dataset = await loadLoggedDataset(ch.client, {
       modelName,
-      featureNames: wanted.map((s) => s.name),
+      featureNames: read.map((s) => s.name),
       label: data.label,
       windowMs: data.windowMs,
       endMs: data.endMs,
@@ -196,7 +220,7 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
       seed: o.seed,
       signal: o.signal,
     });
-    // Train on the features that were actually served in the window.
+    // Train on the wanted features that were logged with a value in the window.
     const served = new Set(dataset.featureNames.filter((_, f) => dataset.columns[f].some((v) => !Number.isNaN(v))));
     specs = wanted.filter((s) => served.has(s.name));
   }
@@ -225,7 +249,7 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
       await registry.recordEvent({
         model_name: modelName,
         kind: decision.action === "skip" ? "train_skipped" : "train_decision",
-        alias: decision.action === "promote" ? "production" : decision.action === "keep_candidate" ? "candidate" : "",
+        alias: decision.action === "promote" ? "production" : decision.action === "keep_candidate" || decision.action === "rollout" ? "candidate" : "",
         from_version: production?.version,
         to_version: report.version?.version,
         actor: o.actor,
@@ -325,6 +349,16 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     actor: o.actor,
   });
   const version = report.version.version;
+  if (decision.action === "promote" && o.rollout === "guarded" && production) {
+    await registry.setAlias(modelName, "candidate", version, { actor: o.actor, reason: decision.reason, kind: "candidate" });
+    try {
+      const experiment = await startGuardedRollout(registry, { model: modelName, candidate: version, stages: o.rolloutStages, policy: o.rolloutPolicy, actor: o.actor, reason: decision.reason });
+      report.rollout = { experiment: experiment.name, stages: experiment.rollout!.stages };
+      return finish({ action: "rollout", reason: `${decision.reason}; guarded rollout ${experiment.name} started at ${experiment.rollout!.stages[0]} % of users` });
+    } catch (err) {
+      return finish({ action: "keep_candidate", reason: `${decision.reason}, but the guarded rollout could not start: ${(err as Error).message}` });
+    }
+  }
   if (decision.action === "promote") {
     await registry.setAlias(modelName, "production", version, { actor: o.actor, reason: decision.reason, kind: "promote" });
   } else {
@@ -407,6 +441,14 @@ function gatherU8(column: Uint8Array, idx: Uint32Array): Uint8Array {
   const out = new Uint8Array(idx.length);
   for (let i = 0; i < idx.length; i++) out[i] = column[idx[i]];
   return out;
+}
+
+/** The specs of the features asked for by name: pipeline and request features, or production's own. */
+function requestedSpecs(names: string[], production: ModelVersion | undefined): FeatureSpec[] {
+  const known = new Map([...(production?.features ?? []), ...defaultModelFeatures()].map((s) => [s.name, s]));
+  const unknown = names.filter((n) => !known.has(n));
+  if (unknown.length) throw new Error(`unknown features ${unknown.join(", ")}; known: ${[...known.keys()].join(", ")}`);
+  return uniqueSpecs(names.map((n) => known.get(n)!));
 }
 
 function uniqueSpecs(specs: FeatureSpec[]): FeatureSpec[] {

@@ -1,7 +1,9 @@
 // Training data for the trainer, from either source, in one shape (column-major Float64Arrays):
 //  - the logs: the prediction rows of a time window joined to their outcomes by (request, item).
-//    The features are the vectors that were served, read from the logged map by name, so
-//    training and serving cannot skew;
+//    Every feature the pipeline defines is logged with each prediction, whichever ones the served
+//    model used (`model_features` names those), so a new model can ask for any feature set; the
+//    values are read from the logged map by name, as the server looked them up, so training and
+//    serving cannot skew;
 //  - a file of labelled rows (CSV, Parquet, anything ClickHouse's file() reads), for bootstrapping.
 // Both count what they keep, the positives, and what they drop and why.
 
@@ -45,7 +47,10 @@ export interface DatasetCounts {
 export interface LoggedDatasetOptions {
   /** predictions.model_name to read (the served model). */
   modelName: string;
-  /** Features to read from the logged vectors, by name; absent ones become NaN. */
+  /**
+   * Features to read from the logged map, by name, whether or not the served model used them;
+   * absent ones become NaN.
+   */
   featureNames: string[];
   /** Label column of outcomes. @default "clicked" */
   label?: LabelKind;
@@ -147,6 +152,7 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
       p.position,
       arrayMap(n -> if(mapContains(p.features, n), p.features[n], nan), {names:Array(String)}) AS x,
       arrayCount(n -> NOT mapContains(p.features, n), {names:Array(String)}) AS absent,
+      arrayExists(n -> mapContains(p.features, n) AND NOT has(p.model_features, n), {names:Array(String)}) AS beyond_model,
       o.request_id != '' AS has_outcome,
       o.${label} AS label
     FROM (SELECT * FROM predictions FINAL WHERE ${where}) AS p
@@ -157,12 +163,13 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
   const dropped: Record<string, number> = {};
   let positives = 0;
   let rowsWithAbsent = 0;
+  let rowsBeyondModel = 0;
   let distinctRows = 0;
   const x = new Float64Array(o.featureNames.length);
   const sample = new RowReservoir(o.scoredSample ?? 0, o.seed ?? 42);
   for await (const batch of result.stream()) {
     for (const row of batch as { json<T>(): T }[]) {
-      const [requestId, position, values, absent, hasOutcome, y] = row.json<[string, number, unknown[], number, number | boolean, number]>();
+      const [requestId, position, values, absent, beyondModel, hasOutcome, y] = row.json<[string, number, unknown[], number, number | boolean, number | boolean, number]>();
       distinctRows++;
       const valid = values.length === o.featureNames.length;
       if (valid) {
@@ -178,6 +185,7 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
         continue;
       }
       if (Number(absent) > 0) rowsWithAbsent++;
+      if (toNumber(beyondModel)) rowsBeyondModel++;
       const yy = toNumber(y) > 0 ? 1 : 0;
       positives += yy;
       builder.push(x, yy, requestId);
@@ -194,7 +202,7 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
       rows: labels.length,
       positives,
       dropped,
-      notes: { logged_rows: rawRows, duplicates_collapsed: rawRows - distinctRows, rows_with_absent_features: rowsWithAbsent },
+      notes: { logged_rows: rawRows, duplicates_collapsed: rawRows - distinctRows, rows_with_absent_features: rowsWithAbsent, rows_with_features_beyond_served_model: rowsBeyondModel },
     },
     source: { kind: "logs", model: o.modelName, label, window_start: new Date(startMs).toISOString(), window_end: new Date(endMs).toISOString() },
   };

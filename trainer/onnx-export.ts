@@ -180,3 +180,29 @@ export function exportOnnx(model: GbdtModel, options: OnnxExportOptions = {}): U
   );
   return bytes;
 }
+
+/**
+ * A hand-set logistic scorer, p = sigmoid(x · weights + bias), with the trained models' input and
+ * outputs: for drills that need a model of known behaviour (the demo's deliberately worse model).
+ */
+export function logisticOnnx(weights: readonly number[], bias: number, description = ""): Uint8Array {
+  const F = weights.length;
+  const tensor = (name: string, dims: bigint[], floatData: number[]) => create(TensorProtoSchema, { name, dataType: DataType.FLOAT, dims, floatData });
+  const graph = create(GraphProtoSchema, {
+    name: "streamserve_logistic",
+    input: [valueInfo(ONNX_INPUT_NAME, DataType.FLOAT, ["N", F])],
+    output: [valueInfo(ONNX_PROBABILITIES_NAME, DataType.FLOAT, ["N", 2])],
+    initializer: [tensor("w", [BigInt(F), 1n], [...weights]), tensor("b", [1n], [bias]), tensor("one", [], [1])],
+    node: [
+      node("MatMul", [ONNX_INPUT_NAME, "w"], ["z0"]),
+      node("Add", ["z0", "b"], ["margin"]),
+      node("Sigmoid", ["margin"], ["p_positive"]),
+      node("Sub", ["one", "p_positive"], ["p_negative"]),
+      node("Concat", ["p_negative", "p_positive"], [ONNX_PROBABILITIES_NAME], [attrInt("axis", 1)]),
+    ],
+  });
+  return toBinary(
+    ModelProtoSchema,
+    create(ModelProtoSchema, { irVersion: 8n, producerName: "streamserve-trainer", docString: description, graph, opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 13n })] }),
+  );
+}

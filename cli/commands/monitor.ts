@@ -6,7 +6,7 @@ import { durationFlag, numberFlag, stringFlag, UsageError, type CommandArgs } fr
 import { printTable } from "../table.js";
 import { createMonitor, type CycleReport } from "../../monitor/monitor.js";
 import { MONITOR_DEFAULTS, type MonitorOverrides } from "../../monitor/options.js";
-import { experimentRows, featureDriftRows, qualityGroupRows } from "../../monitor/text-report.js";
+import { experimentRows, featureDriftRows, qualityGroupRows, shadowRows } from "../../monitor/text-report.js";
 import { explainClickHouseError } from "../../monitor/store.js";
 
 const USAGE = `Usage:
@@ -73,6 +73,19 @@ function printCycle(report: CycleReport): void {
     printTable(experimentRows(e.experiments));
     for (const x of e.experiments) for (const note of x.notes) console.log(`  ${x.experiment}: ${note}`);
   } else if (e) console.log("  no running experiment");
+
+  if (report.rollouts?.length) {
+    console.log("\nGuarded rollouts");
+    printTable(report.rollouts.map((r) => ({ experiment: r.experiment, stage: `${r.percent} %`, users: `${r.stats.rollout.users} / ${r.stats.baseline.users}`, action: r.action, reason: r.reason })));
+  }
+  if (report.online?.length) {
+    console.log("\nOnline, per served version");
+    printTable(report.online.map((v) => ({ version: v.version, requests: v.requests, shown: v.shown, clicks: v.clicks, ctr: `${(100 * v.ctr).toFixed(2)}%`, "converted requests": v.conversions })));
+  }
+  if (report.shadow?.length) {
+    console.log("\nShadow versions");
+    printTable(shadowRows(report.shadow));
+  }
 
   console.log(`\nAlerts: ${report.alerts.sent.length} sent, ${report.alerts.suppressed.length} still firing (already announced)`);
   for (const a of report.alerts.sent) console.log(`  [${a.status === "resolved" ? "resolved" : a.severity}] ${a.message}`);

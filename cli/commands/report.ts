@@ -1,10 +1,11 @@
-// `streamserve report drift|quality|ab`: the monitor's latest findings from the ClickHouse report
-// views, as tables for people or JSON for scripts.
+// `streamserve report drift|quality|ab|shadow`: the monitor's latest findings from the ClickHouse
+// report views (shadow: computed now from shadow_predictions), as tables for people or JSON for scripts.
 import type { Command } from "../command.js";
 import { numberFlag, stringFlag, UsageError } from "../args.js";
 import { printTable } from "../table.js";
 import { readAbReport, readDriftReport, readQualityReport } from "../../monitor/reports.js";
-import { abReportRows, driftReportRows, num, qualityReportRows } from "../../monitor/text-report.js";
+import { abReportRows, driftReportRows, num, qualityReportRows, shadowRows } from "../../monitor/text-report.js";
+import { compareShadow } from "../../monitor/shadow.js";
 import { explainClickHouseError } from "../../monitor/store.js";
 import type { ClickHouse } from "../../lib/clickhouse.js";
 
@@ -12,6 +13,7 @@ const USAGE = `Usage:
   streamserve report drift [--model NAME] [--json]
   streamserve report quality [--model NAME] [--hours 24] [--json]
   streamserve report ab [--experiment NAME] [--json]
+  streamserve report shadow [--experiment NAME] [--hours 24] [--json]
   streamserve report sql "SELECT ..." [--json]
 
 Prints what the monitor stored in ClickHouse (it computes nothing itself; run
@@ -20,7 +22,14 @@ Prints what the monitor stored in ClickHouse (it computes nothing itself; run
             NaN/infinite values, prediction-score drift, each with its threshold and verdict
   quality   hourly AUC, accuracy, calibration error per model version and variant
   ab        the latest analysis per experiment: users, conversions, rate, revenue per user,
-            lift with its 95 % interval, z-test and Welch p-values, sample-ratio mismatch
+            lift with its 95 % interval, z-test and Welch p-values, sample-ratio mismatch; the
+            always-valid (mSPRT) p-value and interval of the rate difference, safe to read every
+            cycle; the CUPED-adjusted p-value and the variance reduction it achieved
+  shadow    computed now from shadow_predictions (experiments create --shadow VERSION:PERCENT):
+            on the requests the shadow scored, its scores against the answering version's (mean
+            absolute difference, correlation), rankings (Spearman per request, top-k overlap with
+            the items returned, same first item), and both versions' AUC on the items production
+            showed, by their clicks
 
 The same figures are SQL views (drift_report, quality_report, ab_report, serving_traffic,
 model_timeline, experiment_outcomes): query them with \`clickhouse client\` on a server, or with
@@ -29,11 +38,11 @@ is also at /api/drift, /api/quality and /api/ab on the HTTP port.
 
 Flags:
   --model NAME         drift, quality: only this model (default: every model)
-  --hours N            quality: hours back from now (default 24)
-  --experiment NAME    ab: only this experiment
+  --hours N            quality, shadow: hours back from now (default 24)
+  --experiment NAME    ab, shadow: only this experiment
   --json               rows as JSON`;
 
-const KINDS = ["drift", "quality", "ab", "sql"] as const;
+const KINDS = ["drift", "quality", "ab", "shadow", "sql"] as const;
 
 export const report: Command = {
   name: "report",
@@ -77,6 +86,9 @@ export const report: Command = {
     } else if (kind === "quality") {
       const data = await readQualityReport(ch, { model, since: new Date(Date.now() - hours * 3_600_000) });
       [rows, json] = [qualityReportRows(data), data];
+    } else if (kind === "shadow") {
+      const data = await compareShadow(ch, { experiment: stringFlag(args, "experiment"), from: new Date(Date.now() - hours * 3_600_000), to: new Date(Date.now() + 60_000) });
+      [rows, json] = [shadowRows(data), data];
     } else {
       const data = await readAbReport(ch, stringFlag(args, "experiment"));
       [rows, json] = [abReportRows(data), data];
@@ -89,6 +101,10 @@ export const report: Command = {
     if (rows.length === 0) {
       if (kind === "sql") {
         console.log("(no rows)");
+        return 0;
+      }
+      if (kind === "shadow") {
+        console.log(`no shadow scores in the last ${hours} h: start one with streamserve experiments create --name NAME --shadow VERSION:PERCENT`);
         return 0;
       }
       const what = kind === "ab" ? `A/B results${stringFlag(args, "experiment") ? ` for experiment ${stringFlag(args, "experiment")}` : ""}` : `${kind} results`;

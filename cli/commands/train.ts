@@ -12,8 +12,8 @@ import type { GbdtOptions, GbdtProgress } from "../../trainer/gbdt.js";
 import type { Evaluation } from "../../trainer/metrics.js";
 
 const USAGE = `Usage:
-  streamserve train [--every 6h] [--window 24h] [--label clicked|converted]
-  streamserve train --once [--window 24h] [--label clicked|converted] [--no-promote]
+  streamserve train [--every 6h] [--window 24h] [--label clicked|converted] [--rollout guarded]
+  streamserve train --once [--window 24h] [--label clicked|converted] [--no-promote] [--rollout guarded]
   streamserve train --once --data FILE --label COLUMN [--no-promote | --no-publish]
   streamserve train --once --data FILE --label COLUMN --output model.onnx [--publish [--no-promote]]
 
@@ -32,10 +32,19 @@ Flags:
                        (promoted or not), 1 when the cycle was skipped (no usable data)
   --data FILE          train from this file instead of the logs (needs --once)
   --label NAME         logs: clicked (default) or converted; --data: the label column (required)
+  --features A,B,C     logs: the features the new model learns from (default: every pipeline and
+                       request feature; all are logged with each prediction, whatever was served)
   --output FILE        write the ONNX model here; with --once the registry is left alone (no
                        NATS needed) unless --publish is given too
   --publish            with --output: also publish the version to the registry
   --no-promote         publish the version as "candidate" whatever its metrics
+  --rollout MODE       immediate (default): a promotion moves the production alias at once;
+                       guarded: it goes out in stages to a growing share of users, each stage
+                       judged online against production by always-valid sequential tests on CTR
+                       and conversion with error-rate and latency guardrails; a regression rolls
+                       it back, a stage that holds advances (the monitor looks every cycle;
+                       \`streamserve experiments rollout-check\` looks now)
+  --rollout-stages P,Q percent of users per stage (default 10,50,100)
   --no-publish         do not touch the registry (no NATS needed)
   --every DURATION     time between cycles (default 6h)
   --window DURATION    logged data per cycle (default 24h)
@@ -91,7 +100,16 @@ function cycleOptions(args: CommandArgs): CycleOptions {
     publish,
     outputPath: output ? resolve(output) : undefined,
     seed: numberFlag(args, "seed"),
+    features: stringFlag(args, "features")?.split(",").map((f) => f.trim()).filter(Boolean),
+    rollout: rolloutFlag(args),
+    rolloutStages: stringFlag(args, "rollout-stages")?.split(",").map(Number),
   };
+}
+
+function rolloutFlag(args: CommandArgs): CycleOptions["rollout"] {
+  const v = stringFlag(args, "rollout");
+  if (v === undefined || v === "immediate" || v === "guarded") return v;
+  throw new UsageError(`--rollout must be immediate or guarded, got "${v}"`);
 }
 
 /** A progress line on stderr, rewritten in place on a terminal, every 10 trees otherwise. */
@@ -164,7 +182,7 @@ export function formatReport(r: CycleReport): string {
   lines.push("");
   if (r.version) lines.push(`Published: ${r.model} version ${r.version.version} (sha256 ${r.version.artifact.sha256.slice(0, 12)}, ${r.version.artifact.size} bytes)`);
   if (r.outputPath) lines.push(`ONNX written to ${r.outputPath}`);
-  const verb = { promote: "PROMOTED to production", keep_candidate: "kept as candidate", skip: "SKIPPED" }[r.decision.action];
+  const verb = { promote: "PROMOTED to production", rollout: "ROLLING OUT in stages (guarded)", keep_candidate: "kept as candidate", skip: "SKIPPED" }[r.decision.action];
   lines.push(`Decision: ${verb}: ${r.decision.reason}`);
   return lines.join("\n");
 }

@@ -4,3 +4,5 @@ export * from "./sample.js";
 export * from "./distribution-tests.js";
 export * from "./ab-tests.js";
 export * from "./classification.js";
+export * from "./sequential.js";
+export * from "./cuped.js";

@@ -30,11 +30,36 @@ describe("decodeLog", () => {
       device_type: "mobile",
       features: { clicks_last_5min: 4, engagement_score: 3, device_type: 1 },
       missing_features: ["device_type"],
+      // model_feature_count 0 (the shape before every feature was logged): all entries were the model's.
+      model_features: FEATURE_NAMES,
       latency_ms: 1.5,
     });
     assert.deepEqual(Object.keys(rows[0]!.features as object), FEATURE_NAMES);
     // A NaN feature (a missing categorical) must stay NaN, not become JSON null → 0.
     assert.equal((rows[2]!.features as Record<string, unknown>).device_type, "nan");
+  });
+
+  it("keeps every logged feature and names the leading model_feature_count entries as the model's vector", () => {
+    const msg = create(PredictionLogSchema, {
+      requestId: "q-all",
+      time: timestampFromMs(BASE_MS),
+      modelVersion: "4",
+      featureNames: ["item_ctr_5min", "clicks_last_5min", "engagement_score", "device_type"],
+      modelFeatureCount: 2,
+      items: [{ itemId: "i1", position: 1, features: [0.25, 3, 0.9, 1] }],
+      missingFeatures: ["engagement_score"],
+    });
+    const [row] = decodeLog("prediction", { data: toBinary(PredictionLogSchema, msg), storedAtMs: stored }).rows;
+    assert.deepEqual(row!.features, { item_ctr_5min: 0.25, clicks_last_5min: 3, engagement_score: 0.9, device_type: 1 });
+    assert.deepEqual(row!.model_features, ["item_ctr_5min", "clicks_last_5min"]);
+    assert.deepEqual(row!.missing_features, ["engagement_score"]);
+  });
+
+  it("writes a shadow log, a PredictionLog on its own subject, to shadow_predictions with the same columns", () => {
+    const shadow = decodeLog("shadow", { data: logMessage("shadow", 4).data, storedAtMs: stored });
+    const prediction = decodeLog("prediction", { data: logMessage("prediction", 4).data, storedAtMs: stored });
+    assert.equal(shadow.table, "shadow_predictions");
+    assert.deepEqual(shadow.rows, prediction.rows);
   });
 
   it("maps exposures, outcomes and model events column for column", () => {
@@ -89,6 +114,14 @@ describe("decodeLog", () => {
         () =>
           decodeLog("prediction", {
             data: toBinary(PredictionLogSchema, create(PredictionLogSchema, { requestId: "q", featureNames: ["a", "b"], items: [{ itemId: "i", features: [1] }] })),
+            storedAtMs: stored,
+          }),
+      ],
+      [
+        "model_feature_count beyond the names",
+        () =>
+          decodeLog("prediction", {
+            data: toBinary(PredictionLogSchema, create(PredictionLogSchema, { requestId: "q", featureNames: ["a"], modelFeatureCount: 2, items: [{ itemId: "i", features: [1] }] })),
             storedAtMs: stored,
           }),
       ],

@@ -4,7 +4,7 @@ import * as ort from "onnxruntime-node";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ModelProtoSchema } from "../../gen/onnx/onnx_pb.js";
 import { createRandom, predictProba, trainGbdt, type GbdtData } from "../../trainer/gbdt.js";
-import { ONNX_INPUT_NAME, ONNX_LABEL_NAME, ONNX_PROBABILITIES_NAME, exportOnnx } from "../../trainer/onnx-export.js";
+import { ONNX_INPUT_NAME, ONNX_LABEL_NAME, ONNX_PROBABILITIES_NAME, exportOnnx, logisticOnnx } from "../../trainer/onnx-export.js";
 
 /** Numeric, heavy-tailed, partly missing and categorical features with a known logistic target. */
 function mixedData(n: number, seed: number): GbdtData {
@@ -83,4 +83,18 @@ test("the ONNX model records feature names, categorical features and opsets", ()
     decoded.opsetImport.map((o) => [o.domain, o.version]),
     [["", 13n], ["ai.onnx.ml", 3n]],
   );
+});
+
+test("logisticOnnx: p = sigmoid(x · w + b) with the trained models' input and outputs", async () => {
+  const session = await ort.InferenceSession.create(logisticOnnx([2, -1], 0.5));
+  try {
+    const out = await session.run({ [ONNX_INPUT_NAME]: new ort.Tensor("float32", new Float32Array([1, 3, 0, 0]), [2, 2]) });
+    const p = out[ONNX_PROBABILITIES_NAME]!.data as Float32Array;
+    const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
+    // Row 1: 2·1 − 1·3 + 0.5 = −0.5; row 2: 0.5.
+    assert.ok(Math.abs(p[1]! - sigmoid(-0.5)) < 1e-6 && Math.abs(p[0]! - (1 - sigmoid(-0.5))) < 1e-6);
+    assert.ok(Math.abs(p[3]! - sigmoid(0.5)) < 1e-6);
+  } finally {
+    await session.release();
+  }
 });

@@ -1,0 +1,85 @@
+// Always-valid inference for a difference of means: the mixture sequential probability ratio test
+// (mSPRT) with a normal mixture (Robbins 1970; Johari, Pekelis, Walsh, "Always valid inference",
+// 2017), as GrowthBook's and Optimizely's sequential engines use it.
+//
+// With θ̂ the observed difference (treatment − control) and V its variance (σ²_A/n_A + σ²_B/n_B),
+// θ̂ ~ N(θ, V). Mixing the alternative θ over N(0, τ²), the likelihood ratio against θ = 0 is
+//
+//   Λ = √(V / (V + τ²)) · exp( τ² θ̂² / (2 V (V + τ²)) )
+//
+// Under H0, Λ over the looks is a nonnegative martingale with mean 1, so by Ville's inequality
+// P(Λ ever ≥ 1/α) ≤ α: the p-value p = min(1, 1/Λ), kept as its running minimum over the looks,
+// may be read at every look and the experiment stopped as soon as p < α. Inverting Λ < 1/α for θ
+// gives the confidence sequence, valid at every look at once:
+//
+//   θ̂ ± √( V (V + τ²) / τ² · ( ln((V + τ²) / V) − 2 ln α ) )
+//
+// τ² is the mixture's spread: the effect size the test is most sensitive to (by default the
+// minimum detectable effect, squared). Normal approximation: it needs enough users per arm for the
+// central limit theorem (a few hundred with conversion rates of a few percent).
+
+export interface SequentialResult {
+  /** Observed difference θ̂ and its variance V. */
+  estimate: number;
+  variance: number;
+  /** Λ at this look. */
+  likelihoodRatio: number;
+  /** min(1, 1/Λ) at this look; the always-valid p-value is its running minimum over looks. */
+  pValue: number;
+  /** Confidence sequence at level 1 − alpha. */
+  lower: number;
+  upper: number;
+  alpha: number;
+  tau2: number;
+}
+
+/** The mSPRT at one look, from θ̂ and V (see the formula above). */
+export function msprt(estimate: number, variance: number, tau2: number, alpha = 0.05): SequentialResult {
+  if (!Number.isFinite(estimate) || !(variance > 0) || !(tau2 > 0)) {
+    return { estimate, variance, likelihoodRatio: NaN, pValue: NaN, lower: NaN, upper: NaN, alpha, tau2 };
+  }
+  const v = variance;
+  const logLambda = 0.5 * Math.log(v / (v + tau2)) + (tau2 * estimate * estimate) / (2 * v * (v + tau2));
+  const likelihoodRatio = Math.exp(logLambda);
+  const pValue = Math.min(1, Math.exp(-logLambda));
+  const half = Math.sqrt(((v * (v + tau2)) / tau2) * (Math.log((v + tau2) / v) - 2 * Math.log(alpha)));
+  return { estimate, variance, likelihoodRatio, pValue, lower: estimate - half, upper: estimate + half, alpha, tau2 };
+}
+
+/** Sufficient statistics of one arm of a mean comparison. */
+export interface MeanArm {
+  n: number;
+  mean: number;
+  /** Unbiased variance of the individual observations. */
+  variance: number;
+}
+
+/** mSPRT of mean(b) − mean(a), unpooled variance. */
+export function sequentialMeanTest(a: MeanArm, b: MeanArm, tau2: number, alpha = 0.05): SequentialResult {
+  if (!(a.n >= 2) || !(b.n >= 2)) return msprt(NaN, NaN, tau2, alpha);
+  return msprt(b.mean - a.mean, a.variance / a.n + b.variance / b.n, tau2, alpha);
+}
+
+/** mSPRT of rate(b) − rate(a) for conversions xA of nA against xB of nB. */
+export function sequentialProportionTest(xA: number, nA: number, xB: number, nB: number, tau2: number, alpha = 0.05): SequentialResult {
+  const arm = (x: number, n: number): MeanArm => {
+    const p = n > 0 ? x / n : NaN;
+    return { n, mean: p, variance: p * (1 - p) };
+  };
+  return sequentialMeanTest(arm(xA, nA), arm(xB, nB), tau2, alpha);
+}
+
+/**
+ * The default mixture spread for a relative minimum detectable effect `mde` on a base mean: the
+ * test is tuned to detect differences of about mde·base. A base of 0 gives 0 (no test).
+ */
+export function defaultTau2(baseMean: number, mde: number): number {
+  const effect = Math.abs(baseMean * mde);
+  return effect > 0 ? effect * effect : NaN;
+}
+
+/** The always-valid p-value over looks: the running minimum of each look's min(1, 1/Λ). */
+export function alwaysValidPValue(previous: number | undefined, current: number): number {
+  if (!Number.isFinite(current)) return previous ?? current;
+  return previous !== undefined && Number.isFinite(previous) ? Math.min(previous, current) : current;
+}
