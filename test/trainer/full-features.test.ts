@@ -61,7 +61,7 @@ function traffic(tag: string, startMs: number, requests: number, version: string
     const device = r % 3;
     const time = startMs + r * 100;
     const candidates = Array.from({ length: CANDIDATES }, (_, k) => (r * 7 + k * 3) % ITEMS);
-    const valueOf = (name: string, item: number) => (name === "device_type" ? device : (users[u]![name] ?? items[item]![name]!));
+    const featureValue = (name: string, item: number) => (name === "device_type" ? device : (users[u]![name] ?? items[item]![name]!));
     const requestId = `${tag}-${r}`;
     const log = create(PredictionLogSchema, {
       requestId,
@@ -72,7 +72,7 @@ function traffic(tag: string, startMs: number, requests: number, version: string
       deviceType: ["desktop", "mobile", "tablet"][device]!,
       featureNames: logged,
       modelFeatureCount: modelCount,
-      items: candidates.map((item, k) => ({ itemId: `item${item}`, score: 0.5, position: k + 1, features: logged.map((n) => valueOf(n, item)) })),
+      items: candidates.map((item, k) => ({ itemId: `item${item}`, score: 0.5, position: k + 1, features: logged.map((n) => featureValue(n, item)) })),
     });
     out.push({ kind: "prediction", id: `p-${requestId}`, data: toBinary(PredictionLogSchema, log) });
     for (const item of candidates) {
