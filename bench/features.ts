@@ -125,7 +125,15 @@ export async function benchFeatures(): Promise<void> {
     row(["raw JetStream pull + ack (lib/jetstream-pull)", Math.round(pullRate), "", `nats-server ${fmt((natsPullCpu * 1e6) / EVENTS, 1)} µs/event`], W);
     row(["raw Redis pipeline of the online writes", Math.round(rawRedisRate), us(rawRedisCpu), ""], W);
     row(["window store alone (exactly-once)", Math.round(storeRate), us(storeRedisCpu), `${fmt(storeRate / rawRedisRate, 2)} of raw Redis`], W);
-    row(["features worker, JetStream → Redis", Math.round(workerRate), us(workerRedisCpu), `${fmt(workerRate / pullRate, 2)} of raw pull, ${fmt(workerRate / consumeRate, 2)} of nats.js`], W);
+    row(
+      [
+        "features worker, JetStream → Redis",
+        Math.round(workerRate),
+        us(workerRedisCpu),
+        `${fmt(workerRate / pullRate, 2)} of raw pull, ${fmt(workerRate / consumeRate, 2)} of nats.js`,
+      ],
+      W,
+    );
     console.log(
       `worker process: ${fmt(workerCpu, 2)} CPU-s in ${fmt(drainSeconds, 2)} s (${fmt(workerCpu / drainSeconds, 2)} cores), ` +
         `${Math.round(EVENTS / workerCpu)} events per worker CPU-second; ${fmt(workerRate / rawRedisRate, 2)} of the raw Redis pipeline; ` +
@@ -156,7 +164,9 @@ export async function benchFeatures(): Promise<void> {
       `EXECs during the drain, every client's (INFO commandstats; others sharing this Redis count too): ${exec.calls} EXECs, ${fmt(EVENTS / exec.calls, 0)} events each, ` +
         `${fmt(exec.usecPerCall / 1000, 2)} ms each on average`,
     );
-    console.log(`worker capacity (drain rate above): ${Math.round(workerRate)} events/s; freshness target p99 <= ${FRESHNESS_P99_TARGET_MS} ms up to ${FRESHNESS_TARGET_FRACTION * 100} % of it`);
+    console.log(
+      `worker capacity (drain rate above): ${Math.round(workerRate)} events/s; freshness target p99 <= ${FRESHNESS_P99_TARGET_MS} ms up to ${FRESHNESS_TARGET_FRACTION * 100} % of it`,
+    );
     for (const f of freshness) {
       const share = f.fraction === undefined ? "" : ` = ${Math.round(f.fraction * 100)} % of capacity`;
       const judged = f.fraction !== undefined && f.fraction <= FRESHNESS_TARGET_FRACTION ? `; target ${verdict(f.p99 <= FRESHNESS_P99_TARGET_MS)}` : "";
@@ -174,7 +184,7 @@ export async function benchFeatures(): Promise<void> {
 
 function makeEvents(n: number, startMs: number, spanMs: number, prefix = ""): ActivityEvent[] {
   let seed = 12345;
-  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 4294967296);
+  const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 4294967296;
   return Array.from({ length: n }, (_, i) => {
     const r = rnd();
     const type = r < 0.6 ? "view" : r < 0.9 ? "click" : "purchase";
@@ -264,7 +274,23 @@ async function startWorker(namespace: string): Promise<{ child: ChildProcess; ex
   const child = spawn(
     process.execPath,
     // The young-generation size the streamserve command runs with (see cli/main.ts).
-    [...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean), "--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0", "--batch-size", String(BATCH), "--progress", "0", "--log-level", "info"],
+    [
+      ...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean),
+      "--import",
+      "tsx",
+      "cli/main.ts",
+      "features",
+      "--namespace",
+      namespace,
+      "--http-port",
+      "0",
+      "--batch-size",
+      String(BATCH),
+      "--progress",
+      "0",
+      "--log-level",
+      "info",
+    ],
     { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
   );
   const exited = new Promise((r) => child.on("exit", r));
@@ -282,9 +308,12 @@ async function startWorker(namespace: string): Promise<{ child: ChildProcess; ex
 
 /** The worker's transaction histogram (streamserve_features_transaction_redis_seconds) from its /metrics. */
 async function transactionHistogram(port: number): Promise<{ count: number; sum: number; buckets: [number, number][] }> {
-  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text()).catch(() => "");
+  const text = await fetch(`http://127.0.0.1:${port}/metrics`)
+    .then((r) => r.text())
+    .catch(() => "");
   const buckets: [number, number][] = [];
-  for (const m of text.matchAll(/^streamserve_features_transaction_redis_seconds_bucket\{le="([^"]+)"\} (\d+)/gm)) buckets.push([m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2])]);
+  for (const m of text.matchAll(/^streamserve_features_transaction_redis_seconds_bucket\{le="([^"]+)"\} (\d+)/gm))
+    buckets.push([m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2])]);
   const one = (name: string) => Number(new RegExp(`^streamserve_features_transaction_redis_seconds_${name} ([\\d.e+-]+)`, "m").exec(text)?.[1] ?? NaN);
   return { count: one("count"), sum: one("sum"), buckets };
 }
@@ -351,7 +380,9 @@ function natsServerPid(): number | undefined {
 
 /** CPU seconds (user + system) a process has used, from /proc. */
 function cpuSeconds(pid: number, task?: number): number {
-  const fields = readFileSync(task === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${task}/stat`, "utf8").split(") ")[1]!.split(" ");
+  const fields = readFileSync(task === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${task}/stat`, "utf8")
+    .split(") ")[1]!
+    .split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
 
@@ -366,7 +397,10 @@ function threadCpuSeconds(pid: number): Map<number, number> {
 function threadSplit(pid: number, before: Map<number, number>, events: number): string {
   const used = [...threadCpuSeconds(pid)].map(([tid, s]) => [tid, s - (before.get(tid) ?? 0)] as const);
   const main = used.find(([tid]) => tid === pid)?.[1] ?? 0;
-  const others = used.filter(([tid]) => tid !== pid).map(([, s]) => s).sort((a, b) => b - a);
+  const others = used
+    .filter(([tid]) => tid !== pid)
+    .map(([, s]) => s)
+    .sort((a, b) => b - a);
   const us = (s: number) => `${fmt((s * 1e6) / events, 1)} µs`;
   return `main thread ${us(main)}, store thread ${us(others[0] ?? 0)}, other threads (GC, libuv) ${us(others.slice(1).reduce((a, b) => a + b, 0))}`;
 }
@@ -471,7 +505,15 @@ async function steadyLoad(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>,
       sent++;
     }
     const user = `probe-${rate}-${probe++}`;
-    const probeEvent = { event_id: `probe-${rate}-${probe}`, user_id: user, event_type: "view", page_id: "probe", session_duration: 1, amount: 0, event_time: now };
+    const probeEvent = {
+      event_id: `probe-${rate}-${probe}`,
+      user_id: user,
+      event_type: "view",
+      page_id: "probe",
+      session_duration: 1,
+      amount: 0,
+      event_time: now,
+    };
     pending.set(rt.names.userFeaturesKey(user), performance.now());
     nc.publish(rt.names.eventsSubject, JSON.stringify(probeEvent));
     const next = started + (tick + 1) * tickMs;

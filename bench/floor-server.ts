@@ -20,11 +20,24 @@ function serve(replies: FloorReplies): Promise<number> {
   for (const [path, choices] of Object.entries(replies)) {
     const byLength = new Map(choices.map((c) => [c.requestBytes, Buffer.from(c.reply, "base64")]));
     const fallback = Buffer.from(choices[0]!.reply, "base64");
-    const method = { path, requestStream: false, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity };
-    server.addService({ call: method }, { call: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, byLength.get(call.request.length) ?? fallback) });
+    const method = {
+      path,
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: identity,
+      requestDeserialize: identity,
+      responseSerialize: identity,
+      responseDeserialize: identity,
+    };
+    server.addService(
+      { call: method },
+      { call: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, byLength.get(call.request.length) ?? fallback) },
+    );
   }
   process.once("SIGTERM", () => server.forceShutdown());
-  return new Promise((resolve, reject) => server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
+  return new Promise((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
+  );
 }
 
 const file = process.argv[2];

@@ -32,7 +32,10 @@ async function run(job: LoadClientJob): Promise<LoadClientResult> {
   const identity = (b: Buffer) => b;
   const body = Buffer.from(job.body, "base64");
   // A local subchannel pool per client: otherwise grpc-js shares one connection among them all.
-  const clients = Array.from({ length: job.connections }, () => new grpc.Client(job.address, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 }));
+  const clients = Array.from(
+    { length: job.connections },
+    () => new grpc.Client(job.address, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 }),
+  );
   await Promise.all(clients.map((c) => new Promise<void>((res, rej) => c.waitForReady(Date.now() + 10_000, (e) => (e ? rej(e) : res())))));
   let latencies: number[] = [];
   let errors = 0;
@@ -47,9 +50,13 @@ async function run(job: LoadClientJob): Promise<LoadClientResult> {
     });
   const runFor = (ms: number) => {
     const stopAt = performance.now() + ms;
-    return Promise.all(clients.flatMap((client) => Array.from({ length: job.streams }, async () => {
-      while (performance.now() < stopAt) await call(client);
-    })));
+    return Promise.all(
+      clients.flatMap((client) =>
+        Array.from({ length: job.streams }, async () => {
+          while (performance.now() < stopAt) await call(client);
+        }),
+      ),
+    );
   };
   await runFor(job.warmupMs);
   latencies = [];

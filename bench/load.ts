@@ -89,7 +89,14 @@ function h2load(version: string): LoadGenerator {
         writeFileSync(bodyFile, grpcFrame(target.request));
         // A log file per run: h2load appends to an existing one.
         const once = async (ms: number, logFile: string) => {
-          const args = h2loadArgs({ url: `http://${target.address}${target.path}`, bodyFile, logFile, connections: shape.connections, streams: shape.streams, durationMs: ms });
+          const args = h2loadArgs({
+            url: `http://${target.address}${target.path}`,
+            bodyFile,
+            logFile,
+            connections: shape.connections,
+            streams: shape.streams,
+            durationMs: ms,
+          });
           const child = startChild("h2load", "h2load", args);
           const timer = setTimeout(() => void child.stop(1000), ms + 30_000);
           const code = await child.exited;
@@ -119,7 +126,14 @@ function grpcJsClient(): LoadGenerator {
   return {
     description: `grpc-js load client in a child process (${process.env.BENCH_LOAD === "client" ? "BENCH_LOAD=client" : "h2load not installed: apt-get install nghttp2-client"})`,
     async run(target, shape, durationMs, warmupMs) {
-      const job: LoadClientJob = { address: target.address, path: target.path, body: Buffer.from(target.request).toString("base64"), ...shape, warmupMs, durationMs };
+      const job: LoadClientJob = {
+        address: target.address,
+        path: target.path,
+        body: Buffer.from(target.request).toString("base64"),
+        ...shape,
+        warmupMs,
+        durationMs,
+      };
       const child = startChild("load client", process.execPath, [...nodeFlags(), "--import", "tsx", "bench/load-client.ts", JSON.stringify(job)]);
       let stdout = "";
       let cpuBefore = NaN;

@@ -7,7 +7,15 @@ import { measure, pickLoadGenerator, type LoadFigures, type LoadShape } from "./
 import { fmt, header } from "./measure.js";
 import { startChild, type Child } from "./processes.js";
 import { DURATION_MS, machineLine, printFigures, printHeaderRow, WARMUP_MS } from "./serving.js";
-import { prepareNamespace, RECOMMEND_PATH, recommendRequest, startStreamserve, syntheticModel, unaryCall, type RunningStreamserve } from "./streamserve-process.js";
+import {
+  prepareNamespace,
+  RECOMMEND_PATH,
+  recommendRequest,
+  startStreamserve,
+  syntheticModel,
+  unaryCall,
+  type RunningStreamserve,
+} from "./streamserve-process.js";
 
 /** Tail percentiles need samples: each row here runs twice as long as a `serving` row. */
 const UP_DURATION_MS = 2 * DURATION_MS;
@@ -17,12 +25,23 @@ const C1: LoadShape = { connections: 1, streams: 1 };
 async function recommendC1(server: RunningStreamserve, load: ReturnType<typeof pickLoadGenerator>): Promise<LoadFigures> {
   const request = recommendRequest();
   const reply = await unaryCall(server.address, RECOMMEND_PATH, request);
-  return measure(load, { address: server.address, path: RECOMMEND_PATH, request, replyBytes: reply.length, pid: server.child.pid }, C1, UP_DURATION_MS, WARMUP_MS);
+  return measure(
+    load,
+    { address: server.address, path: RECOMMEND_PATH, request, replyBytes: reply.length, pid: server.child.pid },
+    C1,
+    UP_DURATION_MS,
+    WARMUP_MS,
+  );
 }
 
 /** Mean events/s of the simulator's progress lines printed after `from` (an offset in its output). */
 function simulatedRate(sim: Child, from: number): number {
-  const rates = [...sim.output().slice(from).matchAll(/events\s+(\d+)\/s/g)].map((m) => Number(m[1]));
+  const rates = [
+    ...sim
+      .output()
+      .slice(from)
+      .matchAll(/events\s+(\d+)\/s/g),
+  ].map((m) => Number(m[1]));
   return rates.length ? rates.reduce((a, b) => a + b, 0) / rates.length : NaN;
 }
 
@@ -56,7 +75,18 @@ export async function benchServingUp(): Promise<void> {
     printFigures("up, no simulator", C1, await recommendC1(up, load));
     sim = startChild("streamserve simulate", process.execPath, [
       ...["--import", "tsx", "cli/main.ts", "simulate", "--rate", String(SIM_RATE), "--duration", `${Math.ceil((WARMUP_MS + UP_DURATION_MS) / 1000) + 120}s`],
-      ...["--grpc-address", up.address, "--progress", "1s", "--namespace", upNs.rt.config.namespace, "--data-dir", upNs.rt.config.dataDir, "--log-level", "warn"],
+      ...[
+        "--grpc-address",
+        up.address,
+        "--progress",
+        "1s",
+        "--namespace",
+        upNs.rt.config.namespace,
+        "--data-dir",
+        upNs.rt.config.dataDir,
+        "--log-level",
+        "warn",
+      ],
     ]);
     // Measured once the simulator is publishing and the features worker has had a moment with it.
     await sim.waitForOutput(/events\s+\d+\/s/, 60_000);
@@ -65,8 +95,12 @@ export async function benchServingUp(): Promise<void> {
     printFigures(`up + simulate ${SIM_RATE}/s`, C1, busy);
     console.log(`simulator: ${fmt(simulatedRate(sim, from), 0)} events/s while measured (asked ${SIM_RATE}); it also calls Recommend on up`);
     console.log(`up + simulator p99 / serve alone's: ${fmt(busy.p99Ms, 2)} / ${fmt(alone.p99Ms, 2)} ms = ${fmt(busy.p99Ms / alone.p99Ms, 2)} (target ≤ 1.5)`);
-    console.log(`up + simulator p99.9 / serve alone's: ${fmt(busy.p999Ms, 2)} / ${fmt(alone.p999Ms, 2)} ms = ${fmt(busy.p999Ms / alone.p999Ms, 2)} (target ≤ 2)`);
-    console.log(`max: up + simulator ${fmt(busy.maxMs, 1)} ms, serve alone ${fmt(alone.maxMs, 1)} ms (from ${busy.samples} and ${alone.samples} calls; a call still running when a row ends is not counted)`);
+    console.log(
+      `up + simulator p99.9 / serve alone's: ${fmt(busy.p999Ms, 2)} / ${fmt(alone.p999Ms, 2)} ms = ${fmt(busy.p999Ms / alone.p999Ms, 2)} (target ≤ 2)`,
+    );
+    console.log(
+      `max: up + simulator ${fmt(busy.maxMs, 1)} ms, serve alone ${fmt(alone.maxMs, 1)} ms (from ${busy.samples} and ${alone.samples} calls; a call still running when a row ends is not counted)`,
+    );
     console.log(machineLine());
   } finally {
     await sim?.stop();

@@ -42,7 +42,9 @@ const INFER_SHAPES: LoadShape[] = [SHAPES[0]!, SHAPES[1]!];
 const WIDTHS = [26, 6, 8, 7, 7, 7, 7, 6, 9, 9];
 
 export function machineLine(): string {
-  return `machine: ${availableParallelism()} cores, load average ${loadavg().map((l) => l.toFixed(2)).join(" ")}`;
+  return `machine: ${availableParallelism()} cores, load average ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ")}`;
 }
 
 export function printHeaderRow(): void {
@@ -51,7 +53,21 @@ export function printHeaderRow(): void {
 
 /** One table row; `floor` adds the calls/s ratio to it. */
 export function printFigures(label: string, shape: LoadShape, f: LoadFigures, floor?: LoadFigures): void {
-  row([label, shapeLabel(shape), Math.round(f.perSecond), fmt(f.p50Ms, 2), fmt(f.p99Ms, 2), fmt(f.p999Ms, 2), fmt(f.maxMs, 1), f.errors, fmt(f.cpuUsPerCall, 0), floor ? `${fmt(f.perSecond / floor.perSecond, 2)}x` : ""], WIDTHS);
+  row(
+    [
+      label,
+      shapeLabel(shape),
+      Math.round(f.perSecond),
+      fmt(f.p50Ms, 2),
+      fmt(f.p99Ms, 2),
+      fmt(f.p999Ms, 2),
+      fmt(f.maxMs, 1),
+      f.errors,
+      fmt(f.cpuUsPerCall, 0),
+      floor ? `${fmt(f.perSecond / floor.perSecond, 2)}x` : "",
+    ],
+    WIDTHS,
+  );
 }
 
 /** A target on the server's gRPC address, with the length of the reply it gave to a probe. */
@@ -91,9 +107,18 @@ async function componentCosts(ns: BenchNamespace, artifact: Uint8Array): Promise
     return p.exec();
   };
   const width = defaultModelFeatures().length;
-  const session = await ort.InferenceSession.create(artifact, { intraOpNumThreads: 1, interOpNumThreads: 1, executionMode: "sequential", graphOptimizationLevel: "all" });
+  const session = await ort.InferenceSession.create(artifact, {
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+    executionMode: "sequential",
+    graphOptimizationLevel: "all",
+  });
   const runOf = (rows: number) => {
-    const t = new ort.Tensor("float32", Float32Array.from({ length: rows * width }, (_, i) => i % 7), [rows, width]);
+    const t = new ort.Tensor(
+      "float32",
+      Float32Array.from({ length: rows * width }, (_, i) => i % 7),
+      [rows, width],
+    );
     return () => session.run({ features: t });
   };
   const figures = `Redis pipeline of the 21 hashes ${fmt(await medianMs(read, 1000))} ms, onnxruntime 20 rows ${fmt(await medianMs(runOf(20), 1000))} ms, 1 row ${fmt(await medianMs(runOf(1), 1000))} ms`;
@@ -114,17 +139,24 @@ export async function benchServing(): Promise<void> {
   try {
     // Like for like with the one-event-loop floor; --workers 2 is measured on its own below.
     server = await startStreamserve(ns, "serve", workers ? ["--workers", "1"] : []);
-    console.log(`server: streamserve serve${workers ? " --workers 1" : ""} (pid ${server.child.pid}), model ${ns.modelVersion} (100 trees, depth 5), namespace ${ns.rt.config.namespace}`);
+    console.log(
+      `server: streamserve serve${workers ? " --workers 1" : ""} (pid ${server.child.pid}), model ${ns.modelVersion} (100 trees, depth 5), namespace ${ns.rt.config.namespace}`,
+    );
     console.log(`in-process, median: ${await componentCosts(ns, artifact)}`);
 
     const rec = await target(server.address, server.child.pid, RECOMMEND_PATH, recommendRequest());
-    const infer = [await target(server.address, server.child.pid, MODEL_INFER_PATH, modelInferRequest(1)), await target(server.address, server.child.pid, MODEL_INFER_PATH, modelInferRequest(64))];
+    const infer = [
+      await target(server.address, server.child.pid, MODEL_INFER_PATH, modelInferRequest(1)),
+      await target(server.address, server.child.pid, MODEL_INFER_PATH, modelInferRequest(64)),
+    ];
     floor = await startFloor({
       [RECOMMEND_PATH]: [{ requestBytes: rec.request.length, reply: rec.reply.toString("base64") }],
       [MODEL_INFER_PATH]: infer.map((t) => ({ requestBytes: t.request.length, reply: t.reply.toString("base64") })),
     });
     const onFloor = (t: CallTarget): CallTarget => ({ ...t, address: floor!.address, pid: floor!.child.pid });
-    console.log(`floor: bare grpc-js server (pid ${floor.child.pid}) answering the same paths with the same reply bytes (Recommend ${rec.replyBytes} B, ModelInfer ${infer.map((t) => t.replyBytes).join(" / ")} B)`);
+    console.log(
+      `floor: bare grpc-js server (pid ${floor.child.pid}) answering the same paths with the same reply bytes (Recommend ${rec.replyBytes} B, ModelInfer ${infer.map((t) => t.replyBytes).join(" / ")} B)`,
+    );
 
     printHeaderRow();
     const recBy = new Map<string, LoadFigures>();
@@ -149,8 +181,12 @@ export async function benchServing(): Promise<void> {
     const f16 = floorBy.get("c=16")!;
     const r1 = recBy.get("c=1")!;
     const f1 = floorBy.get("c=1")!;
-    console.log(`Recommend calls/s at 16 connections / floor's: ${Math.round(r16.perSecond)} / ${Math.round(f16.perSecond)} = ${fmt(r16.perSecond / f16.perSecond, 2)} (target ≥ 0.5)`);
-    console.log(`server CPU per call at 16 connections / floor's: ${fmt(r16.cpuUsPerCall, 0)} / ${fmt(f16.cpuUsPerCall, 0)} µs = ${fmt(r16.cpuUsPerCall / f16.cpuUsPerCall, 2)} (target ≤ 2.5)`);
+    console.log(
+      `Recommend calls/s at 16 connections / floor's: ${Math.round(r16.perSecond)} / ${Math.round(f16.perSecond)} = ${fmt(r16.perSecond / f16.perSecond, 2)} (target ≥ 0.5)`,
+    );
+    console.log(
+      `server CPU per call at 16 connections / floor's: ${fmt(r16.cpuUsPerCall, 0)} / ${fmt(f16.cpuUsPerCall, 0)} µs = ${fmt(r16.cpuUsPerCall / f16.cpuUsPerCall, 2)} (target ≤ 2.5)`,
+    );
     console.log(`Recommend p50 at c=1 minus floor's: ${fmt(r1.p50Ms)} − ${fmt(f1.p50Ms)} = ${fmt(r1.p50Ms - f1.p50Ms)} ms (target ≤ 0.5 ms)`);
 
     if (!workers) {

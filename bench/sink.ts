@@ -24,7 +24,16 @@ export interface SinkBenchOptions {
 
 export const SINK_BENCH_DEFAULTS: Readonly<Required<SinkBenchOptions>> = Object.freeze({ messages: 20_000, items: 5, batch: 5000 });
 
-const FEATURES = ["clicks_last_5min", "avg_session_duration", "unique_pages_viewed", "purchase_amount", "engagement_score", "item_views_5min", "item_clicks_5min", "device_type"];
+const FEATURES = [
+  "clicks_last_5min",
+  "avg_session_duration",
+  "unique_pages_viewed",
+  "purchase_amount",
+  "engagement_score",
+  "item_views_5min",
+  "item_clicks_5min",
+  "device_type",
+];
 
 function predictionLog(run: string, i: number, items: number): Uint8Array {
   return toBinary(
@@ -40,7 +49,12 @@ function predictionLog(run: string, i: number, items: number): Uint8Array {
       currentPage: `p${i % 300}`,
       deviceType: i % 3 ? "desktop" : "mobile",
       featureNames: FEATURES,
-      items: Array.from({ length: items }, (_, k) => ({ itemId: `p${(i * 7 + k) % 300}`, score: Math.random(), position: k + 1, features: FEATURES.map((_, f) => (i + f * k) % 97) })),
+      items: Array.from({ length: items }, (_, k) => ({
+        itemId: `p${(i * 7 + k) % 300}`,
+        score: Math.random(),
+        position: k + 1,
+        features: FEATURES.map((_, f) => (i + f * k) % 97),
+      })),
       latencyMs: 2.5,
     }),
   );
@@ -52,7 +66,9 @@ export async function benchSink(options: SinkBenchOptions = {}): Promise<void> {
   const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
   const o: Required<SinkBenchOptions> = { ...SINK_BENCH_DEFAULTS, ...given };
   const rowsTotal = o.messages * o.items;
-  console.log(`\n## sink: ${fmt(o.messages)} prediction logs × ${o.items} items = ${fmt(rowsTotal)} rows into embedded ClickHouse, batches of ${fmt(o.batch)} messages`);
+  console.log(
+    `\n## sink: ${fmt(o.messages)} prediction logs × ${o.items} items = ${fmt(rowsTotal)} rows into embedded ClickHouse, batches of ${fmt(o.batch)} messages`,
+  );
   const dataDir = mkdtempSync(join(tmpdir(), "bench-sink-"));
   const runtime = createRuntime({ namespace: `bench_sink_${process.pid}`, dataDir, logLevel: "warn" });
   try {
@@ -63,7 +79,9 @@ export async function benchSink(options: SinkBenchOptions = {}): Promise<void> {
     const h = natsHeaders();
     h.set("Content-Type", "application/protobuf");
     for (let i = 0; i < payloads.length; i += 1000) {
-      await Promise.all(payloads.slice(i, i + 1000).map((data, k) => js.publish(runtime.names.logsSubject("prediction"), data, { msgID: `bench-${i + k}`, headers: h })));
+      await Promise.all(
+        payloads.slice(i, i + 1000).map((data, k) => js.publish(runtime.names.logsSubject("prediction"), data, { msgID: `bench-${i + k}`, headers: h })),
+      );
     }
 
     // The sink: everything is waiting in LOGS; time from start to the last row acknowledged.
@@ -78,7 +96,10 @@ export async function benchSink(options: SinkBenchOptions = {}): Promise<void> {
     const batches: Row[][] = [];
     for (let i = 0; i < o.messages; i += o.batch) {
       batches.push(
-        Array.from({ length: Math.min(o.batch, o.messages - i) }, (_, k) => decodeLog("prediction", { data: predictionLog("direct", i + k, o.items), storedAtMs: Date.now() }).rows).flat(),
+        Array.from(
+          { length: Math.min(o.batch, o.messages - i) },
+          (_, k) => decodeLog("prediction", { data: predictionLog("direct", i + k, o.items), storedAtMs: Date.now() }).rows,
+        ).flat(),
       );
     }
     const t1 = performance.now();
@@ -86,7 +107,9 @@ export async function benchSink(options: SinkBenchOptions = {}): Promise<void> {
     const directSeconds = (performance.now() - t1) / 1000;
     const directRate = rowsTotal / directSeconds;
 
-    console.log(`sink (fetch + decode + insert + ack)     ${fmt(sinkRate).padStart(10)} rows/s  (${fmt(o.messages / sinkSeconds)} messages/s, ${fmt(sinkSeconds, 2)} s)`);
+    console.log(
+      `sink (fetch + decode + insert + ack)     ${fmt(sinkRate).padStart(10)} rows/s  (${fmt(o.messages / sinkSeconds)} messages/s, ${fmt(sinkSeconds, 2)} s)`,
+    );
     console.log(`floor: direct client.insert, same rows   ${fmt(directRate).padStart(10)} rows/s  (${fmt(directSeconds, 2)} s)`);
     console.log(`ratio sink / direct insert                ${fmt((100 * sinkRate) / directRate, 1).padStart(9)} %`);
     await deleteNamespace(nc, runtime.names);

@@ -41,7 +41,11 @@ export function modelInferRequest(rows: number): Uint8Array {
   const raw = new Uint8Array(Float32Array.from({ length: rows * width }, (_, i) => i % 7).buffer);
   return toBinary(
     ModelInferRequestSchema,
-    create(ModelInferRequestSchema, { modelName: MODEL, inputs: [{ name: "features", datatype: "FP32", shape: [BigInt(rows), BigInt(width)] }], rawInputContents: [raw] }),
+    create(ModelInferRequestSchema, {
+      modelName: MODEL,
+      inputs: [{ name: "features", datatype: "FP32", shape: [BigInt(rows), BigInt(width)] }],
+      rawInputContents: [raw],
+    }),
   );
 }
 
@@ -73,7 +77,10 @@ export async function prepareNamespace(artifact: Uint8Array): Promise<BenchNames
     if (code !== 0 || !pushed) throw new Error(`streamserve models push failed (${code}):\n${push.output().slice(-2000)}`);
 
     const redis = rt.redis();
-    await redis.hset(rt.names.userFeaturesKey(BENCH_USER), Object.fromEntries(features.filter((f) => f.source === "user").map((f, i) => [f.name, String(i + 1)])));
+    await redis.hset(
+      rt.names.userFeaturesKey(BENCH_USER),
+      Object.fromEntries(features.filter((f) => f.source === "user").map((f, i) => [f.name, String(i + 1)])),
+    );
     for (const item of BENCH_ITEMS) {
       await redis.hset(rt.names.itemFeaturesKey(item), Object.fromEntries(features.filter((f) => f.source === "item").map((f, i) => [f.name, String(i * 2)])));
     }
@@ -139,6 +146,8 @@ export function unaryCall(address: string, path: string, request: Uint8Array): P
   const client = new grpc.Client(address, grpc.credentials.createInsecure());
   const identity = (b: Buffer) => b;
   return new Promise<Buffer>((resolve, reject) =>
-    client.makeUnaryRequest(path, identity, identity, Buffer.from(request), new grpc.Metadata(), { deadline: Date.now() + 5000 }, (err, reply) => (err ? reject(err) : resolve(reply!))),
+    client.makeUnaryRequest(path, identity, identity, Buffer.from(request), new grpc.Metadata(), { deadline: Date.now() + 5000 }, (err, reply) =>
+      err ? reject(err) : resolve(reply!),
+    ),
   ).finally(() => client.close());
 }

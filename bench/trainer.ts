@@ -63,7 +63,9 @@ export async function benchTrainer(options: TrainerBenchOptions = {}): Promise<v
   // CPU time too: on a shared machine the wall clock includes waiting for a core.
   const cpu = process.cpuUsage(cpu0);
   const cpuS = (cpu.user + cpu.system) / 1e6;
-  console.log(`train        ${fmt(trainMs / 1000, 2)} s wall (${fmt(cpuS, 2)} s CPU)   ${fmt(o.rows / (trainMs / 1000))} rows/s   ${fmt((o.rows * o.trees) / (trainMs / 1000) / 1e6, 1)} M row-trees/s`);
+  console.log(
+    `train        ${fmt(trainMs / 1000, 2)} s wall (${fmt(cpuS, 2)} s CPU)   ${fmt(o.rows / (trainMs / 1000))} rows/s   ${fmt((o.rows * o.trees) / (trainMs / 1000) / 1e6, 1)} M row-trees/s`,
+  );
 
   const holdout = syntheticData(100_000, o.features, 8);
   const p = predictProbaColumns(model, holdout.columns);
@@ -93,7 +95,9 @@ export async function benchTrainer(options: TrainerBenchOptions = {}): Promise<v
     t = performance.now();
     for (let i = 0; i < reps; i++) await run((i * batch) % (100_000 - batch), batch);
     const ms = (performance.now() - t) / reps;
-    console.log(`onnx batch ${String(batch).padStart(6)}  ${fmt(ms, 2)} ms/batch   ${fmt((ms * 1000) / batch, 2)} µs/row   ${fmt(perRowUs / ((ms * 1000) / batch), 1)}× per-row`);
+    console.log(
+      `onnx batch ${String(batch).padStart(6)}  ${fmt(ms, 2)} ms/batch   ${fmt((ms * 1000) / batch, 2)} µs/row   ${fmt(perRowUs / ((ms * 1000) / batch), 1)}× per-row`,
+    );
   }
   await session.release();
 }

@@ -21,7 +21,9 @@ const TARGET = 1.3;
 export async function benchWorkers(): Promise<void> {
   header(`workers: \`streamserve serve --workers ${WORKERS}\` vs \`--workers 1\` (the floor), Recommend at 64 connections, from outside`);
   const load = pickLoadGenerator();
-  console.log(`load: ${load.description}; ${ROUNDS} rounds alternating 1 and ${WORKERS} workers, each a fresh server, ${WARMUP_MS} ms warm-up + ${DURATION_MS} ms measured`);
+  console.log(
+    `load: ${load.description}; ${ROUNDS} rounds alternating 1 and ${WORKERS} workers, each a fresh server, ${WARMUP_MS} ms warm-up + ${DURATION_MS} ms measured`,
+  );
   const ns = await prepareNamespace(syntheticModel(defaultModelFeatures().length));
   try {
     printHeaderRow();
@@ -33,7 +35,13 @@ export async function benchWorkers(): Promise<void> {
         const server = await startStreamserve(ns, "serve", ["--workers", String(n)]);
         try {
           const replyBytes = (await unaryCall(server.address, RECOMMEND_PATH, recommendRequest())).length;
-          const f = await measure(load, { address: server.address, path: RECOMMEND_PATH, request: recommendRequest(), replyBytes, pid: server.child.pid }, SHAPE, DURATION_MS, WARMUP_MS);
+          const f = await measure(
+            load,
+            { address: server.address, path: RECOMMEND_PATH, request: recommendRequest(), replyBytes, pid: server.child.pid },
+            SHAPE,
+            DURATION_MS,
+            WARMUP_MS,
+          );
           printFigures(`round ${round}, --workers ${n}`, SHAPE, f, figures[0]);
           figures.push(f);
         } finally {

@@ -74,7 +74,9 @@ export function closestName(name: string, known: readonly string[]): string | un
     if (!best || distance < best.distance) best = { name: k, distance };
   }
   if (!best) return undefined;
-  const near = (best.distance <= Math.max(1, Math.floor(name.length / 3)) && best.distance < name.length) || (name.length > 2 && (best.name.includes(name) || name.includes(best.name)));
+  const near =
+    (best.distance <= Math.max(1, Math.floor(name.length / 3)) && best.distance < name.length) ||
+    (name.length > 2 && (best.name.includes(name) || name.includes(best.name)));
   return near ? best.name : undefined;
 }
 

@@ -13,20 +13,7 @@ import { parseArgs, configFromFlags, flagsInUsage, stringFlag, UsageError, type 
 import { printsReport, type Command } from "./command.js";
 
 /** Every command, in the order `--help` lists them. */
-export const COMMANDS = [
-  "up",
-  "serve",
-  "features",
-  "sink",
-  "train",
-  "monitor",
-  "models",
-  "experiments",
-  "simulate",
-  "demo",
-  "drift",
-  "report",
-] as const;
+export const COMMANDS = ["up", "serve", "features", "sink", "train", "monitor", "models", "experiments", "simulate", "demo", "drift", "report"] as const;
 
 const GLOBAL_FLAGS = `Flags every command takes (environment variable in brackets):
   --grpc-port N        gRPC port (default 50051)

@@ -128,7 +128,15 @@ export function planView(view: FeatureView, events: readonly ActivityEvent[]): V
     }
     groupOf[i] = g;
   }
-  const p: ViewPlan = { view, byWindow, groupOf, next, applied: new Uint8Array(events.length), distinctAggs: [], counts: { applied: 0, duplicates: 0, late: 0 } };
+  const p: ViewPlan = {
+    view,
+    byWindow,
+    groupOf,
+    next,
+    applied: new Uint8Array(events.length),
+    distinctAggs: [],
+    counts: { applied: 0, duplicates: 0, late: 0 },
+  };
   p.distinctAggs = view.aggregations.flatMap((a, i) => (stateOp(a) === "distinct" ? [i] : []));
   // An entity with events in several windows shows the newest in its public hash.
   if (multiWindow) for (const [ws, groups] of byWindow) for (const id of groups.keys()) noteNewer(p, id, ws);
@@ -153,7 +161,12 @@ export function trendPlanOf(plans: readonly ViewPlan[], ctx: PlanContext): ViewP
  * What the batch does, from its complete snapshot (folded in place: the snapshot's groups end
  * holding the states written). Lateness is judged against the watermark before the batch.
  */
-export function planWrites(events: readonly ActivityEvent[], snap: Snapshot, now: number, ctx: PlanContext): { counts: Record<string, ViewCounts>; writeSet: WriteSet } {
+export function planWrites(
+  events: readonly ActivityEvent[],
+  snap: Snapshot,
+  now: number,
+  ctx: PlanContext,
+): { counts: Record<string, ViewCounts>; writeSet: WriteSet } {
   const { plans, status } = snap;
   const counts: Record<string, ViewCounts> = {};
   for (const p of plans) {
@@ -166,7 +179,18 @@ export function planWrites(events: readonly ActivityEvent[], snap: Snapshot, now
       for (const g of groups.values()) g.late = refused;
     }
   }
-  const w: WriteSet = { high: snap.high, raisesHigh: false, marks: new Set(), markBuckets: new Map(), opened: new Map(), plans, windows: [], distinct: new Map(), trend: new Map(), now };
+  const w: WriteSet = {
+    high: snap.high,
+    raisesHigh: false,
+    marks: new Set(),
+    markBuckets: new Map(),
+    opened: new Map(),
+    plans,
+    windows: [],
+    distinct: new Map(),
+    trend: new Map(),
+    now,
+  };
   const trendEvents = new Map<string, ActivityEvent[]>();
   const tplan = trendPlanOf(plans, ctx);
   const weights = ctx.trending?.spec.weights ?? {};

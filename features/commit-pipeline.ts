@@ -17,7 +17,19 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { RespConnection, RespError, type RespArg, type RespCommand, type RespReply, type RespWriter } from "../lib/resp.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
 import { distinctField, trendOf, unpack, WindowStoreError, type StoreKeys, type WindowStatus } from "./store-keys.js";
-import { distinctSet, noteNewer, overlay, planView, planWrites, trendPlanOf, type PlanContext, type Snapshot, type ViewCounts, type ViewPlan, type WriteSet } from "./batch-planner.js";
+import {
+  distinctSet,
+  noteNewer,
+  overlay,
+  planView,
+  planWrites,
+  trendPlanOf,
+  type PlanContext,
+  type Snapshot,
+  type ViewCounts,
+  type ViewPlan,
+  type WriteSet,
+} from "./batch-planner.js";
 import type { WriteEncoder } from "./write-encoder.js";
 import { contributionOf, windowStart } from "./windows.js";
 
@@ -256,7 +268,10 @@ export class CommitPipeline {
       let cur = await pre?.version;
       let connection = pre?.connection;
       if (cur === undefined || connection !== this.writer.connection) {
-        const [, current] = await this.writer.send([["WATCH", this.keys.version], ["GET", this.keys.version]]);
+        const [, current] = await this.writer.send([
+          ["WATCH", this.keys.version],
+          ["GET", this.keys.version],
+        ]);
         cur = current === null ? 0 : Number(current);
         connection = this.writer.connection;
       }
@@ -342,7 +357,16 @@ export class CommitPipeline {
     const k = this.keys;
     const plans = this.views.map((view) => planView(view, events));
     const reads = new Reads();
-    const snap: Snapshot = { version: 0, plans, high: -Infinity, status: new Map(), applied: new Set(), distinct: new Map(), trend: new Map(), newerRead: new Map() };
+    const snap: Snapshot = {
+      version: 0,
+      plans,
+      high: -Infinity,
+      status: new Map(),
+      applied: new Set(),
+      distinct: new Map(),
+      trend: new Map(),
+      newerRead: new Map(),
+    };
     reads.add(["GET", k.version], (r) => (snap.version = r === null ? 0 : Number(r)));
     reads.add(["GET", k.eventTimeHigh], (r) => (snap.high = r === null ? -Infinity : Number(r)));
     for (const v of this.views) {

@@ -11,14 +11,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { ActivityEventSchema } from "../gen/streamserve/v1/events_pb.js";
 import type { ActivityEvent } from "./definitions.js";
 
-export type DeadLetterReason =
-  | "invalid_json"
-  | "invalid_protobuf"
-  | "not_an_object"
-  | "missing_field"
-  | "wrong_type"
-  | "invalid_value"
-  | "absurd_timestamp";
+export type DeadLetterReason = "invalid_json" | "invalid_protobuf" | "not_an_object" | "missing_field" | "wrong_type" | "invalid_value" | "absurd_timestamp";
 
 export type ParseResult = { ok: true; event: ActivityEvent } | { ok: false; reason: DeadLetterReason; detail: string };
 

@@ -59,7 +59,11 @@ export function parseMessages(b: MessageBatch, parse: EventParser): { events: Ac
   let from = 0;
   for (let i = 0; i < b.ends.length; i++) {
     const to = b.ends[i]!;
-    const r = b.protobuf[i] ? parse(b.bytes.subarray(from, to), "application/protobuf") : text !== undefined ? parse.json(text.slice(from, to)) : parse(b.bytes.subarray(from, to), undefined);
+    const r = b.protobuf[i]
+      ? parse(b.bytes.subarray(from, to), "application/protobuf")
+      : text !== undefined
+        ? parse.json(text.slice(from, to))
+        : parse(b.bytes.subarray(from, to), undefined);
     if (r.ok) events.push(r.event);
     else refused.push({ index: i, reason: r.reason, detail: r.detail });
     from = to;

@@ -44,7 +44,9 @@ export function createFeaturesMetrics(registry: MetricsRegistry): FeaturesMetric
       "streamserve_features_batch_staleness_seconds",
       "From the oldest message of a batch reaching the stream to its features being written to Redis",
     ),
-    pending: registry.gauge("streamserve_features_consumer_pending", "Messages of the features consumer not yet delivered / delivered but unacked", { labelNames: ["state"] }),
+    pending: registry.gauge("streamserve_features_consumer_pending", "Messages of the features consumer not yet delivered / delivered but unacked", {
+      labelNames: ["state"],
+    }),
     watermarkLag: registry.gauge("streamserve_features_watermark_lag_seconds", "Wall clock minus the newest event time seen"),
   };
 }

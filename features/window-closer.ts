@@ -49,7 +49,10 @@ export class WindowCloser {
     const { redis, keys: k } = this.o;
     let rows = 0;
     const windows = await this.windows(view);
-    const due = [...windows].filter(([ws, s]) => s !== "published" && isWindowClosed(ws + view.windowMs, watermark)).map(([ws]) => ws).sort((a, b) => a - b);
+    const due = [...windows]
+      .filter(([ws, s]) => s !== "published" && isWindowClosed(ws + view.windowMs, watermark))
+      .map(([ws]) => ws)
+      .sort((a, b) => a - b);
     for (const ws of due) {
       // From here on every writer sees the window closed: a batch that read it open fails its EXEC.
       await redis.multi().hset(k.windows(view.entity), String(ws), "closed").incr(k.version).exec();
@@ -115,7 +118,13 @@ export class WindowCloser {
         cursor = next;
         const stale: string[] = [];
         for (let i = 0; i < flat.length; i += 2) if (trendOf(flat[i + 1]!)[1] + trendTtlMs < high) stale.push(flat[i]!);
-        if (stale.length > 0) await redis.multi().hdel(k.trend, ...stale).zrem(this.o.names.trendingKey, ...stale).incr(k.version).exec();
+        if (stale.length > 0)
+          await redis
+            .multi()
+            .hdel(k.trend, ...stale)
+            .zrem(this.o.names.trendingKey, ...stale)
+            .incr(k.version)
+            .exec();
       } while (cursor !== "0");
     }
   }

@@ -77,18 +77,19 @@ export interface FeaturesWorkerOptions {
   store?: WindowStoreOptions;
 }
 
-export const DEFAULT_FEATURES_WORKER_OPTIONS: Readonly<Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending" | "pullAhead" | "storeThread">>> = Object.freeze({
-  views: FEATURE_VIEWS,
-  maxBatch: 2000,
-  maxInFlightBatches: 3,
-  ackWaitMs: 30_000,
-  maxAckPending: 20_000,
-  closeIntervalMs: 250,
-  closeBatch: 1000,
-  progressIntervalMs: 10_000,
-  lagIntervalMs: 5_000,
-  consumerPart: "features",
-});
+export const DEFAULT_FEATURES_WORKER_OPTIONS: Readonly<Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending" | "pullAhead" | "storeThread">>> =
+  Object.freeze({
+    views: FEATURE_VIEWS,
+    maxBatch: 2000,
+    maxInFlightBatches: 3,
+    ackWaitMs: 30_000,
+    maxAckPending: 20_000,
+    closeIntervalMs: 250,
+    closeBatch: 1000,
+    progressIntervalMs: 10_000,
+    lagIntervalMs: 5_000,
+    consumerPart: "features",
+  });
 
 /** Counters of one worker since it started (the metrics registry has the same, process-wide). */
 export interface FeaturesWorkerStats {
@@ -352,9 +353,11 @@ class Worker implements FeaturesWorker {
     // duplicate publish that JetStream's Nats-Msg-Id dedup drops.
     const round = (this.closing ?? Promise.resolve(0)).catch(() => 0).then(() => this.closeRound());
     this.closing = round;
-    void round.catch(() => undefined).finally(() => {
-      if (this.closing === round) this.closing = undefined;
-    });
+    void round
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.closing === round) this.closing = undefined;
+      });
     return round;
   }
 
@@ -363,7 +366,12 @@ class Worker implements FeaturesWorker {
     if (high > this.high) this.high = high;
     let closed = 0;
     for (const view of this.opts.views) {
-      const n = await this.store.closeDue(view, this.high, (rows) => Promise.all(rows.map((w) => this.publishWindow(w))).then(() => undefined), this.opts.closeBatch);
+      const n = await this.store.closeDue(
+        view,
+        this.high,
+        (rows) => Promise.all(rows.map((w) => this.publishWindow(w))).then(() => undefined),
+        this.opts.closeBatch,
+      );
       closed += n;
       add(this.stats.windowsClosed, view.entity, n);
       this.metrics.windowsClosed.inc({ entity: view.entity }, n);

@@ -65,19 +65,25 @@ export class WriteEncoder {
     const w = new RespWriter(this.writeBytes);
     for (const [b, ids] of ws.markBuckets) {
       const key = k.seen(b);
-      w.command(2 + 2 * ids.length).raw(HSET).string(key);
+      w.command(2 + 2 * ids.length)
+        .raw(HSET)
+        .string(key);
       for (const id of ids) w.string(id).raw(ONE);
       w.raw(PEXPIRE, 1).string(key).raw(this.openTtl);
     }
     const nowBytes = encodeArgs(ws.now);
     for (const { view, windowStart, changed, added, opened } of ws.windows) {
       const stateKey = k.state(view.entity, windowStart);
-      w.command(2 + 2 * changed.length).raw(HSET).string(stateKey);
+      w.command(2 + 2 * changed.length)
+        .raw(HSET)
+        .string(stateKey);
       for (const g of changed) pack(w.string(g.entityId), g.state!);
       w.raw(PEXPIRE, 1).string(stateKey).raw(this.openTtl);
       if (added.length > 0) {
         const dkey = k.distinct(view.entity, windowStart);
-        w.command(2 + 2 * added.length).raw(HSET).string(dkey);
+        w.command(2 + 2 * added.length)
+          .raw(HSET)
+          .string(dkey);
         for (const f of added) w.string(f).raw(ONE);
         w.raw(PEXPIRE, 1).string(dkey).raw(this.openTtl);
       }
@@ -101,7 +107,16 @@ export class WriteEncoder {
     w.raw(t.head, 1).string(key);
     for (let i = 0; i < f.length; i++) w.raw(t.fields[i]!).number(f[i]!);
     const p = PUBLIC_FIELDS;
-    w.raw(p.windowStart).raw(window[0]).raw(p.windowEnd).raw(window[1]).raw(p.eventCount).number(s[0]!).raw(p.featureTime).number(s[1]!).raw(p.updatedAt).raw(now);
+    w.raw(p.windowStart)
+      .raw(window[0])
+      .raw(p.windowEnd)
+      .raw(window[1])
+      .raw(p.eventCount)
+      .number(s[0]!)
+      .raw(p.featureTime)
+      .number(s[1]!)
+      .raw(p.updatedAt)
+      .raw(now);
     w.raw(PEXPIRE, 1).string(key).raw(this.featureTtl);
   }
 
@@ -110,7 +125,9 @@ export class WriteEncoder {
     if (after.size === 0) return;
     const H = spec.halfLifeMs;
     let ranked = 0;
-    w.command(2 + 2 * after.size).raw(HSET).string(this.o.keys.trend);
+    w.command(2 + 2 * after.size)
+      .raw(HSET)
+      .string(this.o.keys.trend);
     for (const [item, [s, ref]] of after) {
       const value = w.string(item).beginValue();
       w.valueNumber(s).valueAscii(" ").valueNumber(ref).endValue(value);
@@ -120,7 +137,10 @@ export class WriteEncoder {
     // log2 of the activity decayed to the epoch: items compare like their activity at any
     // common instant, and more activity only raises a score, so ZADD GT is order-free.
     const trendingKey = this.o.names.trendingKey;
-    w.command(3 + 2 * ranked).string("ZADD").string(trendingKey).string("GT");
+    w.command(3 + 2 * ranked)
+      .string("ZADD")
+      .string(trendingKey)
+      .string("GT");
     for (const [item, [s, ref]] of after) if (s > 0) w.number(ref / H + Math.log2(s)).string(item);
     w.args(["ZREMRANGEBYRANK", trendingKey, 0, -(spec.maxItems + 1)]);
   }

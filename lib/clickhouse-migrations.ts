@@ -118,9 +118,7 @@ export const MIGRATIONS: Migration[] = [
   {
     version: 2,
     name: "predictions model_features",
-    statements: [
-      `ALTER TABLE predictions ADD COLUMN IF NOT EXISTS model_features Array(LowCardinality(String)) DEFAULT mapKeys(features)`,
-    ],
+    statements: [`ALTER TABLE predictions ADD COLUMN IF NOT EXISTS model_features Array(LowCardinality(String)) DEFAULT mapKeys(features)`],
   },
   // Shadow traffic: a shadow version's scores of requests production answered, one row per scored
   // candidate, keyed like predictions (plus the version) so the two join on (request_id, item_id).

@@ -3,7 +3,16 @@
 // deadline, an AbortSignal on demand) and throw ServiceError, and promise-based clients. Every
 // streamserve service and client goes through here.
 import * as grpc from "@grpc/grpc-js";
-import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import {
+  create,
+  fromBinary,
+  toBinary,
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  type MessageInitShape,
+  type MessageShape,
+} from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 
 export { grpc };
@@ -75,7 +84,12 @@ class UnaryCallContext implements CallContext {
   }
 
   get cancelled(): boolean {
-    return this.call.cancelled || this.shutdown?.aborted === true || (this.deadline !== Infinity && Date.now() >= this.deadline) || this.controller?.signal.aborted === true;
+    return (
+      this.call.cancelled ||
+      this.shutdown?.aborted === true ||
+      (this.deadline !== Infinity && Date.now() >= this.deadline) ||
+      this.controller?.signal.aborted === true
+    );
   }
 
   get signal(): AbortSignal {

@@ -62,8 +62,7 @@ export class HttpServer {
     if (!url) return sendText(res, 400, "bad request target: expected an origin-form path such as /metrics\n");
     if (this.guard && !this.guard(req, res, url)) return;
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "GET");
-    const handler =
-      this.routes.get(`${method} ${url.pathname}`) ?? this.prefixRoutes.find(([m, p]) => m === method && url.pathname.startsWith(p))?.[2];
+    const handler = this.routes.get(`${method} ${url.pathname}`) ?? this.prefixRoutes.find(([m, p]) => m === method && url.pathname.startsWith(p))?.[2];
     if (!handler) return sendText(res, 404, "not found\n");
     try {
       await handler(req, res, url);
@@ -133,7 +132,14 @@ export function proxyTo(options: ProxyOptions): HttpHandler {
       const port = options.port();
       if (port === undefined) return resolve(unavailable(res, url, options.unavailable()));
       const upstream = request(
-        { host: "127.0.0.1", port, method: req.method, path: url.pathname + url.search, headers: { ...req.headers, connection: "close" }, timeout: options.timeoutMs ?? 60_000 },
+        {
+          host: "127.0.0.1",
+          port,
+          method: req.method,
+          path: url.pathname + url.search,
+          headers: { ...req.headers, connection: "close" },
+          timeout: options.timeoutMs ?? 60_000,
+        },
         (answer) => {
           res.writeHead(answer.statusCode ?? 502, answer.headers);
           answer.pipe(res);

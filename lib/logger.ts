@@ -23,7 +23,11 @@ export function defaultLogFormat(env: NodeJS.ProcessEnv = process.env, stream: {
   return stream.isTTY ? "pretty" : "json";
 }
 
-export function createLogger(level = process.env.LOG_LEVEL ?? "info", destination?: NodeJS.WritableStream, format: LogFormat = destination ? "json" : defaultLogFormat()): Logger {
+export function createLogger(
+  level = process.env.LOG_LEVEL ?? "info",
+  destination?: NodeJS.WritableStream,
+  format: LogFormat = destination ? "json" : defaultLogFormat(),
+): Logger {
   return pino(
     {
       level,
@@ -62,4 +66,3 @@ export function prettyLine(log: Record<string, unknown>, messageKey: string, col
   const rest = Object.keys(fields).length ? ` ${JSON.stringify(fields)}` : "";
   return `${part}${String(log[messageKey] ?? "")}${colorize && rest ? `\x1b[90m${rest}\x1b[39m` : rest}`;
 }
-

@@ -98,10 +98,7 @@ export class MetricsRegistry {
   }
 
   histogram<L extends string = never>(name: string, help: string, options: HistogramOptions<L> = {}): Histogram<L> {
-    return (
-      this.existing(name, "histogram", options) ??
-      new Histogram<L>({ ...this.base(name, help, options), buckets: options.buckets ?? LATENCY_BUCKETS })
-    );
+    return this.existing(name, "histogram", options) ?? new Histogram<L>({ ...this.base(name, help, options), buckets: options.buckets ?? LATENCY_BUCKETS });
   }
 
   /** Prometheus text exposition format. */

@@ -287,7 +287,15 @@ export class Registry {
         if (isWrongLastSequence(err)) continue; // someone else moved it meanwhile: read again
         throw err;
       }
-      await this.recordEvent({ model_name: name, kind: opts.kind ?? "promote", alias, from_version: current?.version, to_version: version, actor: record.by, reason: opts.reason });
+      await this.recordEvent({
+        model_name: name,
+        kind: opts.kind ?? "promote",
+        alias,
+        from_version: current?.version,
+        to_version: version,
+        actor: record.by,
+        reason: opts.reason,
+      });
       return record;
     }
     throw new RegistryError(`alias ${alias} of ${name} kept changing under concurrent updates; try again`, "conflict");
@@ -315,13 +323,21 @@ export class Registry {
 
   // ---- experiments ----
 
-  async createExperiment(input: { name: string; model: string; variants: ExperimentVariant[]; rollout?: RolloutState; shadow?: ShadowTarget; actor?: string }): Promise<Experiment> {
+  async createExperiment(input: {
+    name: string;
+    model: string;
+    variants: ExperimentVariant[];
+    rollout?: RolloutState;
+    shadow?: ShadowTarget;
+    actor?: string;
+  }): Promise<Experiment> {
     checkName("experiment name", input.name);
     checkName("model name", input.model);
     // A shadow needs no A/B split: one variant taking every user is enough.
     checkVariants(input.variants, input.shadow ? 1 : 2);
     if (input.shadow) {
-      if (!(input.shadow.percent > 0 && input.shadow.percent <= 100)) throw new RegistryError(`shadow: percent must be between 0 and 100, got ${input.shadow.percent}`, "invalid");
+      if (!(input.shadow.percent > 0 && input.shadow.percent <= 100))
+        throw new RegistryError(`shadow: percent must be between 0 and 100, got ${input.shadow.percent}`, "invalid");
       if (!(await this.resolve(input.model, input.shadow.target))) {
         throw new RegistryError(`shadow: model ${input.model} has no alias or version "${input.shadow.target}"`, "not_found");
       }
@@ -484,7 +500,8 @@ function checkFeatures(features: FeatureSpec[]): void {
 }
 
 function checkVariants(variants: ExperimentVariant[], minimum = 2): void {
-  if (variants.length < minimum) throw new RegistryError(minimum === 1 ? "an experiment needs a variant" : "an experiment needs at least two variants", "invalid");
+  if (variants.length < minimum)
+    throw new RegistryError(minimum === 1 ? "an experiment needs a variant" : "an experiment needs at least two variants", "invalid");
   const names = new Set<string>();
   let total = 0;
   for (const v of variants) {

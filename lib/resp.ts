@@ -483,7 +483,12 @@ export function parseRedisUrl(url: string): RedisTarget {
   }
   const db = u.pathname && u.pathname !== "/" ? Number(u.pathname.slice(1)) : 0;
   if (!Number.isInteger(db) || db < 0) throw new RespConnectionError(`REDIS_URL "${url}": the database must be a number`);
-  const target: RedisTarget = { host: u.hostname.replace(/^\[|\]$/g, "") || "127.0.0.1", port: u.port ? Number(u.port) : 6379, tls: u.protocol === "rediss:", db };
+  const target: RedisTarget = {
+    host: u.hostname.replace(/^\[|\]$/g, "") || "127.0.0.1",
+    port: u.port ? Number(u.port) : 6379,
+    tls: u.protocol === "rediss:",
+    db,
+  };
   // ioredis's reading: redis://:password@host (no user) and redis://user:password@host.
   if (u.password) {
     target.password = decodeURIComponent(u.password);

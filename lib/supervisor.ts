@@ -78,7 +78,8 @@ function childExecArgv(): string[] {
 }
 
 export function superviseChild<Start, Info>(options: SuperviseOptions<Start>): SupervisedChild<Info> {
-  const o = { ...SUPERVISE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as SuperviseOptions<Start> & typeof SUPERVISE_DEFAULTS;
+  const o = { ...SUPERVISE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as SuperviseOptions<Start> &
+    typeof SUPERVISE_DEFAULTS;
   const log = o.log.child({ child: o.name });
   let state: ChildState<Info> = { kind: "stopped" };
   let restarts = 0;

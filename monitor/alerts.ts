@@ -62,7 +62,10 @@ interface PreviousState {
 
 /** Decides which conditions to announce, announces them, and records them in alert_log. */
 export async function dispatchAlerts(sinks: AlertSinks, conditions: readonly Condition[], now: Date, options: AlertOptions): Promise<DispatchResult> {
-  const previous = await readAlertState(sinks.ch, conditions.map((c) => c.key));
+  const previous = await readAlertState(
+    sinks.ch,
+    conditions.map((c) => c.key),
+  );
   const sent: AlertNotification[] = [];
   const suppressed: string[] = [];
   for (const c of conditions) {

@@ -5,15 +5,7 @@ import type { ClickHouse } from "../lib/clickhouse.js";
 import { sendJson, sendText, type HttpServer } from "../lib/http.js";
 import { DASHBOARD_HTML } from "./dashboard-page.js";
 import type { MonitorOptions } from "./options.js";
-import {
-  readAbReport,
-  readDriftDistributions,
-  readDriftReport,
-  readModelTimeline,
-  readQualityReport,
-  readRecentAlerts,
-  readTraffic,
-} from "./reports.js";
+import { readAbReport, readDriftDistributions, readDriftReport, readModelTimeline, readQualityReport, readRecentAlerts, readTraffic } from "./reports.js";
 
 export interface DashboardDeps {
   /** ClickHouse with the monitor's views in place. */
@@ -44,7 +36,12 @@ export async function dashboardData(ch: ClickHouse, deps: DashboardDeps, model: 
     model,
     hours,
     production,
-    thresholds: { alpha: deps.options.drift.alpha, psiWarning: deps.options.drift.psiWarning, psiAlert: deps.options.drift.psiAlert, aucFloor: deps.options.quality.aucFloor },
+    thresholds: {
+      alpha: deps.options.drift.alpha,
+      psiWarning: deps.options.drift.psiWarning,
+      psiAlert: deps.options.drift.psiAlert,
+      aucFloor: deps.options.quality.aucFloor,
+    },
     timeline,
     traffic,
     drift,

@@ -228,11 +228,18 @@ export interface ServedSampleQuery {
  * candidate. Counting a user's features ten times would shrink the KS p-values as if there were
  * ten times the independent evidence. Above `maxSamples` a deterministic hash sample is taken.
  */
-export async function readServedFeatures(ch: ClickHouse, query: ServedSampleQuery, features: readonly FeatureSpec[]): Promise<{ values: Record<string, number[]>; missingRate: Record<string, number> }> {
+export async function readServedFeatures(
+  ch: ClickHouse,
+  query: ServedSampleQuery,
+  features: readonly FeatureSpec[],
+): Promise<{ values: Record<string, number[]>; missingRate: Record<string, number> }> {
   const values: Record<string, number[]> = {};
   const perRequest = features.filter((f) => f.source !== "item");
   const perCandidate = features.filter((f) => f.source === "item");
-  for (const [group, oncePerRequest] of [[perRequest, true], [perCandidate, false]] as const) {
+  for (const [group, oncePerRequest] of [
+    [perRequest, true],
+    [perCandidate, false],
+  ] as const) {
     if (group.length === 0) continue;
     const params: Record<string, unknown> = windowParams(query);
     const columns = group.map((f, i) => {
@@ -364,10 +371,34 @@ export function driftRows(report: Omit<DriftReport, "rows">, t: Pick<DriftOption
       window_to: report.window.to.toISOString(),
       ...f.extra,
     };
-    rows.push({ ...common, statistic: f.test, value: f.testStatistic, p_value: f.pAdjusted, threshold: t.alpha, verdict: f.testVerdict, details: { ...details, p_raw: f.pValue } });
-    rows.push({ ...common, statistic: "psi", value: f.psi, p_value: NaN, threshold: t.psiAlert, verdict: f.psiVerdict, details: { ...details, warning: t.psiWarning, distribution: f.distribution } });
+    rows.push({
+      ...common,
+      statistic: f.test,
+      value: f.testStatistic,
+      p_value: f.pAdjusted,
+      threshold: t.alpha,
+      verdict: f.testVerdict,
+      details: { ...details, p_raw: f.pValue },
+    });
+    rows.push({
+      ...common,
+      statistic: "psi",
+      value: f.psi,
+      p_value: NaN,
+      threshold: t.psiAlert,
+      verdict: f.psiVerdict,
+      details: { ...details, warning: t.psiWarning, distribution: f.distribution },
+    });
     if (f.type === "numeric") {
-      rows.push({ ...common, statistic: "non_finite", value: f.nonFiniteRate, p_value: NaN, threshold: t.maxNonFiniteRate, verdict: f.nonFiniteVerdict, details });
+      rows.push({
+        ...common,
+        statistic: "non_finite",
+        value: f.nonFiniteRate,
+        p_value: NaN,
+        threshold: t.maxNonFiniteRate,
+        verdict: f.nonFiniteVerdict,
+        details,
+      });
     }
   };
   for (const f of report.features) emit("feature_drift", f);

@@ -108,10 +108,26 @@ export function analyzeExperiment(
 ): ExperimentResult {
   const byName = new Map(counts.map((c) => [c.variant, c]));
   const controlName = experiment.variants.find((v) => v.name === "control")?.name ?? experiment.variants[0]!.name;
-  const empty = (variant: string): VariantCounts => ({ variant, users: 0, exposures: 0, conversions: 0, revenue: 0, avgRevenue: NaN, revenueVariance: NaN, crossovers: 0 });
+  const empty = (variant: string): VariantCounts => ({
+    variant,
+    users: 0,
+    exposures: 0,
+    conversions: 0,
+    revenue: 0,
+    avgRevenue: NaN,
+    revenueVariance: NaN,
+    crossovers: 0,
+  });
   const variants: VariantResult[] = experiment.variants.map((v) => {
     const c = byName.get(v.name) ?? empty(v.name);
-    return { ...c, traffic: v.traffic, target: v.target, control: v.name === controlName, conversionRate: c.users > 0 ? c.conversions / c.users : NaN, verdict: "ok" };
+    return {
+      ...c,
+      traffic: v.traffic,
+      target: v.target,
+      control: v.name === controlName,
+      conversionRate: c.users > 0 ? c.conversions / c.users : NaN,
+      verdict: "ok",
+    };
   });
   const notes: string[] = [];
   const unknown = counts.filter((c) => !experiment.variants.some((v) => v.name === c.variant));
@@ -139,13 +155,20 @@ export function analyzeExperiment(
     if (control.cupedSums && t.cupedSums) t.cuped = cupedComparison(control.cupedSums, t.cupedSums, tau2, options);
   }
   // Several treatments against one control are several tests: Holm keeps the family-wise error at alpha.
-  const adjusted = adjustPValues(treatments.map((t) => t.pValue ?? NaN), "holm");
+  const adjusted = adjustPValues(
+    treatments.map((t) => t.pValue ?? NaN),
+    "holm",
+  );
   treatments.forEach((t, i) => {
     t.pAdjusted = adjusted[i];
     t.significant = (t.pAdjusted ?? NaN) < options.alpha;
   });
 
-  const srm = sampleRatioMismatch(variants.map((v) => v.users), variants.map((v) => v.traffic), options.srmAlpha);
+  const srm = sampleRatioMismatch(
+    variants.map((v) => v.users),
+    variants.map((v) => v.traffic),
+    options.srmAlpha,
+  );
   const requiredUsers = requiredSampleSize(control.conversionRate, options.minimumDetectableLift, options.alpha, options.power);
   const smallest = Math.min(...variants.map((v) => v.users));
   // A difference already significant has been detected; "too small" warns against reading a
@@ -156,7 +179,9 @@ export function analyzeExperiment(
     verdict = "alert";
     const observed = variants.map((v) => `${v.variant} ${v.users}`).join(", ");
     const expected = variants.map((v) => `${v.variant} ${v.traffic}%`).join(", ");
-    notes.push(`sample ratio mismatch (p = ${srm.pValue.toExponential(2)} < ${options.srmAlpha}): users ${observed} against the configured ${expected}; the assignment or logging is broken, so the results cannot be trusted`);
+    notes.push(
+      `sample ratio mismatch (p = ${srm.pValue.toExponential(2)} < ${options.srmAlpha}): users ${observed} against the configured ${expected}; the assignment or logging is broken, so the results cannot be trusted`,
+    );
   } else if (tooSmall) {
     verdict = "warning";
     notes.push(
@@ -166,7 +191,19 @@ export function analyzeExperiment(
     );
   }
   for (const v of variants) v.verdict = verdict;
-  return { experiment: experiment.name, model: experiment.model, status: experiment.status, window, control: controlName, variants, srm, requiredUsers, tooSmall, verdict, notes };
+  return {
+    experiment: experiment.name,
+    model: experiment.model,
+    status: experiment.status,
+    window,
+    control: controlName,
+    variants,
+    srm,
+    requiredUsers,
+    tooSmall,
+    verdict,
+    notes,
+  };
 }
 
 function cupedComparison(control: CupedSums, treatment: CupedSums, tau2: number, options: ExperimentOptions): CupedComparison {
@@ -192,7 +229,12 @@ function cupedComparison(control: CupedSums, treatment: CupedSums, tau2: number,
  * converted), with the CUPED sums: X is the user's events in the `user_features` windows that
  * closed within `cupedLookbackMs` before their first exposure (0 for a user without any).
  */
-export async function readVariantCounts(ch: ClickHouse, experiment: string, window: { from: Date; to: Date }, cupedLookbackMs = 7 * 24 * 3_600_000): Promise<VariantCounts[]> {
+export async function readVariantCounts(
+  ch: ClickHouse,
+  experiment: string,
+  window: { from: Date; to: Date },
+  cupedLookbackMs = 7 * 24 * 3_600_000,
+): Promise<VariantCounts[]> {
   const result = await ch.client.query({
     query: `
       SELECT variant, count() AS users, sum(requests) AS exposures, sum(user_converted) AS conversions, sum(user_revenue) AS revenue,
@@ -254,7 +296,12 @@ export interface ExperimentsReport {
  * (or stop). Experiments are found in the registry and also among the recent exposures, so one the
  * registry listing misses is still analysed as long as its configuration can be read.
  */
-export async function checkExperiments(ch: ClickHouse, registry: Pick<Registry, "listExperiments" | "getExperiment" | "resolve">, now: Date, options: ExperimentOptions): Promise<ExperimentsReport> {
+export async function checkExperiments(
+  ch: ClickHouse,
+  registry: Pick<Registry, "listExperiments" | "getExperiment" | "resolve">,
+  now: Date,
+  options: ExperimentOptions,
+): Promise<ExperimentsReport> {
   const names = new Set((await registry.listExperiments()).map((e) => e.name));
   for (const name of await recentExperimentNames(ch, new Date(now.getTime() - options.stoppedGraceMs))) names.add(name);
   const results: ExperimentResult[] = [];
@@ -371,7 +418,12 @@ export function experimentRows(r: ExperimentResult, now: Date, versions: Map<str
     p_value: r.srm.pValue,
     threshold: r.srm.alpha,
     verdict: r.srm.mismatch ? "alert" : "ok",
-    details: { experiment: r.experiment, df: r.srm.df, users: Object.fromEntries(r.variants.map((v) => [v.variant, v.users])), traffic: Object.fromEntries(r.variants.map((v) => [v.variant, v.traffic])) },
+    details: {
+      experiment: r.experiment,
+      df: r.srm.df,
+      users: Object.fromEntries(r.variants.map((v) => [v.variant, v.users])),
+      traffic: Object.fromEntries(r.variants.map((v) => [v.variant, v.traffic])),
+    },
   });
   return rows;
 }

@@ -36,11 +36,19 @@ export async function readSampleFile(client: ClickHouseClient, path: string, for
   const params = { path: full, format: format ?? "" };
   let described: { name: string; type: string }[];
   try {
-    const r = await client.query({ query: `DESCRIBE ${source}`, query_params: params, format: "JSONEachRow", clickhouse_settings: { input_format_try_infer_exponent_floats: 1 } });
+    const r = await client.query({
+      query: `DESCRIBE ${source}`,
+      query_params: params,
+      format: "JSONEachRow",
+      clickhouse_settings: { input_format_try_infer_exponent_floats: 1 },
+    });
     described = await r.json();
   } catch (err) {
     const first = (err as Error).message.split("\n")[0];
-    throw new SampleFileError(`cannot read ${path}: ${first}. Use a file ClickHouse reads by its extension (.csv with a header row, .parquet, .jsonl), or pass --format`, { cause: err });
+    throw new SampleFileError(
+      `cannot read ${path}: ${first}. Use a file ClickHouse reads by its extension (.csv with a header row, .parquet, .jsonl), or pass --format`,
+      { cause: err },
+    );
   }
   const result = await client.query({
     query: `SELECT * FROM ${source}`,

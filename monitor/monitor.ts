@@ -52,7 +52,9 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
   const log = runtime.log.child({ part: "monitor" });
   const model = runtime.config.modelName;
   const cycles = runtime.metrics.counter("streamserve_monitor_cycles_total", "Monitoring cycles run, by outcome", { labelNames: ["outcome"] });
-  const firing = runtime.metrics.gauge("streamserve_monitor_conditions", "Conditions judged in the last cycle, by kind and severity", { labelNames: ["kind", "severity"] });
+  const firing = runtime.metrics.gauge("streamserve_monitor_conditions", "Conditions judged in the last cycle, by kind and severity", {
+    labelNames: ["kind", "severity"],
+  });
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<CycleReport> | undefined;
   let stopped = false;
@@ -76,7 +78,9 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
         return undefined;
       }
     };
-    report.drift = await attempt("drift", async () => checkDrift({ ch, registry: await runtime.registry() }, model, runtime.config.servingAlias, now, options.drift));
+    report.drift = await attempt("drift", async () =>
+      checkDrift({ ch, registry: await runtime.registry() }, model, runtime.config.servingAlias, now, options.drift),
+    );
     report.quality = await attempt("quality", () => checkQuality(ch, model, now, options.quality));
     report.experiments = await attempt("experiments", async () => checkExperiments(ch, await runtime.registry(), now, options.experiments));
     // Guarded rollouts look at their stage's outcomes every cycle; the decision acts on the registry.
@@ -94,7 +98,8 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
     );
     if (alerts) report.alerts = alerts;
     for (const kind of ["drift", "quality", "ab"] as const) {
-      for (const severity of ["ok", "warning", "alert"] as const) firing.set({ kind, severity }, conditions.filter((c) => c.kind === kind && c.severity === severity).length);
+      for (const severity of ["ok", "warning", "alert"] as const)
+        firing.set({ kind, severity }, conditions.filter((c) => c.kind === kind && c.severity === severity).length);
     }
     cycles.inc({ outcome: report.errors.length ? "partial" : "ok" });
     log.info({ rows: rows.length, sent: report.alerts.sent.length, errors: report.errors.length }, "monitoring cycle done");

@@ -165,7 +165,11 @@ export function resolveMonitorOptions(overrides: MonitorOverrides = {}): Monitor
   check(o.intervalMs > 0, `the interval must be positive, got ${o.intervalMs} ms`);
   check(o.online.windowMs > 0, `the online window must be positive, got ${o.online.windowMs} ms`);
   check(o.drift.windowMs > 0, `the drift window must be positive, got ${o.drift.windowMs} ms`);
-  for (const [name, v] of [["drift alpha", o.drift.alpha], ["A/B alpha", o.experiments.alpha], ["SRM alpha", o.experiments.srmAlpha]] as const) {
+  for (const [name, v] of [
+    ["drift alpha", o.drift.alpha],
+    ["A/B alpha", o.experiments.alpha],
+    ["SRM alpha", o.experiments.srmAlpha],
+  ] as const) {
     check(v > 0 && v < 1, `${name} must be between 0 and 1, got ${v}`);
   }
   check(o.drift.psiWarning <= o.drift.psiAlert, `the PSI warning level (${o.drift.psiWarning}) must not exceed the alert level (${o.drift.psiAlert})`);

@@ -65,7 +65,10 @@ export async function checkQuality(ch: ClickHouse, model: string, now: Date, opt
   return report;
 }
 
-function judge(g: { hour: string; version: string; variant: string; shown: string | number; pairs: [number | null, number][] }, options: QualityOptions): QualityGroup {
+function judge(
+  g: { hour: string; version: string; variant: string; shown: string | number; pairs: [number | null, number][] },
+  options: QualityOptions,
+): QualityGroup {
   const scores = g.pairs.map((p) => floatIn(p[0]));
   const labels = g.pairs.map((p) => Number(p[1]));
   const result = classificationQuality(scores, labels);
@@ -73,7 +76,9 @@ function judge(g: { hour: string; version: string; variant: string; shown: strin
   let verdict: Verdict = "ok";
   const negatives = result.n - result.positives;
   if (result.n < options.minLabeled || result.positives < MIN_PER_CLASS || negatives < MIN_PER_CLASS) {
-    notes.push(`${result.n} shown predictions with ${result.positives} positives: too few to judge (needs ${options.minLabeled}, and ${MIN_PER_CLASS} of each class)`);
+    notes.push(
+      `${result.n} shown predictions with ${result.positives} positives: too few to judge (needs ${options.minLabeled}, and ${MIN_PER_CLASS} of each class)`,
+    );
     verdict = "skipped";
   } else {
     if (result.auc < options.aucFloor) {
@@ -85,7 +90,9 @@ function judge(g: { hour: string; version: string; variant: string; shown: strin
       verdict = worst(verdict, "alert");
     }
     if (result.ece > options.eceCeiling) {
-      notes.push(`calibration error ${result.ece.toFixed(3)} is above ${options.eceCeiling} (mean score ${result.meanPredicted.toFixed(3)}, observed rate ${result.observedRate.toFixed(3)})`);
+      notes.push(
+        `calibration error ${result.ece.toFixed(3)} is above ${options.eceCeiling} (mean score ${result.meanPredicted.toFixed(3)}, observed rate ${result.observedRate.toFixed(3)})`,
+      );
       verdict = worst(verdict, "warning");
     }
   }

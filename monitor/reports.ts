@@ -133,7 +133,11 @@ export async function readDriftReport(ch: ClickHouse, model?: string): Promise<D
  * The distributions behind the largest PSI values of the latest cycle (PSI rows carry them in their
  * details): what a person looks at to see what changed.
  */
-export async function readDriftDistributions(ch: ClickHouse, model: string, limit = 2): Promise<{ feature: string; kind: string; psi: number; verdict: string; distribution: DriftDistribution }[]> {
+export async function readDriftDistributions(
+  ch: ClickHouse,
+  model: string,
+  limit = 2,
+): Promise<{ feature: string; kind: string; psi: number; verdict: string; distribution: DriftDistribution }[]> {
   const raw = await rows(
     ch,
     `SELECT subject, kind, value, verdict, JSONExtractRaw(details, 'distribution') AS distribution
@@ -146,7 +150,13 @@ export async function readDriftDistributions(ch: ClickHouse, model: string, limi
   );
   return raw
     .filter((r) => str(r.distribution).startsWith("{"))
-    .map((r) => ({ feature: str(r.subject), kind: str(r.kind), psi: floatIn(r.value), verdict: str(r.verdict), distribution: JSON.parse(str(r.distribution)) as DriftDistribution }));
+    .map((r) => ({
+      feature: str(r.subject),
+      kind: str(r.kind),
+      psi: floatIn(r.value),
+      verdict: str(r.verdict),
+      distribution: JSON.parse(str(r.distribution)) as DriftDistribution,
+    }));
 }
 
 export async function readQualityReport(ch: ClickHouse, options: { model?: string; since?: Date } = {}): Promise<QualityReportRow[]> {
@@ -210,12 +220,28 @@ export async function readTraffic(ch: ClickHouse, model: string, since: Date): P
     model,
     since: toClickHouseTime(since),
   });
-  return raw.map((r) => ({ minute: iso(r.minute), versions: (r.versions as string[]) ?? [], requests: Number(r.requests), p50: floatIn(r.p50_ms), p95: floatIn(r.p95_ms), p99: floatIn(r.p99_ms) }));
+  return raw.map((r) => ({
+    minute: iso(r.minute),
+    versions: (r.versions as string[]) ?? [],
+    requests: Number(r.requests),
+    p50: floatIn(r.p50_ms),
+    p95: floatIn(r.p95_ms),
+    p99: floatIn(r.p99_ms),
+  }));
 }
 
 export async function readModelTimeline(ch: ClickHouse, model: string): Promise<ModelEventRow[]> {
   const raw = await rows(ch, `SELECT * FROM model_timeline WHERE model_name = {model:String} ORDER BY time`, { model });
-  return raw.map((r) => ({ time: iso(r.time), model: str(r.model_name), kind: str(r.kind), alias: str(r.alias), from: str(r.from_version), to: str(r.to_version), actor: str(r.actor), reason: str(r.reason) }));
+  return raw.map((r) => ({
+    time: iso(r.time),
+    model: str(r.model_name),
+    kind: str(r.kind),
+    alias: str(r.alias),
+    from: str(r.from_version),
+    to: str(r.to_version),
+    actor: str(r.actor),
+    reason: str(r.reason),
+  }));
 }
 
 export async function readRecentAlerts(ch: ClickHouse, limit = 20): Promise<AlertRow[]> {

@@ -139,14 +139,23 @@ export function summarize(experiment: string, shadowVersion: string, pairs: read
     meanServedScore: mean((p) => p.served),
     meanShadowScore: mean((p) => p.shadow),
     meanAbsScoreDifference: mean((p) => Math.abs(p.shadow - p.served)),
-    scoreCorrelation: pearson(pairs.map((p) => p.served), pairs.map((p) => p.shadow)),
+    scoreCorrelation: pearson(
+      pairs.map((p) => p.served),
+      pairs.map((p) => p.shadow),
+    ),
     rankCorrelation: rankRequests ? rankSum / rankRequests : NaN,
     topKOverlap: overlapRequests ? overlap / overlapRequests : NaN,
     sameFirstItem: overlapRequests ? sameFirst / overlapRequests : NaN,
     shown: shown.length,
     clicked: labels.reduce((s: number, y) => s + y, 0),
-    servedAuc: auc(shown.map((p) => p.served), labels),
-    shadowAuc: auc(shown.map((p) => p.shadow), labels),
+    servedAuc: auc(
+      shown.map((p) => p.served),
+      labels,
+    ),
+    shadowAuc: auc(
+      shown.map((p) => p.shadow),
+      labels,
+    ),
   };
 }
 

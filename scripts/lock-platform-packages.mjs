@@ -32,7 +32,9 @@ for (const [path, entry] of Object.entries(packages)) {
     if (packages[nested] || packages[`node_modules/${dep}`]) continue;
     const platform = platformOf(dep);
     if (!platform) {
-      console.error(`lock: ${dep} (optional for ${path || "the project"}) is missing and its name names no platform; install it on its platform and commit that lock`);
+      console.error(
+        `lock: ${dep} (optional for ${path || "the project"}) is missing and its name names no platform; install it on its platform and commit that lock`,
+      );
       process.exitCode = 1;
       continue;
     }

@@ -43,7 +43,10 @@ export class HealthService {
    */
   private readonly maxWatchers: number;
 
-  constructor(initial: Record<string, ServingStatus> = {}, options: { /** Open Watch streams before new ones get RESOURCE_EXHAUSTED. @default 1000 */ maxWatchers?: number } = {}) {
+  constructor(
+    initial: Record<string, ServingStatus> = {},
+    options: { /** Open Watch streams before new ones get RESOURCE_EXHAUSTED. @default 1000 */ maxWatchers?: number } = {},
+  ) {
     this.maxWatchers = options.maxWatchers ?? 1000;
     this.statuses.set(WHOLE_SERVER, ServingStatus.NOT_SERVING);
     for (const [service, status] of Object.entries(initial)) this.statuses.set(service, status);
@@ -97,7 +100,10 @@ export class HealthService {
     }
     // Watch needs no token, so the number of open streams is what bounds its memory.
     if (this.watchers.size >= this.maxWatchers) {
-      call.emit("error", { code: Code.RESOURCE_EXHAUSTED, details: `too many Health/Watch streams open (limit ${this.maxWatchers}); poll Check or retry later` });
+      call.emit("error", {
+        code: Code.RESOURCE_EXHAUSTED,
+        details: `too many Health/Watch streams open (limit ${this.maxWatchers}); poll Check or retry later`,
+      });
       return;
     }
     const w: Watcher = { call, service: call.request.service, sent: undefined, waitingForDrain: false };

@@ -65,7 +65,15 @@ export function mountHttpInference(http: HttpServer, options: HttpInferenceOptio
     options.shutdown?.addEventListener("abort", abort, { once: true });
     let code: grpc.status = Code.OK;
     try {
-      await body({ signal: controller.signal, get cancelled() { return controller.signal.aborted; }, metadata, path, deadline: Infinity });
+      await body({
+        signal: controller.signal,
+        get cancelled() {
+          return controller.signal.aborted;
+        },
+        metadata,
+        path,
+        deadline: Infinity,
+      });
     } catch (err) {
       const e = ServiceError.from(err);
       code = e.code;
@@ -86,7 +94,10 @@ export function mountHttpInference(http: HttpServer, options: HttpInferenceOptio
 
   async function routeV2(req: IncomingMessage, res: ServerResponse, url: URL) {
     const route = parseRoute(url.pathname);
-    if (!route) return sendJson(res, 404, { error: `no such endpoint ${req.method} ${url.pathname}: see /v2/health/live, /v2/health/ready, /v2/models/NAME[/versions/V][/ready|/infer]` });
+    if (!route)
+      return sendJson(res, 404, {
+        error: `no such endpoint ${req.method} ${url.pathname}: see /v2/health/live, /v2/health/ready, /v2/models/NAME[/versions/V][/ready|/infer]`,
+      });
     if ("error" in route) return sendJson(res, 400, { error: route.error });
     const post = req.method === "POST";
     if ((route.kind === "infer") !== post) {
@@ -96,9 +107,21 @@ export function mountHttpInference(http: HttpServer, options: HttpInferenceOptio
     switch (route.kind) {
       // Probes carry no token: like the gRPC health service, these two skip admission.
       case "live":
-        return call(req, res, "ServerLive", async (ctx) => sendEmpty(res, (await handlers.serverLive(create(GRPCInferenceService.method.serverLive.input), ctx)).live ? 200 : 400), false);
+        return call(
+          req,
+          res,
+          "ServerLive",
+          async (ctx) => sendEmpty(res, (await handlers.serverLive(create(GRPCInferenceService.method.serverLive.input), ctx)).live ? 200 : 400),
+          false,
+        );
       case "ready":
-        return call(req, res, "ServerReady", async (ctx) => sendEmpty(res, (await handlers.serverReady(create(GRPCInferenceService.method.serverReady.input), ctx)).ready ? 200 : 400), false);
+        return call(
+          req,
+          res,
+          "ServerReady",
+          async (ctx) => sendEmpty(res, (await handlers.serverReady(create(GRPCInferenceService.method.serverReady.input), ctx)).ready ? 200 : 400),
+          false,
+        );
       case "model-ready":
         return call(req, res, "ModelReady", async (ctx) => {
           const r = await handlers.modelReady(create(GRPCInferenceService.method.modelReady.input, { name: route.model, version: route.version }), ctx);
@@ -107,8 +130,18 @@ export function mountHttpInference(http: HttpServer, options: HttpInferenceOptio
       case "model":
         return call(req, res, "ModelMetadata", async (ctx) => {
           const m = await handlers.modelMetadata(create(GRPCInferenceService.method.modelMetadata.input, { name: route.model, version: route.version }), ctx);
-          const tensor = (t: { name?: string; datatype?: string; shape?: readonly bigint[] }) => ({ name: t.name, datatype: t.datatype, shape: (t.shape ?? []).map(Number) });
-          sendJson(res, 200, { name: m.name, versions: m.versions, platform: m.platform, inputs: (m.inputs ?? []).map(tensor), outputs: (m.outputs ?? []).map(tensor) });
+          const tensor = (t: { name?: string; datatype?: string; shape?: readonly bigint[] }) => ({
+            name: t.name,
+            datatype: t.datatype,
+            shape: (t.shape ?? []).map(Number),
+          });
+          sendJson(res, 200, {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform,
+            inputs: (m.inputs ?? []).map(tensor),
+            outputs: (m.outputs ?? []).map(tensor),
+          });
         });
       case "infer":
         return call(req, res, "ModelInfer", async (ctx) => {
@@ -127,10 +160,7 @@ export function mountHttpInference(http: HttpServer, options: HttpInferenceOptio
 
 // ---- routes ----
 
-type Route =
-  | { kind: "live" | "ready" }
-  | { kind: "model" | "model-ready" | "infer"; model: string; version: string }
-  | { error: string };
+type Route = { kind: "live" | "ready" } | { kind: "model" | "model-ready" | "infer"; model: string; version: string } | { error: string };
 
 /** `/v2/models/NAME[/versions/V][/ready|/infer]` and the two health paths. */
 export function parseRoute(pathname: string): Route | undefined {
@@ -152,7 +182,10 @@ export function parseRoute(pathname: string): Route | undefined {
 // ---- request ----
 
 /** Element size and little-endian codec of each datatype the binary extension carries here. */
-const CODECS: Record<string, { bytes: number; read(v: DataView, at: number): number | bigint | boolean; write(v: DataView, at: number, x: number | bigint | boolean): void }> = {
+const CODECS: Record<
+  string,
+  { bytes: number; read(v: DataView, at: number): number | bigint | boolean; write(v: DataView, at: number, x: number | bigint | boolean): void }
+> = {
   BOOL: { bytes: 1, read: (v, at) => v.getUint8(at) !== 0, write: (v, at, x) => v.setUint8(at, x ? 1 : 0) },
   UINT8: { bytes: 1, read: (v, at) => v.getUint8(at), write: (v, at, x) => v.setUint8(at, Number(x)) },
   UINT16: { bytes: 2, read: (v, at) => v.getUint16(at, true), write: (v, at, x) => v.setUint16(at, Number(x), true) },
@@ -183,18 +216,27 @@ const isObject = (x: unknown): x is Record<string, unknown> => typeof x === "obj
  * the gRPC request message. JSON data becomes typed contents; when any input is binary, every
  * input travels as raw contents, as the gRPC message requires.
  */
-export function parseInferRequest(body: Buffer, headerLength: string | string[] | undefined, model: string, version: string): { message: InferRequestInit; binaryOutputs: Set<string> | "all" } {
+export function parseInferRequest(
+  body: Buffer,
+  headerLength: string | string[] | undefined,
+  model: string,
+  version: string,
+): { message: InferRequestInit; binaryOutputs: Set<string> | "all" } {
   let jsonLength = body.length;
   if (headerLength !== undefined) {
     const n = Number(Array.isArray(headerLength) ? headerLength[0] : headerLength);
-    if (!Number.isInteger(n) || n < 0 || n > body.length) throw bad("Inference-Header-Content-Length", `must be the JSON's length in bytes, between 0 and the body's ${body.length}`);
+    if (!Number.isInteger(n) || n < 0 || n > body.length)
+      throw bad("Inference-Header-Content-Length", `must be the JSON's length in bytes, between 0 and the body's ${body.length}`);
     jsonLength = n;
   }
   let json: unknown;
   try {
     json = JSON.parse(body.subarray(0, jsonLength).toString("utf8"));
   } catch (err) {
-    throw bad("body", `is not JSON (${(err as Error).message})${headerLength === undefined && body.includes(0) ? "; binary tensor data needs the Inference-Header-Content-Length header" : ""}`);
+    throw bad(
+      "body",
+      `is not JSON (${(err as Error).message})${headerLength === undefined && body.includes(0) ? "; binary tensor data needs the Inference-Header-Content-Length header" : ""}`,
+    );
   }
   if (!isObject(json)) throw bad("body", "must be a JSON object with an inputs array");
   if (json.id !== undefined && typeof json.id !== "string") throw bad("id", "must be a string");
@@ -206,13 +248,15 @@ export function parseInferRequest(body: Buffer, headerLength: string | string[] 
     if (!isObject(input)) throw bad(field, "must be an object {name, shape, datatype, data}");
     if (typeof input.name !== "string" || !input.name) throw bad(`${field}.name`, "is required");
     if (typeof input.datatype !== "string" || !input.datatype) throw bad(`${field}.datatype`, "is required");
-    if (!Array.isArray(input.shape) || !input.shape.every((d) => Number.isInteger(d) && d >= 0)) throw bad(`${field}.shape`, "must be an array of non-negative integers");
+    if (!Array.isArray(input.shape) || !input.shape.every((d) => Number.isInteger(d) && d >= 0))
+      throw bad(`${field}.shape`, "must be an array of non-negative integers");
     const shape = (input.shape as number[]).map(BigInt);
     const count = (input.shape as number[]).reduce((a, b) => a * b, 1);
     const size = isObject(input.parameters) ? input.parameters.binary_data_size : undefined;
     if (size !== undefined) {
       if (!Number.isInteger(size) || (size as number) < 0) throw bad(`${field}.parameters.binary_data_size`, "must be a non-negative integer");
-      if ((size as number) > binary.length) throw bad(`${field}.parameters.binary_data_size`, `is ${size} but only ${binary.length} bytes of binary data follow the JSON`);
+      if ((size as number) > binary.length)
+        throw bad(`${field}.parameters.binary_data_size`, `is ${size} but only ${binary.length} bytes of binary data follow the JSON`);
       const raw = binary.subarray(0, size as number);
       binary = binary.subarray(size as number);
       return { name: input.name, datatype: input.datatype, shape, raw };
@@ -247,7 +291,14 @@ export function parseInferRequest(body: Buffer, headerLength: string | string[] 
     });
   }
   return {
-    message: { modelName: model, modelVersion: version, id: (json.id as string | undefined) ?? "", inputs: tensors as InferRequestInit["inputs"], outputs, rawInputContents },
+    message: {
+      modelName: model,
+      modelVersion: version,
+      id: (json.id as string | undefined) ?? "",
+      inputs: tensors as InferRequestInit["inputs"],
+      outputs,
+      rawInputContents,
+    },
     binaryOutputs: binaryOutputAll && outputs.length === 0 ? "all" : binaryOutputs,
   };
 }
@@ -257,7 +308,8 @@ function typedContents(field: string, datatype: string, data: unknown[]): Conten
   const numbers = () =>
     data.map((x, k) => {
       if (typeof x !== "number" || !Number.isFinite(x)) {
-        if (!(datatype.startsWith("FP") && (x === "NaN" || x === "Infinity" || x === "-Infinity"))) throw bad(`${field}.data[${k}]`, `must be a number for ${datatype}, got ${JSON.stringify(x)}`);
+        if (!(datatype.startsWith("FP") && (x === "NaN" || x === "Infinity" || x === "-Infinity")))
+          throw bad(`${field}.data[${k}]`, `must be a number for ${datatype}, got ${JSON.stringify(x)}`);
         return Number(x);
       }
       return x;

@@ -75,7 +75,8 @@ function checkInput(field: string, bytes: Uint8Array, limits: PrecheckLimits): v
     if (d < 0n || d > 2n ** 31n) throw invalidArgument(`${field}.shape[${i}]`, `must be between 0 and 2^31, got ${d}`);
   });
   const batch = shape[0];
-  if (batch !== undefined && batch > BigInt(limits.maxBatchRows)) throw invalidArgument(`${field}.shape[0]`, `batch of ${batch} exceeds ${limits.maxBatchRows}`);
+  if (batch !== undefined && batch > BigInt(limits.maxBatchRows))
+    throw invalidArgument(`${field}.shape[0]`, `batch of ${batch} exceeds ${limits.maxBatchRows}`);
 }
 
 function countField(bytes: Uint8Array, fieldNo: number): number {

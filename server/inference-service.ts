@@ -30,7 +30,9 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
   const misses = new Map<string, { until: number; error: ServiceError }>();
   const lookups = new Map<string, Promise<string | ServiceError>>();
   // Observed only once acquire() found the model: a name the registry does not know adds no series.
-  const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version", { labelNames: ["model", "version"] });
+  const inferDuration = deps.metrics.histogram("streamserve_model_infer_duration_seconds", "ModelInfer onnxruntime time, by model and version", {
+    labelNames: ["model", "version"],
+  });
   const inferDurationBy = childCache((model, version) => inferDuration.labels({ model, version }));
 
   /** The version a name and ref resolve to, or the NOT_FOUND to answer (remembered for MISS_TTL_MS). */
@@ -58,7 +60,8 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
     // briefly: a client naming random models must not cost a KV lookup (or a key listing) each.
     const notInRegistry = () => new ServiceError(Code.NOT_FOUND, `model "${name}" is not in the registry`);
     if (!models.mayHaveModel(name)) throw notInRegistry();
-    if (/^\d+$/.test(version) && !models.mayHaveVersion(name, version)) throw new ServiceError(Code.NOT_FOUND, `model "${name}" has no version or alias "${version}"`);
+    if (/^\d+$/.test(version) && !models.mayHaveVersion(name, version))
+      throw new ServiceError(Code.NOT_FOUND, `model "${name}" has no version or alias "${version}"`);
     const missKey = `${name}\u0000${version}`;
     const missed = misses.get(missKey);
     if (missed && missed.until > Date.now()) throw missed.error;
@@ -103,7 +106,8 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
         decoded.shape.forEach((d, k) => {
           if (spec.shape[k]! >= 0 && spec.shape[k] !== d) throw invalidArgument(`${field}.shape[${k}]`, `is ${d}; the model takes ${spec.shape[k]}`);
         });
-        if ((decoded.shape[0] ?? 0) > deps.limits.maxBatchRows) throw invalidArgument(`${field}.shape[0]`, `batch of ${decoded.shape[0]} exceeds ${deps.limits.maxBatchRows}`);
+        if ((decoded.shape[0] ?? 0) > deps.limits.maxBatchRows)
+          throw invalidArgument(`${field}.shape[0]`, `batch of ${decoded.shape[0]} exceeds ${deps.limits.maxBatchRows}`);
         feeds[input.name] = toOrtTensor(field, decoded, spec.type);
       });
       for (const spec of sig.inputs) if (!feeds[spec.name]) throw invalidArgument("inputs", `missing input "${spec.name}"`);
@@ -128,7 +132,12 @@ export function inferenceHandlers(deps: InferenceDeps): UnaryHandlers<typeof GRP
       const rawOutputs: Uint8Array[] = [];
       for (const name of outputNames) {
         const enc = encodeOutput(results[name]!, useRaw);
-        outputs.push({ name, datatype: enc.datatype, shape: enc.shape, contents: enc.contents as MessageInitShape<typeof InferTensorContentsSchema> | undefined });
+        outputs.push({
+          name,
+          datatype: enc.datatype,
+          shape: enc.shape,
+          contents: enc.contents as MessageInitShape<typeof InferTensorContentsSchema> | undefined,
+        });
         if (enc.raw) rawOutputs.push(enc.raw);
       }
       return {

@@ -16,15 +16,7 @@ import { mkdir, unlink } from "node:fs/promises";
 import { headers as natsHeaders, type JetStreamClient, type NatsConnection } from "nats";
 import type { Logger } from "../lib/logger.js";
 import type { Counter, MetricsRegistry } from "../lib/metrics.js";
-import {
-  encodeRecords,
-  listSpillFiles,
-  setAside,
-  SpillFormatError,
-  SpillReader,
-  SpillWriter,
-  type SpillRecord,
-} from "./spill-file.js";
+import { encodeRecords, listSpillFiles, setAside, SpillFormatError, SpillReader, SpillWriter, type SpillRecord } from "./spill-file.js";
 
 export interface LogPublisherOptions {
   /**
@@ -299,7 +291,8 @@ export class LogPublisher {
     this.reader = undefined;
     await this.closeActive();
     this.nc = this.js = undefined;
-    if (this.onDisk > 0) this.log.info({ spilled: this.onDisk, spillDir: this.o.spillDir }, "log publisher closed; spilled logs stay on disk for the next start");
+    if (this.onDisk > 0)
+      this.log.info({ spilled: this.onDisk, spillDir: this.o.spillDir }, "log publisher closed; spilled logs stay on disk for the next start");
   }
 
   // ---- in-memory path and replay: the pump ----
@@ -347,7 +340,11 @@ export class LogPublisher {
     }
     // Messages JetStream already acknowledged are not spilled: replayed after the duplicate window
     // they would be stored twice.
-    this.enterSpill(out.retry.map((i) => batch[i]!), this.spillReason(), out.error);
+    this.enterSpill(
+      out.retry.map((i) => batch[i]!),
+      this.spillReason(),
+      out.error,
+    );
   }
 
   private async replay(): Promise<void> {
@@ -378,7 +375,10 @@ export class LogPublisher {
     }
     if (!done) return;
     if (unreadableBytes > 0) {
-      this.log.warn({ file: file.path, bytes: unreadableBytes }, "log publisher: skipped the unreadable end of a spill file (a write torn by a crash, or damage)");
+      this.log.warn(
+        { file: file.path, bytes: unreadableBytes },
+        "log publisher: skipped the unreadable end of a spill file (a write torn by a crash, or damage)",
+      );
     }
     await current.reader.close();
     this.reader = undefined;
@@ -436,7 +436,10 @@ export class LogPublisher {
 
   /** Sends a batch concurrently and waits until every message is settled or the batch is abandoned. */
   private async send(js: JetStreamClient, batch: readonly SpillRecord[]): Promise<BatchOutcome> {
-    const PENDING = 0, ACKED = 1, DROPPED = 2, FAILED = 3;
+    const PENDING = 0,
+      ACKED = 1,
+      DROPPED = 2,
+      FAILED = 3;
     const state = new Array<number>(batch.length).fill(PENDING);
     let firstError: unknown;
     let dropError: unknown;
@@ -612,7 +615,10 @@ export class LogPublisher {
       }
     }
     if (this.files.length) {
-      this.log.info({ files: this.files.length, messages: this.files.reduce((n, f) => n + f.records, 0), spillDir: this.o.spillDir }, "log publisher: replaying logs spilled by a previous run");
+      this.log.info(
+        { files: this.files.length, messages: this.files.reduce((n, f) => n + f.records, 0), spillDir: this.o.spillDir },
+        "log publisher: replaying logs spilled by a previous run",
+      );
     }
   }
 
@@ -761,7 +767,9 @@ export class LogPublisher {
 
   private registerMetrics(registry: MetricsRegistry): PublisherMetrics {
     registry.gauge("streamserve_log_buffer_depth", "Log messages held in memory, queued or awaiting a JetStream ack", { collect: (g) => g.set(this.depth) });
-    registry.gauge("streamserve_log_spill_messages", "Log messages in spill files waiting to be replayed to JetStream", { collect: (g) => g.set(this.spilled) });
+    registry.gauge("streamserve_log_spill_messages", "Log messages in spill files waiting to be replayed to JetStream", {
+      collect: (g) => g.set(this.spilled),
+    });
     return {
       published: registry.counter("streamserve_log_published_total", "Log messages acknowledged by JetStream, replayed ones included"),
       spilled: registry.counter("streamserve_log_spilled_total", "Log messages written to spill files"),

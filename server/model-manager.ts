@@ -29,10 +29,7 @@ export interface ModelManagerOptions {
   onDemandBudgetBytes?: number;
 }
 
-export type VersionState =
-  | { state: "loading"; promise: Promise<OnnxModel> }
-  | { state: "ready"; model: OnnxModel }
-  | { state: "failed"; error: string };
+export type VersionState = { state: "loading"; promise: Promise<OnnxModel> } | { state: "ready"; model: OnnxModel } | { state: "failed"; error: string };
 
 export class ModelManager {
   private readonly versions = new Map<string, VersionState>();
@@ -63,24 +60,32 @@ export class ModelManager {
     this.servingAlias = options.servingAlias ?? "production";
     // Label values come from the registry (published models and their versions), never from a call.
     this.swaps = metrics.counter("streamserve_model_swaps_total", "Alias swaps completed, by model and alias", { labelNames: ["model", "alias"] });
-    this.loadFailures = metrics.counter("streamserve_model_load_failures_total", "Model versions that failed to load or warm up", { labelNames: ["model", "version"] });
+    this.loadFailures = metrics.counter("streamserve_model_load_failures_total", "Model versions that failed to load or warm up", {
+      labelNames: ["model", "version"],
+    });
     metrics.gauge("streamserve_models_loaded", "Model versions loaded (the most any serving worker holds)", {
       // Every worker of `serve --workers N` loads the same versions: a sum would count each N times.
       aggregator: "max",
       collect: (g) => g.set([...this.versions.values()].filter((v) => v.state === "ready").length),
     });
-    this.unloads = metrics.counter("streamserve_model_unloads_total", "On-demand model versions unloaded, by reason (idle, budget)", { labelNames: ["reason"] });
-    metrics.gauge("streamserve_model_version_loaded", "1 for each model version loaded, by model, version and kind (served: an alias or experiment uses it; on_demand: unloaded when idle)", {
-      labelNames: ["model", "version", "kind"],
-      aggregator: "max",
-      collect: (g) => {
-        g.reset();
-        for (const state of this.versions.values()) {
-          if (state.state !== "ready") continue;
-          g.set({ model: state.model.name, version: state.model.version.version, kind: this.pinned(state.model) ? "served" : "on_demand" }, 1);
-        }
-      },
+    this.unloads = metrics.counter("streamserve_model_unloads_total", "On-demand model versions unloaded, by reason (idle, budget)", {
+      labelNames: ["reason"],
     });
+    metrics.gauge(
+      "streamserve_model_version_loaded",
+      "1 for each model version loaded, by model, version and kind (served: an alias or experiment uses it; on_demand: unloaded when idle)",
+      {
+        labelNames: ["model", "version", "kind"],
+        aggregator: "max",
+        collect: (g) => {
+          g.reset();
+          for (const state of this.versions.values()) {
+            if (state.state !== "ready") continue;
+            g.set({ model: state.model.name, version: state.model.version.version, kind: this.pinned(state.model) ? "served" : "on_demand" }, 1);
+          }
+        },
+      },
+    );
     this.sweepTimer = setInterval(() => this.unloadIdle(), 15_000);
     this.sweepTimer.unref();
   }
@@ -316,7 +321,8 @@ export class ModelManager {
     const running = this.experiments.get(m.name);
     if (running && experimentTargets(running).includes(m.version.version)) return true;
     // A served alias whose swap to this version is pending.
-    for (const [key, version] of this.wantedAliases) if (version === m.version.version && key.startsWith(`${m.name}@`) && this.isServed(m.name, key.slice(m.name.length + 1))) return true;
+    for (const [key, version] of this.wantedAliases)
+      if (version === m.version.version && key.startsWith(`${m.name}@`) && this.isServed(m.name, key.slice(m.name.length + 1))) return true;
     return false;
   }
 

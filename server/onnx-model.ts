@@ -73,9 +73,7 @@ export function resolveIo(
     ? sig.outputs.find((o) => o.name === wanted.outputName)
     : (scoreOutputs.find((o) => o.name === "probabilities") ?? scoreOutputs[0]);
   if (!output) {
-    throw new ModelLoadError(
-      wanted.outputName ? `the model has no output named "${wanted.outputName}"` : "the model has no float output to use as the score",
-    );
+    throw new ModelLoadError(wanted.outputName ? `the model has no output named "${wanted.outputName}"` : "the model has no float output to use as the score");
   }
   return { inputName: input.name, outputName: output.name };
 }

@@ -212,8 +212,8 @@ export function encodePredictionLog(f: PredictionLogFields): Uint8Array {
   w.optionalString(1, f.requestId, requestIdBytes);
   w.tag(2, LEN);
   w.varint(timeSize);
-  if (seconds !== 0) (w.tag(1, VARINT), w.varint(seconds));
-  if (nanos !== 0) (w.tag(2, VARINT), w.varint(nanos));
+  if (seconds !== 0) w.tag(1, VARINT), w.varint(seconds);
+  if (nanos !== 0) w.tag(2, VARINT), w.varint(nanos);
   w.optionalString(3, f.userId, userIdBytes);
   w.optionalString(4, f.modelName, modelNameBytes);
   w.optionalString(5, f.modelVersion, modelVersionBytes);
@@ -226,8 +226,8 @@ export function encodePredictionLog(f: PredictionLogFields): Uint8Array {
     w.tag(11, LEN);
     w.varint(itemSizes[i]!);
     w.optionalString(1, itemIds[i]!, itemBytes[i]!);
-    if (doubleSet(scores[i]!)) (w.tag(2, I64), w.double(scores[i]!));
-    if (positions[i] !== 0) (w.tag(3, VARINT), w.varint(positions[i]!));
+    if (doubleSet(scores[i]!)) w.tag(2, I64), w.double(scores[i]!);
+    if (positions[i] !== 0) w.tag(3, VARINT), w.varint(positions[i]!);
     if (width > 0) {
       w.tag(4, LEN);
       w.varint(8 * width);
@@ -235,8 +235,8 @@ export function encodePredictionLog(f: PredictionLogFields): Uint8Array {
     }
   }
   for (let i = 0; i < missingFeatures.length; i++) w.string(12, missingFeatures[i]!, missingBytes[i]!);
-  if (doubleSet(f.latencyMs)) (w.tag(13, I64), w.double(f.latencyMs));
-  if (f.modelFeatureCount !== 0) (w.tag(14, VARINT), w.varint(f.modelFeatureCount));
+  if (doubleSet(f.latencyMs)) w.tag(13, I64), w.double(f.latencyMs);
+  if (f.modelFeatureCount !== 0) w.tag(14, VARINT), w.varint(f.modelFeatureCount);
   if (w.pos !== size) throw new Error(`PredictionLog encoder wrote ${w.pos} bytes, expected ${size}`);
   return w.buf;
 }

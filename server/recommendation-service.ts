@@ -66,10 +66,14 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
   const fallbackFeatures = defaultModelFeatures();
   const pipelineFeatures = allFeatureSpecs();
   // Label values name registry versions and experiment variants, never anything a caller sent.
-  const requests = deps.metrics.counter("streamserve_recommend_requests_total", "Recommend calls answered, by model, version and variant", { labelNames: ["model", "version", "variant"] });
+  const requests = deps.metrics.counter("streamserve_recommend_requests_total", "Recommend calls answered, by model, version and variant", {
+    labelNames: ["model", "version", "variant"],
+  });
   const requestsBy = childCache((version, variant) => requests.labels({ model: deps.modelName, version, variant }));
   const degraded = deps.metrics.counter("streamserve_feature_lookup_degraded_total", "Requests served with default features because Redis was unavailable");
-  const inference = deps.metrics.histogram("streamserve_inference_duration_seconds", "onnxruntime time per request, by model and version", { labelNames: ["model", "version"] });
+  const inference = deps.metrics.histogram("streamserve_inference_duration_seconds", "onnxruntime time per request, by model and version", {
+    labelNames: ["model", "version"],
+  });
   const inferenceBy = childCache((model, version) => inference.labels({ model, version }));
   let lastRedisWarning = 0;
   const shadow = createShadowScorer(deps);

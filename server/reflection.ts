@@ -222,7 +222,9 @@ function streamHandler(index: DescriptorIndex, requestSchema: DescMessage, respo
       const valid = isMessage(request, requestSchema);
       let answer: Answer;
       try {
-        answer = valid ? index.answer(request as unknown as v1.ServerReflectionRequest, sent) : failure(Code.INVALID_ARGUMENT, `request is not a valid ${requestSchema.typeName}`);
+        answer = valid
+          ? index.answer(request as unknown as v1.ServerReflectionRequest, sent)
+          : failure(Code.INVALID_ARGUMENT, `request is not a valid ${requestSchema.typeName}`);
       } catch (err) {
         answer = failure(Code.INTERNAL, err instanceof Error ? err.message : String(err));
       }

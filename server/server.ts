@@ -86,12 +86,15 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
     servingAlias: config.servingAlias,
     onLoadFailure: (model, version, error) => {
       // Every failed load is an operator-visible event and an alert, not just a log line.
-      void models.registryClient
-        ?.recordEvent({ model_name: model, kind: "load_failed", to_version: version, reason: error.message })
-        .catch(() => undefined);
+      void models.registryClient?.recordEvent({ model_name: model, kind: "load_failed", to_version: version, reason: error.message }).catch(() => undefined);
       void runtime
         .nats()
-        .then((nc) => nc.publish(names.alertsSubject("model"), JSON.stringify({ kind: "model_load_failed", model, version, reason: error.message, time: new Date().toISOString() })))
+        .then((nc) =>
+          nc.publish(
+            names.alertsSubject("model"),
+            JSON.stringify({ kind: "model_load_failed", model, version, reason: error.message, time: new Date().toISOString() }),
+          ),
+        )
         .catch(() => undefined);
     },
   });
@@ -122,15 +125,22 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   const shedBy = childCache((method) => shed.labels({ method }));
   const checkToken = tokenChecker(options.security);
   const guard = new CallGuard(limits, checkToken);
-  metrics.gauge("grpc_server_held_bytes", "Request and response bytes of calls not yet finished, unread answers included", { collect: (g) => g.set(guard.heldBytes) });
-  metrics.gauge("grpc_server_unread_cancelled", "Answers cancelled since start because their clients did not read them and others needed the room", { collect: (g) => g.set(guard.reclaimed) });
+  metrics.gauge("grpc_server_held_bytes", "Request and response bytes of calls not yet finished, unread answers included", {
+    collect: (g) => g.set(guard.heldBytes),
+  });
+  metrics.gauge("grpc_server_unread_cancelled", "Answers cancelled since start because their clients did not read them and others needed the room", {
+    collect: (g) => g.set(guard.reclaimed),
+  });
   const hooks: CallHooks = {
     begin(path, metadata) {
       checkToken(path, metadata);
       const room = guard.reclaim(inflight, limits);
       if (room.calls >= limits.maxInflight || room.bytes > limits.maxHeldBytes) {
         shedBy(path).inc();
-        const why = room.calls >= limits.maxInflight ? `${inflight} calls in flight (limit ${limits.maxInflight})` : `calls in flight hold ${room.bytes} bytes (limit ${limits.maxHeldBytes})`;
+        const why =
+          room.calls >= limits.maxInflight
+            ? `${inflight} calls in flight (limit ${limits.maxInflight})`
+            : `calls in flight hold ${room.bytes} bytes (limit ${limits.maxHeldBytes})`;
         throw new ServiceError(Code.RESOURCE_EXHAUSTED, `server busy: ${why}; retry with backoff`);
       }
       inflight++;
@@ -160,15 +170,32 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
     serviceDefinition(RecommendationService),
     unaryImplementation(
       RecommendationService,
-      recommendationHandlers({ modelName: config.modelName, logFeatures: options.logFeatures, names, redis: runtime.servingRedis(), models, trending, logs, limits, log, metrics }),
+      recommendationHandlers({
+        modelName: config.modelName,
+        logFeatures: options.logFeatures,
+        names,
+        redis: runtime.servingRedis(),
+        models,
+        trending,
+        logs,
+        limits,
+        log,
+        metrics,
+      }),
       hooks,
       shutdown.signal,
     ),
   );
-  const health = new HealthService(Object.fromEntries(["", ...SERVICES].map((s) => [s, HealthCheckResponse_ServingStatus.NOT_SERVING])), { maxWatchers: limits.maxWatchStreams });
+  const health = new HealthService(Object.fromEntries(["", ...SERVICES].map((s) => [s, HealthCheckResponse_ServingStatus.NOT_SERVING])), {
+    maxWatchers: limits.maxWatchStreams,
+  });
   server.addService(serviceDefinition(Health), health.implementation(shutdown.signal));
   // Reflection also describes the log and event messages, so `buf curl`/grpcurl users can decode them.
-  addReflection(server, { services: [GRPCInferenceService, RecommendationService, Health], files: [file_streamserve_v1_logs, file_streamserve_v1_events], shutdown: shutdown.signal });
+  addReflection(server, {
+    services: [GRPCInferenceService, RecommendationService, Health],
+    files: [file_streamserve_v1_logs, file_streamserve_v1_events],
+    shutdown: shutdown.signal,
+  });
 
   const untilReady = async () => {
     while (!models.ready && !shutdown.signal.aborted) await new Promise((r) => setTimeout(r, 50));
@@ -192,7 +219,12 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
     if (http) runtime.http.setGuard(http);
     runtime.http.route("GET", "/healthz", (_req, res) => {
       const ok = models.ready && !draining;
-      sendText(res, ok ? 200 : 503, JSON.stringify({ status: ok ? "SERVING" : "NOT_SERVING", model: config.modelName, version: models.servedVersion(config.modelName) ?? "fallback" }), "application/json");
+      sendText(
+        res,
+        ok ? 200 : 503,
+        JSON.stringify({ status: ok ? "SERVING" : "NOT_SERVING", model: config.modelName, version: models.servedVersion(config.modelName) ?? "fallback" }),
+        "application/json",
+      );
     });
     runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await metrics.render(), metrics.contentType));
     // The same inference service as REST (KServe v2 / Triton HTTP), behind the same admission.

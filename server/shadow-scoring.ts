@@ -46,7 +46,11 @@ export function inShadowShare(experiment: Pick<Experiment, "name" | "shadow">, r
 
 export function createShadowScorer(deps: ShadowScorerDeps): (experiment: Experiment | undefined, request: ShadowRequest) => void {
   const maxInFlight = deps.maxInFlight ?? 64;
-  const outcomes = deps.metrics.counter("streamserve_shadow_requests_total", "Requests scored by a shadow version, by outcome (logged, skipped_busy, not_loaded, features_unavailable, failed)", { labelNames: ["outcome"] });
+  const outcomes = deps.metrics.counter(
+    "streamserve_shadow_requests_total",
+    "Requests scored by a shadow version, by outcome (logged, skipped_busy, not_loaded, features_unavailable, failed)",
+    { labelNames: ["outcome"] },
+  );
   let inFlight = 0;
   let lastWarning = 0;
 
@@ -74,7 +78,12 @@ export function createShadowScorer(deps: ShadowScorerDeps): (experiment: Experim
         deviceType: req.context.deviceType,
         featureNames: model.features.map((s) => s.name),
         modelFeatureCount: width,
-        items: req.candidates.map((item, i) => ({ itemId: item, score: scores[i]!, position: positions.get(i) ?? 0, features: Array.from(features.matrix.subarray(i * width, (i + 1) * width)) })),
+        items: req.candidates.map((item, i) => ({
+          itemId: item,
+          score: scores[i]!,
+          position: positions.get(i) ?? 0,
+          features: Array.from(features.matrix.subarray(i * width, (i + 1) * width)),
+        })),
         missingFeatures: features.missing,
         latencyMs: performance.now() - started,
       });

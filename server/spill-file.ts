@@ -50,7 +50,11 @@ export function encodeRecords(records: readonly SpillRecord[]): Buffer {
     const subject = Buffer.from(r.subject, "utf8");
     const msgId = Buffer.from(r.msgId, "utf8");
     const contentType = Buffer.from(r.contentType, "utf8");
-    for (const [field, bytes] of [["subject", subject], ["msgId", msgId], ["contentType", contentType]] as const) {
+    for (const [field, bytes] of [
+      ["subject", subject],
+      ["msgId", msgId],
+      ["contentType", contentType],
+    ] as const) {
       if (bytes.length > MAX_FIELD_BYTES) throw new RangeError(`spill record ${field} is ${bytes.length} bytes, the format allows ${MAX_FIELD_BYTES}`);
     }
     const bodyLength = 6 + subject.length + msgId.length + contentType.length + r.payload.length;

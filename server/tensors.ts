@@ -104,15 +104,33 @@ function fromRaw(type: OrtNumeric, raw: Uint8Array, count: number): Float64Array
   const out = new Float64Array(count);
   for (let i = 0; i < count; i++) {
     switch (type) {
-      case "float32": out[i] = view.getFloat32(i * 4, true); break;
-      case "float64": out[i] = view.getFloat64(i * 8, true); break;
-      case "int8": out[i] = view.getInt8(i); break;
-      case "int16": out[i] = view.getInt16(i * 2, true); break;
-      case "int32": out[i] = view.getInt32(i * 4, true); break;
-      case "uint8": out[i] = view.getUint8(i); break;
-      case "uint16": out[i] = view.getUint16(i * 2, true); break;
-      case "uint32": out[i] = view.getUint32(i * 4, true); break;
-      case "bool": out[i] = view.getUint8(i) ? 1 : 0; break;
+      case "float32":
+        out[i] = view.getFloat32(i * 4, true);
+        break;
+      case "float64":
+        out[i] = view.getFloat64(i * 8, true);
+        break;
+      case "int8":
+        out[i] = view.getInt8(i);
+        break;
+      case "int16":
+        out[i] = view.getInt16(i * 2, true);
+        break;
+      case "int32":
+        out[i] = view.getInt32(i * 4, true);
+        break;
+      case "uint8":
+        out[i] = view.getUint8(i);
+        break;
+      case "uint16":
+        out[i] = view.getUint16(i * 2, true);
+        break;
+      case "uint32":
+        out[i] = view.getUint32(i * 4, true);
+        break;
+      case "bool":
+        out[i] = view.getUint8(i) ? 1 : 0;
+        break;
     }
   }
   return out;
@@ -123,17 +141,30 @@ export function toOrtTensor(field: string, input: DecodedInput, modelType: strin
   const v = input.values;
   const asNumbers = () => (v instanceof Float64Array ? v : Float64Array.from(v as ArrayLike<bigint>, Number));
   switch (modelType) {
-    case "float32": return new ort.Tensor("float32", Float32Array.from(asNumbers()), input.shape);
-    case "float64": return new ort.Tensor("float64", Float64Array.from(asNumbers()), input.shape);
-    case "int32": return new ort.Tensor("int32", Int32Array.from(asNumbers()), input.shape);
-    case "int64": return new ort.Tensor("int64", v instanceof BigInt64Array ? v : BigInt64Array.from(asNumbers(), (x) => BigInt(Math.trunc(x))), input.shape);
-    case "bool": return new ort.Tensor("bool", Uint8Array.from(asNumbers(), (x) => (x ? 1 : 0)), input.shape);
-    default: throw invalidArgument(field, `the model's input type ${modelType} is not supported by this server`);
+    case "float32":
+      return new ort.Tensor("float32", Float32Array.from(asNumbers()), input.shape);
+    case "float64":
+      return new ort.Tensor("float64", Float64Array.from(asNumbers()), input.shape);
+    case "int32":
+      return new ort.Tensor("int32", Int32Array.from(asNumbers()), input.shape);
+    case "int64":
+      return new ort.Tensor("int64", v instanceof BigInt64Array ? v : BigInt64Array.from(asNumbers(), (x) => BigInt(Math.trunc(x))), input.shape);
+    case "bool":
+      return new ort.Tensor(
+        "bool",
+        Uint8Array.from(asNumbers(), (x) => (x ? 1 : 0)),
+        input.shape,
+      );
+    default:
+      throw invalidArgument(field, `the model's input type ${modelType} is not supported by this server`);
   }
 }
 
 /** An onnxruntime output as OIP typed contents, or as raw little-endian bytes. */
-export function encodeOutput(tensor: ort.Tensor, raw: boolean): { datatype: string; shape: bigint[]; contents?: Partial<InferTensorContents>; raw?: Uint8Array } {
+export function encodeOutput(
+  tensor: ort.Tensor,
+  raw: boolean,
+): { datatype: string; shape: bigint[]; contents?: Partial<InferTensorContents>; raw?: Uint8Array } {
   const datatype = oipDatatype(tensor.type);
   const shape = tensor.dims.map((d) => BigInt(d));
   const data = tensor.data as ArrayLike<number | bigint | boolean> & { buffer?: ArrayBufferLike; byteOffset?: number; byteLength?: number };
@@ -143,13 +174,25 @@ export function encodeOutput(tensor: ort.Tensor, raw: boolean): { datatype: stri
   }
   const values = Array.from(data as ArrayLike<number | bigint>);
   switch (tensor.type) {
-    case "float32": return { datatype, shape, contents: { fp32Contents: values as number[] } };
-    case "float64": return { datatype, shape, contents: { fp64Contents: values as number[] } };
-    case "int64": return { datatype, shape, contents: { int64Contents: values as bigint[] } };
-    case "uint64": return { datatype, shape, contents: { uint64Contents: values as bigint[] } };
-    case "bool": return { datatype, shape, contents: { boolContents: values.map(Boolean) } };
-    case "int8": case "int16": case "int32": return { datatype, shape, contents: { intContents: values as number[] } };
-    case "uint8": case "uint16": case "uint32": return { datatype, shape, contents: { uintContents: values as number[] } };
-    default: throw new Error(`cannot encode a ${tensor.type} output`);
+    case "float32":
+      return { datatype, shape, contents: { fp32Contents: values as number[] } };
+    case "float64":
+      return { datatype, shape, contents: { fp64Contents: values as number[] } };
+    case "int64":
+      return { datatype, shape, contents: { int64Contents: values as bigint[] } };
+    case "uint64":
+      return { datatype, shape, contents: { uint64Contents: values as bigint[] } };
+    case "bool":
+      return { datatype, shape, contents: { boolContents: values.map(Boolean) } };
+    case "int8":
+    case "int16":
+    case "int32":
+      return { datatype, shape, contents: { intContents: values as number[] } };
+    case "uint8":
+    case "uint16":
+    case "uint32":
+      return { datatype, shape, contents: { uintContents: values as number[] } };
+    default:
+      throw new Error(`cannot encode a ${tensor.type} output`);
   }
 }

@@ -126,7 +126,11 @@ export class CallGuard {
     let writeTimer: NodeJS.Timeout | undefined;
     let readTimer: NodeJS.Timeout | undefined = setTimeout(() => {
       // Whatever is still arriving is not a request a client is waiting on.
-      call.sendStatus({ code: grpc.status.DEADLINE_EXCEEDED, details: `the request did not arrive within ${this.limits.requestReadTimeoutMs} ms`, metadata: null });
+      call.sendStatus({
+        code: grpc.status.DEADLINE_EXCEEDED,
+        details: `the request did not arrive within ${this.limits.requestReadTimeoutMs} ms`,
+        metadata: null,
+      });
     }, this.limits.requestReadTimeoutMs);
     readTimer.unref();
     const stopReadTimer = () => {

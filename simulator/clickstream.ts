@@ -75,9 +75,14 @@ export class Clickstream {
   follow(session: Session, page: SimPage): boolean {
     // A session that ended meanwhile has left the site: the click is not followed.
     if (!this.sessions.includes(session) || session.viewsLeft < 0) return false;
-    session.queued.unshift(
-      { user_id: session.user.id, event_type: "click", page_id: page.id, session_duration: round(session.elapsedSeconds), amount: 0, device_type: session.device },
-    );
+    session.queued.unshift({
+      user_id: session.user.id,
+      event_type: "click",
+      page_id: page.id,
+      session_duration: round(session.elapsedSeconds),
+      amount: 0,
+      device_type: session.device,
+    });
     session.viewsLeft = Math.max(session.viewsLeft, 1);
     this.view(session, page);
     return true;

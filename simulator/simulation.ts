@@ -171,7 +171,10 @@ export async function startSimulation(ctx: SimulationContext, options: Simulatio
       if (!rand.chance(world.clickProbability(session.user, session.device, shown, page, i + 1))) continue;
       const converted = rand.chance(world.conversionProbability(session.user, shown));
       try {
-        await client!.recordOutcome({ requestId: response.requestId || requestId, itemId: shown.id, clicked: true, converted, revenue: converted ? shown.price : 0 }, { deadlineMs: 2000 });
+        await client!.recordOutcome(
+          { requestId: response.requestId || requestId, itemId: shown.id, clicked: true, converted, revenue: converted ? shown.price : 0 },
+          { deadlineMs: 2000 },
+        );
         c.outcomes++;
         if (converted) c.conversions++;
       } catch (err) {
@@ -237,7 +240,11 @@ export async function startSimulation(ctx: SimulationContext, options: Simulatio
       const now = performance.now();
       if (o.onProgress && now - lastProgress.at >= o.progressIntervalMs) {
         const seconds = (now - lastProgress.at) / 1000;
-        o.onProgress({ ...counters(), eventsPerSecond: (c.events - lastProgress.events) / seconds, requestsPerSecond: (c.requests - lastProgress.requests) / seconds });
+        o.onProgress({
+          ...counters(),
+          eventsPerSecond: (c.events - lastProgress.events) / seconds,
+          requestsPerSecond: (c.requests - lastProgress.requests) / seconds,
+        });
         lastProgress = { at: now, events: c.events, requests: c.requests };
       }
       await new Promise((r) => setTimeout(r, Math.max(0, TICK_MS - (performance.now() - now))));
@@ -256,7 +263,10 @@ export async function startSimulation(ctx: SimulationContext, options: Simulatio
     client?.close();
     finish(counters());
   });
-  log.info({ runId, users: o.users, pages: o.pages, rate: o.rate, durationMs: o.durationMs, grpc: o.grpcAddress || "(none)", shiftAtMs: o.shiftAtMs, seed: o.seed }, "simulation started");
+  log.info(
+    { runId, users: o.users, pages: o.pages, rate: o.rate, durationMs: o.durationMs, grpc: o.grpcAddress || "(none)", shiftAtMs: o.shiftAtMs, seed: o.seed },
+    "simulation started",
+  );
 
   return {
     world,

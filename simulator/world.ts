@@ -155,7 +155,12 @@ export class World {
   }
 
   sessionShape(user: SimUser, device: Device): SessionShape {
-    const base = device === "desktop" ? { meanViews: 6, meanStepSeconds: 40 } : device === "mobile" ? { meanViews: 4, meanStepSeconds: 18 } : { meanViews: 5, meanStepSeconds: 30 };
+    const base =
+      device === "desktop"
+        ? { meanViews: 6, meanStepSeconds: 40 }
+        : device === "mobile"
+          ? { meanViews: 4, meanStepSeconds: 18 }
+          : { meanViews: 5, meanStepSeconds: 30 };
     const engaged = 0.5 + user.engagement;
     const shiftFactor = this.shifted && device === "mobile" ? 2.5 : 1;
     return { meanViews: base.meanViews * engaged * (this.shifted && device === "mobile" ? 1.6 : 1), meanStepSeconds: base.meanStepSeconds * shiftFactor };
@@ -170,7 +175,9 @@ export class World {
 
   /** Probability that a user clicks on a page while browsing it (an in-page click). */
   browseClickProbability(user: SimUser, device: Device, page: SimPage): number {
-    return sigmoid(-1.6 + 2.4 * user.engagement + 1.5 * (page.appeal - 0.5) + TRUTH.device[device] + (this.shifted && device === "mobile" ? TRUTH.mobileAfterShift : 0));
+    return sigmoid(
+      -1.6 + 2.4 * user.engagement + 1.5 * (page.appeal - 0.5) + TRUTH.device[device] + (this.shifted && device === "mobile" ? TRUTH.mobileAfterShift : 0),
+    );
   }
 
   /** The hidden truth: probability that `page`, shown at `position` (1-based), is clicked. */
@@ -182,7 +189,7 @@ export class World {
       t.device[device] +
       (this.shifted && device === "mobile" ? t.mobileAfterShift : 0) +
       t.appeal * page.appeal +
-      (t.popularity * Math.log(1 + 100 * page.popularity)) / this.maxPopularityLog * 4 +
+      ((t.popularity * Math.log(1 + 100 * page.popularity)) / this.maxPopularityLog) * 4 +
       (currentPage && currentPage.topic === page.topic ? t.sameTopicAsCurrentPage : 0) +
       (page.topic === user.favoriteTopic ? t.favoriteTopic : 0) +
       t.position * Math.max(0, position - 1);

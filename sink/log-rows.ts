@@ -4,13 +4,7 @@
 // NATS or ClickHouse and the sink loop stays about delivery.
 import { fromBinary, fromJsonString, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import {
-  ExposureLogSchema,
-  FeatureWindowLogSchema,
-  ModelEventLogSchema,
-  OutcomeLogSchema,
-  PredictionLogSchema,
-} from "../gen/streamserve/v1/logs_pb.js";
+import { ExposureLogSchema, FeatureWindowLogSchema, ModelEventLogSchema, OutcomeLogSchema, PredictionLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import type { LogKind } from "../lib/config.js";
 
 /** Every log kind the sink consumes, one durable consumer each. */

@@ -128,7 +128,9 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
     messages: ctx.metrics.counter("streamserve_sink_messages_total", "LOGS messages the sink finished, by kind and result (written, undecodable, rejected)", {
       labelNames: ["kind", "result"],
     }),
-    failures: ctx.metrics.counter("streamserve_sink_insert_failures_total", "Failed ClickHouse insert attempts, by table (each is retried)", { labelNames: ["table"] }),
+    failures: ctx.metrics.counter("streamserve_sink_insert_failures_total", "Failed ClickHouse insert attempts, by table (each is retried)", {
+      labelNames: ["table"],
+    }),
     batch: ctx.metrics.histogram("streamserve_sink_batch_seconds", "From a batch in hand to its messages acked, by kind", { labelNames: ["kind"] }),
     batchSize: ctx.metrics.histogram("streamserve_sink_batch_messages", "Messages per batch, by kind", {
       labelNames: ["kind"],
@@ -201,7 +203,8 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
         if (isDataError(err)) throw err;
         m.failures.inc({ table });
         stats.insertFailures++;
-        if (attempt === 1 || attempt % 10 === 0) log.warn({ err, table, rows: rows.length, attempt, retryInMs: delay }, "ClickHouse insert failed; retrying, messages stay in JetStream");
+        if (attempt === 1 || attempt % 10 === 0)
+          log.warn({ err, table, rows: rows.length, attempt, retryInMs: delay }, "ClickHouse insert failed; retrying, messages stay in JetStream");
         const wait = Math.min(delay * (0.75 + Math.random() * 0.5), stopDeadline - Date.now());
         if (wait <= 0) return false;
         await sleep(wait);

@@ -43,12 +43,15 @@ export async function acquireCycleLock(nc: NatsConnection, names: Names, model: 
     throw err; // not a held lock: a real failure
   }
   // Rewrite the key at a third of the TTL so it never expires under a live holder.
-  const refresh = setInterval(() => {
-    kv.update(key, encode(), revision).then(
-      (r) => (revision = r),
-      () => undefined, // lost (expired and taken): the cycle finishes; the registry stays consistent
-    );
-  }, Math.max(1000, ttlMs / 3));
+  const refresh = setInterval(
+    () => {
+      kv.update(key, encode(), revision).then(
+        (r) => (revision = r),
+        () => undefined, // lost (expired and taken): the cycle finishes; the registry stays consistent
+      );
+    },
+    Math.max(1000, ttlMs / 3),
+  );
   refresh.unref();
   return {
     async release() {

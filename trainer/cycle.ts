@@ -72,9 +72,14 @@ export function decidePromotion(input: PromotionInput, policy: PromotionPolicy =
   const needed = production.auc * (1 + p.minRelativeGain);
   const gain = production.auc > 0 ? candidate.auc / production.auc - 1 : Infinity;
   if (candidate.auc >= needed) {
-    return { action: "promote", reason: `AUC ${fmt(candidate.auc)} ≥ ${fmt(needed)} (production v${production.version} ${fmt(production.auc)} + ${pct(p.minRelativeGain)}): ${pct(gain)} better` };
+    return {
+      action: "promote",
+      reason: `AUC ${fmt(candidate.auc)} ≥ ${fmt(needed)} (production v${production.version} ${fmt(production.auc)} + ${pct(p.minRelativeGain)}): ${pct(gain)} better`,
+    };
   }
-  return keep(`AUC ${fmt(candidate.auc)} < ${fmt(needed)} needed (production v${production.version} ${fmt(production.auc)} + ${pct(p.minRelativeGain)}; change ${pct(gain)})`);
+  return keep(
+    `AUC ${fmt(candidate.auc)} < ${fmt(needed)} needed (production v${production.version} ${fmt(production.auc)} + ${pct(p.minRelativeGain)}; change ${pct(gain)})`,
+  );
 }
 
 const fmt = (v: number) => (Number.isFinite(v) ? v.toFixed(4) : String(v));
@@ -244,7 +249,10 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
       production_version: report.production?.version,
       source: dataset.source,
     };
-    log[decision.action === "skip" ? "warn" : "info"]({ ...details, version: report.version?.version }, `training cycle: ${decision.action}: ${decision.reason}`);
+    log[decision.action === "skip" ? "warn" : "info"](
+      { ...details, version: report.version?.version },
+      `training cycle: ${decision.action}: ${decision.reason}`,
+    );
     if (registry) {
       await registry.recordEvent({
         model_name: modelName,
@@ -262,7 +270,10 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
 
   const negatives = dataset.counts.rows - dataset.counts.positives;
   if (dataset.counts.rows === 0) {
-    const where = dataset.source.kind === "file" ? `in ${dataset.source.path}` : `logged for ${modelName} between ${dataset.source.window_start} and ${dataset.source.window_end}`;
+    const where =
+      dataset.source.kind === "file"
+        ? `in ${dataset.source.path}`
+        : `logged for ${modelName} between ${dataset.source.window_start} and ${dataset.source.window_end}`;
     return finish({ action: "skip", reason: `no labelled rows ${where}` });
   }
   if (specs.length === 0) return finish({ action: "skip", reason: "no feature was served with a value in the window: nothing to learn from" });
@@ -281,7 +292,10 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
   let trainPositives = 0;
   for (const y of trainLabels) trainPositives += y;
   if (trainPositives === 0 || trainPositives === trainLabels.length || split.valid.length === 0) {
-    return finish({ action: "skip", reason: `the split left a side without both classes (${trainLabels.length} train rows, ${split.valid.length} validation rows)` });
+    return finish({
+      action: "skip",
+      reason: `the split left a side without both classes (${trainLabels.length} train rows, ${split.valid.length} validation rows)`,
+    });
   }
 
   const t0 = performance.now();
@@ -300,7 +314,15 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
   }
 
   // Both models scored by onnxruntime on the same validation rows: what would be served.
-  report.candidate = evaluate(validLabels, await scoreOnnx(artifact, ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME, specs.map((s) => gather(columnOf(s.name), split.valid))));
+  report.candidate = evaluate(
+    validLabels,
+    await scoreOnnx(
+      artifact,
+      ONNX_INPUT_NAME,
+      ONNX_PROBABILITIES_NAME,
+      specs.map((s) => gather(columnOf(s.name), split.valid)),
+    ),
+  );
   if (production && registry) {
     report.production = { version: production.version };
     try {
@@ -323,7 +345,11 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     },
     o,
   );
-  if (!registry) return finish({ action: decision.action === "skip" ? "skip" : "keep_candidate", reason: `not published to the registry; the policy would ${decision.action === "promote" ? "promote" : "keep it as candidate"}: ${decision.reason}` });
+  if (!registry)
+    return finish({
+      action: decision.action === "skip" ? "skip" : "keep_candidate",
+      reason: `not published to the registry; the policy would ${decision.action === "promote" ? "promote" : "keep it as candidate"}: ${decision.reason}`,
+    });
 
   report.version = await registry.publish({
     name: modelName,
@@ -344,7 +370,12 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     data: { ...dataset.source, rows: dataset.counts.rows, positives: dataset.counts.positives, dropped: dataset.counts.dropped, notes: dataset.counts.notes },
     // The monitor compares this with every candidate the version scores, shown or not: from logs,
     // the reference is drawn from that same population, not from the rows the last ranking showed.
-    reference: referenceSample(dataset.scored ? specs.map((s) => dataset.scored![dataset.featureNames.indexOf(s.name)]!) : trainCols, specs, o.referenceSize, o.seed),
+    reference: referenceSample(
+      dataset.scored ? specs.map((s) => dataset.scored![dataset.featureNames.indexOf(s.name)]!) : trainCols,
+      specs,
+      o.referenceSize,
+      o.seed,
+    ),
     description: `trained on ${dataset.counts.rows} rows (${dataset.source.kind}); ${decision.reason}`,
     actor: o.actor,
   });
@@ -352,9 +383,19 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
   if (decision.action === "promote" && o.rollout === "guarded" && production) {
     await registry.setAlias(modelName, "candidate", version, { actor: o.actor, reason: decision.reason, kind: "candidate" });
     try {
-      const experiment = await startGuardedRollout(registry, { model: modelName, candidate: version, stages: o.rolloutStages, policy: o.rolloutPolicy, actor: o.actor, reason: decision.reason });
+      const experiment = await startGuardedRollout(registry, {
+        model: modelName,
+        candidate: version,
+        stages: o.rolloutStages,
+        policy: o.rolloutPolicy,
+        actor: o.actor,
+        reason: decision.reason,
+      });
       report.rollout = { experiment: experiment.name, stages: experiment.rollout!.stages };
-      return finish({ action: "rollout", reason: `${decision.reason}; guarded rollout ${experiment.name} started at ${experiment.rollout!.stages[0]} % of users` });
+      return finish({
+        action: "rollout",
+        reason: `${decision.reason}; guarded rollout ${experiment.name} started at ${experiment.rollout!.stages[0]} % of users`,
+      });
     } catch (err) {
       return finish({ action: "keep_candidate", reason: `${decision.reason}, but the guarded rollout could not start: ${(err as Error).message}` });
     }

@@ -136,7 +136,8 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
   const endMs = o.endMs ?? Date.now() - o.labelDelayMs;
   const startMs = endMs - o.windowMs;
   const params = { model: o.modelName, start: startMs / 1000, end: endMs / 1000, names: o.featureNames };
-  const where = "model_name = {model:String} AND time >= fromUnixTimestamp64Milli(toInt64({start:Float64} * 1000)) AND time < fromUnixTimestamp64Milli(toInt64({end:Float64} * 1000))";
+  const where =
+    "model_name = {model:String} AND time >= fromUnixTimestamp64Milli(toInt64({start:Float64} * 1000)) AND time < fromUnixTimestamp64Milli(toInt64({end:Float64} * 1000))";
 
   const rawRows = await scalar(client, `SELECT count() FROM predictions WHERE ${where}`, params, o.signal);
   const label = o.label === "converted" ? "converted" : "clicked";
@@ -169,7 +170,8 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
   const sample = new RowReservoir(o.scoredSample ?? 0, o.seed ?? 42);
   for await (const batch of result.stream()) {
     for (const row of batch as { json<T>(): T }[]) {
-      const [requestId, position, values, absent, beyondModel, hasOutcome, y] = row.json<[string, number, unknown[], number, number | boolean, number | boolean, number]>();
+      const [requestId, position, values, absent, beyondModel, hasOutcome, y] =
+        row.json<[string, number, unknown[], number, number | boolean, number | boolean, number]>();
       distinctRows++;
       const valid = values.length === o.featureNames.length;
       if (valid) {
@@ -202,7 +204,12 @@ export async function loadLoggedDataset(client: ClickHouseClient, options: Logge
       rows: labels.length,
       positives,
       dropped,
-      notes: { logged_rows: rawRows, duplicates_collapsed: rawRows - distinctRows, rows_with_absent_features: rowsWithAbsent, rows_with_features_beyond_served_model: rowsBeyondModel },
+      notes: {
+        logged_rows: rawRows,
+        duplicates_collapsed: rawRows - distinctRows,
+        rows_with_absent_features: rowsWithAbsent,
+        rows_with_features_beyond_served_model: rowsBeyondModel,
+      },
     },
     source: { kind: "logs", model: o.modelName, label, window_start: new Date(startMs).toISOString(), window_end: new Date(endMs).toISOString() },
   };
@@ -213,7 +220,10 @@ class RowReservoir {
   private rows: Float64Array[] = [];
   private seen = 0;
   private readonly rand: () => number;
-  constructor(private readonly size: number, seed: number) {
+  constructor(
+    private readonly size: number,
+    seed: number,
+  ) {
     this.rand = createRandom(seed);
   }
   offer(row: Float64Array): void {
@@ -283,7 +293,15 @@ export async function loadFileDataset(client: ClickHouseClient, options: FileDat
   const params = { path, format: options.format ?? "" };
   let described: { name: string; type: string }[];
   try {
-    described = await (await client.query({ query: `DESCRIBE ${source}`, query_params: params, format: "JSONEachRow", clickhouse_settings: FILE_SETTINGS, abort_signal: options.signal })).json();
+    described = await (
+      await client.query({
+        query: `DESCRIBE ${source}`,
+        query_params: params,
+        format: "JSONEachRow",
+        clickhouse_settings: FILE_SETTINGS,
+        abort_signal: options.signal,
+      })
+    ).json();
   } catch (err) {
     throw new DatasetError(`cannot read ${path}: ${(err as Error).message.split("\n")[0]}`, { cause: err });
   }
@@ -315,8 +333,16 @@ export async function loadFileDataset(client: ClickHouseClient, options: FileDat
       specs.push({ name: col.name, source: options.defaultSource ?? "user", type: "numeric", default: 0 });
     }
   }
-  const select = [quoteColumn(options.label), ...featureCols.map((c) => (isText(c.type) ? `toString(${quoteColumn(c.name)})` : quoteColumn(c.name)))].join(", ");
-  const result = await client.query({ query: `SELECT ${select} FROM ${source}`, query_params: params, format: "JSONCompactEachRow", clickhouse_settings: JSON_SETTINGS, abort_signal: options.signal });
+  const select = [quoteColumn(options.label), ...featureCols.map((c) => (isText(c.type) ? `toString(${quoteColumn(c.name)})` : quoteColumn(c.name)))].join(
+    ", ",
+  );
+  const result = await client.query({
+    query: `SELECT ${select} FROM ${source}`,
+    query_params: params,
+    format: "JSONCompactEachRow",
+    clickhouse_settings: JSON_SETTINGS,
+    abort_signal: options.signal,
+  });
   const vocabIndex = specs.map((s) => (s.type === "categorical" ? new Map((s.vocabulary ?? []).map((v, i) => [v, i])) : null));
   const unknownCode = specs.map((s) => (Number.isFinite(s.default) ? s.default : NaN));
   const builder = new ColumnBuilder(specs.length);

@@ -395,14 +395,17 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
     for (let f = 0; f < F; f++) {
       const base = f * HIST_STRIDE;
       const mk = base + MISSING_BIN * 3;
-      const gm = hist[mk], hm = hist[mk + 1], cm = hist[mk + 2];
+      const gm = hist[mk],
+        hm = hist[mk + 1],
+        cm = hist[mk + 2];
       const nb = numBins[f];
       if (categorical[f]) {
         for (let b = 0; b < nb; b++) {
           const k = base + b * 3;
           const cb = hist[k + 2];
           if (cb === 0) continue;
-          const gb = hist[k], hb = hist[k + 1];
+          const gb = hist[k],
+            hb = hist[k + 1];
           // the category alone on the left, missing on the right …
           if (valid(hb, cb, node.h - hb, node.c - cb)) {
             const ml = cm === 0 && cb >= node.c - cb;
@@ -410,7 +413,9 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
           }
           // … or missing with it
           if (cm > 0) {
-            const gl = gb + gm, hl = hb + hm, cl = cb + cm;
+            const gl = gb + gm,
+              hl = hb + hm,
+              cl = cb + cm;
             if (valid(hl, cl, node.h - hl, node.c - cl)) {
               consider(leafScore(gl, hl) + leafScore(node.g - gl, node.h - hl) - parentScore, f, b, true, true, gl, hl, cl);
             }
@@ -418,7 +423,9 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
         }
         continue;
       }
-      let gc = 0, hc = 0, cc = 0;
+      let gc = 0,
+        hc = 0,
+        cc = 0;
       // The last value bin is a candidate only when there are missing values: it splits
       // "has a value" from "missing".
       const lastCandidate = cm > 0 ? nb - 1 : nb - 2;
@@ -433,7 +440,9 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
           consider(leafScore(gc, hc) + leafScore(node.g - gc, node.h - hc) - parentScore, f, b, false, ml, gc, hc, cc);
         }
         if (cm > 0 && b < nb - 1) {
-          const gl = gc + gm, hl = hc + hm, cl = cc + cm;
+          const gl = gc + gm,
+            hl = hc + hm,
+            cl = cc + cm;
           if (valid(hl, cl, node.h - hl, node.c - cl)) {
             consider(leafScore(gl, hl) + leafScore(node.g - gl, node.h - hl) - parentScore, f, b, false, true, gl, hl, cl);
           }
@@ -477,7 +486,8 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
 
     const rootHist = takeHist();
     buildRootHistogram(rootHist, bins, F, grad, hess, n);
-    let g0 = 0, h0 = 0;
+    let g0 = 0,
+      h0 = 0;
     for (let b = 0; b < 256; b++) (g0 += rootHist[b * 3]), (h0 += rootHist[b * 3 + 1]);
     let level: NodeWork[] = [{ id: 0, g: g0, h: h0, c: n, hist: rootHist }];
 

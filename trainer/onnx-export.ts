@@ -125,7 +125,10 @@ function treeEnsembleAttributes(model: GbdtModel): AttributeProto[] {
     attrInts("nodes_missing_value_tracks_true", missingTrue),
     attrInts("target_treeids", targetTree),
     attrInts("target_nodeids", targetNode),
-    attrInts("target_ids", targetTree.map(() => 0)),
+    attrInts(
+      "target_ids",
+      targetTree.map(() => 0),
+    ),
     attrFloats("target_weights", targetWeight),
     attrFloats("base_values", [model.baseScore]),
     attrString("aggregate_function", "SUM"),
@@ -171,10 +174,7 @@ export function exportOnnx(model: GbdtModel, options: OnnxExportOptions = {}): U
       producerVersion: "1",
       docString: o.description,
       graph,
-      opsetImport: [
-        create(OperatorSetIdProtoSchema, { domain: "", version: 13n }),
-        create(OperatorSetIdProtoSchema, { domain: "ai.onnx.ml", version: 3n }),
-      ],
+      opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 13n }), create(OperatorSetIdProtoSchema, { domain: "ai.onnx.ml", version: 3n })],
       metadataProps: Object.entries(metadata).map(([key, value]) => create(StringStringEntryProtoSchema, { key, value })),
     }),
   );
@@ -203,6 +203,12 @@ export function logisticOnnx(weights: readonly number[], bias: number, descripti
   });
   return toBinary(
     ModelProtoSchema,
-    create(ModelProtoSchema, { irVersion: 8n, producerName: "streamserve-trainer", docString: description, graph, opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 13n })] }),
+    create(ModelProtoSchema, {
+      irVersion: 8n,
+      producerName: "streamserve-trainer",
+      docString: description,
+      graph,
+      opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 13n })],
+    }),
   );
 }

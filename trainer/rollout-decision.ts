@@ -100,7 +100,10 @@ function binaryArms(nA: number, xA: number, nB: number, xB: number): [MeanArm, M
  * The decision at one look of stage `stage` (index into `stages`), `elapsedMs` after it started.
  * `rollout` is the candidate's arm, `baseline` the previous production's.
  */
-export function decideStage(input: { rollout: RolloutArmStats; baseline: RolloutArmStats; stages: readonly number[]; stage: number; elapsedMs: number }, policy: RolloutPolicy): StageDecision {
+export function decideStage(
+  input: { rollout: RolloutArmStats; baseline: RolloutArmStats; stages: readonly number[]; stage: number; elapsedMs: number },
+  policy: RolloutPolicy,
+): StageDecision {
   const { rollout: r, baseline: b } = input;
   const testedStages = Math.max(1, input.stages.length - 1);
   const testAlpha = policy.alpha / (ROLLOUT_TESTS.length * testedStages);
@@ -125,7 +128,12 @@ export function decideStage(input: { rollout: RolloutArmStats; baseline: Rollout
 
   const regressions = tests.filter((t) => t.regression);
   if (regressions.length) {
-    return { action: "rollback", reason: `significant regression at ${input.stages[input.stage]} %: ${regressions.map(describe).join("; ")}`, testAlpha, tests };
+    return {
+      action: "rollback",
+      reason: `significant regression at ${input.stages[input.stage]} %: ${regressions.map(describe).join("; ")}`,
+      testAlpha,
+      tests,
+    };
   }
   const waiting: string[] = [];
   if (input.elapsedMs < policy.minStageMs) waiting.push(`${Math.round(input.elapsedMs / 1000)} s of ${Math.round(policy.minStageMs / 1000)} s`);
@@ -153,7 +161,19 @@ function describe(t: RolloutTest): string {
 /** The tests as the JSON model_events carry. */
 export function testsForEvent(tests: readonly RolloutTest[]): Record<string, Record<string, number | boolean>> {
   return Object.fromEntries(
-    tests.map((t) => [t.name, { rollout: t.rollout, baseline: t.baseline, difference: t.estimate, lower: t.lower, upper: t.upper, p_value: t.pValue, margin: t.margin, regression: t.regression }]),
+    tests.map((t) => [
+      t.name,
+      {
+        rollout: t.rollout,
+        baseline: t.baseline,
+        difference: t.estimate,
+        lower: t.lower,
+        upper: t.upper,
+        p_value: t.pValue,
+        margin: t.margin,
+        regression: t.regression,
+      },
+    ]),
   );
 }
 

@@ -76,7 +76,13 @@ export async function startGuardedRollout(registry: RolloutRegistry, options: St
   const policy: RolloutPolicy = { ...ROLLOUT_POLICY_DEFAULTS, ...defined(options.policy ?? {}) };
   const now = new Date().toISOString();
   const state: RolloutState = { candidate, baseline: production.version, stages, stage: 0, startedAt: now, stageStartedAt: now, policy: { ...policy } };
-  const experiment = await registry.createExperiment({ name: rolloutName(model, candidate), model, variants: variantsAt(state), rollout: state, actor: options.actor });
+  const experiment = await registry.createExperiment({
+    name: rolloutName(model, candidate),
+    model,
+    variants: variantsAt(state),
+    rollout: state,
+    actor: options.actor,
+  });
   await registry.recordEvent({
     model_name: model,
     kind: "rollout_start",
@@ -127,13 +133,40 @@ async function lookAt(deps: RolloutDeps, e: Experiment, state: RolloutState, now
   const stats = await readRolloutStats(deps.ch, e.name, state, stageStart, now);
   const decision = decideStage({ ...stats, stages: state.stages, stage: state.stage, elapsedMs: now.getTime() - stageStart.getTime() }, policy);
   const percent = state.stages[state.stage]!;
-  const step: RolloutStep = { experiment: e.name, model: e.model, candidate: state.candidate, baseline: state.baseline, percent, action: decision.action, reason: decision.reason, decision, stats };
+  const step: RolloutStep = {
+    experiment: e.name,
+    model: e.model,
+    candidate: state.candidate,
+    baseline: state.baseline,
+    percent,
+    action: decision.action,
+    reason: decision.reason,
+    decision,
+    stats,
+  };
   const actor = deps.actor ?? "rollout";
-  const details = { experiment: e.name, stage: state.stage, percent, stages: state.stages, test_alpha: decision.testAlpha, tests: testsForEvent(decision.tests), stats };
+  const details = {
+    experiment: e.name,
+    stage: state.stage,
+    percent,
+    stages: state.stages,
+    test_alpha: decision.testAlpha,
+    tests: testsForEvent(decision.tests),
+    stats,
+  };
   const log = deps.log?.child({ part: "rollout", model: e.model, experiment: e.name });
   if (decision.action === "rollback") {
     await deps.registry.stopExperiment(e.name);
-    await deps.registry.recordEvent({ model_name: e.model, kind: "rollout_rollback", alias: "production", from_version: state.candidate, to_version: state.baseline, actor, reason: decision.reason, details });
+    await deps.registry.recordEvent({
+      model_name: e.model,
+      kind: "rollout_rollback",
+      alias: "production",
+      from_version: state.candidate,
+      to_version: state.baseline,
+      actor,
+      reason: decision.reason,
+      details,
+    });
     log?.warn(details, `guarded rollout: rolled back v${state.candidate}: ${decision.reason}`);
   } else if (decision.action === "advance") {
     const next = state.stage + 1;
@@ -143,12 +176,30 @@ async function lookAt(deps: RolloutDeps, e: Experiment, state: RolloutState, now
       step.reason = `${decision.reason}; v${state.candidate} promoted to production`;
       await deps.registry.setAlias(e.model, "production", state.candidate, { actor, reason: `guarded rollout: ${step.reason}`, kind: "promote" });
       await deps.registry.stopExperiment(e.name);
-      await deps.registry.recordEvent({ model_name: e.model, kind: "rollout_complete", alias: "production", from_version: state.baseline, to_version: state.candidate, actor, reason: step.reason, details });
+      await deps.registry.recordEvent({
+        model_name: e.model,
+        kind: "rollout_complete",
+        alias: "production",
+        from_version: state.baseline,
+        to_version: state.candidate,
+        actor,
+        reason: step.reason,
+        details,
+      });
       log?.info(details, `guarded rollout: ${step.reason}`);
     } else {
       const advanced: RolloutState = { ...state, stage: next, stageStartedAt: now.toISOString() };
       await deps.registry.createExperiment({ name: e.name, model: e.model, variants: variantsAt(advanced), rollout: advanced, actor });
-      await deps.registry.recordEvent({ model_name: e.model, kind: "rollout_advance", alias: "production", from_version: state.baseline, to_version: state.candidate, actor, reason: decision.reason, details: { ...details, next_percent: state.stages[next] } });
+      await deps.registry.recordEvent({
+        model_name: e.model,
+        kind: "rollout_advance",
+        alias: "production",
+        from_version: state.baseline,
+        to_version: state.candidate,
+        actor,
+        reason: decision.reason,
+        details: { ...details, next_percent: state.stages[next] },
+      });
       log?.info(details, `guarded rollout: ${decision.reason}`);
     }
   } else {
@@ -157,7 +208,18 @@ async function lookAt(deps: RolloutDeps, e: Experiment, state: RolloutState, now
   return step;
 }
 
-const EMPTY_ARM: RolloutArmStats = Object.freeze({ users: 0, ctrUsers: 0, ctrSum: 0, ctrSumSq: 0, conversions: 0, requests: 0, errors: 0, latencySum: 0, latencySumSq: 0, latencyRequests: 0 });
+const EMPTY_ARM: RolloutArmStats = Object.freeze({
+  users: 0,
+  ctrUsers: 0,
+  ctrSum: 0,
+  ctrSumSq: 0,
+  conversions: 0,
+  requests: 0,
+  errors: 0,
+  latencySum: 0,
+  latencySumSq: 0,
+  latencyRequests: 0,
+});
 
 /**
  * The stage's figures per arm, per user first: CTR = distinct clicked items / shown items of the
@@ -165,7 +227,13 @@ const EMPTY_ARM: RolloutArmStats = Object.freeze({ users: 0, ctrUsers: 0, ctrSum
  * exposure says another version than the arm's answered it; latency per request (from its
  * prediction log).
  */
-export async function readRolloutStats(ch: ClickHouse, experiment: string, state: Pick<RolloutState, "candidate" | "baseline">, from: Date, to: Date): Promise<{ rollout: RolloutArmStats; baseline: RolloutArmStats }> {
+export async function readRolloutStats(
+  ch: ClickHouse,
+  experiment: string,
+  state: Pick<RolloutState, "candidate" | "baseline">,
+  from: Date,
+  to: Date,
+): Promise<{ rollout: RolloutArmStats; baseline: RolloutArmStats }> {
   const result = await ch.client.query({
     query: `
       SELECT variant, count() AS users, countIf(shown > 0) AS ctr_users,
@@ -190,7 +258,14 @@ export async function readRolloutStats(ch: ClickHouse, experiment: string, state
           WHERE time >= {from:DateTime64(3)} GROUP BY request_id) AS o USING (request_id)
         GROUP BY user_id)
       GROUP BY variant`,
-    query_params: { experiment, from: toClickHouseTime(from), to: toClickHouseTime(to), rollout: ROLLOUT_VARIANT, candidate: state.candidate, baseline: state.baseline },
+    query_params: {
+      experiment,
+      from: toClickHouseTime(from),
+      to: toClickHouseTime(to),
+      rollout: ROLLOUT_VARIANT,
+      candidate: state.candidate,
+      baseline: state.baseline,
+    },
     format: "JSONEachRow",
   });
   const rows = await result.json<Record<string, string | number>>();

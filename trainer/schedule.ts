@@ -41,7 +41,8 @@ export interface TrainingSchedule extends Part {
 }
 
 export function startTrainingSchedule(runtime: Runtime, options: ScheduleOptions = {}): TrainingSchedule {
-  const o = { ...SCHEDULE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as ScheduleOptions & typeof SCHEDULE_DEFAULTS;
+  const o = { ...SCHEDULE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as ScheduleOptions &
+    typeof SCHEDULE_DEFAULTS;
   const modelName = o.modelName ?? runtime.config.modelName;
   const log = runtime.log.child({ part: "trainer", model: modelName });
   const abort = new AbortController();
@@ -75,7 +76,11 @@ export function startTrainingSchedule(runtime: Runtime, options: ScheduleOptions
         return { skipped: true, reason };
       }
     }
-    const report = await runTrainingCycle(runtime, { ...o, data: { kind: "logs", label: o.label, windowMs: o.windowMs, labelDelayMs: o.labelDelayMs }, signal: abort.signal });
+    const report = await runTrainingCycle(runtime, {
+      ...o,
+      data: { kind: "logs", label: o.label, windowMs: o.windowMs, labelDelayMs: o.labelDelayMs },
+      signal: abort.signal,
+    });
     const end = report.data.source.window_end;
     if (typeof end === "string") trainedUntilMs = Date.parse(end);
     return report;

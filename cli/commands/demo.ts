@@ -119,7 +119,9 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
   const fallback = online.find((o) => o.version === FALLBACK_VERSION);
   const firstModel = online.find((o) => o.version === v1);
   if (fallback && firstModel) {
-    note(`online, from outcomes: version ${v1} CTR ${pct(firstModel.ctr)} of ${firstModel.shown} shown items (${firstModel.requests} requests) against the fallback's ${pct(fallback.ctr)} of ${fallback.shown}`);
+    note(
+      `online, from outcomes: version ${v1} CTR ${pct(firstModel.ctr)} of ${firstModel.shown} shown items (${firstModel.requests} requests) against the fallback's ${pct(fallback.ctr)} of ${fallback.shown}`,
+    );
   }
 
   say("Phase 3: a second model goes out as a guarded rollout: 10 % → 50 % → 100 % of users, each stage judged online against production.");
@@ -130,10 +132,20 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
   if (!rollout && "version" in second && second.version) {
     // Not 1 % better offline: the online test decides whether it may replace production.
     await stopRunning(registry, model);
-    rollout = (await startGuardedRollout(registry, { model, candidate: second.version.version, policy: DEMO_ROLLOUT_POLICY(phaseMs), actor: "demo", reason: "demo: rolled out whatever its offline AUC" })).name;
+    rollout = (
+      await startGuardedRollout(registry, {
+        model,
+        candidate: second.version.version,
+        policy: DEMO_ROLLOUT_POLICY(phaseMs),
+        actor: "demo",
+        reason: "demo: rolled out whatever its offline AUC",
+      })
+    ).name;
   }
   if (rollout) {
-    note(`${rollout}: always-valid sequential tests (mSPRT) on CTR and conversion per user, guardrails on error rate and latency; a look every ${lookMs / 1000} s`);
+    note(
+      `${rollout}: always-valid sequential tests (mSPRT) on CTR and conversion per user, guardrails on error rate and latency; a look every ${lookMs / 1000} s`,
+    );
     await followRollout(platform, rollout, lookMs, 10, signal);
   }
 
@@ -145,7 +157,11 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
     const reference = await registry.fetchReference(prodVersion);
     const bad = await registry.publish({
       name: model,
-      artifact: logisticOnnx(WORSE_MODEL.map((w) => w.weight), 0, "the demo's deliberately worse model"),
+      artifact: logisticOnnx(
+        WORSE_MODEL.map((w) => w.weight),
+        0,
+        "the demo's deliberately worse model",
+      ),
       features: specs,
       inputName: ONNX_INPUT_NAME,
       outputName: ONNX_PROBABILITIES_NAME,
@@ -155,14 +171,22 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
       actor: "demo",
     });
     await stopRunning(registry, model);
-    const e = await startGuardedRollout(registry, { model, candidate: bad.version, policy: DEMO_ROLLOUT_POLICY(phaseMs), actor: "demo", reason: "demo: a deliberately worse model" });
+    const e = await startGuardedRollout(registry, {
+      model,
+      candidate: bad.version,
+      policy: DEMO_ROLLOUT_POLICY(phaseMs),
+      actor: "demo",
+      reason: "demo: a deliberately worse model",
+    });
     note(`version ${bad.version} published; ${e.name} at 10 %`);
     await followRollout(platform, e.name, lookMs, 8, signal);
 
     // Production now: unchanged if the rollback happened, the worse model if the tests let it through.
     const control = (await registry.getAlias(model, "production"))?.version ?? prodVersion.version;
     const treatment = control === bad.version ? prodVersion.version : bad.version;
-    say(`Phase 5: an A/B test, production v${control} against v${treatment}, until the always-valid test reaches a verdict; v${v1} scores half the requests in shadow meanwhile.`);
+    say(
+      `Phase 5: an A/B test, production v${control} against v${treatment}, until the always-valid test reaches a verdict; v${v1} scores half the requests in shadow meanwhile.`,
+    );
     await stopRunning(registry, model);
     const name = `demo_ab_${Date.now().toString(36)}`;
     await registry.createExperiment({
@@ -190,7 +214,9 @@ async function tell(runtime: Runtime, platform: Platform, sim: Simulation, phase
       note(
         `look ${look}: ${result.variants.map((v) => `${v.variant} ${v.conversions}/${v.users} users converted`).join(", ")}; ` +
           `always-valid p ${num(t.sequentialPValue)}, fixed-horizon p ${num(t.pValue)}, CUPED variance reduction ${pct(t.cuped?.varianceReduction)}` +
-          (verdict ? ` → VERDICT: the treatment ${t.sequential!.estimate < 0 ? "converts less" : "converts more"} (difference in [${pct(t.sequential!.lower)}, ${pct(t.sequential!.upper)}])` : ""),
+          (verdict
+            ? ` → VERDICT: the treatment ${t.sequential!.estimate < 0 ? "converts less" : "converts more"} (difference in [${pct(t.sequential!.lower)}, ${pct(t.sequential!.upper)}])`
+            : ""),
       );
     }
     const result = report?.experiments?.experiments.filter((r) => r.experiment === name) ?? [];
@@ -289,7 +315,14 @@ state is deleted when the demo ends, its ClickHouse data is kept for \`report sq
       // No cycle at start: the story runs them (a cycle while the simulator's first calls arrive
       // only competes with them for the CPU).
       // Promotions after the first go out as guarded rollouts, at the story's pace.
-      trainer: { labelDelayMs: 10_000, minRows: 500, windowMs: 3_600_000, initialDelayMs: 24 * 3_600_000, rollout: "guarded", rolloutPolicy: DEMO_ROLLOUT_POLICY(phaseMs) },
+      trainer: {
+        labelDelayMs: 10_000,
+        minRows: 500,
+        windowMs: 3_600_000,
+        initialDelayMs: 24 * 3_600_000,
+        rollout: "guarded",
+        rolloutPolicy: DEMO_ROLLOUT_POLICY(phaseMs),
+      },
       // Drift over the last phase and a half, so the shift is not diluted by the hour before it.
       // Online CTR per version over the whole demo (the fallback's phase included).
       monitor: { drift: { windowMs: phaseMs * 1.5 }, online: { windowMs: 3_600_000 } },
@@ -313,7 +346,9 @@ state is deleted when the demo ends, its ClickHouse data is kept for \`report sq
       // The story shifts the world itself, at phase 6 (sim.world.shift()).
       progressIntervalMs: 10_000,
       onProgress: (p) =>
-        console.log(`  · ${p.eventsPerSecond.toFixed(0)} events/s, ${p.requestsPerSecond.toFixed(0)} Recommend/s, ${p.outcomes} clicks, ${p.requestErrors} errors${p.shifted ? " (shifted)" : ""}`),
+        console.log(
+          `  · ${p.eventsPerSecond.toFixed(0)} events/s, ${p.requestsPerSecond.toFixed(0)} Recommend/s, ${p.outcomes} clicks, ${p.requestErrors} errors${p.shifted ? " (shifted)" : ""}`,
+        ),
     });
     const stop = new AbortController();
     const duration = durationFlag(args, "duration");
@@ -326,7 +361,9 @@ state is deleted when the demo ends, its ClickHouse data is kept for \`report sq
         note(`dashboard: http://127.0.0.1:${platform.httpPort}/  (model versions, latency, drift, A/B)`);
         note(`metrics:   http://127.0.0.1:${platform.httpPort}/metrics`);
         note(`call it:   grpcurl -plaintext -d '{"user_id":"u1"}' 127.0.0.1:${platform.grpcPort} streamserve.v1.RecommendationService/Recommend`);
-        note(`SQL:       after Ctrl-C, streamserve report sql "SELECT model_version, count() FROM predictions FINAL GROUP BY model_version" --data-dir ${runtime.config.dataDir}`);
+        note(
+          `SQL:       after Ctrl-C, streamserve report sql "SELECT model_version, count() FROM predictions FINAL GROUP BY model_version" --data-dir ${runtime.config.dataDir}`,
+        );
         note("The platform keeps running; Ctrl-C stops everything.");
         await new Promise<void>((resolve) => stop.signal.addEventListener("abort", () => resolve(), { once: true }));
       }

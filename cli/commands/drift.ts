@@ -63,7 +63,10 @@ function thresholds(args: CommandArgs) {
 }
 
 function listOf(args: CommandArgs, name: string): string[] {
-  return listFlag(args, name).flatMap((v) => v.split(",")).map((s) => s.trim()).filter(Boolean);
+  return listFlag(args, name)
+    .flatMap((v) => v.split(","))
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 export const drift: Command = {
@@ -107,7 +110,9 @@ export const drift: Command = {
     }
     const names = wanted.length ? wanted : shared;
     if (names.length === 0) {
-      console.error(`streamserve drift: the files share no column (reference: ${reference.map((c) => c.name).join(", ")}; current: ${current.map((c) => c.name).join(", ")})`);
+      console.error(
+        `streamserve drift: the files share no column (reference: ${reference.map((c) => c.name).join(", ")}; current: ${current.map((c) => c.name).join(", ")})`,
+      );
       return 1;
     }
     const ignored: string[] = [];

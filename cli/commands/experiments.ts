@@ -74,14 +74,25 @@ Flags:
           policy: { minStageMs: durationFlag(args, "min-stage"), minUsers: numberFlag(args, "min-users"), alpha: numberFlag(args, "alpha") },
           actor: process.env.STREAMSERVE_ACTOR ?? process.env.USER ?? "cli",
         });
-        console.log(`guarded rollout ${e.name}: v${version} to ${e.rollout!.stages.join(" % → ")} % of users against production v${e.rollout!.baseline}; now at ${e.rollout!.stages[0]} %`);
+        console.log(
+          `guarded rollout ${e.name}: v${version} to ${e.rollout!.stages.join(" % → ")} % of users against production v${e.rollout!.baseline}; now at ${e.rollout!.stages[0]} %`,
+        );
         return 0;
       }
       case "rollout-check": {
         const steps = await checkRollouts({ ch: await runtime.clickhouse(), registry, log: runtime.log });
         if (args.flags.json) console.log(JSON.stringify(steps, null, 2));
         else if (!steps.length) console.log("no guarded rollout running");
-        else printTable(steps.map((s) => ({ experiment: s.experiment, stage: `${s.percent} %`, users: `${s.stats.rollout.users} / ${s.stats.baseline.users}`, action: s.action, reason: s.reason })));
+        else
+          printTable(
+            steps.map((s) => ({
+              experiment: s.experiment,
+              stage: `${s.percent} %`,
+              users: `${s.stats.rollout.users} / ${s.stats.baseline.users}`,
+              action: s.action,
+              reason: s.reason,
+            })),
+          );
         return 0;
       }
       case "list": {
@@ -91,7 +102,9 @@ Flags:
           status: e.status,
           variants: e.variants.map((v) => `${v.name}:${v.traffic}:${v.target}`).join(" "),
           shadow: e.shadow ? `${e.shadow.target}:${e.shadow.percent}` : "",
-          rollout: e.rollout ? `v${e.rollout.candidate} vs v${e.rollout.baseline}, stage ${e.rollout.stages[e.rollout.stage]} % of ${e.rollout.stages.join("/")}` : "",
+          rollout: e.rollout
+            ? `v${e.rollout.candidate} vs v${e.rollout.baseline}, stage ${e.rollout.stages[e.rollout.stage]} % of ${e.rollout.stages.join("/")}`
+            : "",
           created: e.createdAt.replace("T", " ").slice(0, 19),
         }));
         if (args.flags.json) console.log(JSON.stringify(rows, null, 2));

@@ -23,7 +23,8 @@ export function featuresOptionsFromFlags(args: CommandArgs): FeaturesWorkerOptio
   const ackWaitMs = durationFlag(args, "ack-wait");
   if (ackWaitMs !== undefined && ackWaitMs < 1000) throw new UsageError(`--ack-wait must be at least 1s, got ${ackWaitMs} ms`);
   const maxTransactionMs = numberFlag(args, "max-transaction-ms");
-  if (maxTransactionMs !== undefined && !(maxTransactionMs > 0)) throw new UsageError(`--max-transaction-ms must be a positive number, got ${maxTransactionMs}`);
+  if (maxTransactionMs !== undefined && !(maxTransactionMs > 0))
+    throw new UsageError(`--max-transaction-ms must be a positive number, got ${maxTransactionMs}`);
   return {
     ...(maxTransactionMs !== undefined ? { store: { maxTransactionMs } } : {}),
     maxBatch: positiveInt("batch-size"),

@@ -24,7 +24,10 @@ pipeline maintains (${allFeatureSpecs()
 /** Parses --features into serving specs, with a message that says how to fix a bad entry. */
 export function parseFeatureList(list: string): FeatureSpec[] {
   const out: FeatureSpec[] = [];
-  for (const raw of list.split(",").map((s) => s.trim()).filter(Boolean)) {
+  for (const raw of list
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const [a, b] = raw.split(":");
     if (b === undefined) {
       const known = featureSpec(a!);
@@ -61,7 +64,14 @@ async function push(args: CommandArgs, registry: Registry): Promise<number> {
     }
     throw err;
   }
-  const mv = await registry.publish({ name, artifact: bytes, features, inputName: io.inputName, outputName: io.outputName, description: stringFlag(args, "description") });
+  const mv = await registry.publish({
+    name,
+    artifact: bytes,
+    features,
+    inputName: io.inputName,
+    outputName: io.outputName,
+    description: stringFlag(args, "description"),
+  });
   console.log(`pushed ${name} version ${mv.version} (sha256 ${mv.artifact.sha256.slice(0, 12)}, ${features.length} features)`);
   const alias = stringFlag(args, "alias");
   if (alias) {
@@ -80,7 +90,10 @@ async function list(args: CommandArgs, registry: Registry): Promise<number> {
       rows.push({
         model,
         version: v.version,
-        aliases: Object.entries(aliases).filter(([, r]) => r.version === v.version).map(([a]) => a).join(","),
+        aliases: Object.entries(aliases)
+          .filter(([, r]) => r.version === v.version)
+          .map(([a]) => a)
+          .join(","),
         created: v.createdAt.replace("T", " ").slice(0, 19),
         by: v.createdBy,
         auc: v.metrics.auc !== undefined ? v.metrics.auc.toFixed(4) : "",
@@ -122,7 +135,13 @@ const command: Command = {
       }
       case "history": {
         if (!name) throw new UsageError("history needs NAME");
-        const rows = (await registry.aliasHistory(name, alias)).map((r) => ({ at: r.at, version: r.version, from: r.previous ?? "", by: r.by, reason: r.reason ?? "" }));
+        const rows = (await registry.aliasHistory(name, alias)).map((r) => ({
+          at: r.at,
+          version: r.version,
+          from: r.previous ?? "",
+          by: r.by,
+          reason: r.reason ?? "",
+        }));
         if (args.flags.json) console.log(JSON.stringify(rows, null, 2));
         else printTable(rows);
         return 0;

@@ -57,7 +57,9 @@ function overrides(args: CommandArgs): MonitorOverrides {
 
 function printCycle(report: CycleReport): void {
   const d = report.drift;
-  console.log(`Drift of ${report.model}${d?.version ? ` version ${d.version}` : ""}, served ${d ? `${d.window.from.toISOString()} – ${d.window.to.toISOString()}` : ""}`);
+  console.log(
+    `Drift of ${report.model}${d?.version ? ` version ${d.version}` : ""}, served ${d ? `${d.window.from.toISOString()} – ${d.window.to.toISOString()}` : ""}`,
+  );
   if (d?.reason) console.log(`  ${d.reason}`);
   const features = [...(d?.features ?? []), ...(d?.prediction ? [{ ...d.prediction, feature: "(score)" }] : [])];
   if (features.length) printTable(featureDriftRows(features));
@@ -76,11 +78,28 @@ function printCycle(report: CycleReport): void {
 
   if (report.rollouts?.length) {
     console.log("\nGuarded rollouts");
-    printTable(report.rollouts.map((r) => ({ experiment: r.experiment, stage: `${r.percent} %`, users: `${r.stats.rollout.users} / ${r.stats.baseline.users}`, action: r.action, reason: r.reason })));
+    printTable(
+      report.rollouts.map((r) => ({
+        experiment: r.experiment,
+        stage: `${r.percent} %`,
+        users: `${r.stats.rollout.users} / ${r.stats.baseline.users}`,
+        action: r.action,
+        reason: r.reason,
+      })),
+    );
   }
   if (report.online?.length) {
     console.log("\nOnline, per served version");
-    printTable(report.online.map((v) => ({ version: v.version, requests: v.requests, shown: v.shown, clicks: v.clicks, ctr: `${(100 * v.ctr).toFixed(2)}%`, "converted requests": v.conversions })));
+    printTable(
+      report.online.map((v) => ({
+        version: v.version,
+        requests: v.requests,
+        shown: v.shown,
+        clicks: v.clicks,
+        ctr: `${(100 * v.ctr).toFixed(2)}%`,
+        "converted requests": v.conversions,
+      })),
+    );
   }
   if (report.shadow?.length) {
     console.log("\nShadow versions");
@@ -128,7 +147,9 @@ export const monitor: Command = {
     }
     m.start();
     const port = await runtime.listenHttp();
-    console.log(`monitoring ${runtime.config.modelName} every ${Math.round((o.intervalMs ?? MONITOR_DEFAULTS.intervalMs) / 60_000)} min; dashboard http://127.0.0.1:${port}/`);
+    console.log(
+      `monitoring ${runtime.config.modelName} every ${Math.round((o.intervalMs ?? MONITOR_DEFAULTS.intervalMs) / 60_000)} min; dashboard http://127.0.0.1:${port}/`,
+    );
     await untilSignal();
     await m.stop();
     return 0;

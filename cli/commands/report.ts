@@ -79,7 +79,9 @@ export const report: Command = {
         console.error(`streamserve report sql: ${(err as Error).message.split("\n")[0]}`);
         return 1;
       }
-      rows = (json as Record<string, unknown>[]).map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === "number" ? num(v) : typeof v === "string" ? v : JSON.stringify(v)])));
+      rows = (json as Record<string, unknown>[]).map((r) =>
+        Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === "number" ? num(v) : typeof v === "string" ? v : JSON.stringify(v)])),
+      );
     } else if (kind === "drift") {
       const data = await readDriftReport(ch, model);
       [rows, json] = [driftReportRows(data), data];
@@ -87,7 +89,11 @@ export const report: Command = {
       const data = await readQualityReport(ch, { model, since: new Date(Date.now() - hours * 3_600_000) });
       [rows, json] = [qualityReportRows(data), data];
     } else if (kind === "shadow") {
-      const data = await compareShadow(ch, { experiment: stringFlag(args, "experiment"), from: new Date(Date.now() - hours * 3_600_000), to: new Date(Date.now() + 60_000) });
+      const data = await compareShadow(ch, {
+        experiment: stringFlag(args, "experiment"),
+        from: new Date(Date.now() - hours * 3_600_000),
+        to: new Date(Date.now() + 60_000),
+      });
       [rows, json] = [shadowRows(data), data];
     } else {
       const data = await readAbReport(ch, stringFlag(args, "experiment"));
@@ -107,7 +113,8 @@ export const report: Command = {
         console.log(`no shadow scores in the last ${hours} h: start one with streamserve experiments create --name NAME --shadow VERSION:PERCENT`);
         return 0;
       }
-      const what = kind === "ab" ? `A/B results${stringFlag(args, "experiment") ? ` for experiment ${stringFlag(args, "experiment")}` : ""}` : `${kind} results`;
+      const what =
+        kind === "ab" ? `A/B results${stringFlag(args, "experiment") ? ` for experiment ${stringFlag(args, "experiment")}` : ""}` : `${kind} results`;
       console.log(`no ${what} yet: the monitor stores them each cycle (streamserve monitor --once, or streamserve up)`);
       return 0;
     }

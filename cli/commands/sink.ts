@@ -13,10 +13,14 @@ export const SINK_FLAGS = `  --kinds a,b           log kinds to write (default a
   --ack-wait DUR        JetStream ack deadline: how soon a crashed sink's batch is redelivered (default 30s)`;
 
 export function sinkOptionsFromFlags(args: CommandArgs): SinkOptions {
-  const kinds = listFlag(args, "kinds").flatMap((v) => v.split(",")).map((k) => k.trim()).filter(Boolean);
+  const kinds = listFlag(args, "kinds")
+    .flatMap((v) => v.split(","))
+    .map((k) => k.trim())
+    .filter(Boolean);
   for (const k of kinds) if (!LOG_KINDS.includes(k as LogKind)) throw new UsageError(`--kinds: unknown kind "${k}" (known: ${LOG_KINDS.join(", ")})`);
   const batchSize = numberFlag(args, "batch-size");
-  if (batchSize !== undefined && (!Number.isInteger(batchSize) || batchSize < 1)) throw new UsageError(`--batch-size must be a positive integer, got ${batchSize}`);
+  if (batchSize !== undefined && (!Number.isInteger(batchSize) || batchSize < 1))
+    throw new UsageError(`--batch-size must be a positive integer, got ${batchSize}`);
   return {
     kinds: kinds.length ? (kinds as LogKind[]) : undefined,
     maxBatchMessages: batchSize,

@@ -100,7 +100,10 @@ function cycleOptions(args: CommandArgs): CycleOptions {
     publish,
     outputPath: output ? resolve(output) : undefined,
     seed: numberFlag(args, "seed"),
-    features: stringFlag(args, "features")?.split(",").map((f) => f.trim()).filter(Boolean),
+    features: stringFlag(args, "features")
+      ?.split(",")
+      .map((f) => f.trim())
+      .filter(Boolean),
     rollout: rolloutFlag(args),
     rolloutStages: stringFlag(args, "rollout-stages")?.split(",").map(Number),
   };
@@ -140,7 +143,9 @@ export function formatReport(r: CycleReport): string {
       : `Data: logged predictions of ${src.model}, ${src.window_start} → ${src.window_end}, label ${src.label}`,
   );
   const negatives = r.data.rows - r.data.positives;
-  lines.push(`  rows ${r.data.rows}  positives ${r.data.positives} (${r.data.rows ? ((100 * r.data.positives) / r.data.rows).toFixed(2) : "0"} %)  negatives ${negatives}`);
+  lines.push(
+    `  rows ${r.data.rows}  positives ${r.data.positives} (${r.data.rows ? ((100 * r.data.positives) / r.data.rows).toFixed(2) : "0"} %)  negatives ${negatives}`,
+  );
   if (r.data.trainRows !== undefined) lines.push(`  train ${r.data.trainRows}  validation ${r.data.validRows}`);
   const dropped = Object.entries(r.data.dropped);
   lines.push(`  dropped: ${dropped.length ? dropped.map(([k, v]) => `${v} ${k.replace(/_/g, " ")}`).join(", ") : "none"}`);
@@ -176,13 +181,18 @@ export function formatReport(r: CycleReport): string {
   }
   if (r.featureGain) {
     const total = Object.values(r.featureGain).reduce((a, b) => a + b, 0) || 1;
-    const top = Object.entries(r.featureGain).sort((a, b) => b[1] - a[1]).slice(0, 5);
+    const top = Object.entries(r.featureGain)
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 5);
     lines.push(`  top features by gain: ${top.map(([k, v]) => `${k} ${((100 * v) / total).toFixed(0)}%`).join(", ")}`);
   }
   lines.push("");
-  if (r.version) lines.push(`Published: ${r.model} version ${r.version.version} (sha256 ${r.version.artifact.sha256.slice(0, 12)}, ${r.version.artifact.size} bytes)`);
+  if (r.version)
+    lines.push(`Published: ${r.model} version ${r.version.version} (sha256 ${r.version.artifact.sha256.slice(0, 12)}, ${r.version.artifact.size} bytes)`);
   if (r.outputPath) lines.push(`ONNX written to ${r.outputPath}`);
-  const verb = { promote: "PROMOTED to production", rollout: "ROLLING OUT in stages (guarded)", keep_candidate: "kept as candidate", skip: "SKIPPED" }[r.decision.action];
+  const verb = { promote: "PROMOTED to production", rollout: "ROLLING OUT in stages (guarded)", keep_candidate: "kept as candidate", skip: "SKIPPED" }[
+    r.decision.action
+  ];
   lines.push(`Decision: ${verb}: ${r.decision.reason}`);
   return lines.join("\n");
 }

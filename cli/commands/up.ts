@@ -76,10 +76,16 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
     throw err;
   }
   const parts: Part[] = [];
-  const up = runtime.metrics.gauge("streamserve_process_up", "1 while the child process is ready, by process (analytics: sink, trainer, monitor, dashboard queries; features: the features worker)", {
+  const up = runtime.metrics.gauge(
+    "streamserve_process_up",
+    "1 while the child process is ready, by process (analytics: sink, trainer, monitor, dashboard queries; features: the features worker)",
+    {
+      labelNames: ["process"],
+    },
+  );
+  const restarts = runtime.metrics.counter("streamserve_process_restarts_total", "Times a child process died and was restarted, by process", {
     labelNames: ["process"],
   });
-  const restarts = runtime.metrics.counter("streamserve_process_restarts_total", "Times a child process died and was restarted, by process", { labelNames: ["process"] });
   const supervise = <Start, Info>(name: string, start: () => Start) => {
     let counted = 0;
     return superviseChild<Start, Info>({
@@ -108,7 +114,10 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
     // After the server's routes: this /metrics (every process's) replaces its own.
     mountChildRoutes(runtime, analytics, children);
     // Serving does not wait on the children; the banner does, so that its dashboard URL answers.
-    for (const [name, child] of [["features", features], ["analytics", analytics]] as const) {
+    for (const [name, child] of [
+      ["features", features],
+      ["analytics", analytics],
+    ] as const) {
       if (!(await child.firstStart)) log.warn(`the ${name} process failed to start; it is restarted with backoff while serving goes on`);
     }
     return {
@@ -117,7 +126,8 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
       analytics,
       features,
       trainer: {
-        runNow: () => analytics.call<TrainingReport | SkippedRun>("trainNow").catch((err: Error): SkippedRun => ({ skipped: true, reason: `failed: ${err.message}` })),
+        runNow: () =>
+          analytics.call<TrainingReport | SkippedRun>("trainNow").catch((err: Error): SkippedRun => ({ skipped: true, reason: `failed: ${err.message}` })),
       },
       monitor: { runCycle: (now?: Date) => analytics.call<MonitoringReport>("monitorCycle", now) },
       grpcPort: server.port,

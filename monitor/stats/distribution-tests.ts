@@ -179,7 +179,11 @@ export function psi(reference: ArrayLike<number>, current: ArrayLike<number>, op
 }
 
 /** PSI between two categorical distributions given as counts per category. */
-export function psiCategorical(reference: Map<string | number, number>, current: Map<string | number, number>, options: Pick<PsiOptions, "floor"> = {}): number {
+export function psiCategorical(
+  reference: Map<string | number, number>,
+  current: Map<string | number, number>,
+  options: Pick<PsiOptions, "floor"> = {},
+): number {
   const floor = options.floor ?? PSI_DEFAULTS.floor;
   const refTotal = sum(reference.values());
   const curTotal = sum(current.values());

@@ -25,7 +25,17 @@ time for request:      134us     35.21ms       783us      1.19ms    94.78%
 
 describe("h2load output", () => {
   it("reads the summary's counts, bytes and duration", () => {
-    assert.deepEqual(parseH2loadSummary(SUMMARY), { seconds: 2.01, started: 40172, done: 40156, succeeded: 40156, failed: 0, errored: 0, timeout: 0, status2xx: 40156, dataBytes: 24294380 });
+    assert.deepEqual(parseH2loadSummary(SUMMARY), {
+      seconds: 2.01,
+      started: 40172,
+      done: 40156,
+      succeeded: 40156,
+      failed: 0,
+      errored: 0,
+      timeout: 0,
+      status2xx: 40156,
+      dataBytes: 24294380,
+    });
   });
 
   it("reads a duration given in milliseconds", () => {
@@ -52,7 +62,25 @@ describe("h2load output", () => {
 
   it("sends gRPC's headers with the body file, on one thread", () => {
     const args = h2loadArgs({ url: "http://127.0.0.1:9/a.B/C", bodyFile: "/b", logFile: "/l", connections: 4, streams: 16, durationMs: 3000 });
-    assert.deepEqual(args, ["-c", "4", "-m", "16", "-t", "1", "-D", "3000ms", "-d", "/b", "--log-file", "/l", "-H", "content-type: application/grpc", "-H", "te: trailers", "http://127.0.0.1:9/a.B/C"]);
+    assert.deepEqual(args, [
+      "-c",
+      "4",
+      "-m",
+      "16",
+      "-t",
+      "1",
+      "-D",
+      "3000ms",
+      "-d",
+      "/b",
+      "--log-file",
+      "/l",
+      "-H",
+      "content-type: application/grpc",
+      "-H",
+      "te: trailers",
+      "http://127.0.0.1:9/a.B/C",
+    ]);
   });
 });
 
@@ -85,7 +113,9 @@ describe("load generators against the floor server", () => {
   const target = (path: string): CallTarget => ({ address, path, request: Buffer.from([1, 2, 3]), replyBytes: reply.length, pid: floor.pid });
 
   for (const kind of ["h2load", "client"] as const) {
-    it(`${kind}: counts replies, and an unimplemented method as errors`, { skip: kind === "h2load" && !h2loadVersion() && "h2load not installed" }, async () => {
+    it(`${kind}: counts replies, and an unimplemented method as errors`, {
+      skip: kind === "h2load" && !h2loadVersion() && "h2load not installed",
+    }, async () => {
       process.env.BENCH_LOAD = kind;
       try {
         const load = pickLoadGenerator();

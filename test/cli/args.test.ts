@@ -21,7 +21,11 @@ it("reads --flag value, --flag=value, repeats, -h, booleans and -- like before",
 });
 
 it("says what is wrong with a flag", () => {
-  const fails = (argv: string[], message: RegExp) => assert.throws(() => parse(argv), (e: Error) => e instanceof UsageError && message.test(e.message));
+  const fails = (argv: string[], message: RegExp) =>
+    assert.throws(
+      () => parse(argv),
+      (e: Error) => e instanceof UsageError && message.test(e.message),
+    );
   fails(["--grpc-prot", "9000"], /^unknown flag --grpc-prot: did you mean --grpc-port\?$/);
   fails(["--varient", "a"], /did you mean --variant\?/);
   fails(["--jsn"], /did you mean --json\?/);
@@ -35,14 +39,22 @@ it("says what is wrong with a flag", () => {
 });
 
 it("finds the flags a usage text names", () => {
-  assert.deepEqual(flagsInUsage("  --tls-cert FILE --tls-key FILE   serve\n  [--no-promote | --no-publish] --a1 x --max-inflight N"), ["tls-cert", "tls-key", "no-promote", "no-publish", "a1", "max-inflight"]);
+  assert.deepEqual(flagsInUsage("  --tls-cert FILE --tls-key FILE   serve\n  [--no-promote | --no-publish] --a1 x --max-inflight N"), [
+    "tls-cert",
+    "tls-key",
+    "no-promote",
+    "no-publish",
+    "a1",
+    "max-inflight",
+  ]);
 });
 
 it("every command accepts every flag its help shows, and prints that help", async () => {
   for (const name of COMMANDS) {
     const command = (await loadCommand(name))!;
     const known = knownFlags(command);
-    for (const flag of ["grpc-port", "http-port", "data-dir", "namespace", "log-level", "log-format", "host"]) assert.ok(known.includes(flag), `${name} --${flag}`);
+    for (const flag of ["grpc-port", "http-port", "data-dir", "namespace", "log-level", "log-format", "host"])
+      assert.ok(known.includes(flag), `${name} --${flag}`);
     for (const flag of known) {
       const bool = ["help", "json", "once", ...(command.booleans ?? [])].includes(flag);
       const args = parseArgs(bool ? [`--${flag}`] : [`--${flag}`, "1"], command.booleans ?? [], known);
@@ -77,7 +89,9 @@ it("every flag a command's file reads is one its usage text names (or it would b
   for (const name of COMMANDS) {
     const command = (await loadCommand(name))!;
     const source = readFileSync(new URL(`../../cli/commands/${name}.ts`, import.meta.url), "utf8");
-    const read = [...source.matchAll(/(?:stringFlag|numberFlag|durationFlag|listFlag)\(args, "([a-z0-9-]+)"|args\.flags\["([a-z0-9-]+)"\]|args\.flags\.([a-z]+)\b/g)].map((m) => m[1] ?? m[2] ?? m[3]!);
+    const read = [
+      ...source.matchAll(/(?:stringFlag|numberFlag|durationFlag|listFlag)\(args, "([a-z0-9-]+)"|args\.flags\["([a-z0-9-]+)"\]|args\.flags\.([a-z]+)\b/g),
+    ].map((m) => m[1] ?? m[2] ?? m[3]!);
     const known = knownFlags(command);
     for (const flag of read) assert.ok(known.includes(flag) || flag === "help", `streamserve ${name} reads --${flag} but its usage text does not name it`);
   }

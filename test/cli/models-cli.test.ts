@@ -43,7 +43,13 @@ it("pushes, lists, promotes and rolls back models; runs experiments", () => {
   r = cli("models", "list", "ranker", "--json");
   assert.equal(r.code, 0, r.err);
   const rows = JSON.parse(r.out) as { version: string; aliases: string; by: string }[];
-  assert.deepEqual(rows.map((x) => [x.version, x.aliases, x.by]), [["1", "production", "ci-test"], ["2", "", "ci-test"]]);
+  assert.deepEqual(
+    rows.map((x) => [x.version, x.aliases, x.by]),
+    [
+      ["1", "production", "ci-test"],
+      ["2", "", "ci-test"],
+    ],
+  );
 
   r = cli("models", "promote", "ranker", "2");
   assert.equal(r.code, 0, r.err);
@@ -52,7 +58,10 @@ it("pushes, lists, promotes and rolls back models; runs experiments", () => {
   assert.equal(r.code, 0, r.err);
   assert.match(r.out, /ranker@production: 2 → 1 \(rolled back\)/);
   r = cli("models", "history", "ranker", "--json");
-  assert.deepEqual((JSON.parse(r.out) as { version: string }[]).map((x) => x.version), ["1", "2", "1"]);
+  assert.deepEqual(
+    (JSON.parse(r.out) as { version: string }[]).map((x) => x.version),
+    ["1", "2", "1"],
+  );
 
   r = cli("models", "promote", "ranker", "1", "--alias", "candidate");
   assert.equal(r.code, 0, r.err);

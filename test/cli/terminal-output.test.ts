@@ -60,7 +60,10 @@ it("models list through pipes: stdout is the table, stderr is empty", () => {
   assert.equal(r.err, "");
   assert.equal(r.out.trimEnd().split("\n").length, 3);
   const json = cli("models", "list", "--json");
-  assert.deepEqual((JSON.parse(json.out) as { model: string; version: string }[]).map((x) => [x.model, x.version]), [["ranker", "1"]]);
+  assert.deepEqual(
+    (JSON.parse(json.out) as { model: string; version: string }[]).map((x) => [x.model, x.version]),
+    [["ranker", "1"]],
+  );
 });
 
 it("experiments list keeps its output to the result", () => {
@@ -80,8 +83,14 @@ it("logs asked for with --log-level go to stderr: one pretty line on a terminal,
   const piped = cli("models", "list", "--log-level", "info");
   assert.equal(piped.code, 0, piped.err);
   assert.equal(piped.out.trimEnd().split("\n").length, 3, "the table alone on stdout");
-  const events = piped.err.trim().split("\n").map((l) => JSON.parse(l) as { level: number; msg: string });
-  assert.ok(events.some((e) => e.msg === "connected to NATS" && e.level === 30), piped.err);
+  const events = piped.err
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as { level: number; msg: string });
+  assert.ok(
+    events.some((e) => e.msg === "connected to NATS" && e.level === 30),
+    piped.err,
+  );
 
   const forced = onTerminal("models", "list", "--log-level", "info", "--log-format", "json");
   const jsonLine = forced.screen.split("\n").find((l) => l.includes("connected to NATS"))!;

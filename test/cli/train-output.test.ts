@@ -61,7 +61,10 @@ it("--output --publish writes the file and publishes a version", async () => {
   assert.equal(r.code, 0, r.err);
   assert.ok(existsSync(output));
   assert.match(r.out, /Published: recommender version 1/);
-  assert.deepEqual((await versions()).map((v) => v.version), ["1"]);
+  assert.deepEqual(
+    (await versions()).map((v) => v.version),
+    ["1"],
+  );
 });
 
 it("says how to publish when --no-promote comes with --output alone", async () => {

@@ -61,7 +61,21 @@ before(async () => {
   const httpPort = await freePort();
   up = spawn(
     process.execPath,
-    ["--import", "tsx", "cli/main.ts", "up", "--grpc-port", "0", "--http-port", String(httpPort), "--no-local-services", "--namespace", rt.config.namespace, "--data-dir", rt.config.dataDir],
+    [
+      "--import",
+      "tsx",
+      "cli/main.ts",
+      "up",
+      "--grpc-port",
+      "0",
+      "--http-port",
+      String(httpPort),
+      "--no-local-services",
+      "--namespace",
+      rt.config.namespace,
+      "--data-dir",
+      rt.config.dataDir,
+    ],
     { env: { ...process.env, LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn" }, stdio: ["ignore", "pipe", "inherit"] },
   );
   up.stdout!.on("data", (d: Buffer) => (out += d.toString()));
@@ -84,9 +98,18 @@ it("serves gRPC in one process, features and analytics in lower-priority childre
   const analytics = childNamed("analytics");
   assert.ok(analytics && childNamed("features"), "an analytics and a features process");
   const nices = threadNices(analytics);
-  assert.ok(nices.every((n) => n >= 10), `every thread of the analytics process at nice >= 10: ${nices.join(" ")}`);
-  assert.ok(threadNices(up.pid!).every((n) => n === 0), "the serving process keeps its priority");
-  assert.ok(threadNices(childNamed("features")!).every((n) => n === 5), "the features process runs just below serving");
+  assert.ok(
+    nices.every((n) => n >= 10),
+    `every thread of the analytics process at nice >= 10: ${nices.join(" ")}`,
+  );
+  assert.ok(
+    threadNices(up.pid!).every((n) => n === 0),
+    "the serving process keeps its priority",
+  );
+  assert.ok(
+    threadNices(childNamed("features")!).every((n) => n === 5),
+    "the features process runs just below serving",
+  );
 
   const { http } = ports();
   const res = await fetch(`http://127.0.0.1:${http}/api/models`);

@@ -207,7 +207,14 @@ describe("the whole loop on a compressed schedule", () => {
     // A request of our own, while nothing else moves: its rows carry exactly what Redis held.
     const user = [...latestUserWindows(state.sim1Events).entries()].sort((a, b) => b[1].eventCount - a[1].eventCount)[0]![0];
     const pages = [...new Set(state.sim1Events.map((e) => e.page_id))].slice(0, 5);
-    const res = await client.recommend({ userId: user, currentPage: pages[0]!, deviceType: "mobile", candidates: pages, limit: 2, requestId: "e2e-vector-check" });
+    const res = await client.recommend({
+      userId: user,
+      currentPage: pages[0]!,
+      deviceType: "mobile",
+      candidates: pages,
+      limit: 2,
+      requestId: "e2e-vector-check",
+    });
     state.checkRequests++;
     assert.equal(res.modelVersion, "fallback");
     assert.equal(res.recommendations.length, 2);
@@ -217,7 +224,13 @@ describe("the whole loop on a compressed schedule", () => {
       "SELECT item_id, position, features FROM predictions FINAL WHERE request_id = 'e2e-vector-check' ORDER BY item_id",
     );
     assert.deepEqual(rows.map((r) => r.item_id).sort(), [...pages].sort(), "every candidate scored is a row");
-    assert.deepEqual(rows.filter((r) => r.position > 0).map((r) => r.item_id).sort(), res.recommendations.map((r) => r.itemId).sort());
+    assert.deepEqual(
+      rows
+        .filter((r) => r.position > 0)
+        .map((r) => r.item_id)
+        .sort(),
+      res.recommendations.map((r) => r.itemId).sort(),
+    );
     const userHash = await rt.redis().hgetall(rt.names.userFeaturesKey(user));
     for (const row of rows) {
       const itemHash = await rt.redis().hgetall(rt.names.itemFeaturesKey(row.item_id));
@@ -262,7 +275,13 @@ describe("the whole loop on a compressed schedule", () => {
     const reference = (await registry.fetchReference(r.version!))!;
     const window = { from: chTime(new Date(trainStart)), to: chTime(new Date(trainEnd)) };
     const itemViews = async (where: string) =>
-      (await queryRows<{ v: number }>(ch, `SELECT features['item_views_5min'] AS v FROM predictions FINAL WHERE time >= {from:DateTime64(3)} AND time < {to:DateTime64(3)} AND ${where}`, window)).map((x) => x.v);
+      (
+        await queryRows<{ v: number }>(
+          ch,
+          `SELECT features['item_views_5min'] AS v FROM predictions FINAL WHERE time >= {from:DateTime64(3)} AND time < {to:DateTime64(3)} AND ${where}`,
+          window,
+        )
+      ).map((x) => x.v);
     const toScored = ksTwoSample(reference.item_views_5min!, await itemViews("1")).statistic;
     const toShown = ksTwoSample(reference.item_views_5min!, await itemViews("position > 0")).statistic;
     t.diagnostic(`reference item_views_5min: KS ${toScored.toFixed(3)} to all scored candidates, ${toShown.toFixed(3)} to the shown ones`);
@@ -298,7 +317,9 @@ describe("the whole loop on a compressed schedule", () => {
     // batches here, and the default would leave out every prediction of this test.
     state.second = await runTrainingCycle(rt, { data: { kind: "logs", labelDelayMs: 3 * SECOND }, promote: false });
     const r = state.second;
-    t.diagnostic(`cycle 2: ${r.data.rows} rows, AUC ${r.candidate?.auc.toFixed(3)} vs production ${r.production?.evaluation?.auc.toFixed(3)}, ${r.decision.action}: ${r.decision.reason}`);
+    t.diagnostic(
+      `cycle 2: ${r.data.rows} rows, AUC ${r.candidate?.auc.toFixed(3)} vs production ${r.production?.evaluation?.auc.toFixed(3)}, ${r.decision.action}: ${r.decision.reason}`,
+    );
     assert.equal(r.decision.action, "keep_candidate");
     assert.equal(r.version?.version, "2");
     assert.ok(r.data.rows > state.first!.data.rows, "the second cycle saw more data");
@@ -316,7 +337,11 @@ describe("the whole loop on a compressed schedule", () => {
       ],
       actor: "e2e",
     });
-    await waitFor(() => server.models.experimentFor(MODEL) && server.models.states(MODEL).get("2")?.state === "ready", 30_000, "the server to load the candidate");
+    await waitFor(
+      () => server.models.experimentFor(MODEL) && server.models.states(MODEL).get("2")?.state === "ready",
+      30_000,
+      "the server to load the candidate",
+    );
     // Each user sees the variant the hash assigns, served by that variant's version.
     const users = [...new Set(state.sim1Events.map((e) => e.user_id))];
     for (const variant of ["control", "treatment"]) {
@@ -349,7 +374,10 @@ describe("the whole loop on a compressed schedule", () => {
          uniqExactIf(user_id, request_id IN (SELECT request_id FROM outcomes FINAL WHERE converted)) AS conversions
        FROM exposures FINAL WHERE experiment = 'ranker_v2' GROUP BY variant ORDER BY variant`,
     );
-    assert.deepEqual(raw.map((v) => v.variant), ["control", "treatment"]);
+    assert.deepEqual(
+      raw.map((v) => v.variant),
+      ["control", "treatment"],
+    );
     for (const row of raw) {
       const v: VariantResult = result.variants.find((x) => x.variant === row.variant)!;
       t.diagnostic(`${v.variant}: ${v.users} users, ${v.exposures} exposures, ${v.conversions} conversions (rate ${v.conversionRate.toFixed(3)})`);
@@ -363,8 +391,14 @@ describe("the whole loop on a compressed schedule", () => {
     assert.equal(result.srm.mismatch, false, `sample ratio mismatch: p ${result.srm.pValue}`);
     const treatment = result.variants.find((v) => !v.control)!;
     assert.ok(treatment.lift && Number.isFinite(treatment.pValue), "the treatment has a lift and a p-value against control");
-    const report = await queryRows<{ experiment: string; variant: string; users: string }>(ch, "SELECT experiment, variant, users FROM ab_report ORDER BY variant");
-    assert.deepEqual(report.map((x) => [x.experiment, x.variant, Number(x.users)]), raw.map((x) => ["ranker_v2", x.variant, Number(x.users)]));
+    const report = await queryRows<{ experiment: string; variant: string; users: string }>(
+      ch,
+      "SELECT experiment, variant, users FROM ab_report ORDER BY variant",
+    );
+    assert.deepEqual(
+      report.map((x) => [x.experiment, x.variant, Number(x.users)]),
+      raw.map((x) => ["ranker_v2", x.variant, Number(x.users)]),
+    );
   });
 
   step("the monitor flags drift once the simulated behaviour shifts", async (t) => {
@@ -384,7 +418,12 @@ describe("the whole loop on a compressed schedule", () => {
     await waitFor(() => !server.models.experimentFor(MODEL), 10_000, "the server to end the experiment");
 
     state.shiftMs = Date.now() + SHIFT_AT_MS;
-    const sim3 = await startSimulation(rt, { ...SIM, grpcAddress: address, shiftAtMs: SHIFT_AT_MS, durationMs: SHIFT_AT_MS + SHIFT_SETTLE_MS + DRIFT_WINDOW_MS + SECOND });
+    const sim3 = await startSimulation(rt, {
+      ...SIM,
+      grpcAddress: address,
+      shiftAtMs: SHIFT_AT_MS,
+      durationMs: SHIFT_AT_MS + SHIFT_SETTLE_MS + DRIFT_WINDOW_MS + SECOND,
+    });
     running.add(sim3);
     state.sim3 = await sim3.done;
     running.delete(sim3);
@@ -429,11 +468,17 @@ describe("the whole loop on a compressed schedule", () => {
     // Stored for the dashboard and the SQL report, and announced on NATS (already announced if
     // the cycle before the shift flagged it too: alerts do not repeat every cycle).
     const rows = await queryRows<{ verdict: string }>(ch, "SELECT verdict FROM drift_report WHERE feature = 'avg_session_duration' AND statistic = 'ks'");
-    assert.deepEqual(rows.map((r) => r.verdict), ["alert"]);
+    assert.deepEqual(
+      rows.map((r) => r.verdict),
+      ["alert"],
+    );
     const key = `drift:${MODEL}:1:avg_session_duration`;
     const { sent, suppressed } = state.afterShift.alerts;
     assert.ok(sent.some((n) => n.key === key) || suppressed.includes(key), `${key} not among the alerts`);
-    assert.ok(driftAlerts.some((a) => a.key === key && a.status === "firing"), JSON.stringify(driftAlerts));
+    assert.ok(
+      driftAlerts.some((a) => a.key === key && a.status === "firing"),
+      JSON.stringify(driftAlerts),
+    );
   });
 
   step("closed windows reach ClickHouse user_features, equal to the events sent", async () => {
@@ -481,9 +526,19 @@ describe("the whole loop on a compressed schedule", () => {
     assert.equal(Number(counts!.probe_requests), state.probe!.versions.length);
     assert.equal(Number(counts!.probe_rows), 6 * state.probe!.versions.length);
 
-    const timeline = await queryRows<{ kind: string; alias: string; to_version: string }>(ch, "SELECT kind, alias, to_version FROM model_timeline WHERE model_name = {m:String}", { m: MODEL });
-    assert.ok(timeline.some((e) => e.alias === "production" && e.to_version === "1"), JSON.stringify(timeline));
-    assert.ok(timeline.some((e) => e.alias === "candidate" && e.to_version === "2"), JSON.stringify(timeline));
+    const timeline = await queryRows<{ kind: string; alias: string; to_version: string }>(
+      ch,
+      "SELECT kind, alias, to_version FROM model_timeline WHERE model_name = {m:String}",
+      { m: MODEL },
+    );
+    assert.ok(
+      timeline.some((e) => e.alias === "production" && e.to_version === "1"),
+      JSON.stringify(timeline),
+    );
+    assert.ok(
+      timeline.some((e) => e.alias === "candidate" && e.to_version === "2"),
+      JSON.stringify(timeline),
+    );
   });
 });
 
@@ -543,7 +598,11 @@ interface ProbeResult {
 }
 
 /** Calls Recommend back to back (ids e2e-probe-N) until stopped. */
-function startProbe(c: Client<typeof RecommendationService.method>, userId: string, candidates: string[]): { versions: string[]; stop(): Promise<ProbeResult> } {
+function startProbe(
+  c: Client<typeof RecommendationService.method>,
+  userId: string,
+  candidates: string[],
+): { versions: string[]; stop(): Promise<ProbeResult> } {
   const result: ProbeResult = { versions: [], errors: [] };
   let stopped = false;
   const loop = (async () => {
@@ -634,5 +693,9 @@ function assertNear(actual: number, expected: number, what: string): void {
 }
 
 function describeDrift(features: readonly FeatureDrift[]): string {
-  return features.map((f) => `${f.feature} ${f.verdict} (${f.test} ${f.testStatistic.toFixed(3)}, p ${f.pAdjusted.toPrecision(2)}, PSI ${f.psi.toFixed(2)}, n ${f.currentN})`).join("; ");
+  return features
+    .map(
+      (f) => `${f.feature} ${f.verdict} (${f.test} ${f.testStatistic.toFixed(3)}, p ${f.pAdjusted.toPrecision(2)}, PSI ${f.psi.toFixed(2)}, n ${f.currentN})`,
+    )
+    .join("; ");
 }

@@ -76,7 +76,13 @@ it("rejects corrupt and incompatible artifacts, keeps the previous version servi
   })();
 
   const registry = await rt.registry();
-  const model = (artifact: Uint8Array, features = FEATURES): PublishInput => ({ name: "recommender", artifact, features, inputName: "features", outputName: "score" });
+  const model = (artifact: Uint8Array, features = FEATURES): PublishInput => ({
+    name: "recommender",
+    artifact,
+    features,
+    inputName: "features",
+    outputName: "score",
+  });
   const good = await registry.publish(model(logisticModel(WEIGHTS, BIAS)));
   await registry.setAlias("recommender", "production", good.version);
   sink = await startSink(rt, { kinds: ["model_event"] });
@@ -89,7 +95,8 @@ it("rejects corrupt and incompatible artifacts, keeps the previous version servi
     { what: "bytes that are not ONNX", publish: async () => (await registry.publish(model(garbageModel()))).version, reason: /onnxruntime cannot load/ },
     {
       what: "an ONNX model taking 2 features declared with 3",
-      publish: async () => (await registry.publish(model(logisticModel(WEIGHTS, BIAS), [...FEATURES, { name: "extra", source: "user", type: "numeric", default: 0 }]))).version,
+      publish: async () =>
+        (await registry.publish(model(logisticModel(WEIGHTS, BIAS), [...FEATURES, { name: "extra", source: "user", type: "numeric", default: 0 }]))).version,
       reason: /takes 2 features but 3 were declared/,
     },
     {
@@ -121,25 +128,41 @@ it("rejects corrupt and incompatible artifacts, keeps the previous version servi
     const seen = load.answers.length;
     await waitFor(() => load!.answers.length >= seen + 50, 10_000, "answers after the rejection");
     const since = load.answersSince(promotedAt);
-    assert.ok(since.every((a) => a.modelVersion === good.version && fromGoodVersion(a)), `${c.what}: every answer came from version ${good.version}`);
+    assert.ok(
+      since.every((a) => a.modelVersion === good.version && fromGoodVersion(a)),
+      `${c.what}: every answer came from version ${good.version}`,
+    );
   }
   await sleep(200);
   await load.stop();
   assert.equal(load.failures.length, 0, `zero failed calls (first: ${(load.failures[0] as Error | undefined)?.message})`);
-  assert.ok(load.answers.every((a) => a.modelVersion === good.version && fromGoodVersion(a)), "no broken version ever answered");
+  assert.ok(
+    load.answers.every((a) => a.modelVersion === good.version && fromGoodVersion(a)),
+    "no broken version ever answered",
+  );
   for (const v of broken) {
-    assert.equal(await rt.metrics.value("streamserve_model_load_failures_total", { model: "recommender", version: v }), 1, `version ${v} counted as a load failure`);
+    assert.equal(
+      await rt.metrics.value("streamserve_model_load_failures_total", { model: "recommender", version: v }),
+      1,
+      `version ${v} counted as a load failure`,
+    );
   }
 
   // The operator's record: one load_failed event per broken version, with the reason.
   const rows = await waitFor(
     async () => {
-      const r = await queryRows<{ to_version: string; reason: string }>(ch, "SELECT to_version, reason FROM model_events FINAL WHERE model_name = 'recommender' AND kind = 'load_failed' ORDER BY to_version");
+      const r = await queryRows<{ to_version: string; reason: string }>(
+        ch,
+        "SELECT to_version, reason FROM model_events FINAL WHERE model_name = 'recommender' AND kind = 'load_failed' ORDER BY to_version",
+      );
       return r.length >= broken.length ? r : undefined;
     },
     30_000,
     "load_failed rows in ClickHouse",
   );
-  assert.deepEqual(rows.map((r) => r.to_version), [...broken].sort());
+  assert.deepEqual(
+    rows.map((r) => r.to_version),
+    [...broken].sort(),
+  );
   cases.forEach((c, i) => assert.match(rows.find((r) => r.to_version === broken[i])!.reason, c.reason));
 });

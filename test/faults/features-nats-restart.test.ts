@@ -39,7 +39,15 @@ it("pulls again after NATS comes back: every event once, every closed window log
   const nc = await rt.nats();
   // Eight minutes of event time: nothing falls behind the watermark whatever the redelivery order.
   const events = makeEvents({ count: 6000, users: 100, pages: 30, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 31 });
-  const flush: TestEvent = { event_id: "flush", user_id: "flush-user", event_type: "view", page_id: "flush-page", session_duration: 0, amount: 0, event_time: T0 + 40 * MIN };
+  const flush: TestEvent = {
+    event_id: "flush",
+    user_id: "flush-user",
+    event_type: "view",
+    page_id: "flush-page",
+    session_duration: 0,
+    amount: 0,
+    event_time: T0 + 40 * MIN,
+  };
 
   await publishEvents(nc.jetstream(), rt.names, events.slice(0, 3000));
   worker = await startFeaturesWorker(rt, { progressIntervalMs: 0, maxBatch: 200, ackWaitMs: 2000 });
@@ -49,7 +57,12 @@ it("pulls again after NATS comes back: every event once, every closed window log
   const during = worker.stats.messages;
   await nats.start();
   // The client reconnects at once; JetStream answers once it has recovered its streams.
-  await waitFor("JetStream back", async () => (await nc.jetstreamManager().then((m) => m.streams.info(rt!.names.eventsStream))).config.name !== undefined, 20_000, 200);
+  await waitFor(
+    "JetStream back",
+    async () => (await nc.jetstreamManager().then((m) => m.streams.info(rt!.names.eventsStream))).config.name !== undefined,
+    20_000,
+    200,
+  );
   await publishEvents(nc.jetstream(), rt.names, events.slice(3000));
   await waitConsumerDrained(nc, rt.names, 60_000);
   await publishEvents(nc.jetstream(), rt.names, [flush]);

@@ -48,7 +48,13 @@ after(async () => {
 });
 
 async function publishModel(registry: Registry, bias: number): Promise<string> {
-  const mv = await registry.publish({ name: "recommender", artifact: logisticModel([0.5, 0.25], bias), features: FEATURES, inputName: "features", outputName: "score" });
+  const mv = await registry.publish({
+    name: "recommender",
+    artifact: logisticModel([0.5, 0.25], bias),
+    features: FEATURES,
+    inputName: "features",
+    outputName: "score",
+  });
   await registry.setAlias("recommender", "production", mv.version);
   return mv.version;
 }
@@ -62,7 +68,11 @@ it("keeps serving through a NATS crash and ends with exactly one prediction row 
   client = createServiceClient(RecommendationService, `127.0.0.1:${server.port}`);
 
   // 1 to 5 candidates per request, so a lost or doubled row shows in the per-request counts.
-  load = recommendLoad(client, (loop, i) => ({ userId: `u${loop}`, candidates: ITEMS.slice(0, 1 + ((loop + i) % ITEMS.length)), requestId: `r${loop}-${i}` }), 8);
+  load = recommendLoad(
+    client,
+    (loop, i) => ({ userId: `u${loop}`, candidates: ITEMS.slice(0, 1 + ((loop + i) % ITEMS.length)), requestId: `r${loop}-${i}` }),
+    8,
+  );
   await waitFor(() => sink!.stats().messagesWritten >= 100, 20_000, "logs flowing into ClickHouse");
 
   // ---- the outage ----
@@ -74,7 +84,10 @@ it("keeps serving through a NATS crash and ends with exactly one prediction row 
   const restartedAt = Date.now();
   const during = load.answers.filter((a) => a.at > killedAt && a.at < restartedAt);
   assert.ok(during.length >= 50, `the server kept answering while NATS was down (${during.length} answers)`);
-  assert.ok(during.every((a) => a.modelVersion === v1), "the loaded model kept serving without its registry");
+  assert.ok(
+    during.every((a) => a.modelVersion === v1),
+    "the loaded model kept serving without its registry",
+  );
   const spilledTotal = await rt.metrics.value("streamserve_log_spilled_total");
   assert.ok(spilledTotal > 0, "the spill shows in the metrics");
 

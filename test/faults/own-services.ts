@@ -63,7 +63,17 @@ export class OwnService {
       this.kind === "redis"
         ? [
             "redis-server",
-            ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--dir", this.dir, ...(this.persistent ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"])],
+            [
+              "--port",
+              String(this.port),
+              "--bind",
+              "127.0.0.1",
+              "--save",
+              "",
+              "--dir",
+              this.dir,
+              ...(this.persistent ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]),
+            ],
             "Ready to accept connections",
           ]
         : ["nats-server", ["-js", "-a", "127.0.0.1", "-p", String(this.port), "-sd", this.dir], "Server is ready"];
@@ -189,7 +199,12 @@ export function recommendLoad(
  * Reads prediction logs from LOGS until every wanted request id has been seen (or the timeout
  * passes), through a consumer of its own that is deleted afterwards.
  */
-export async function readPredictionLogs(nc: NatsConnection, names: Names, wanted: ReadonlySet<string>, timeoutMs = 20_000): Promise<Map<string, PredictionLog>> {
+export async function readPredictionLogs(
+  nc: NatsConnection,
+  names: Names,
+  wanted: ReadonlySet<string>,
+  timeoutMs = 20_000,
+): Promise<Map<string, PredictionLog>> {
   const jsm = await nc.jetstreamManager();
   const durable = `faults_read_${Math.random().toString(36).slice(2, 10)}`;
   await jsm.consumers.add(names.logsStream, {

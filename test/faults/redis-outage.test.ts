@@ -100,7 +100,13 @@ describe("Redis killed under load", () => {
   it("keeps answering with flagged defaults, then recovers by itself with real features", async () => {
     await writeFeatures(BEFORE);
     const registry = await rt.registry();
-    const mv = await registry.publish({ name: "recommender", artifact: logisticModel(WEIGHTS, BIAS), features: FEATURES, inputName: "features", outputName: "score" });
+    const mv = await registry.publish({
+      name: "recommender",
+      artifact: logisticModel(WEIGHTS, BIAS),
+      features: FEATURES,
+      inputName: "features",
+      outputName: "score",
+    });
     await registry.setAlias("recommender", "production", mv.version);
     server = await startServer(rt, { http: false });
     await waitFor(() => server!.models.servedVersion("recommender") === mv.version, 15_000, "model served");
@@ -110,7 +116,10 @@ describe("Redis killed under load", () => {
     await waitFor(() => load!.answers.length >= 200, 15_000, "load under way");
     const healthy = load.answers.slice(0, 200);
     assert.ok(healthy.every(realOrDefault(BEFORE)), "before the outage, answers use the features in Redis (or the defaults)");
-    assert.ok(healthy.some((a) => scoredWith(a, BEFORE)), "before the outage, answers use the features in Redis");
+    assert.ok(
+      healthy.some((a) => scoredWith(a, BEFORE)),
+      "before the outage, answers use the features in Redis",
+    );
     // The trending list is refreshed in the background; wait until the server has it.
     await waitFor(async () => (await client!.recommend({ userId: "u1" })).recommendations.length === TRENDING.length, 10_000, "trending items known");
 
@@ -126,10 +135,17 @@ describe("Redis killed under load", () => {
     assert.ok(outage.length >= 50, `the server kept answering while Redis was down (${outage.length} answers)`);
     const notDefault = outage.filter((a) => !isDefault(a));
     assert.equal(notDefault.length, 0, `every answer during the outage used the defaults (${notDefault.length} did not)`);
-    assert.ok(outage.every((a) => a.modelVersion === mv.version), "the model, not the fallback, kept scoring");
+    assert.ok(
+      outage.every((a) => a.modelVersion === mv.version),
+      "the model, not the fallback, kept scoring",
+    );
     // A request without candidates ranks the trending items: the last list seen, not an error.
     const trending = await client.recommend({ userId: "u1" });
-    assert.deepEqual(trending.recommendations.map((r) => r.itemId), TRENDING, "trending served from the last list while Redis is down");
+    assert.deepEqual(
+      trending.recommendations.map((r) => r.itemId),
+      TRENDING,
+      "trending served from the last list while Redis is down",
+    );
 
     // ---- Redis back, empty (no persistence): new feature values only a fresh read can see ----
     await redis.start();
@@ -160,11 +176,18 @@ describe("Redis killed under load", () => {
       assert.equal(p.modelFeatureCount, FEATURES.length);
       const modelMissing = p.missingFeatures.filter((n) => FEATURES.some((f) => f.name === n)).sort();
       assert.deepEqual(modelMissing, ["clicks_last_5min", "item_clicks_5min"], `request ${a.requestId} flags its defaults`);
-      assert.ok(p.items.every((i) => i.features.slice(0, p.modelFeatureCount).every((v) => v === 0)), "the logged vectors are the defaults actually served");
+      assert.ok(
+        p.items.every((i) => i.features.slice(0, p.modelFeatureCount).every((v) => v === 0)),
+        "the logged vectors are the defaults actually served",
+      );
     }
     for (const a of healthySample) {
       const p = logs.get(a.requestId)!;
-      assert.deepEqual(p.missingFeatures.filter((n) => FEATURES.some((f) => f.name === n)), [], "healthy answers flag none of the model's features");
+      assert.deepEqual(
+        p.missingFeatures.filter((n) => FEATURES.some((f) => f.name === n)),
+        [],
+        "healthy answers flag none of the model's features",
+      );
     }
   });
 });
@@ -180,7 +203,15 @@ describe("features worker across a Redis crash", () => {
     const consumer = async () => (await nc.jetstreamManager()).consumers.info(wrt!.names.eventsStream, wrt!.names.consumer("features"));
     // Eight minutes of event time: nothing falls behind the watermark whatever the redelivery order.
     const events = makeEvents({ count: 6000, users: 100, pages: 30, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 11 });
-    const flush: TestEvent = { event_id: "flush", user_id: "flush-user", event_type: "view", page_id: "flush-page", session_duration: 0, amount: 0, event_time: T0 + 40 * MIN };
+    const flush: TestEvent = {
+      event_id: "flush",
+      user_id: "flush-user",
+      event_type: "view",
+      page_id: "flush-page",
+      session_duration: 0,
+      amount: 0,
+      event_time: T0 + 40 * MIN,
+    };
 
     // A backlog keeps the worker busy, so the kill lands inside a batch's Redis round trips.
     await publishEvents(js, wrt.names, events.slice(0, 3000));

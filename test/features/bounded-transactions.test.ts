@@ -69,7 +69,15 @@ describe("a large backlog in bounded transactions", () => {
   let worker: FeaturesWorker | undefined;
   const events = makeEvents({ count: 3 * MAX_BATCH, users: 400, pages: 40, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 31 });
   // Published once the others are applied: it closes every window.
-  const flush: TestEvent = { event_id: "flush", user_id: "flush-user", event_type: "view", page_id: "flush-page", session_duration: 0, amount: 0, event_time: T0 + 40 * MIN };
+  const flush: TestEvent = {
+    event_id: "flush",
+    user_id: "flush-user",
+    event_type: "view",
+    page_id: "flush-page",
+    session_duration: 0,
+    amount: 0,
+    event_time: T0 + 40 * MIN,
+  };
   let executed: Executed[] = [];
   let batches = 0;
 
@@ -83,7 +91,12 @@ describe("a large backlog in bounded transactions", () => {
     await r.config("SET", "slowlog-max-len", "1000000");
     await r.slowlog("RESET");
     // The whole backlog waits in the stream: the worker takes full batches from the start.
-    worker = await startFeaturesWorker(runtime, { progressIntervalMs: 0, maxBatch: MAX_BATCH, closeIntervalMs: 3_600_000, store: { maxTransactionMs: BOUND_MS } });
+    worker = await startFeaturesWorker(runtime, {
+      progressIntervalMs: 0,
+      maxBatch: MAX_BATCH,
+      closeIntervalMs: 3_600_000,
+      store: { maxTransactionMs: BOUND_MS },
+    });
     await waitConsumerDrained(nc, runtime.names);
     batches = worker.stats.batches;
     const log = ((await r.slowlog("GET", -1)) as Entry[]).reverse();

@@ -35,14 +35,24 @@ function startWorker(namespace: string, env: NodeJS.ProcessEnv = {}): Worker {
   const child = spawn(
     process.execPath,
     [
-      "--import", "tsx", "cli/main.ts", "features",
-      "--namespace", namespace,
-      "--http-port", "0",
-      "--batch-size", "200",
-      "--ack-wait", `${ACK_WAIT_MS}ms`,
-      "--close-interval", "100ms",
-      "--progress", "0",
-      "--log-level", "info",
+      "--import",
+      "tsx",
+      "cli/main.ts",
+      "features",
+      "--namespace",
+      namespace,
+      "--http-port",
+      "0",
+      "--batch-size",
+      "200",
+      "--ack-wait",
+      `${ACK_WAIT_MS}ms`,
+      "--close-interval",
+      "100ms",
+      "--progress",
+      "0",
+      "--log-level",
+      "info",
     ],
     { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } },
   );
@@ -71,17 +81,30 @@ test("kill -9 between commit and acks and at arbitrary points, restart: features
   // Eight minutes of event time: no event can fall behind the watermark, whatever the
   // redelivery order after a crash, so the expected result is simply every event once.
   const events = makeEvents({ count: 20_000, users: 200, pages: 50, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 99 });
-  const flush: TestEvent = { event_id: "flush", user_id: "flush-user", event_type: "view", page_id: "flush-page", session_duration: 0, amount: 0, event_time: T0 + 40 * MIN };
+  const flush: TestEvent = {
+    event_id: "flush",
+    user_id: "flush-user",
+    event_type: "view",
+    page_id: "flush-page",
+    session_duration: 0,
+    amount: 0,
+    event_time: T0 + 40 * MIN,
+  };
 
   // A backlog, so the worker is saturated and a kill most likely lands inside a batch (between
   // its Redis writes and its acks) rather than while it waits for messages.
   await publishEvents(js, names, events, { encodings: ["json-ms", "protobuf"] });
 
   const killWhenAcked = async (w: Worker, ackFloor: number) => {
-    await waitFor(`worker to ack ${ackFloor} events`, async () => {
-      const i = await consumer();
-      return i.ack_floor.stream_seq >= ackFloor && i.num_ack_pending > 0;
-    }, 60_000, 5);
+    await waitFor(
+      `worker to ack ${ackFloor} events`,
+      async () => {
+        const i = await consumer();
+        return i.ack_floor.stream_seq >= ackFloor && i.num_ack_pending > 0;
+      },
+      60_000,
+      5,
+    );
     w.child.kill("SIGKILL");
     await w.exited;
     await sleep(200); // let the server take in the acks the worker sent before dying

@@ -55,7 +55,8 @@ describe("redelivery and republishing", () => {
   // (no Nats-Msg-Id, so JetStream stores both); every 25th is retried with the same Nats-Msg-Id,
   // which JetStream itself drops.
   const stream: TestEvent[] = base.flatMap((e, i) => (i % 10 === 0 ? [e, e] : i % 25 === 0 ? [e, e] : [e]));
-  const msgIdOf = (e: TestEvent, i: number) => (Number(e.event_id.slice(1)) % 25 === 0 && Number(e.event_id.slice(1)) % 10 !== 0 ? `pub-${e.event_id}` : undefined);
+  const msgIdOf = (e: TestEvent, i: number) =>
+    Number(e.event_id.slice(1)) % 25 === 0 && Number(e.event_id.slice(1)) % 10 !== 0 ? `pub-${e.event_id}` : undefined;
   const republished = base.filter((_, i) => i % 10 === 0).length;
 
   before(async () => {
@@ -77,7 +78,10 @@ describe("redelivery and republishing", () => {
     assert.deepEqual(w.stats.applied, { user: base.length, item: base.length });
     await assertOnlineStore(env.runtime, expectedWindows(base));
     const high = Math.max(...base.map((e) => e.event_time));
-    assertClosedWindows(await readFeatureWindowLogs(env.nc, env.runtime.names), expectedWindows(base).filter((w) => w.windowStart + WINDOW_MS <= high - WATERMARK_MS));
+    assertClosedWindows(
+      await readFeatureWindowLogs(env.nc, env.runtime.names),
+      expectedWindows(base).filter((w) => w.windowStart + WINDOW_MS <= high - WATERMARK_MS),
+    );
   });
 
   test("delivering the whole stream again changes nothing", async () => {
@@ -108,7 +112,15 @@ describe("redelivery and republishing", () => {
 describe("two workers on one consumer", () => {
   const events = makeEvents({ count: 4000, users: 50, pages: 30, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 23 });
   // Published once the others are applied, so it cannot overtake them: it closes every window.
-  const flush: TestEvent = { event_id: "flush", user_id: "flush-user", event_type: "view", page_id: "flush-page", session_duration: 0, amount: 0, event_time: T0 + 40 * MIN };
+  const flush: TestEvent = {
+    event_id: "flush",
+    user_id: "flush-user",
+    event_type: "view",
+    page_id: "flush-page",
+    session_duration: 0,
+    amount: 0,
+    event_time: T0 + 40 * MIN,
+  };
   const single = { env: undefined as Awaited<ReturnType<typeof testRuntime>> | undefined, workers: [] as FeaturesWorker[] };
   const pair = { env: undefined as Awaited<ReturnType<typeof testRuntime>> | undefined, workers: [] as FeaturesWorker[], runtimes: [] as Runtime[] };
 
@@ -162,7 +174,11 @@ describe("two workers on one consumer", () => {
       if (k === "trending") {
         const a = v as string[];
         const b = two[k] as string[];
-        assert.deepEqual(b.filter((_, i) => i % 2 === 0), a.filter((_, i) => i % 2 === 0), "trending order");
+        assert.deepEqual(
+          b.filter((_, i) => i % 2 === 0),
+          a.filter((_, i) => i % 2 === 0),
+          "trending order",
+        );
         a.forEach((x, i) => i % 2 && assert.ok(Math.abs(Number(x) - Number(b[i])) < 1e-9, `trending score ${a[i - 1]}`));
         continue;
       }
@@ -181,7 +197,15 @@ describe("a batch cut short between its Redis transaction and its acks", () => {
   let env: Awaited<ReturnType<typeof testRuntime>>;
   let worker: FeaturesWorker | undefined;
   const events = makeEvents({ count: 300, users: 10, pages: 8, startMs: T0, spanMs: 4 * MIN, seed: 5 });
-  const flush: TestEvent = { event_id: "flush", user_id: "flush-user", event_type: "view", page_id: "flush-page", session_duration: 0, amount: 0, event_time: T0 + 30 * MIN };
+  const flush: TestEvent = {
+    event_id: "flush",
+    user_id: "flush-user",
+    event_type: "view",
+    page_id: "flush-page",
+    session_duration: 0,
+    amount: 0,
+    event_time: T0 + 30 * MIN,
+  };
 
   before(async () => {
     env = await testRuntime(uniqueNamespace("feat_half"));

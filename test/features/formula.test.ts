@@ -31,7 +31,7 @@ test("malformed formulas are refused with the reason", () => {
 /** Random feature values with the corner cases that matter (zeros, fractions, large counts). */
 function samples(names: string[], n: number): Record<string, number>[] {
   let seed = 42;
-  const rnd = () => ((seed = (seed * 1664525 + 1013904223) >>> 0) / 4294967296);
+  const rnd = () => (seed = (seed * 1664525 + 1013904223) >>> 0) / 4294967296;
   const pick = () => [0, 0, 1, 2, 0.5, rnd() * 1000, Math.floor(rnd() * 50), 1e6 * rnd()][Math.floor(rnd() * 8)]!;
   return Array.from({ length: n }, () => Object.fromEntries(names.map((k) => [k, pick()])));
 }

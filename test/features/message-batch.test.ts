@@ -12,11 +12,23 @@ const NOW = Date.UTC(2026, 0, 1, 12);
 const parse = createEventParser({ now: () => NOW });
 const enc = new TextEncoder();
 const json = (o: unknown) => ({ data: enc.encode(JSON.stringify(o)) });
-const event = (i: number, extra: Record<string, unknown> = {}) => ({ event_id: `e${i}`, user_id: `u${i}`, event_type: "click", page_id: "p1", session_duration: 1.5, amount: 0, event_time: NOW - i, ...extra });
+const event = (i: number, extra: Record<string, unknown> = {}) => ({
+  event_id: `e${i}`,
+  user_id: `u${i}`,
+  event_type: "click",
+  page_id: "p1",
+  session_duration: 1.5,
+  amount: 0,
+  event_time: NOW - i,
+  ...extra,
+});
 const protobufHeaders = { get: (name: string) => (name === "Content-Type" ? "application/protobuf" : "") };
 
 test("each message parsed with its own encoding; refusals keep their index in the batch", () => {
-  const pb = toBinary(ActivityEventSchema, create(ActivityEventSchema, { eventId: "pb1", userId: "u-pb", eventType: "view", pageId: "p2", eventTime: timestampFromMs(NOW - 7) }));
+  const pb = toBinary(
+    ActivityEventSchema,
+    create(ActivityEventSchema, { eventId: "pb1", userId: "u-pb", eventType: "view", pageId: "p2", eventTime: timestampFromMs(NOW - 7) }),
+  );
   const msgs = [
     json(event(0)),
     { data: enc.encode("{not json") },
@@ -51,7 +63,10 @@ test("an all-ASCII batch (decoded at once, sliced per message) parses as message
   const batch = packMessages(msgs);
   const { events, refused } = parseMessages(batch, parse);
   const one = msgs.map((m) => parse(m.data, undefined));
-  assert.deepEqual(events, one.flatMap((r) => (r.ok ? [r.event] : [])));
+  assert.deepEqual(
+    events,
+    one.flatMap((r) => (r.ok ? [r.event] : [])),
+  );
   assert.deepEqual(
     refused,
     one.flatMap((r, index) => (r.ok ? [] : [{ index, reason: r.reason, detail: r.detail }])),

@@ -3,7 +3,13 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { headers as natsHeaders } from "nats";
-import { startFeaturesWorker, type FeaturesWorker, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SEQUENCE_HEADER, DEAD_LETTER_DETAIL_HEADER } from "../../features/worker.js";
+import {
+  startFeaturesWorker,
+  type FeaturesWorker,
+  DEAD_LETTER_REASON_HEADER,
+  DEAD_LETTER_SEQUENCE_HEADER,
+  DEAD_LETTER_DETAIL_HEADER,
+} from "../../features/worker.js";
 import { TRENDING, USER_FEATURES } from "../../features/definitions.js";
 import { WindowStore } from "../../features/window-store.js";
 import {
@@ -31,60 +37,60 @@ const MIN = 60_000;
  * events (small ones: an entity's window is built over many transactions).
  */
 function seedFeatures(title: string, count: number, maxBatch: number): void {
-describe(title, () => {
-  let env: Awaited<ReturnType<typeof testRuntime>>;
-  let worker: FeaturesWorker;
-  const events = makeEvents({ count, users: 40, pages: 25, startMs: T0, spanMs: 60 * MIN, jitterMs: MIN, seed: 7 });
+  describe(title, () => {
+    let env: Awaited<ReturnType<typeof testRuntime>>;
+    let worker: FeaturesWorker;
+    const events = makeEvents({ count, users: 40, pages: 25, startMs: T0, spanMs: 60 * MIN, jitterMs: MIN, seed: 7 });
 
-  before(async () => {
-    env = await testRuntime(uniqueNamespace("feat_seed"));
-    // JSON with epoch ms, JSON with ISO times and protobuf, interleaved.
-    await publishEvents(env.js, env.runtime.names, events, { encodings: ["json-ms", "json-iso", "protobuf"] });
-    worker = await startFeaturesWorker(env.runtime, { progressIntervalMs: 0, maxBatch });
-    await waitConsumerDrained(env.nc, env.runtime.names);
-    await worker.closeDueWindows();
-  });
-  after(async () => {
-    await worker?.stop();
-    await env?.cleanup();
-  });
+    before(async () => {
+      env = await testRuntime(uniqueNamespace("feat_seed"));
+      // JSON with epoch ms, JSON with ISO times and protobuf, interleaved.
+      await publishEvents(env.js, env.runtime.names, events, { encodings: ["json-ms", "json-iso", "protobuf"] });
+      worker = await startFeaturesWorker(env.runtime, { progressIntervalMs: 0, maxBatch });
+      await waitConsumerDrained(env.nc, env.runtime.names);
+      await worker.closeDueWindows();
+    });
+    after(async () => {
+      await worker?.stop();
+      await env?.cleanup();
+    });
 
-  test("every event is applied once; none is late with a jitter under the watermark", async () => {
-    assert.equal(worker.stats.messages, events.length);
-    assert.deepEqual(worker.stats.applied, { user: events.length, item: events.length });
-    assert.deepEqual(worker.stats.late, {});
-    assert.deepEqual(worker.stats.duplicates, {});
-    assert.equal(worker.stats.deadLetters, 0);
-    assert.equal(await env.runtime.metrics.value("streamserve_features_messages_total"), events.length);
-  });
+    test("every event is applied once; none is late with a jitter under the watermark", async () => {
+      assert.equal(worker.stats.messages, events.length);
+      assert.deepEqual(worker.stats.applied, { user: events.length, item: events.length });
+      assert.deepEqual(worker.stats.late, {});
+      assert.deepEqual(worker.stats.duplicates, {});
+      assert.equal(worker.stats.deadLetters, 0);
+      assert.equal(await env.runtime.metrics.value("streamserve_features_messages_total"), events.length);
+    });
 
-  test("online hashes hold each entity's newest window, computed as the seed does", async () => {
-    const checked = await assertOnlineStore(env.runtime, expectedWindows(events));
-    assert.equal(checked, 40 + 25 - countMissing(events));
-  });
+    test("online hashes hold each entity's newest window, computed as the seed does", async () => {
+      const checked = await assertOnlineStore(env.runtime, expectedWindows(events));
+      assert.equal(checked, 40 + 25 - countMissing(events));
+    });
 
-  test("windows the watermark passed are on LOGS once each, with their final features", async () => {
-    const high = Math.max(...events.map((e) => e.event_time));
-    const closed = expectedWindows(events).filter((w) => w.windowStart + WINDOW_MS <= high - WATERMARK_MS);
-    assert.ok(closed.length > count / 15, `a meaningful number of closed windows (${closed.length})`);
-    assertClosedWindows(await readFeatureWindowLogs(env.nc, env.runtime.names), closed);
-    assert.deepEqual(
-      worker.stats.windowsClosed,
-      { user: closed.filter((w) => w.entity === "user").length, item: closed.filter((w) => w.entity === "item").length },
-    );
-  });
+    test("windows the watermark passed are on LOGS once each, with their final features", async () => {
+      const high = Math.max(...events.map((e) => e.event_time));
+      const closed = expectedWindows(events).filter((w) => w.windowStart + WINDOW_MS <= high - WATERMARK_MS);
+      assert.ok(closed.length > count / 15, `a meaningful number of closed windows (${closed.length})`);
+      assertClosedWindows(await readFeatureWindowLogs(env.nc, env.runtime.names), closed);
+      assert.deepEqual(worker.stats.windowsClosed, {
+        user: closed.filter((w) => w.entity === "user").length,
+        item: closed.filter((w) => w.entity === "item").length,
+      });
+    });
 
-  test("the trending set ranks items by decayed activity", async () => {
-    const expected = expectedTrendingScores(events);
-    const flat = await env.runtime.redis().zrevrange(env.runtime.names.trendingKey, 0, -1, "WITHSCORES");
-    const actual = new Map<string, number>();
-    for (let i = 0; i < flat.length; i += 2) actual.set(flat[i]!, Number(flat[i + 1]));
-    assert.equal(actual.size, expected.size);
-    for (const [item, score] of expected) assertNear(actual.get(item) ?? NaN, score, `trending score of ${item}`, 1e-12);
-    const order = [...expected.entries()].sort((a, b) => b[1] - a[1]).map(([k]) => k);
-    assert.deepEqual([...actual.keys()], order);
+    test("the trending set ranks items by decayed activity", async () => {
+      const expected = expectedTrendingScores(events);
+      const flat = await env.runtime.redis().zrevrange(env.runtime.names.trendingKey, 0, -1, "WITHSCORES");
+      const actual = new Map<string, number>();
+      for (let i = 0; i < flat.length; i += 2) actual.set(flat[i]!, Number(flat[i + 1]));
+      assert.equal(actual.size, expected.size);
+      for (const [item, score] of expected) assertNear(actual.get(item) ?? NaN, score, `trending score of ${item}`, 1e-12);
+      const order = [...expected.entries()].sort((a, b) => b[1] - a[1]).map(([k]) => k);
+      assert.deepEqual([...actual.keys()], order);
+    });
   });
-});
 }
 
 seedFeatures("seed features, online and closed", 3000, 500);
@@ -158,7 +164,15 @@ describe("late events", () => {
 describe("events out of order within the watermark", () => {
   let env: Awaited<ReturnType<typeof testRuntime>>;
   let store: WindowStore;
-  const ev = (id: string, user: string, t: number): TestEvent => ({ event_id: id, user_id: user, event_type: "click", page_id: "p", session_duration: 1, amount: 0, event_time: t });
+  const ev = (id: string, user: string, t: number): TestEvent => ({
+    event_id: id,
+    user_id: user,
+    event_type: "click",
+    page_id: "p",
+    session_duration: 1,
+    amount: 0,
+    event_time: t,
+  });
 
   before(async () => {
     env = await testRuntime(uniqueNamespace("feat_order"));
@@ -205,11 +219,14 @@ describe("events out of order within the watermark", () => {
       store.apply([ev("z2", "z", T0 + 2 * MIN), ev("z3", "z", T0 + 12 * MIN), ev("z4", "z", T0 + 11 * MIN)]),
       store.apply([ev("z5", "z", T0 + 3 * MIN), ev("z1", "z", T0 + 7 * MIN)]),
     ]);
-    assert.deepEqual([a, b, c].map((r) => r.counts.user), [
-      { applied: 1, duplicates: 0, late: 0 },
-      { applied: 3, duplicates: 0, late: 0 },
-      { applied: 1, duplicates: 1, late: 0 },
-    ]);
+    assert.deepEqual(
+      [a, b, c].map((r) => r.counts.user),
+      [
+        { applied: 1, duplicates: 0, late: 0 },
+        { applied: 3, duplicates: 0, late: 0 },
+        { applied: 1, duplicates: 1, late: 0 },
+      ],
+    );
     const z = await store.readFeatures(USER_FEATURES, "z");
     assert.equal(z?.window_start, T0 + 10 * MIN, "the 12:10 window, not the older ones written after it");
     assert.equal(z?.event_count, 2);
@@ -312,7 +329,15 @@ describe("trending set size", () => {
       }
     }
     for (let j = 0; j < 4; j++) {
-      events.push({ event_id: `f${j}`, user_id: "u", event_type: "view", page_id: "fresh", session_duration: 1, amount: 0, event_time: T0 + 2 * 3_600_000 + j });
+      events.push({
+        event_id: `f${j}`,
+        user_id: "u",
+        event_type: "view",
+        page_id: "fresh",
+        session_duration: 1,
+        amount: 0,
+        event_time: T0 + 2 * 3_600_000 + j,
+      });
     }
     await publishEvents(env.js, env.runtime.names, events);
     await waitConsumerDrained(env.nc, env.runtime.names);
@@ -320,4 +345,3 @@ describe("trending set size", () => {
     assert.deepEqual(top, ["fresh", "p9", "p8", "p7", "p6"]);
   });
 });
-

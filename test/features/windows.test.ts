@@ -1,7 +1,18 @@
 // Window maths and the meaning of the declared aggregations (no services needed).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { contributions, emptyState, featuresOf, foldEvent, isLate, isWindowClosed, stateFields, watermarkOf, windowEnd, windowStart } from "../../features/windows.js";
+import {
+  contributions,
+  emptyState,
+  featuresOf,
+  foldEvent,
+  isLate,
+  isWindowClosed,
+  stateFields,
+  watermarkOf,
+  windowEnd,
+  windowStart,
+} from "../../features/windows.js";
 import { storeKeys } from "../../features/window-store.js";
 import { ITEM_FEATURES, USER_FEATURES, type ActivityEvent, type FeatureView } from "../../features/definitions.js";
 
@@ -106,7 +117,11 @@ test("folding events one by one gives the features computed from the whole windo
   assert.deepEqual(featuresOf(view, s), { longest: 9, smallest_purchase: 3.25, clicks: 1, spent: 15.75, avg_session: 4, pages: 3, clicks_per_page: 1 / 3 });
   const quiet = emptyState(view);
   foldEvent(view, quiet, event({ event_type: "view", page_id: "", session_duration: 0 }), () => true);
-  assert.deepEqual(featuresOf(view, quiet), { longest: 0, smallest_purchase: 0, clicks: 0, spent: 0, avg_session: 0, pages: 0, clicks_per_page: 0 }, "nothing matched: zeros, not NaN");
+  assert.deepEqual(
+    featuresOf(view, quiet),
+    { longest: 0, smallest_purchase: 0, clicks: 0, spent: 0, avg_session: 0, pages: 0, clicks_per_page: 0 },
+    "nothing matched: zeros, not NaN",
+  );
 });
 
 test("internal keys live under the namespace prefix, so cleanup finds them", () => {

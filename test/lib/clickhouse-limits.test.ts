@@ -16,7 +16,10 @@ test("the embedded engine runs with bounded query threads and background pools",
     otherPoolSize: 1,
   });
   try {
-    const [q] = await queryRows<{ mt: string | number; mit: string | number }>(ch, "SELECT getSetting('max_threads') AS mt, getSetting('max_insert_threads') AS mit");
+    const [q] = await queryRows<{ mt: string | number; mit: string | number }>(
+      ch,
+      "SELECT getSetting('max_threads') AS mt, getSetting('max_insert_threads') AS mit",
+    );
     assert.equal(Number(q!.mt), 1);
     assert.equal(Number(q!.mit), 1);
     const server = await queryRows<{ name: string; value: string }>(

@@ -31,9 +31,16 @@ before(async () => {
   server = new grpc.Server();
   server.addService(
     serviceDefinition(RecommendationService),
-    unaryImplementation(RecommendationService, { recommend, recordOutcome: () => ({ outcomeId: "o" }) }, { begin: (_path, md) => (code) => ended.push({ userId: String(md.get("user")[0]), code }) }, shutdown.signal),
+    unaryImplementation(
+      RecommendationService,
+      { recommend, recordOutcome: () => ({ outcomeId: "o" }) },
+      { begin: (_path, md) => (code) => ended.push({ userId: String(md.get("user")[0]), code }) },
+      shutdown.signal,
+    ),
   );
-  const port = await new Promise<number>((res, rej) => server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  const port = await new Promise<number>((res, rej) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
+  );
   client = createServiceClient(RecommendationService, `127.0.0.1:${port}`);
 });
 after(() => {
@@ -63,7 +70,10 @@ it("a plain call answers OK", async () => {
 for (const how of ["poll", "signal"]) {
   it(`${how}: the deadline ends the handler's wait and is accounted as DEADLINE_EXCEEDED`, async () => {
     const user = `${how}-deadline`;
-    await assert.rejects(client.recommend({ userId: user }, { deadlineMs: 200, metadata: md(user) }), (e: { code: number }) => e.code === Code.DEADLINE_EXCEEDED);
+    await assert.rejects(
+      client.recommend({ userId: user }, { deadlineMs: 200, metadata: md(user) }),
+      (e: { code: number }) => e.code === Code.DEADLINE_EXCEEDED,
+    );
     assert.equal(await endedCode(user), Code.DEADLINE_EXCEEDED);
     assert.deepEqual(seen.get(user), { cancelled: true, aborted: true });
   });

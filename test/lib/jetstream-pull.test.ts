@@ -17,10 +17,17 @@ async function setup(nc: NatsConnection, name: string, ackWaitMs = 30_000) {
   const stream = `T_PULL_${name}_${tag}`;
   const subject = `t_pull_${name}_${tag}.x`;
   await jsm.streams.add({ name: stream, subjects: [subject] });
-  await jsm.consumers.add(stream, { durable_name: "c", ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: nanos(ackWaitMs), max_deliver: -1 });
+  await jsm.consumers.add(stream, {
+    durable_name: "c",
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    ack_wait: nanos(ackWaitMs),
+    max_deliver: -1,
+  });
   const js = nc.jetstream();
   const publish = async (n: number, from = 0) => {
-    for (let i = from; i < from + n; i += 200) await Promise.all(Array.from({ length: Math.min(200, from + n - i) }, (_, j) => js.publish(subject, String(i + j))));
+    for (let i = from; i < from + n; i += 200)
+      await Promise.all(Array.from({ length: Math.min(200, from + n - i) }, (_, j) => js.publish(subject, String(i + j))));
   };
   const pending = async () => {
     const info = await jsm.consumers.info(stream, "c");
@@ -88,7 +95,10 @@ describe("on the shared NATS", () => {
       await waitFor("all messages", async () => seen.size === 3000, 20_000);
       pc.stop();
       await waitFor("all acked", async () => (await s.pending()) === 0, 10_000);
-      assert.deepEqual([...seen.keys()].sort((a, b) => a - b), Array.from({ length: 3000 }, (_, i) => i + 1));
+      assert.deepEqual(
+        [...seen.keys()].sort((a, b) => a - b),
+        Array.from({ length: 3000 }, (_, i) => i + 1),
+      );
       const first = seen.get(1)!;
       assert.equal(new TextDecoder().decode(first.data), "0");
       assert.equal(first.info().deliveryCount, 1);
@@ -154,7 +164,14 @@ describe("on the shared NATS", () => {
     try {
       const statuses: PullStatus[] = [];
       let n = 0;
-      const pc = new PullConsumer(nc, { stream: s.stream, consumer: "c", batch: 50, heartbeatMs: 250, onMessage: (m) => (n++, m.ack()), onStatus: (st) => statuses.push(st) });
+      const pc = new PullConsumer(nc, {
+        stream: s.stream,
+        consumer: "c",
+        batch: 50,
+        heartbeatMs: 250,
+        onMessage: (m) => (n++, m.ack()),
+        onStatus: (st) => statuses.push(st),
+      });
       await s.publish(100);
       await waitFor("the first messages", async () => n === 100, 10_000);
       await s.jsm.consumers.delete(s.stream, "c");
@@ -169,8 +186,16 @@ describe("on the shared NATS", () => {
   });
 
   test("reply subjects of both JetStream formats", () => {
-    assert.deepEqual(parseAckSubject("$JS.ACK.EVENTS.features.3.1042.998.1733000000000000000.17"), { deliveryCount: 3, streamSequence: 1042, timestampNanos: 1733000000000000000 });
-    assert.deepEqual(parseAckSubject("$JS.ACK.hub.ACCHASH.EVENTS.features.1.7.7.1733000000000000000.0.tok"), { deliveryCount: 1, streamSequence: 7, timestampNanos: 1733000000000000000 });
+    assert.deepEqual(parseAckSubject("$JS.ACK.EVENTS.features.3.1042.998.1733000000000000000.17"), {
+      deliveryCount: 3,
+      streamSequence: 1042,
+      timestampNanos: 1733000000000000000,
+    });
+    assert.deepEqual(parseAckSubject("$JS.ACK.hub.ACCHASH.EVENTS.features.1.7.7.1733000000000000000.0.tok"), {
+      deliveryCount: 1,
+      streamSequence: 7,
+      timestampNanos: 1733000000000000000,
+    });
   });
 });
 
@@ -187,14 +212,30 @@ describe("across a NATS restart", () => {
     const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
     const s = await setup(nc, "restart");
     const got = new Set<string>();
-    const pc = new PullConsumer(nc, { stream: s.stream, consumer: "c", batch: 100, heartbeatMs: 500, onMessage: (m) => (got.add(new TextDecoder().decode(m.data)), m.ack()) });
+    const pc = new PullConsumer(nc, {
+      stream: s.stream,
+      consumer: "c",
+      batch: 100,
+      heartbeatMs: 500,
+      onMessage: (m) => (got.add(new TextDecoder().decode(m.data)), m.ack()),
+    });
     try {
       await s.publish(500);
       await waitFor("before the restart", async () => got.size === 500, 10_000);
       await server.kill();
       await sleep(500);
       await server.start();
-      await waitFor("reconnected", async () => !nc.isClosed() && nc.info !== undefined && (await nc.flush().then(() => true, () => false)), 15_000);
+      await waitFor(
+        "reconnected",
+        async () =>
+          !nc.isClosed() &&
+          nc.info !== undefined &&
+          (await nc.flush().then(
+            () => true,
+            () => false,
+          )),
+        15_000,
+      );
       await s.publish(500, 500);
       await waitFor("after the restart", async () => got.size === 1000, 20_000);
     } finally {

@@ -6,7 +6,13 @@ import { MetricsRegistry, childCache } from "../../lib/metrics.js";
 
 it("exposes prom-client's default Node.js process metrics", async () => {
   const text = await new MetricsRegistry().render();
-  for (const name of ["process_cpu_seconds_total", "process_resident_memory_bytes", "nodejs_eventloop_lag_seconds", "nodejs_gc_duration_seconds", "nodejs_active_handles"]) {
+  for (const name of [
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "nodejs_eventloop_lag_seconds",
+    "nodejs_gc_duration_seconds",
+    "nodejs_active_handles",
+  ]) {
     assert.match(text, new RegExp(`^# TYPE ${name} `, "m"), name);
   }
 });

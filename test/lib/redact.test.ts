@@ -14,9 +14,13 @@ const PASSWORD = "Sup3r-S3cret-Pw";
 /** Runs the CLI until it exits (or `runMs` passes, then SIGTERM); returns its exit code and all output. */
 function runCli(args: string[], env: Record<string, string>, runMs = 15_000): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "cli/main.ts", ...args, "--grpc-port", "0", "--http-port", "0", "--namespace", uniqueNamespace("redact")], {
-      env: { ...process.env, LOG_LEVEL: "trace", ...env },
-    });
+    const child = spawn(
+      process.execPath,
+      ["--import", "tsx", "cli/main.ts", ...args, "--grpc-port", "0", "--http-port", "0", "--namespace", uniqueNamespace("redact")],
+      {
+        env: { ...process.env, LOG_LEVEL: "trace", ...env },
+      },
+    );
     let output = "";
     child.stdout.on("data", (d: Buffer) => (output += d.toString()));
     child.stderr.on("data", (d: Buffer) => (output += d.toString()));
@@ -31,7 +35,13 @@ function runCli(args: string[], env: Record<string, string>, runMs = 15_000): Pr
 it("a start with a wrong Redis password never writes the password", async () => {
   const { output } = await runCli(["serve"], { REDIS_URL: `redis://alice:${PASSWORD}@127.0.0.1:6379` }, 8000);
   assert.match(output, /gRPC listening/);
-  assert.ok(!output.includes(PASSWORD), `the password is in the output:\n${output.split("\n").filter((l) => l.includes(PASSWORD)).join("\n")}`);
+  assert.ok(
+    !output.includes(PASSWORD),
+    `the password is in the output:\n${output
+      .split("\n")
+      .filter((l) => l.includes(PASSWORD))
+      .join("\n")}`,
+  );
 });
 
 it("a bad database in REDIS_URL is a configuration error, with the password masked", async () => {

@@ -40,7 +40,10 @@ it("publishers racing for a version number never overwrite each other's artifact
 it("concurrent alias moves all land, each recording the version it replaced", async () => {
   const registry = await rt.registry();
   const versions: string[] = [];
-  for (let i = 0; i < 8; i++) versions.push((await registry.publish({ name: "promoted", artifact: logisticModel([i], 0), features, inputName: "features", outputName: "score" })).version);
+  for (let i = 0; i < 8; i++)
+    versions.push(
+      (await registry.publish({ name: "promoted", artifact: logisticModel([i], 0), features, inputName: "features", outputName: "score" })).version,
+    );
   await registry.setAlias("promoted", "production", versions[0]!);
   await Promise.all(versions.slice(1).map((v) => registry.setAlias("promoted", "production", v)));
   const history = await registry.aliasHistory("promoted", "production");

@@ -83,14 +83,45 @@ describe("against the shared Redis", () => {
   test("the writer encodes as RESP says: byte lengths, numbers as String() prints them", () => {
     // The reference: every argument as `$<bytes>\r\n<utf-8>\r\n`.
     const resp = (...args: (string | number)[]) => `*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join("");
-    const numbers = [0, 7, 9, 10, 99, 4096, 2 ** 31 - 1, 2 ** 31, 1_796_160_000_000, 1e15, 999_999_999_999_999, Number.MAX_SAFE_INTEGER, 2 ** 53, 1.5, -3, 0.1 + 0.2, 1e21, NaN, Infinity];
+    const numbers = [
+      0,
+      7,
+      9,
+      10,
+      99,
+      4096,
+      2 ** 31 - 1,
+      2 ** 31,
+      1_796_160_000_000,
+      1e15,
+      999_999_999_999_999,
+      Number.MAX_SAFE_INTEGER,
+      2 ** 53,
+      1.5,
+      -3,
+      0.1 + 0.2,
+      1e21,
+      NaN,
+      Infinity,
+    ];
     let seed = 7;
     for (let i = 0; i < 2000; i++) {
       seed = (seed * 1103515245 + 12345) >>> 0;
       numbers.push(Math.floor((seed / 2 ** 32) * Number.MAX_SAFE_INTEGER), Math.floor(seed / 1000), seed / 1000);
     }
     for (const x of numbers) assert.equal(new RespWriter(1).command(1).number(x).bytes.toString(), resp(x), String(x));
-    const strings = ["", "a", "x".repeat(64), "y".repeat(65), "é", "ascii then é", "✓".repeat(40), "long then non-ASCII ".repeat(10) + "ü", "\u0000nul\u0000", "😀 surrogate pairs 😀"];
+    const strings = [
+      "",
+      "a",
+      "x".repeat(64),
+      "y".repeat(65),
+      "é",
+      "ascii then é",
+      "✓".repeat(40),
+      "long then non-ASCII ".repeat(10) + "ü",
+      "\u0000nul\u0000",
+      "😀 surrogate pairs 😀",
+    ];
     for (const x of strings) assert.equal(new RespWriter(1).command(1).string(x).bytes.toString(), resp(x), JSON.stringify(x));
     // A composed value whose length crosses each digit count (its header is written after it).
     for (const n of [0, 1, 9, 10, 99, 100, 999, 1000, 1001, 12_345]) {
@@ -128,7 +159,13 @@ describe("connection handling", () => {
       await redis.kill();
       await assert.rejects(conn.send([["GET", "k"]]), RespConnectionError);
       await redis.start();
-      assert.deepEqual(await conn.send([["SET", "k", "after"], ["GET", "k"]]), ["OK", "after"]);
+      assert.deepEqual(
+        await conn.send([
+          ["SET", "k", "after"],
+          ["GET", "k"],
+        ]),
+        ["OK", "after"],
+      );
     } finally {
       conn.close();
     }
@@ -138,7 +175,10 @@ describe("connection handling", () => {
     const conn = new RespConnection(redis.url, { name: "watch-holder" });
     const other = new RespConnection(redis.url);
     try {
-      await conn.send([["SET", "v", "1"], ["WATCH", "v"]]);
+      await conn.send([
+        ["SET", "v", "1"],
+        ["WATCH", "v"],
+      ]);
       const watching = conn.connection;
       // The server drops the connection (as a restart or a network blip would); a foreign write follows.
       await other.send([["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]]);

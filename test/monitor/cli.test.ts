@@ -64,8 +64,13 @@ before(async () => {
   sameCsv = writeCsv("same.csv", 3, 1500, 1);
   // Parquet copies, written by chDB in a process of its own: this process opens the data directory
   // later, and chDB binds one data path per process.
-  const queries = ["reference", "current"].map((name) => `INSERT INTO FUNCTION file('${join(dir, name)}.parquet', 'Parquet') SELECT * FROM file('${join(dir, name)}.csv', 'CSVWithNames')`);
-  const converted = spawnSync(process.execPath, ["-e", `const { query } = require("chdb"); for (const q of ${JSON.stringify(queries)}) query(q);`], { cwd: ROOT, encoding: "utf8" });
+  const queries = ["reference", "current"].map(
+    (name) => `INSERT INTO FUNCTION file('${join(dir, name)}.parquet', 'Parquet') SELECT * FROM file('${join(dir, name)}.csv', 'CSVWithNames')`,
+  );
+  const converted = spawnSync(process.execPath, ["-e", `const { query } = require("chdb"); for (const q of ${JSON.stringify(queries)}) query(q);`], {
+    cwd: ROOT,
+    encoding: "utf8",
+  });
   assert.equal(converted.status, 0, converted.stderr);
 });
 
@@ -97,10 +102,25 @@ describe("streamserve drift", () => {
   });
 
   it("reads Parquet the same way", async () => {
-    const r = await cli(["drift", "--reference", join(dir, "reference.parquet"), "--current", join(dir, "current.parquet"), "--columns", "income,age", "--json"]);
+    const r = await cli([
+      "drift",
+      "--reference",
+      join(dir, "reference.parquet"),
+      "--current",
+      join(dir, "current.parquet"),
+      "--columns",
+      "income,age",
+      "--json",
+    ]);
     assert.equal(r.code, EXIT_DRIFT, describeRun(r));
     const out = JSON.parse(r.stdout) as { features: { feature: string; verdict: string }[] };
-    assert.deepEqual(out.features.map((f) => [f.feature, f.verdict]), [["income", "alert"], ["age", "ok"]]);
+    assert.deepEqual(
+      out.features.map((f) => [f.feature, f.verdict]),
+      [
+        ["income", "alert"],
+        ["age", "ok"],
+      ],
+    );
   });
 
   it("says what is wrong: a missing file, a missing flag, an unknown column", async () => {
@@ -125,10 +145,28 @@ describe("streamserve monitor --once and streamserve report", () => {
     const version = await publishProduction(env.runtime, MODEL, TEST_FEATURES, referenceSample(1));
     await publishProduction(env.runtime, "cli-ab", TEST_FEATURES);
     const registry = await env.runtime.registry();
-    const experiment = await registry.createExperiment({ name: "cli-exp", model: "cli-ab", variants: [{ name: "control", traffic: 50, target: "production" }, { name: "treatment", traffic: 50, target: "production" }], actor: "test" });
+    const experiment = await registry.createExperiment({
+      name: "cli-exp",
+      model: "cli-ab",
+      variants: [
+        { name: "control", traffic: 50, target: "production" },
+        { name: "treatment", traffic: 50, target: "production" },
+      ],
+      actor: "test",
+    });
     const now = Date.now();
-    const spec: SeedSpec = { dataDir: dir, model: MODEL, version, endMs: now - 60_000, sessionFactor: 1.5, experiment: { name: "cli-exp", model: "cli-ab", fromMs: Date.parse(experiment.createdAt), toMs: now } };
-    const seeded = spawnSync(process.execPath, ["--import", "tsx", "test/monitor/fixtures/seed-clickhouse.ts", JSON.stringify(spec)], { cwd: ROOT, encoding: "utf8" });
+    const spec: SeedSpec = {
+      dataDir: dir,
+      model: MODEL,
+      version,
+      endMs: now - 60_000,
+      sessionFactor: 1.5,
+      experiment: { name: "cli-exp", model: "cli-ab", fromMs: Date.parse(experiment.createdAt), toMs: now },
+    };
+    const seeded = spawnSync(process.execPath, ["--import", "tsx", "test/monitor/fixtures/seed-clickhouse.ts", JSON.stringify(spec)], {
+      cwd: ROOT,
+      encoding: "utf8",
+    });
     assert.equal(seeded.status, 0, seeded.stderr);
     once = await cli(["monitor", "--once"]);
   });
@@ -153,7 +191,10 @@ describe("streamserve monitor --once and streamserve report", () => {
     assert.match(quality.stdout, /^hour\s+model\s+version\s+variant/m);
     assert.match(ab.stdout, /^cli-exp\s+control \(control\)/m);
     const rows = JSON.parse(abJson.stdout) as { experiment: string; variant: string; users: number; lift: number }[];
-    assert.deepEqual(rows.map((r) => r.variant), ["control", "treatment"]);
+    assert.deepEqual(
+      rows.map((r) => r.variant),
+      ["control", "treatment"],
+    );
     assert.ok(rows[1]!.lift > 0.1, `lift ${rows[1]!.lift}`);
     assert.ok(rows[0]!.users + rows[1]!.users === 5000);
   });

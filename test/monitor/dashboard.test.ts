@@ -22,7 +22,15 @@ const SYSTEM_CHROMIUM = "/usr/bin/chromium";
  * so `npm install && npm test` needs no system package.
  */
 async function browserLaunchOptions(): Promise<LaunchOptions> {
-  const common = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+  const common = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ];
   if (existsSync(SYSTEM_CHROMIUM)) return { executablePath: SYSTEM_CHROMIUM, args: ["--headless", ...common] };
   const bundled = (await import("@sparticuz/chromium")).default;
   // Its defaults also turn off web security, which a test of a page must keep on.
@@ -45,8 +53,29 @@ before(async () => {
   const version = await publishProduction(runtime, MODEL, TEST_FEATURES, referenceSample(1));
   const now = Date.now();
   // Three hours of traffic up to a minute ago; the last hour shifted in avg_session_duration.
-  const early = makeTraffic({ seed: 21, model: MODEL, version, requests: 2000, candidates: 5, shown: 3, from: new Date(now - 3 * HOUR), to: new Date(now - HOUR), latencyMs: 6 });
-  const late = makeTraffic({ seed: 22, model: MODEL, version, requests: 1200, candidates: 5, shown: 3, from: new Date(now - HOUR), to: new Date(now - 60_000), latencyMs: 12, shift: { sessionFactor: 1.6 } });
+  const early = makeTraffic({
+    seed: 21,
+    model: MODEL,
+    version,
+    requests: 2000,
+    candidates: 5,
+    shown: 3,
+    from: new Date(now - 3 * HOUR),
+    to: new Date(now - HOUR),
+    latencyMs: 6,
+  });
+  const late = makeTraffic({
+    seed: 22,
+    model: MODEL,
+    version,
+    requests: 1200,
+    candidates: 5,
+    shown: 3,
+    from: new Date(now - HOUR),
+    to: new Date(now - 60_000),
+    latencyMs: 12,
+    shift: { sessionFactor: 1.6 },
+  });
   await insertRows(ch, "predictions", [...early.predictions, ...late.predictions]);
   await insertRows(ch, "outcomes", [...early.outcomes, ...late.outcomes]);
   // Registry history as the sink would have written it: publish, promote, a rollback, a rejection.
@@ -61,12 +90,35 @@ before(async () => {
     { kind: "reject", alias: "", from_version: "", to_version: "3", time: at(0.45) },
   ];
   modelEvents = events.length;
-  await insertRows(ch, "model_events", events.map((e, i) => ({ ...e, event_id: `e${i}`, model_name: MODEL, actor: "trainer", reason: "", details: "" })));
+  await insertRows(
+    ch,
+    "model_events",
+    events.map((e, i) => ({ ...e, event_id: `e${i}`, model_name: MODEL, actor: "trainer", reason: "", details: "" })),
+  );
   // An experiment with a real difference.
   await publishProduction(runtime, "ab-dash", TEST_FEATURES);
   const registry = await runtime.registry();
-  const experiment = await registry.createExperiment({ name: "new-ranker", model: "ab-dash", variants: [{ name: "control", traffic: 50, target: "production" }, { name: "treatment", traffic: 50, target: "production" }], actor: "test" });
-  const data = makeExperiment({ seed: 23, experiment: "new-ranker", model: "ab-dash", users: 4000, from: new Date(experiment.createdAt), to: new Date(), variants: [{ name: "control", traffic: 50, conversionRate: 0.1 }, { name: "treatment", traffic: 50, conversionRate: 0.13 }] });
+  const experiment = await registry.createExperiment({
+    name: "new-ranker",
+    model: "ab-dash",
+    variants: [
+      { name: "control", traffic: 50, target: "production" },
+      { name: "treatment", traffic: 50, target: "production" },
+    ],
+    actor: "test",
+  });
+  const data = makeExperiment({
+    seed: 23,
+    experiment: "new-ranker",
+    model: "ab-dash",
+    users: 4000,
+    from: new Date(experiment.createdAt),
+    to: new Date(),
+    variants: [
+      { name: "control", traffic: 50, conversionRate: 0.1 },
+      { name: "treatment", traffic: 50, conversionRate: 0.13 },
+    ],
+  });
   await insertRows(ch, "exposures", data.exposures);
   await insertRows(ch, "outcomes", data.outcomes);
 
@@ -97,7 +149,9 @@ describe("the dashboard", () => {
   });
 
   it("draws drift per feature with its thresholds, the shifted feature in alert", async () => {
-    const bars = await page.$$eval("#drift rect.bar", (rs) => rs.map((r) => [r.getAttribute("data-feature"), r.getAttribute("data-verdict"), Number(r.getAttribute("width"))]));
+    const bars = await page.$$eval("#drift rect.bar", (rs) =>
+      rs.map((r) => [r.getAttribute("data-feature"), r.getAttribute("data-verdict"), Number(r.getAttribute("width"))]),
+    );
     assert.equal(bars.length, TEST_FEATURES.length + 1, JSON.stringify(bars)); // every feature and the score
     const shifted = bars.find((b) => b[0] === "avg_session_duration")!;
     assert.equal(shifted[1], "alert");
@@ -122,7 +176,10 @@ describe("the dashboard", () => {
     assert.equal(await page.locator("#traffic path.line").count(), 1);
     assert.equal(await page.locator("#latency path.line").count(), 3);
     const api = (await (await fetch(`${base}/api/traffic`)).json()) as { requests: number; p95: number }[];
-    assert.equal(api.reduce((s, r) => s + r.requests, 0), 3200);
+    assert.equal(
+      api.reduce((s, r) => s + r.requests, 0),
+      3200,
+    );
     assert.ok(api.every((r) => r.p95 > 0));
   });
 

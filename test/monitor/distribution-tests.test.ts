@@ -50,7 +50,13 @@ describe("two-sample Kolmogorov–Smirnov", () => {
   });
 
   it("the exact p-value equals a brute-force count over all orderings", () => {
-    for (const [n, m] of [[4, 5], [5, 5], [3, 7], [6, 4], [1, 6]] as const) {
+    for (const [n, m] of [
+      [4, 5],
+      [5, 5],
+      [3, 7],
+      [6, 4],
+      [1, 6],
+    ] as const) {
       const gaps = bruteForceGaps(n, m);
       for (const gap of new Set(gaps)) {
         if (gap === 0) continue;
@@ -128,7 +134,13 @@ describe("population stability index", () => {
     // PSI = (0.3 − 0.5)·ln(0.3/0.5) + (0.7 − 0.5)·ln(0.7/0.5) = 0.2·0.510826 + 0.2·0.336472 = 0.169460.
     const r = psi([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 6, 7, 8, 9, 10, 11, 12], { bins: 2 });
     close(r.value, 0.16945957207744072, 1e-12);
-    assert.deepEqual(r.bins.map((b) => [b.lower, b.upper, b.reference, b.current]), [[-Infinity, 5, 0.5, 0.3], [5, Infinity, 0.5, 0.7]]);
+    assert.deepEqual(
+      r.bins.map((b) => [b.lower, b.upper, b.reference, b.current]),
+      [
+        [-Infinity, 5, 0.5, 0.3],
+        [5, Infinity, 0.5, 0.7],
+      ],
+    );
   });
 
   it("floors an empty bin at 1e-4 instead of returning infinity", () => {
@@ -151,7 +163,13 @@ describe("population stability index", () => {
     // (nothing above it), so the only usable edge is 0: bins (−∞, 0] and (0, ∞).
     const r = psi([0, 0, 0, 0, 0, 0, 0, 0, 1, 1], [0, 1, 1, 1]);
     assert.equal(r.bins.length, 2);
-    assert.deepEqual(r.bins.map((b) => [b.reference, b.current]), [[0.8, 0.25], [0.2, 0.75]]);
+    assert.deepEqual(
+      r.bins.map((b) => [b.reference, b.current]),
+      [
+        [0.8, 0.25],
+        [0.2, 0.75],
+      ],
+    );
   });
 
   it("edge cases: empty, all-equal, non-finite", () => {
@@ -169,7 +187,17 @@ describe("population stability index", () => {
   it("categorical PSI: a category that appears from nowhere", () => {
     // ref a 50 %, b 50 %, c 0 → 1e-4; cur a 25 %, b 25 %, c 50 %.
     // (0.25−0.5)ln(0.5) ·2 = 0.346574; (0.5 − 1e-4)ln(0.5/1e-4) = 0.4999·8.517193 = 4.257745. Sum 4.604318.
-    const value = psiCategorical(new Map([["a", 5], ["b", 5]]), new Map([["a", 1], ["b", 1], ["c", 2]]));
+    const value = psiCategorical(
+      new Map([
+        ["a", 5],
+        ["b", 5],
+      ]),
+      new Map([
+        ["a", 1],
+        ["b", 1],
+        ["c", 2],
+      ]),
+    );
     close(value, 2 * 0.25 * Math.log(2) + 0.4999 * Math.log(5000), 1e-12);
   });
 });
@@ -187,14 +215,32 @@ describe("chi-square", () => {
   it("homogeneity on a 2 × 2 table: χ² = 4, p = 2Φ(−2)", () => {
     // Reference a 20, b 30; current a 30, b 20. Every expected count is 25, each cell contributes
     // 5²/25 = 1, so χ² = 4 with 1 df; χ²₁ = Z², p = 2·(1 − Φ(2)) = 0.0455003.
-    const r = chiSquareHomogeneity(new Map([["a", 20], ["b", 30]]), new Map([["a", 30], ["b", 20]]));
+    const r = chiSquareHomogeneity(
+      new Map([
+        ["a", 20],
+        ["b", 30],
+      ]),
+      new Map([
+        ["a", 30],
+        ["b", 20],
+      ]),
+    );
     assert.equal(r.statistic, 4);
     assert.equal(r.df, 1);
     close(r.pValue, 0.04550026389635857, 1e-12);
   });
 
   it("identical distributions give χ² = 0 and p = 1; a single category cannot be tested", () => {
-    const same = chiSquareHomogeneity(new Map([[0, 10], [1, 30]]), new Map([[0, 100], [1, 300]]));
+    const same = chiSquareHomogeneity(
+      new Map([
+        [0, 10],
+        [1, 30],
+      ]),
+      new Map([
+        [0, 100],
+        [1, 300],
+      ]),
+    );
     assert.equal(same.statistic, 0);
     assert.equal(same.pValue, 1);
     assert.ok(Number.isNaN(chiSquareHomogeneity(new Map([[1, 5]]), new Map([[1, 9]])).pValue));
@@ -203,7 +249,14 @@ describe("chi-square", () => {
 
   it("counts categories and drops non-finite values", () => {
     const { counts, dropped } = countCategories([1, 2, 2, NaN, 3, -Infinity, 2]);
-    assert.deepEqual([...counts], [[1, 1], [2, 3], [3, 1]]);
+    assert.deepEqual(
+      [...counts],
+      [
+        [1, 1],
+        [2, 3],
+        [3, 1],
+      ],
+    );
     assert.equal(dropped, 2);
   });
 

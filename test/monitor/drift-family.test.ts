@@ -48,7 +48,10 @@ describe("drift verdicts over repeated seeds", () => {
       if (holm.some((f) => f.testVerdict === "alert")) corrected++;
       if (none.some((f) => f.testVerdict === "alert")) uncorrected++;
       // PSI of unshifted samples this size stays far below the warning level.
-      assert.ok(holm.every((f) => f.psi < 0.1), `run ${run}: ${holm.map((f) => `${f.feature} ${f.psi}`).join(", ")}`);
+      assert.ok(
+        holm.every((f) => f.psi < 0.1),
+        `run ${run}: ${holm.map((f) => `${f.feature} ${f.psi}`).join(", ")}`,
+      );
     }
     // Binomial(200, 0.05) has sd 3.1: 19 is three above the mean. The discrete features make the
     // tests conservative, so the rate may be lower, but not zero over 200 runs.

@@ -78,7 +78,12 @@ describe("error rates over repeated seeds", () => {
 
   it("the monitor's experiment analysis: A/A/A with two treatments stays near 5 % family-wise (Holm)", () => {
     const random = seededRandom(31337);
-    const config = { name: "aaa", model: "m", status: "running" as const, variants: ["control", "b", "c"].map((name) => ({ name, traffic: 100 / 3, target: "production" })) };
+    const config = {
+      name: "aaa",
+      model: "m",
+      status: "running" as const,
+      variants: ["control", "b", "c"].map((name) => ({ name, traffic: 100 / 3, target: "production" })),
+    };
     const window = { from: new Date(0), to: new Date(1) };
     // More runs than above: family-wise rates of two correlated tests need a finer estimate.
     const runs = 1000;
@@ -88,7 +93,16 @@ describe("error rates over repeated seeds", () => {
       const counts: VariantCounts[] = config.variants.map((v) => {
         const users = 1500;
         const revenue = revenueOf(random, users);
-        return { variant: v.name, users, exposures: users, conversions: revenue.filter((r) => r > 0).length, revenue: 0, avgRevenue: mean(revenue), revenueVariance: variance(revenue), crossovers: 0 };
+        return {
+          variant: v.name,
+          users,
+          exposures: users,
+          conversions: revenue.filter((r) => r > 0).length,
+          revenue: 0,
+          avgRevenue: mean(revenue),
+          revenueVariance: variance(revenue),
+          crossovers: 0,
+        };
       });
       const result = analyzeExperiment(config, counts, window, MONITOR_DEFAULTS.experiments);
       if (result.variants.some((v) => v.significant)) anySignificant++;

@@ -59,15 +59,30 @@ before(async () => {
     windows.push({ user_id: user, window_start: iso(firstSeen - 20 * MINUTE), window_end: iso(firstSeen - 15 * MINUTE), features: {}, event_count: a });
     windows.push({ user_id: user, window_start: iso(firstSeen - 6 * MINUTE), window_end: iso(firstSeen - 1 * MINUTE), features: {}, event_count: b });
     windows.push({ user_id: user, window_start: iso(firstSeen), window_end: iso(firstSeen + 5 * MINUTE), features: {}, event_count: 50 });
-    windows.push({ user_id: user, window_start: iso(firstSeen - 9 * 24 * 60 * MINUTE), window_end: iso(firstSeen - 9 * 24 * 60 * MINUTE + 5 * MINUTE), features: {}, event_count: 70 });
+    windows.push({
+      user_id: user,
+      window_start: iso(firstSeen - 9 * 24 * 60 * MINUTE),
+      window_end: iso(firstSeen - 9 * 24 * 60 * MINUTE + 5 * MINUTE),
+      features: {},
+      event_count: 70,
+    });
     const x = a + b;
     const converted = random() < Math.min(0.9, 0.02 + 0.04 * x) * (variant === "treatment" ? 1.15 : 1) ? 1 : 0;
     truth.get(variant)!.x.push(x);
     truth.get(variant)!.y.push(converted);
     for (let r = 0; r < 2; r++) {
       const requestId = `${user}-r${r}`;
-      exposures.push({ request_id: requestId, time: iso(firstSeen + r * 1000), experiment: experiment.name, variant, user_id: user, model_name: "recommender", model_version: "1" });
-      if (converted && r === 1) outcomes.push({ outcome_id: `o-${requestId}`, request_id: requestId, item_id: "i", time: iso(firstSeen + 2000), clicked: 1, converted: 1, revenue: 5 });
+      exposures.push({
+        request_id: requestId,
+        time: iso(firstSeen + r * 1000),
+        experiment: experiment.name,
+        variant,
+        user_id: user,
+        model_name: "recommender",
+        model_version: "1",
+      });
+      if (converted && r === 1)
+        outcomes.push({ outcome_id: `o-${requestId}`, request_id: requestId, item_id: "i", time: iso(firstSeen + 2000), clicked: 1, converted: 1, revenue: 5 });
     }
   }
   await ch.client.insert({ table: "exposures", values: exposures, format: "JSONEachRow" });
@@ -82,7 +97,10 @@ after(async () => {
 it("reads each user's pre-exposure activity into the CUPED sums, as computed by hand", async () => {
   const window = { from: new Date(start), to: new Date() };
   const counts = await readVariantCounts(ch, experiment.name, window, MONITOR_DEFAULTS.experiments.cupedLookbackMs);
-  assert.deepEqual(counts.map((c) => c.variant), ["control", "treatment"]);
+  assert.deepEqual(
+    counts.map((c) => c.variant),
+    ["control", "treatment"],
+  );
   for (const c of counts) {
     const t = truth.get(c.variant)!;
     const expected = cupedSums(t.x, t.y);
@@ -116,7 +134,12 @@ it("the analysis lands in ab_report with the sequential and CUPED figures; a lat
   assert.ok(Number.isFinite(row!.cupedPValue));
 
   // A stored earlier analysis with a smaller p: the always-valid p-value never goes back up.
-  const earlier = experimentRows({ ...first.experiments[0]!, variants: first.experiments[0]!.variants.map((v) => (v.control ? v : { ...v, sequentialPValue: 1e-6 })) }, new Date(Date.now() - 1000), new Map(), MONITOR_DEFAULTS.experiments);
+  const earlier = experimentRows(
+    { ...first.experiments[0]!, variants: first.experiments[0]!.variants.map((v) => (v.control ? v : { ...v, sequentialPValue: 1e-6 })) },
+    new Date(Date.now() - 1000),
+    new Map(),
+    MONITOR_DEFAULTS.experiments,
+  );
   await writeMonitoringRows(ch, earlier);
   const second = await checkExperiments(ch, registry, new Date(), MONITOR_DEFAULTS.experiments);
   assert.equal(second.experiments[0]!.variants.find((v) => !v.control)!.sequentialPValue, 1e-6);

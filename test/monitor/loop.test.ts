@@ -54,24 +54,93 @@ before(async () => {
   // item_ctr_5min values NaN (a broken item pipeline); everything else as in training. With the
   // unshifted features the family-wise false-alarm rate is 5 % by design (drift-family.test.ts
   // measures it over many seeds), so some seeds do alarm: seed 2 does, on device_type (p 0.03).
-  const served = makeTraffic({ seed: 3, model: MODEL, version, requests: 1500, candidates: 6, shown: 3, from: T0, to: new Date(T0.getTime() + HOUR), shift: { sessionFactor: 1.5, nanItemCtr: 0.05 } });
+  const served = makeTraffic({
+    seed: 3,
+    model: MODEL,
+    version,
+    requests: 1500,
+    candidates: 6,
+    shown: 3,
+    from: T0,
+    to: new Date(T0.getTime() + HOUR),
+    shift: { sessionFactor: 1.5, nanItemCtr: 0.05 },
+  });
   // A challenger version in an experiment variant whose scores are unrelated to clicks.
-  const challenger = makeTraffic({ seed: 3, model: MODEL, version: "99", requests: 800, candidates: 6, shown: 3, from: T0, to: new Date(T0.getTime() + HOUR), scores: "random", variant: "challenger", experiment: "ranker" });
+  const challenger = makeTraffic({
+    seed: 3,
+    model: MODEL,
+    version: "99",
+    requests: 800,
+    candidates: 6,
+    shown: 3,
+    from: T0,
+    to: new Date(T0.getTime() + HOUR),
+    scores: "random",
+    variant: "challenger",
+    experiment: "ranker",
+  });
   await insertRows(ch, "predictions", [...served.predictions, ...challenger.predictions]);
   await insertRows(ch, "outcomes", [...served.outcomes, ...challenger.outcomes]);
 
   // Three experiments (each on its own model: one running experiment per model).
   const registry = await runtime.registry();
   const plans = [
-    { model: "ab-real", experiment: "real-lift", users: 6000, variants: [{ name: "control", traffic: 50, conversionRate: 0.1 }, { name: "treatment", traffic: 50, conversionRate: 0.14, revenue: 50 }] },
-    { model: "ab-same", experiment: "a-a", users: 6000, variants: [{ name: "control", traffic: 50, conversionRate: 0.1 }, { name: "treatment", traffic: 50, conversionRate: 0.1 }] },
-    { model: "ab-srm", experiment: "lossy", users: 6000, variants: [{ name: "control", traffic: 50, conversionRate: 0.1 }, { name: "treatment", traffic: 50, conversionRate: 0.1 }], lose: { variant: "treatment", fraction: 0.1 } },
-    { model: "ab-small", experiment: "tiny", users: 300, variants: [{ name: "control", traffic: 50, conversionRate: 0.1 }, { name: "treatment", traffic: 50, conversionRate: 0.1 }] },
+    {
+      model: "ab-real",
+      experiment: "real-lift",
+      users: 6000,
+      variants: [
+        { name: "control", traffic: 50, conversionRate: 0.1 },
+        { name: "treatment", traffic: 50, conversionRate: 0.14, revenue: 50 },
+      ],
+    },
+    {
+      model: "ab-same",
+      experiment: "a-a",
+      users: 6000,
+      variants: [
+        { name: "control", traffic: 50, conversionRate: 0.1 },
+        { name: "treatment", traffic: 50, conversionRate: 0.1 },
+      ],
+    },
+    {
+      model: "ab-srm",
+      experiment: "lossy",
+      users: 6000,
+      variants: [
+        { name: "control", traffic: 50, conversionRate: 0.1 },
+        { name: "treatment", traffic: 50, conversionRate: 0.1 },
+      ],
+      lose: { variant: "treatment", fraction: 0.1 },
+    },
+    {
+      model: "ab-small",
+      experiment: "tiny",
+      users: 300,
+      variants: [
+        { name: "control", traffic: 50, conversionRate: 0.1 },
+        { name: "treatment", traffic: 50, conversionRate: 0.1 },
+      ],
+    },
   ];
   for (const [i, p] of plans.entries()) {
     await publishProduction(runtime, p.model, TEST_FEATURES);
-    await registry.createExperiment({ name: p.experiment, model: p.model, variants: p.variants.map((v) => ({ name: v.name, traffic: v.traffic, target: "production" })), actor: "test" });
-    const data = makeExperiment({ seed: 10 + i, experiment: p.experiment, model: p.model, users: p.users, variants: p.variants, from: T0, to: new Date(T0.getTime() + HOUR), lose: p.lose });
+    await registry.createExperiment({
+      name: p.experiment,
+      model: p.model,
+      variants: p.variants.map((v) => ({ name: v.name, traffic: v.traffic, target: "production" })),
+      actor: "test",
+    });
+    const data = makeExperiment({
+      seed: 10 + i,
+      experiment: p.experiment,
+      model: p.model,
+      users: p.users,
+      variants: p.variants,
+      from: T0,
+      to: new Date(T0.getTime() + HOUR),
+      lose: p.lose,
+    });
     await insertRows(ch, "exposures", data.exposures);
     await insertRows(ch, "outcomes", data.outcomes);
   }
@@ -153,8 +222,18 @@ describe("a monitoring cycle on seeded ClickHouse", () => {
     assert.equal(production.result.n, 4500);
     assert.equal(challenger.verdict, "alert");
     assert.ok(Math.abs(challenger.result.auc - 0.5) < 0.06, `challenger AUC ${challenger.result.auc}`);
-    const report = await queryRows<{ variant: string; auc: number; verdict: string; n: string | number }>(ch, "SELECT variant, auc, verdict, n FROM quality_report WHERE model_name = {m:String} ORDER BY variant", { m: MODEL });
-    assert.deepEqual(report.map((r) => [r.variant, r.verdict, Number(r.n)]), [["all", "ok", 4500], ["challenger", "alert", 2400]]);
+    const report = await queryRows<{ variant: string; auc: number; verdict: string; n: string | number }>(
+      ch,
+      "SELECT variant, auc, verdict, n FROM quality_report WHERE model_name = {m:String} ORDER BY variant",
+      { m: MODEL },
+    );
+    assert.deepEqual(
+      report.map((r) => [r.variant, r.verdict, Number(r.n)]),
+      [
+        ["all", "ok", 4500],
+        ["challenger", "alert", 2400],
+      ],
+    );
   });
 
   it("finds a real A/B difference significant and an A/A one not", () => {
@@ -226,14 +305,28 @@ describe("a monitoring cycle on seeded ClickHouse", () => {
     const condition = { key: "ab:lossy:srm", kind: "ab" as const, model: "ab-srm", version: "", subject: "lossy", message: "split fixed", details: {} };
     const later = new Date(NOW.getTime() + 2 * 60_000);
     const resolved = await dispatchAlerts(sinks, [{ ...condition, severity: "ok" }], later, options);
-    assert.deepEqual(resolved.sent.map((n) => [n.status, n.severity]), [["resolved", "alert"]]);
+    assert.deepEqual(
+      resolved.sent.map((n) => [n.status, n.severity]),
+      [["resolved", "alert"]],
+    );
     // Resolved stays quiet while fine.
     assert.deepEqual((await dispatchAlerts(sinks, [{ ...condition, severity: "ok" }], later, options)).sent, []);
-    const drift = { key: `drift:${MODEL}:1:avg_session_duration`, kind: "drift" as const, model: MODEL, version: "1", subject: "avg_session_duration", message: "still drifting", details: {} };
+    const drift = {
+      key: `drift:${MODEL}:1:avg_session_duration`,
+      kind: "drift" as const,
+      model: MODEL,
+      version: "1",
+      subject: "avg_session_duration",
+      message: "still drifting",
+      details: {},
+    };
     const soon = await dispatchAlerts(sinks, [{ ...drift, severity: "alert" }], new Date(NOW.getTime() + HOUR), options);
     assert.deepEqual(soon.sent, []);
     const day = await dispatchAlerts(sinks, [{ ...drift, severity: "alert" }], new Date(NOW.getTime() + 25 * HOUR), options);
-    assert.deepEqual(day.sent.map((n) => n.status), ["firing"]);
+    assert.deepEqual(
+      day.sent.map((n) => n.status),
+      ["firing"],
+    );
   });
 
   it("runs every query of monitor/README.md as pasted", async () => {

@@ -150,7 +150,15 @@ describe("CUPED over repeated seeds", () => {
     crossovers: 0,
     cupedSums: s,
   });
-  const config = { name: "cuped", model: "m", status: "running" as const, variants: [{ name: "control", traffic: 50, target: "production" }, { name: "treatment", traffic: 50, target: "candidate" }] };
+  const config = {
+    name: "cuped",
+    model: "m",
+    status: "running" as const,
+    variants: [
+      { name: "control", traffic: 50, target: "production" },
+      { name: "treatment", traffic: 50, target: "candidate" },
+    ],
+  };
   const window = { from: new Date(0), to: new Date(1) };
   const RUNS = 400;
 
@@ -159,7 +167,12 @@ describe("CUPED over repeated seeds", () => {
     let rejected = 0;
     let reduction = 0;
     for (let run = 0; run < RUNS; run++) {
-      const r = analyzeExperiment(config, [counts("control", arm(random, 2000, 0)), counts("treatment", arm(random, 2000, 0))], window, MONITOR_DEFAULTS.experiments);
+      const r = analyzeExperiment(
+        config,
+        [counts("control", arm(random, 2000, 0)), counts("treatment", arm(random, 2000, 0))],
+        window,
+        MONITOR_DEFAULTS.experiments,
+      );
       const t = r.variants[1]!;
       if (t.cuped!.pValue < 0.05) rejected++;
       reduction += t.cuped!.varianceReduction / RUNS;
@@ -174,7 +187,12 @@ describe("CUPED over repeated seeds", () => {
     let raw = 0;
     let adjusted = 0;
     for (let run = 0; run < RUNS; run++) {
-      const r = analyzeExperiment(config, [counts("control", arm(random, 2000, 0)), counts("treatment", arm(random, 2000, 0.1))], window, MONITOR_DEFAULTS.experiments);
+      const r = analyzeExperiment(
+        config,
+        [counts("control", arm(random, 2000, 0)), counts("treatment", arm(random, 2000, 0.1))],
+        window,
+        MONITOR_DEFAULTS.experiments,
+      );
       const t = r.variants[1]!;
       if (t.pValue! < 0.05) raw++;
       if (t.cuped!.pValue < 0.05) adjusted++;

@@ -42,12 +42,23 @@ before(async () => {
   client = createServiceClient(RecommendationService, `127.0.0.1:${server.port}`);
   for (let i = 0; i < ITEMS; i++) await rt.redis().hset(rt.names.itemFeaturesKey(`item${i}`), { item_ctr_5min: QUALITY[i]! });
   const registry = await rt.registry();
-  const publish = async (w: number) => (await registry.publish({ name: MODEL, artifact: logisticModel([w], 0), features: FEATURES, inputName: "features", outputName: "score", actor: "test" })).version;
+  const publish = async (w: number) =>
+    (await registry.publish({ name: MODEL, artifact: logisticModel([w], 0), features: FEATURES, inputName: "features", outputName: "score", actor: "test" }))
+      .version;
   versions.flat = await publish(0);
   versions.good = await publish(8);
   await registry.setAlias(MODEL, "production", versions.flat, { actor: "test" });
-  experiment = await registry.createExperiment({ name: "shadow-good", model: MODEL, variants: [{ name: "control", traffic: 100, target: "production" }], shadow: { target: versions.good, percent: 40 } });
-  await waitFor(() => server.models.experimentFor(MODEL)?.shadow?.target === versions.good && server.models.states(MODEL).get(versions.good)?.state === "ready", 20_000, "the shadow version loaded");
+  experiment = await registry.createExperiment({
+    name: "shadow-good",
+    model: MODEL,
+    variants: [{ name: "control", traffic: 100, target: "production" }],
+    shadow: { target: versions.good, percent: 40 },
+  });
+  await waitFor(
+    () => server.models.experimentFor(MODEL)?.shadow?.target === versions.good && server.models.states(MODEL).get(versions.good)?.state === "ready",
+    20_000,
+    "the shadow version loaded",
+  );
   await waitFor(() => server.models.servedVersion(MODEL) === versions.flat, 20_000, "production served");
 
   const random = createRandom(3);
@@ -59,7 +70,8 @@ before(async () => {
         // What the caller gets is production's answer, shadow or not.
         assert.equal(res.modelVersion, versions.flat);
         for (const rec of res.recommendations) {
-          if (random() < QUALITY[Number(rec.itemId.slice(4))]!) await client.recordOutcome({ requestId: res.requestId, itemId: rec.itemId, clicked: true, revenue: 0 });
+          if (random() < QUALITY[Number(rec.itemId.slice(4))]!)
+            await client.recordOutcome({ requestId: res.requestId, itemId: rec.itemId, clicked: true, revenue: 0 });
         }
       }),
     );
@@ -84,18 +96,33 @@ describe("shadow traffic", () => {
     await waitFor(async () => (await logged()) >= 0.9 * expected.length, 30_000, "the shadow scores in ClickHouse");
     await server.logs.flush();
     let last = -1;
-    await waitFor(async () => {
-      const n = await logged();
-      const settled = n === last;
-      last = n;
-      if (!settled) await new Promise((r) => setTimeout(r, 500));
-      return settled;
-    }, 30_000, "the last shadow scores");
-    const ids = (await queryRows<{ request_id: string }>(await rt.clickhouse(), "SELECT DISTINCT request_id FROM shadow_predictions FINAL ORDER BY request_id")).map((r) => r.request_id);
+    await waitFor(
+      async () => {
+        const n = await logged();
+        const settled = n === last;
+        last = n;
+        if (!settled) await new Promise((r) => setTimeout(r, 500));
+        return settled;
+      },
+      30_000,
+      "the last shadow scores",
+    );
+    const ids = (
+      await queryRows<{ request_id: string }>(await rt.clickhouse(), "SELECT DISTINCT request_id FROM shadow_predictions FINAL ORDER BY request_id")
+    ).map((r) => r.request_id);
     const share = new Set(expected);
-    assert.deepEqual(ids.filter((id) => !share.has(id)), [], "shadow scores outside the share");
+    assert.deepEqual(
+      ids.filter((id) => !share.has(id)),
+      [],
+      "shadow scores outside the share",
+    );
     assert.equal(await count("SELECT count() AS n FROM shadow_predictions FINAL"), ids.length * ITEMS);
-    assert.equal(await count(`SELECT count() AS n FROM shadow_predictions FINAL WHERE model_version != '${versions.good}' OR variant != 'shadow' OR experiment != 'shadow-good'`), 0);
+    assert.equal(
+      await count(
+        `SELECT count() AS n FROM shadow_predictions FINAL WHERE model_version != '${versions.good}' OR variant != 'shadow' OR experiment != 'shadow-good'`,
+      ),
+      0,
+    );
     // The shadow ranks by its own scores: its position 1 is the best item of the ten.
     assert.equal(await count("SELECT count() AS n FROM shadow_predictions FINAL WHERE position = 1 AND item_id != 'item9'"), 0);
     // Never in predictions, which training, drift and quality read.
@@ -105,18 +132,22 @@ describe("shadow traffic", () => {
 
   it("report shadow: scores, rankings and AUC on production's shown items, against the version that answered", async () => {
     let last = -1;
-    await waitFor(async () => {
-      const n = await count("SELECT count() AS n FROM outcomes FINAL");
-      const settled = n === last;
-      last = n;
-      return settled && n > 0;
-    }, 20_000, "the outcomes");
+    await waitFor(
+      async () => {
+        const n = await count("SELECT count() AS n FROM outcomes FINAL");
+        const settled = n === last;
+        last = n;
+        return settled && n > 0;
+      },
+      20_000,
+      "the outcomes",
+    );
     const [c] = await compareShadow(await rt.clickhouse(), { from: started, to: new Date(Date.now() + 60_000) });
     assert.ok(c);
     assert.equal(c.experiment, "shadow-good");
     assert.equal(c.shadowVersion, versions.good);
     assert.deepEqual(c.servedVersions, [versions.flat]);
-    assert.equal(c.requests, (await count("SELECT uniqExact(request_id) AS n FROM shadow_predictions FINAL")));
+    assert.equal(c.requests, await count("SELECT uniqExact(request_id) AS n FROM shadow_predictions FINAL"));
     assert.equal(c.items, c.requests * ITEMS);
     // The flat model returns the caller's first three (the worst items); the shadow would return the best three.
     assert.equal(c.topKOverlap, 0);
@@ -129,7 +160,10 @@ describe("shadow traffic", () => {
     const cycle = await createMonitor(rt).runCycle();
     assert.equal(cycle.shadow?.[0]?.requests, c.requests);
     const clicks = await count("SELECT countIf(clicked = 1) AS n FROM outcomes FINAL");
-    assert.deepEqual(cycle.online?.map((o) => [o.version, o.requests, o.shown, o.clicks]), [[versions.flat, REQUESTS, REQUESTS * 3, clicks]]);
+    assert.deepEqual(
+      cycle.online?.map((o) => [o.version, o.requests, o.shown, o.clicks]),
+      [[versions.flat, REQUESTS, REQUESTS * 3, clicks]],
+    );
     assert.ok(Math.abs(cycle.online![0]!.ctr - clicks / (REQUESTS * 3)) < 1e-12);
 
     const lines: string[] = [];
@@ -148,7 +182,16 @@ describe("shadow traffic", () => {
 
 describe("shadow summary by hand", () => {
   it("overlap, first item, rank correlation and AUC of two requests", () => {
-    const p = (request: string, item: string, served: number, servedPosition: number, shadow: number, clicked: number): ShadowPair => ({ request, item, servedVersion: "1", served, servedPosition, shadow, shadowPosition: 0, clicked });
+    const p = (request: string, item: string, served: number, servedPosition: number, shadow: number, clicked: number): ShadowPair => ({
+      request,
+      item,
+      servedVersion: "1",
+      served,
+      servedPosition,
+      shadow,
+      shadowPosition: 0,
+      clicked,
+    });
     const pairs = [
       // r1: served a > b > c, shows a, b; shadow c > a > b: top-2 {c, a}, overlap 1/2, first differs; ranks reversed-ish: ρ = −0.5.
       p("r1", "a", 0.9, 1, 0.5, 1),

@@ -33,7 +33,14 @@ describe("special functions", () => {
   it("incomplete gamma has the closed form of a = 1 and P + Q = 1", () => {
     // P(1, x) = 1 − e^(−x).
     for (const x of [0.01, 0.5, 1, 2, 5, 30]) close(gammaP(1, x), -Math.expm1(-x), 1e-14, `P(1, ${x})`);
-    for (const [a, x] of [[0.5, 0.2], [3, 2], [3, 7], [50, 45], [50, 60]] as const) close(gammaP(a, x) + gammaQ(a, x), 1, 1e-13);
+    for (const [a, x] of [
+      [0.5, 0.2],
+      [3, 2],
+      [3, 7],
+      [50, 45],
+      [50, 60],
+    ] as const)
+      close(gammaP(a, x) + gammaQ(a, x), 1, 1e-13);
     assert.equal(gammaP(2, 0), 0);
     assert.equal(gammaQ(2, Infinity), 0);
   });
@@ -79,7 +86,12 @@ describe("special functions", () => {
   });
 
   it("incomplete beta matches I_x(1, b) = 1 − (1 − x)^b and its symmetry", () => {
-    for (const [x, b] of [[0.2, 3], [0.9, 0.5], [0.5, 10]] as const) close(betaIncomplete(x, 1, b), 1 - (1 - x) ** b, 1e-14);
+    for (const [x, b] of [
+      [0.2, 3],
+      [0.9, 0.5],
+      [0.5, 10],
+    ] as const)
+      close(betaIncomplete(x, 1, b), 1 - (1 - x) ** b, 1e-14);
     close(betaIncomplete(0.3, 2.5, 7) + betaIncomplete(0.7, 7, 2.5), 1, 1e-14);
     assert.equal(betaIncomplete(0, 2, 3), 0);
     assert.equal(betaIncomplete(1, 2, 3), 1);

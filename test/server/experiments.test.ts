@@ -44,7 +44,11 @@ it("routes each user to its variant's model and logs one exposure per request", 
     ],
   });
   await waitFor(() => server.models.experimentFor("recommender")?.name === "rec_v2", 10_000, "experiment seen");
-  await waitFor(() => server.models.servedVersion("recommender", "candidate") === v2.version && server.models.servedVersion("recommender") === v1.version, 15_000, "both variants loaded");
+  await waitFor(
+    () => server.models.servedVersion("recommender", "candidate") === v2.version && server.models.servedVersion("recommender") === v1.version,
+    15_000,
+    "both variants loaded",
+  );
 
   const counts: Record<string, number> = { control: 0, treatment: 0 };
   const requestIds: string[] = [];
@@ -64,7 +68,12 @@ it("routes each user to its variant's model and logs one exposure per request", 
   await server.logs.flush();
   const nc = await rt.nats();
   const jsm = await nc.jetstreamManager();
-  await jsm.consumers.add(rt.names.logsStream, { durable_name: "exp_check", ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, filter_subject: rt.names.logsSubject("exposure") });
+  await jsm.consumers.add(rt.names.logsStream, {
+    durable_name: "exp_check",
+    ack_policy: AckPolicy.None,
+    deliver_policy: DeliverPolicy.All,
+    filter_subject: rt.names.logsSubject("exposure"),
+  });
   const consumer = await nc.jetstream().consumers.get(rt.names.logsStream, "exp_check");
   const exposures = new Map<string, number>();
   const messages = await consumer.fetch({ max_messages: 1000, expires: 2000 });

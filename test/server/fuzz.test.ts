@@ -77,17 +77,32 @@ it("answers thousands of malformed calls cleanly and stays up with bounded memor
     rec.recommend({ userId: "u", candidates: ["a"], limit: 4_000_000_000 }),
     rec.recordOutcome({ requestId: "r", itemId: "i", revenue: Number.NaN }),
     rec.recordOutcome({ requestId: "r", itemId: "i", revenue: Number.POSITIVE_INFINITY }),
-    oip.modelInfer({ modelName: "recommender", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [Number.NaN, Number.POSITIVE_INFINITY] } }] }),
-    oip.modelInfer({ modelName: "recommender", inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000_000n, 2n] }], rawInputContents: [new Uint8Array(8)] }),
+    oip.modelInfer({
+      modelName: "recommender",
+      inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [Number.NaN, Number.POSITIVE_INFINITY] } }],
+    }),
+    oip.modelInfer({
+      modelName: "recommender",
+      inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000_000n, 2n] }],
+      rawInputContents: [new Uint8Array(8)],
+    }),
     oip.modelInfer({ modelName: "recommender", inputs: [{ name: "features", datatype: "FP32", shape: [9_223_372_036_854_775_807n, 2n] }] }),
     oip.modelInfer({ modelName: "recommender", inputs: [{ name: "features", datatype: "FP32", shape: Array.from({ length: 64 }, () => 2n) }] }),
-    oip.modelInfer({ modelName: "recommender", inputs: [{ name: "features", datatype: "FP32", shape: [60_000n, 2n] }], rawInputContents: [new Uint8Array(60_000 * 2 * 4)] }),
-    oip.modelInfer({ modelName: "recommender", inputs: [{ name: "features", datatype: "FP32", shape: [100_000n, 2n] }], rawInputContents: [new Uint8Array(100_000 * 2 * 4)] }),
+    oip.modelInfer({
+      modelName: "recommender",
+      inputs: [{ name: "features", datatype: "FP32", shape: [60_000n, 2n] }],
+      rawInputContents: [new Uint8Array(60_000 * 2 * 4)],
+    }),
+    oip.modelInfer({
+      modelName: "recommender",
+      inputs: [{ name: "features", datatype: "FP32", shape: [100_000n, 2n] }],
+      rawInputContents: [new Uint8Array(100_000 * 2 * 4)],
+    }),
     oip.modelInfer({ modelName: "recommender", modelVersion: "v".repeat(100_000), inputs: [] }),
     rec.recommend({ userId: "u", candidates: ["y".repeat(100_000)] }),
     oip.modelInfer({ modelName: "x".repeat(100_000), inputs: [] }),
   ];
-  for (const r of await Promise.allSettled(weird)) count(r.status === "fulfilled" ? Code.OK : ((r.reason as { code: number }).code));
+  for (const r of await Promise.allSettled(weird)) count(r.status === "fulfilled" ? Code.OK : (r.reason as { code: number }).code);
 
   const total = [...codes.values()].reduce((a, b) => a + b, 0);
   assert.equal(total, 2000 + 5 + weird.length, "every call was answered");
@@ -117,14 +132,32 @@ it("dead-letters thousands of malformed events and keeps consuming", async () =>
   for (let i = 0; i < 1500; i++) {
     const kind = i % 6;
     if (kind === 0) payloads.push(randomBytes(Math.floor(rand.next() * 300)));
-    else if (kind === 1) payloads.push(new TextEncoder().encode(JSON.stringify({ event_id: `e${i}`, user_id: "u".repeat(100_000), event_type: "click", page_id: "p", event_time: now })));
-    else if (kind === 2) payloads.push(new TextEncoder().encode(JSON.stringify({ event_id: `e${i}`, user_id: 42, event_type: ["click"], page_id: null, event_time: "yesterday" })));
-    else if (kind === 3) payloads.push(new TextEncoder().encode(`{"event_id":"e${i}","user_id":"u","event_type":"view","page_id":"p","session_duration":NaN,"event_time":${now}}`));
-    else if (kind === 4) payloads.push(new TextEncoder().encode(JSON.stringify({ event_id: `e${i}`, user_id: "u", event_type: "purchase", page_id: "p", amount: 1e308 * 10, event_time: 1e20 })));
+    else if (kind === 1)
+      payloads.push(
+        new TextEncoder().encode(JSON.stringify({ event_id: `e${i}`, user_id: "u".repeat(100_000), event_type: "click", page_id: "p", event_time: now })),
+      );
+    else if (kind === 2)
+      payloads.push(
+        new TextEncoder().encode(JSON.stringify({ event_id: `e${i}`, user_id: 42, event_type: ["click"], page_id: null, event_time: "yesterday" })),
+      );
+    else if (kind === 3)
+      payloads.push(
+        new TextEncoder().encode(`{"event_id":"e${i}","user_id":"u","event_type":"view","page_id":"p","session_duration":NaN,"event_time":${now}}`),
+      );
+    else if (kind === 4)
+      payloads.push(
+        new TextEncoder().encode(
+          JSON.stringify({ event_id: `e${i}`, user_id: "u", event_type: "purchase", page_id: "p", amount: 1e308 * 10, event_time: 1e20 }),
+        ),
+      );
     else payloads.push(new TextEncoder().encode("[".repeat(10_000)));
   }
   // One good event at the end proves the stream was never stalled.
-  payloads.push(new TextEncoder().encode(JSON.stringify({ event_id: "good-1", user_id: "fuzz-user", event_type: "click", page_id: "p1", session_duration: 3, amount: 0, event_time: now })));
+  payloads.push(
+    new TextEncoder().encode(
+      JSON.stringify({ event_id: "good-1", user_id: "fuzz-user", event_type: "click", page_id: "p1", session_duration: 3, amount: 0, event_time: now }),
+    ),
+  );
   for (const p of payloads) await js.publish(rt.names.eventsSubject, p);
   await waitFor(() => worker.stats.messages >= payloads.length, 60_000, "every event handled");
   assert.ok(worker.stats.deadLetters >= 1400, `dead letters: ${worker.stats.deadLetters}`);

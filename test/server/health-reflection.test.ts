@@ -270,7 +270,10 @@ describe("health and reflection on a live server", () => {
           assert.equal(listed.validHost, "example");
           assert.equal(listed.originalRequest?.messageRequest.case, "listServices");
           assert.equal(listed.messageResponse.case, "listServicesResponse");
-          assert.deepEqual(listed.messageResponse.value.service.map((x) => x.name), HOSTED);
+          assert.deepEqual(
+            listed.messageResponse.value.service.map((x) => x.name),
+            HOSTED,
+          );
 
           // Each symbol kind resolves to the file that declares it.
           const symbols: [string, DescFile][] = [
@@ -300,7 +303,11 @@ describe("health and reflection on a live server", () => {
           assert.equal(missing.originalRequest?.messageRequest.value, "streamserve.v1.Nope");
           assert.equal(errorCode(await s.ask({ messageRequest: { case: "fileByFilename", value: "nope.proto" } })), Code.NOT_FOUND);
           assert.equal(
-            errorCode(await s.ask({ messageRequest: { case: "fileContainingExtension", value: { containingType: "streamserve.v1.RecommendRequest", extensionNumber: 100 } } })),
+            errorCode(
+              await s.ask({
+                messageRequest: { case: "fileContainingExtension", value: { containingType: "streamserve.v1.RecommendRequest", extensionNumber: 100 } },
+              }),
+            ),
             Code.NOT_FOUND,
           );
           assert.equal(errorCode(await s.ask({ messageRequest: { case: "allExtensionNumbersOfType", value: "streamserve.v1.Nope" } })), Code.NOT_FOUND);
@@ -318,7 +325,9 @@ describe("health and reflection on a live server", () => {
           assert.equal(garbage.originalRequest, undefined);
 
           // Still answering after all those errors.
-          assert.deepEqual(fileNames(await s.ask({ messageRequest: { case: "fileByFilename", value: "grpc/health/v1/health.proto" } })), ["grpc/health/v1/health.proto"]);
+          assert.deepEqual(fileNames(await s.ask({ messageRequest: { case: "fileByFilename", value: "grpc/health/v1/health.proto" } })), [
+            "grpc/health/v1/health.proto",
+          ]);
         } finally {
           assert.equal((await s.close()).code, grpc.status.OK);
         }

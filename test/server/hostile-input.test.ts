@@ -26,7 +26,10 @@ const FEATURES = [
 before(async () => {
   rt = testRuntime();
   registry = await rt.registry();
-  for (let i = 0; i < 4; i++) versions.push((await registry.publish({ name: "scorer", artifact: logisticModel([i, 1], 0), features: FEATURES, inputName: "features", outputName: "score" })).version);
+  for (let i = 0; i < 4; i++)
+    versions.push(
+      (await registry.publish({ name: "scorer", artifact: logisticModel([i, 1], 0), features: FEATURES, inputName: "features", outputName: "score" })).version,
+    );
   await registry.setAlias("scorer", "production", versions[0]!);
   // Budget: one on-demand version's artifact, so a second one pushes out the least recently used.
   server = await startServer(rt, { http: false, models: { onDemandBudgetBytes: logisticModel([0, 1], 0).byteLength + 1, onDemandIdleMs: 60_000 } });
@@ -49,22 +52,49 @@ const rejects = (p: Promise<unknown>, code: number, pattern: RegExp) =>
 it("refuses a batch over the limit by its declared shape, whatever its contents", async () => {
   // No contents at all: before, the contents check ran first ("has 0 FP32 values; shape needs 4000000"),
   // after decoding everything; the batch is now refused from the wire bytes.
-  await rejects(client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000n, 2n] }] }), Code.INVALID_ARGUMENT, /inputs\[0\]\.shape\[0\]: batch of 1000000 exceeds 65536/);
+  await rejects(
+    client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000n, 2n] }] }),
+    Code.INVALID_ARGUMENT,
+    /inputs\[0\]\.shape\[0\]: batch of 1000000 exceeds 65536/,
+  );
   // The scan itself refuses 16 MB of typed contents without decoding them.
-  const bytes = toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000n, 4n], contents: { fp32Contents: new Array(4_000_000).fill(1) } }] }));
+  const bytes = toBinary(
+    ModelInferRequestSchema,
+    create(ModelInferRequestSchema, {
+      modelName: "scorer",
+      inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000n, 4n], contents: { fp32Contents: new Array(4_000_000).fill(1) } }],
+    }),
+  );
   assert.throws(() => precheckModelInfer(bytes, DEFAULT_LIMITS), /batch of 1000000 exceeds 65536/);
-  assert.doesNotThrow(() => precheckModelInfer(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [3n, 2n] }] })), DEFAULT_LIMITS));
+  assert.doesNotThrow(() =>
+    precheckModelInfer(
+      toBinary(
+        ModelInferRequestSchema,
+        create(ModelInferRequestSchema, { modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [3n, 2n] }] }),
+      ),
+      DEFAULT_LIMITS,
+    ),
+  );
 });
 
 it("refuses a 50k-entry parameters map", async () => {
-  const parameters = Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [`p${i}`, { parameterChoice: { case: "int64Param" as const, value: BigInt(i) } }]));
+  const parameters = Object.fromEntries(
+    Array.from({ length: 50_000 }, (_, i) => [`p${i}`, { parameterChoice: { case: "int64Param" as const, value: BigInt(i) } }]),
+  );
   await rejects(
-    client.modelInfer({ modelName: "scorer", parameters, inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 2] } }] }),
+    client.modelInfer({
+      modelName: "scorer",
+      parameters,
+      inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 2] } }],
+    }),
     Code.INVALID_ARGUMENT,
     /^parameters: has more than 64 entries/,
   );
   await rejects(
-    client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], parameters, contents: { fp32Contents: [1, 2] } }] }),
+    client.modelInfer({
+      modelName: "scorer",
+      inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], parameters, contents: { fp32Contents: [1, 2] } }],
+    }),
     Code.INVALID_ARGUMENT,
     /^inputs\[0\]\.parameters: has more than 64 entries/,
   );
@@ -85,14 +115,21 @@ it("answers unknown model names from the watched registry state, without a regis
   let lookups = 0;
   const counting = <T extends (...a: never[]) => unknown>(fn: T) => ((...a: Parameters<T>) => (lookups++, fn.apply(reg, a))) as T;
   const original = { resolve: reg.resolve, listModels: reg.listModels, listVersions: reg.listVersions, getVersion: reg.getVersion };
-  Object.assign(reg, { resolve: counting(reg.resolve), listModels: counting(reg.listModels), listVersions: counting(reg.listVersions), getVersion: counting(reg.getVersion) });
+  Object.assign(reg, {
+    resolve: counting(reg.resolve),
+    listModels: counting(reg.listModels),
+    listVersions: counting(reg.listVersions),
+    getVersion: counting(reg.getVersion),
+  });
   try {
     const calls = Array.from({ length: 300 }, (_, i) => client.modelInfer({ modelName: `nope-${i % 30}`, inputs: [] }));
     const results = await Promise.allSettled(calls);
     for (const r of results) assert.equal(r.status === "rejected" && (r.reason as { code: number }).code, Code.NOT_FOUND);
     assert.match((results[0] as PromiseRejectedResult).reason.details, /model "nope-0" is not in the registry/);
     // Unknown versions of a known model: at most one lookup per name and version a second.
-    const v = await Promise.allSettled(Array.from({ length: 100 }, () => client.modelInfer({ modelName: "scorer", modelVersion: "no-such-alias", inputs: [] })));
+    const v = await Promise.allSettled(
+      Array.from({ length: 100 }, () => client.modelInfer({ modelName: "scorer", modelVersion: "no-such-alias", inputs: [] })),
+    );
     for (const r of v) assert.match((r as PromiseRejectedResult).reason.details, /has no version or alias "no-such-alias"/);
     assert.ok(lookups <= 10, `${lookups} registry lookups for 400 calls (state known: ${server.models.mayHaveModel("nope-0")})`);
   } finally {
@@ -100,13 +137,34 @@ it("answers unknown model names from the watched registry state, without a regis
   }
   // A model published now is found as soon as the watch reports it.
   await registry.publish({ name: "fresh", artifact: logisticModel([1, 1], 0), features: FEATURES, inputName: "features", outputName: "score" });
-  await waitFor(async () => (await client.modelInfer({ modelName: "fresh", modelVersion: "1", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [0, 0] } }] }).catch(() => undefined))?.outputs.length, 10_000, "fresh model served");
+  await waitFor(
+    async () =>
+      (
+        await client
+          .modelInfer({
+            modelName: "fresh",
+            modelVersion: "1",
+            inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [0, 0] } }],
+          })
+          .catch(() => undefined)
+      )?.outputs.length,
+    10_000,
+    "fresh model served",
+  );
 });
 
 it("unloads on-demand versions over the budget or idle, never the served one, and shows what is loaded", async () => {
   const infer = (modelVersion: string) =>
-    client.modelInfer({ modelName: "scorer", modelVersion, inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 1] } }] });
-  const loaded = () => [...server.models.states("scorer")].filter(([, s]) => s.state === "ready").map(([v]) => v).sort();
+    client.modelInfer({
+      modelName: "scorer",
+      modelVersion,
+      inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 1] } }],
+    });
+  const loaded = () =>
+    [...server.models.states("scorer")]
+      .filter(([, s]) => s.state === "ready")
+      .map(([v]) => v)
+      .sort();
   await infer(versions[1]!);
   assert.deepEqual(loaded(), [versions[0], versions[1]].sort());
   await infer(versions[2]!);

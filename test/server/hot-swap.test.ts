@@ -35,7 +35,13 @@ after(async () => {
 
 it("swaps ten times under load with zero failed requests", async () => {
   const registry = await rt.registry();
-  const first = await registry.publish({ name: "recommender", artifact: logisticModel([0.1, 0.1], 0), features: FEATURES, inputName: "features", outputName: "score" });
+  const first = await registry.publish({
+    name: "recommender",
+    artifact: logisticModel([0.1, 0.1], 0),
+    features: FEATURES,
+    inputName: "features",
+    outputName: "score",
+  });
   await registry.setAlias("recommender", "production", first.version);
   await waitFor(() => server.models.servedVersion("recommender") === first.version, 15_000, "first model");
 
@@ -88,7 +94,10 @@ it("swaps ten times under load with zero failed requests", async () => {
   assert.deepEqual(wrongVersion, []);
   assert.ok(ok > 200, `load kept running (${ok} calls)`);
   for (const v of broken) assert.ok(!served.has(v), `broken version ${v} never served`);
-  assert.ok([...served].every((v) => promoted.includes(v)), `served ${[...served]} ⊆ promoted ${promoted}`);
+  assert.ok(
+    [...served].every((v) => promoted.includes(v)),
+    `served ${[...served]} ⊆ promoted ${promoted}`,
+  );
   assert.ok(served.size >= 6, `several versions answered (${[...served]})`);
 
   // The failure is visible to operators: ModelReady is false for the broken version, metrics count it.

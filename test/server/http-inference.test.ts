@@ -7,7 +7,15 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { GraphProtoSchema, ModelProtoSchema, NodeProtoSchema, OperatorSetIdProtoSchema, TensorProtoSchema, TensorProto_DataType, ValueInfoProtoSchema } from "../../gen/onnx/onnx_pb.js";
+import {
+  GraphProtoSchema,
+  ModelProtoSchema,
+  NodeProtoSchema,
+  OperatorSetIdProtoSchema,
+  TensorProtoSchema,
+  TensorProto_DataType,
+  ValueInfoProtoSchema,
+} from "../../gen/onnx/onnx_pb.js";
 import { testRuntime, waitFor, type TestRuntime } from "../helpers.js";
 import { startServer, type RunningServer, type ServerOptions } from "../../server/server.js";
 import type { FeatureSpec } from "../../lib/registry.js";
@@ -26,7 +34,10 @@ function valueInfo(name: string, elemType: number, dims: (number | string)[]) {
 function exampleModel(): Uint8Array {
   const graph = create(GraphProtoSchema, {
     name: "mymodel",
-    node: [create(NodeProtoSchema, { opType: "Mul", input: ["input0", "two"], output: ["doubled"] }), create(NodeProtoSchema, { opType: "Add", input: ["doubled", "one"], output: ["output0"] })],
+    node: [
+      create(NodeProtoSchema, { opType: "Mul", input: ["input0", "two"], output: ["doubled"] }),
+      create(NodeProtoSchema, { opType: "Add", input: ["doubled", "one"], output: ["output0"] }),
+    ],
     initializer: [
       create(TensorProtoSchema, { name: "two", dims: [1n], dataType: TensorProto_DataType.FLOAT, floatData: [2] }),
       create(TensorProtoSchema, { name: "one", dims: [1n], dataType: TensorProto_DataType.FLOAT, floatData: [1] }),
@@ -34,7 +45,15 @@ function exampleModel(): Uint8Array {
     input: [valueInfo("input0", TensorProto_DataType.FLOAT, ["N", 2])],
     output: [valueInfo("output0", TensorProto_DataType.FLOAT, ["N", 2])],
   });
-  return toBinary(ModelProtoSchema, create(ModelProtoSchema, { irVersion: 8n, producerName: "streamserve-test", graph, opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })] }));
+  return toBinary(
+    ModelProtoSchema,
+    create(ModelProtoSchema, {
+      irVersion: 8n,
+      producerName: "streamserve-test",
+      graph,
+      opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })],
+    }),
+  );
 }
 
 /** The KServe v2 REST spec's inference request example, as printed (its BOOL input gives 1 value for shape [3]). */
@@ -82,7 +101,11 @@ async function serve(options?: ServerOptions): Promise<Served> {
 }
 
 const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
-  fetch(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: typeof body === "string" || body instanceof Uint8Array ? body : JSON.stringify(body) });
+  fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" || body instanceof Uint8Array ? body : JSON.stringify(body),
+  });
 
 describe("Open Inference Protocol over HTTP", () => {
   let s: Served;
@@ -147,11 +170,32 @@ describe("Open Inference Protocol over HTTP", () => {
       outputs: [{ name: "output0", shape: [2, 2], datatype: "FP32", data: [3, 5, 7, 9] }],
     });
     // Tensor data in its natural multi-dimensional form, a version in the path, no outputs listed.
-    const nested = await post(`${s.base}/v2/models/mymodel/versions/1/infer`, { inputs: [{ name: "input0", shape: [3, 2], datatype: "FP64", data: [[0.5, 1], [2, 3], [-1, 0]] }] });
+    const nested = await post(`${s.base}/v2/models/mymodel/versions/1/infer`, {
+      inputs: [
+        {
+          name: "input0",
+          shape: [3, 2],
+          datatype: "FP64",
+          data: [
+            [0.5, 1],
+            [2, 3],
+            [-1, 0],
+          ],
+        },
+      ],
+    });
     assert.equal(nested.status, 200);
     const body = (await nested.json()) as { id: string; outputs: { shape: number[]; data: number[] }[] };
     assert.equal(body.id, "");
-    assert.deepEqual(body.outputs.map((o) => [o.shape, o.data]), [[[3, 2], [2, 3, 5, 7, -1, 1]]]);
+    assert.deepEqual(
+      body.outputs.map((o) => [o.shape, o.data]),
+      [
+        [
+          [3, 2],
+          [2, 3, 5, 7, -1, 1],
+        ],
+      ],
+    );
   });
 
   it("reads and writes binary tensor data as in Triton's example", async () => {
@@ -180,21 +224,30 @@ describe("Open Inference Protocol over HTTP", () => {
 
     // Binary input, JSON output.
     const plain = Buffer.from(JSON.stringify({ inputs: [{ name: "input0", shape: [1, 2], datatype: "INT64", parameters: { binary_data_size: 16 } }] }));
-    const m = await post(`${s.base}/v2/models/mymodel/infer`, Buffer.concat([plain, Buffer.from(new BigInt64Array([10n, -3n]).buffer)]), { "inference-header-content-length": String(plain.length) });
+    const m = await post(`${s.base}/v2/models/mymodel/infer`, Buffer.concat([plain, Buffer.from(new BigInt64Array([10n, -3n]).buffer)]), {
+      "inference-header-content-length": String(plain.length),
+    });
     assert.equal(m.status, 200, await m.clone().text());
     assert.deepEqual(((await m.json()) as { outputs: { data: number[] }[] }).outputs[0]!.data, [21, -5]);
     // JSON input, every output binary (binary_data_output).
-    const all = await post(`${s.base}/v2/models/mymodel/infer`, { parameters: { binary_data_output: true }, inputs: [{ name: "input0", shape: [1, 2], datatype: "FP32", data: [0, 1] }] });
+    const all = await post(`${s.base}/v2/models/mymodel/infer`, {
+      parameters: { binary_data_output: true },
+      inputs: [{ name: "input0", shape: [1, 2], datatype: "FP32", data: [0, 1] }],
+    });
     assert.equal(all.status, 200);
     const allBody = Buffer.from(await all.arrayBuffer());
     const n = Number(all.headers.get("inference-header-content-length"));
     assert.deepEqual(Array.from(new Float32Array(new Uint8Array(allBody.subarray(n)).buffer)), [1, 3]);
 
-    const short = await post(`${s.base}/v2/models/mymodel/infer`, Buffer.concat([header, data.subarray(0, 10)]), { "inference-header-content-length": String(header.length) });
+    const short = await post(`${s.base}/v2/models/mymodel/infer`, Buffer.concat([header, data.subarray(0, 10)]), {
+      "inference-header-content-length": String(header.length),
+    });
     assert.equal(short.status, 400);
     assert.deepEqual(await short.json(), { error: "inputs[0].parameters.binary_data_size: is 16 but only 10 bytes of binary data follow the JSON" });
     const sizeOff = Buffer.from(JSON.stringify({ inputs: [{ name: "input0", shape: [2, 2], datatype: "UINT32", parameters: { binary_data_size: 12 } }] }));
-    const off = await post(`${s.base}/v2/models/mymodel/infer`, Buffer.concat([sizeOff, data.subarray(0, 12)]), { "inference-header-content-length": String(sizeOff.length) });
+    const off = await post(`${s.base}/v2/models/mymodel/infer`, Buffer.concat([sizeOff, data.subarray(0, 12)]), {
+      "inference-header-content-length": String(sizeOff.length),
+    });
     assert.equal(off.status, 400);
     assert.match(((await off.json()) as { error: string }).error, /has 12 bytes; shape \[2,2\] of UINT32 needs 16/);
   });
@@ -204,12 +257,20 @@ describe("Open Inference Protocol over HTTP", () => {
     const cases: [unknown, number, RegExp][] = [
       ["{not json", 400, /^body: is not JSON/],
       [{ inputs: [] }, 400, /^inputs: must be a non-empty array/],
-      [{ inputs: [{ name: "input0", shape: [2, 2], datatype: "FP32", data: [1, 2, "x", 4] }] }, 400, /^inputs\[0\]\.data\[2\]: must be a number for FP32, got "x"$/],
+      [
+        { inputs: [{ name: "input0", shape: [2, 2], datatype: "FP32", data: [1, 2, "x", 4] }] },
+        400,
+        /^inputs\[0\]\.data\[2\]: must be a number for FP32, got "x"$/,
+      ],
       [{ inputs: [{ name: "nope", shape: [1], datatype: "FP32", data: [1] }] }, 400, /^inputs\[0\]\.name: model has no input "nope" \(inputs: input0\)$/],
       [{ inputs: [{ name: "input0", shape: [2, 2], datatype: "FP16", data: [1, 2, 3, 4] }] }, 400, /^inputs\[0\]\.datatype: "FP16" is not supported/],
       [{ inputs: [{ name: "input0", shape: [2, 3], datatype: "INT32", data: [1, 2, 3, 4, 5, 6] }] }, 400, /^inputs\[0\]\.shape\[1\]: is 3; the model takes 2$/],
       [{ inputs: [{ name: "input0", shape: [2], datatype: "INT32", data: [1, 2] }] }, 400, /^inputs\[0\]\.shape: has 1 dimensions; the model takes \[-1,2\]$/],
-      [{ inputs: [{ name: "input0", shape: [1, 2], datatype: "INT32", data: [1, 2.5] }] }, 400, /^inputs\[0\]\.data\[1\]: must be an integer for INT32, got 2.5$/],
+      [
+        { inputs: [{ name: "input0", shape: [1, 2], datatype: "INT32", data: [1, 2.5] }] },
+        400,
+        /^inputs\[0\]\.data\[1\]: must be an integer for INT32, got 2.5$/,
+      ],
       [{ ...ONE_INPUT, outputs: [{ name: "output9" }] }, 400, /^outputs\[0\]\.name: model has no output "output9"/],
     ];
     for (const [body, status, error] of cases) {
@@ -252,7 +313,11 @@ describe("Open Inference Protocol over HTTP: the gRPC server's token and in-flig
     assert.equal((await fetch(`${secured.base}/v2/health/live`)).status, 200);
     assert.equal((await fetch(`${secured.base}/v2/health/ready`)).status, 200);
     const request = ONE_INPUT;
-    for (const [headers, status] of [[{}, 401], [{ authorization: "Bearer wrong" }, 401], [{ authorization: "Bearer s3cret" }, 200]] as const) {
+    for (const [headers, status] of [
+      [{}, 401],
+      [{ authorization: "Bearer wrong" }, 401],
+      [{ authorization: "Bearer s3cret" }, 200],
+    ] as const) {
       const r = await post(`${secured.base}/v2/models/mymodel/infer`, request, headers);
       assert.equal(r.status, status);
       if (status === 401) {

@@ -29,8 +29,10 @@ describe("inference.GRPCInferenceService", () => {
   before(async () => {
     rt = testRuntime();
     const registry = await rt.registry();
-    v1 = (await registry.publish({ name: "scorer", artifact: logisticModel([1, -2], 0.5), features: FEATURES, inputName: "features", outputName: "score" })).version;
-    v2 = (await registry.publish({ name: "scorer", artifact: logisticModel([0, 0], 0), features: FEATURES, inputName: "features", outputName: "score" })).version;
+    v1 = (await registry.publish({ name: "scorer", artifact: logisticModel([1, -2], 0.5), features: FEATURES, inputName: "features", outputName: "score" }))
+      .version;
+    v2 = (await registry.publish({ name: "scorer", artifact: logisticModel([0, 0], 0), features: FEATURES, inputName: "features", outputName: "score" }))
+      .version;
     await registry.setAlias("scorer", "production", v1);
     server = await startServer(rt);
     client = createServiceClient(GRPCInferenceService, `127.0.0.1:${server.port}`);
@@ -52,8 +54,14 @@ describe("inference.GRPCInferenceService", () => {
     const mm = await client.modelMetadata({ name: "scorer" });
     assert.deepEqual(mm.versions, [v1, v2]);
     assert.equal(mm.platform, "onnxruntime_onnx");
-    assert.deepEqual(mm.inputs.map((i) => [i.name, i.datatype, i.shape]), [["features", "FP32", [-1n, 2n]]]);
-    assert.deepEqual(mm.outputs.map((o) => [o.name, o.datatype]), [["score", "FP32"]]);
+    assert.deepEqual(
+      mm.inputs.map((i) => [i.name, i.datatype, i.shape]),
+      [["features", "FP32", [-1n, 2n]]],
+    );
+    assert.deepEqual(
+      mm.outputs.map((o) => [o.name, o.datatype]),
+      [["score", "FP32"]],
+    );
     assert.equal((await client.modelReady({ name: "scorer" })).ready, true);
     assert.equal((await client.modelReady({ name: "nope" })).ready, false);
   });
@@ -90,14 +98,27 @@ describe("inference.GRPCInferenceService", () => {
   });
 
   it("converts FP64, INT64 and BOOL inputs to the model's FP32", async () => {
-    const fp64 = await client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "FP64", shape: [1n, 2n], contents: { fp64Contents: [1, 1] } }] });
+    const fp64 = await client.modelInfer({
+      modelName: "scorer",
+      inputs: [{ name: "features", datatype: "FP64", shape: [1n, 2n], contents: { fp64Contents: [1, 1] } }],
+    });
     assert.ok(Math.abs(fp64.outputs[0]!.contents!.fp32Contents[0]! - expected(1, 1)) < 1e-6);
-    const i64 = await client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "INT64", shape: [1n, 2n], contents: { int64Contents: [3n, 1n] } }] });
+    const i64 = await client.modelInfer({
+      modelName: "scorer",
+      inputs: [{ name: "features", datatype: "INT64", shape: [1n, 2n], contents: { int64Contents: [3n, 1n] } }],
+    });
     assert.ok(Math.abs(i64.outputs[0]!.contents!.fp32Contents[0]! - expected(3, 1)) < 1e-6);
     const raw64 = new Uint8Array(BigInt64Array.from([2n, 0n]).buffer);
-    const i64raw = await client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "INT64", shape: [1n, 2n] }], rawInputContents: [raw64] });
+    const i64raw = await client.modelInfer({
+      modelName: "scorer",
+      inputs: [{ name: "features", datatype: "INT64", shape: [1n, 2n] }],
+      rawInputContents: [raw64],
+    });
     assert.ok(Math.abs(new Float32Array(new Uint8Array(i64raw.rawOutputContents[0]!).buffer)[0]! - expected(2, 0)) < 1e-6);
-    const bool = await client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "BOOL", shape: [1n, 2n], contents: { boolContents: [true, false] } }] });
+    const bool = await client.modelInfer({
+      modelName: "scorer",
+      inputs: [{ name: "features", datatype: "BOOL", shape: [1n, 2n], contents: { boolContents: [true, false] } }],
+    });
     assert.ok(Math.abs(bool.outputs[0]!.contents!.fp32Contents[0]! - expected(1, 0)) < 1e-6);
   });
 
@@ -110,7 +131,15 @@ describe("inference.GRPCInferenceService", () => {
     });
     assert.equal(res.modelVersion, v2);
     assert.ok(Math.abs(res.outputs[0]!.contents!.fp32Contents[0]! - 0.5) < 1e-6);
-    await expectError(client.modelInfer({ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 1] } }], outputs: [{ name: "nope" }] }), Code.INVALID_ARGUMENT, /^outputs\[0\]\.name/);
+    await expectError(
+      client.modelInfer({
+        modelName: "scorer",
+        inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 1] } }],
+        outputs: [{ name: "nope" }],
+      }),
+      Code.INVALID_ARGUMENT,
+      /^outputs\[0\]\.name/,
+    );
   });
 
   it("names the field of a malformed tensor", async () => {
@@ -118,15 +147,51 @@ describe("inference.GRPCInferenceService", () => {
       [{ modelName: "", inputs: [] }, Code.INVALID_ARGUMENT, /^model_name/],
       [{ modelName: "ghost", inputs: [] }, Code.NOT_FOUND, /ghost/],
       [{ modelName: "scorer", modelVersion: "99", inputs: [] }, Code.NOT_FOUND, /99/],
-      [{ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [2n, 2n], contents: { fp32Contents: [1, 2, 3] } }] }, Code.INVALID_ARGUMENT, /^inputs\[0\]\.contents: has 3 FP32 values; shape \[2,2\] needs 4/],
-      [{ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 3n], contents: { fp32Contents: [1, 2, 3] } }] }, Code.INVALID_ARGUMENT, /^inputs\[0\]\.shape\[1\]: is 3; the model takes 2/],
-      [{ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [6n] , contents: { fp32Contents: [1, 2, 3, 4, 5, 6] } }] }, Code.INVALID_ARGUMENT, /^inputs\[0\]\.shape: has 1 dimensions/],
-      [{ modelName: "scorer", inputs: [{ name: "features", datatype: "FP16", shape: [1n, 2n] }], rawInputContents: [new Uint8Array(4)] }, Code.INVALID_ARGUMENT, /^inputs\[0\]\.datatype/],
-      [{ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n] }], rawInputContents: [new Uint8Array(7)] }, Code.INVALID_ARGUMENT, /^raw_input_contents for inputs\[0\]: has 7 bytes; .* needs 8/],
-      [{ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 2] } }], rawInputContents: [f32bytes([1, 2])] }, Code.INVALID_ARGUMENT, /^inputs\[0\]\.contents: must be empty/],
-      [{ modelName: "scorer", inputs: [{ name: "x", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 2] } }] }, Code.INVALID_ARGUMENT, /^inputs\[0\]\.name: model has no input "x"/],
+      [
+        { modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [2n, 2n], contents: { fp32Contents: [1, 2, 3] } }] },
+        Code.INVALID_ARGUMENT,
+        /^inputs\[0\]\.contents: has 3 FP32 values; shape \[2,2\] needs 4/,
+      ],
+      [
+        { modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 3n], contents: { fp32Contents: [1, 2, 3] } }] },
+        Code.INVALID_ARGUMENT,
+        /^inputs\[0\]\.shape\[1\]: is 3; the model takes 2/,
+      ],
+      [
+        { modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [6n], contents: { fp32Contents: [1, 2, 3, 4, 5, 6] } }] },
+        Code.INVALID_ARGUMENT,
+        /^inputs\[0\]\.shape: has 1 dimensions/,
+      ],
+      [
+        { modelName: "scorer", inputs: [{ name: "features", datatype: "FP16", shape: [1n, 2n] }], rawInputContents: [new Uint8Array(4)] },
+        Code.INVALID_ARGUMENT,
+        /^inputs\[0\]\.datatype/,
+      ],
+      [
+        { modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n] }], rawInputContents: [new Uint8Array(7)] },
+        Code.INVALID_ARGUMENT,
+        /^raw_input_contents for inputs\[0\]: has 7 bytes; .* needs 8/,
+      ],
+      [
+        {
+          modelName: "scorer",
+          inputs: [{ name: "features", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 2] } }],
+          rawInputContents: [f32bytes([1, 2])],
+        },
+        Code.INVALID_ARGUMENT,
+        /^inputs\[0\]\.contents: must be empty/,
+      ],
+      [
+        { modelName: "scorer", inputs: [{ name: "x", datatype: "FP32", shape: [1n, 2n], contents: { fp32Contents: [1, 2] } }] },
+        Code.INVALID_ARGUMENT,
+        /^inputs\[0\]\.name: model has no input "x"/,
+      ],
       [{ modelName: "scorer", inputs: [] }, Code.INVALID_ARGUMENT, /^inputs: missing input "features"/],
-      [{ modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [-1n, 2n] }], rawInputContents: [new Uint8Array(0)] }, Code.INVALID_ARGUMENT, /^inputs\[0\]\.shape\[0\]/],
+      [
+        { modelName: "scorer", inputs: [{ name: "features", datatype: "FP32", shape: [-1n, 2n] }], rawInputContents: [new Uint8Array(0)] },
+        Code.INVALID_ARGUMENT,
+        /^inputs\[0\]\.shape\[0\]/,
+      ],
     ];
     for (const [req, code, message] of cases) await expectError(client.modelInfer(req), code, message);
   });

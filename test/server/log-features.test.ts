@@ -49,7 +49,8 @@ describe("--log-features", () => {
     rt = testRuntime();
     const redis = rt.redis();
     await redis.hset(rt.names.userFeaturesKey("u1"), Object.fromEntries(Object.entries(userValues).map(([k, v]) => [k, String(v)])));
-    for (const item of ITEMS) await redis.hset(rt.names.itemFeaturesKey(item), Object.fromEntries(Object.entries(itemValues[item]!).map(([k, v]) => [k, String(v)])));
+    for (const item of ITEMS)
+      await redis.hset(rt.names.itemFeaturesKey(item), Object.fromEntries(Object.entries(itemValues[item]!).map(([k, v]) => [k, String(v)])));
   });
   after(async () => {
     await rt?.cleanup();
@@ -72,9 +73,16 @@ describe("--log-features", () => {
       const log = await recommendAndRead(serving, "fallback-1");
       assert.equal(log.modelVersion, "fallback");
       const all = allFeatureSpecs();
-      assert.deepEqual(log.featureNames, all.map((s) => s.name));
+      assert.deepEqual(
+        log.featureNames,
+        all.map((s) => s.name),
+      );
       assert.equal(log.modelFeatureCount, all.length);
-      for (const item of log.items) assert.deepEqual(item.features, all.map((s) => expected(s, item.itemId)));
+      for (const item of log.items)
+        assert.deepEqual(
+          item.features,
+          all.map((s) => expected(s, item.itemId)),
+        );
       assert.deepEqual([...log.missingFeatures].sort(), [...ABSENT].sort());
     } finally {
       await serving.close();
@@ -83,7 +91,13 @@ describe("--log-features", () => {
 
   it("all (the default): the model's 4 features first, exactly the vector it scored, then every other pipeline feature", async () => {
     const registry = await rt.registry();
-    const mv = await registry.publish({ name: "recommender", artifact: logisticModel(WEIGHTS, BIAS), features: MODEL, inputName: "features", outputName: "score" });
+    const mv = await registry.publish({
+      name: "recommender",
+      artifact: logisticModel(WEIGHTS, BIAS),
+      features: MODEL,
+      inputName: "features",
+      outputName: "score",
+    });
     await registry.setAlias("recommender", "production", mv.version);
     const serving = await startServing(rt, { http: false });
     try {
@@ -93,16 +107,27 @@ describe("--log-features", () => {
       assert.equal(log.modelFeatureCount, 4);
       const others = allFeatureSpecs().filter((s) => !MODEL.some((m) => m.name === s.name));
       assert.ok(others.length >= 6, "the pipeline defines features the model does not use");
-      assert.deepEqual(log.featureNames, [...MODEL, ...others].map((s) => s.name));
+      assert.deepEqual(
+        log.featureNames,
+        [...MODEL, ...others].map((s) => s.name),
+      );
       assert.equal(log.items.length, ITEMS.length);
       for (const item of log.items) {
         assert.equal(item.features.length, log.featureNames.length, "features stay parallel to feature_names");
         const vector = item.features.slice(0, 4);
-        assert.deepEqual(vector, MODEL.map((s) => expected(s, item.itemId)), `${item.itemId}: the model's inputs`);
+        assert.deepEqual(
+          vector,
+          MODEL.map((s) => expected(s, item.itemId)),
+          `${item.itemId}: the model's inputs`,
+        );
         // The score is the model's output on exactly those 4 values.
         const z = vector.reduce((sum, v, j) => sum + v * WEIGHTS[j]!, BIAS);
         assert.ok(Math.abs(item.score - sigmoid(z)) < 1e-6, `${item.itemId}: scored from the logged vector`);
-        assert.deepEqual(item.features.slice(4), others.map((s) => expected(s, item.itemId)), `${item.itemId}: the other pipeline features`);
+        assert.deepEqual(
+          item.features.slice(4),
+          others.map((s) => expected(s, item.itemId)),
+          `${item.itemId}: the other pipeline features`,
+        );
       }
       // Absent features are flagged among everything logged, not only among the model's.
       assert.deepEqual([...log.missingFeatures].sort(), [...ABSENT].sort());
@@ -116,9 +141,16 @@ describe("--log-features", () => {
     try {
       await waitFor(() => serving.server.models.servedVersion("recommender"), 15_000, "model served");
       const log = await recommendAndRead(serving, "model-1");
-      assert.deepEqual(log.featureNames, MODEL.map((s) => s.name));
+      assert.deepEqual(
+        log.featureNames,
+        MODEL.map((s) => s.name),
+      );
       assert.equal(log.modelFeatureCount, 4);
-      for (const item of log.items) assert.deepEqual(item.features, MODEL.map((s) => expected(s, item.itemId)));
+      for (const item of log.items)
+        assert.deepEqual(
+          item.features,
+          MODEL.map((s) => expected(s, item.itemId)),
+        );
       assert.deepEqual(log.missingFeatures, [], "none of the model's features is absent");
     } finally {
       await serving.close();
@@ -129,6 +161,9 @@ describe("--log-features", () => {
     assert.equal(serverOptionsFromFlags(parseArgs(["--log-features", "model"])).logFeatures, "model");
     assert.equal(serverOptionsFromFlags(parseArgs(["--log-features", "all"])).logFeatures, "all");
     assert.equal(serverOptionsFromFlags(parseArgs([])).logFeatures, undefined);
-    assert.throws(() => serverOptionsFromFlags(parseArgs(["--log-features", "some"])), (e: Error) => e instanceof UsageError && /all, model/.test(e.message));
+    assert.throws(
+      () => serverOptionsFromFlags(parseArgs(["--log-features", "some"])),
+      (e: Error) => e instanceof UsageError && /all, model/.test(e.message),
+    );
   });
 });

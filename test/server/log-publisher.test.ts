@@ -74,7 +74,13 @@ async function readStream(nc: NatsConnection, stream: string) {
   const consumer = await nc.jetstream().consumers.get(stream);
   const messages = await consumer.consume();
   for await (const m of messages) {
-    out.push({ seq: m.seq, subject: m.subject, msgId: m.headers?.get("Nats-Msg-Id"), contentType: m.headers?.get("Content-Type"), body: new TextDecoder().decode(m.data) });
+    out.push({
+      seq: m.seq,
+      subject: m.subject,
+      msgId: m.headers?.get("Nats-Msg-Id"),
+      contentType: m.headers?.get("Content-Type"),
+      body: new TextDecoder().decode(m.data),
+    });
     if (out.length >= info.state.messages) break;
   }
   return { info, messages: out };
@@ -337,8 +343,8 @@ describe("LogPublisher on the shared NATS", () => {
     await waitFor("the spill to be replayed", () => count(REPLAY_DONE) === 1);
     await p.flush();
     await assertStreamHolds(nc, name, ids(run, 0, N));
-    assert.ok((await counter("streamserve_log_spilled_total")) >= N - 256, `spilled ${(await counter("streamserve_log_spilled_total"))}`);
-    assert.equal(await counter("streamserve_log_replayed_total"), (await counter("streamserve_log_spilled_total")));
+    assert.ok((await counter("streamserve_log_spilled_total")) >= N - 256, `spilled ${await counter("streamserve_log_spilled_total")}`);
+    assert.equal(await counter("streamserve_log_replayed_total"), await counter("streamserve_log_spilled_total"));
     assert.equal(await counter("streamserve_log_published_total"), N);
     assert.equal(await counter("streamserve_log_dropped_total", { reason: "overflow" }), 0, "a burst on a healthy disk loses nothing");
     assert.equal(count(SPILL_STARTED), 1);
@@ -469,7 +475,7 @@ describe("LogPublisher on the shared NATS", () => {
     await p.flush();
     await assertStreamHolds(nc, name, ids(run, 0, 900));
     assert.equal(await counter("streamserve_log_published_total"), 900);
-    assert.equal(await counter("streamserve_log_replayed_total"), (await counter("streamserve_log_spilled_total")));
+    assert.equal(await counter("streamserve_log_replayed_total"), await counter("streamserve_log_spilled_total"));
     assert.ok((await counter("streamserve_log_spilled_total")) >= 300);
     await p.close();
   });
@@ -546,7 +552,7 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     // Each message was acknowledged exactly once as far as the publisher knows: either from memory
     // or (once) from disk, never both.
     assert.equal(await counter("streamserve_log_published_total"), N);
-    assert.equal(await counter("streamserve_log_replayed_total"), (await counter("streamserve_log_spilled_total")));
+    assert.equal(await counter("streamserve_log_replayed_total"), await counter("streamserve_log_spilled_total"));
     assert.ok((await counter("streamserve_log_spilled_total")) >= 300 + 1800);
     assert.equal(await counter("streamserve_log_dropped_total", { reason: "rejected" }), 0);
     // Two outages: one warning each, one completion line each; nothing per message.

@@ -43,7 +43,13 @@ const scrape = async () => {
   assert.match(res.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
   return res.text();
 };
-const series = (text: string) => new Set(text.split("\n").filter((l) => l && !l.startsWith("#")).map((l) => l.slice(0, l.lastIndexOf(" "))));
+const series = (text: string) =>
+  new Set(
+    text
+      .split("\n")
+      .filter((l) => l && !l.startsWith("#"))
+      .map((l) => l.slice(0, l.lastIndexOf(" "))),
+  );
 const random = () => `m-${randomBytes(6).toString("hex")}`;
 
 async function callsWithUnknownNames(): Promise<string[]> {

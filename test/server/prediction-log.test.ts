@@ -34,8 +34,14 @@ function fields(over: Partial<PredictionLogFields> = {}): PredictionLogFields {
 
 const cases: [string, PredictionLogFields][] = [
   ["a typical request", fields()],
-  ["experiment, variant and multi-byte text", fields({ experiment: "exp-ü", variant: "treatment", userId: "用户-7", itemIds: ["é", "💡", ""], currentPage: "" })],
-  ["non-finite and negative values", fields({ scores: [NaN, -0, Infinity], matrix: Float32Array.from([NaN, -Infinity, -0, 1e30, -1e-30, 7, 0, 0, 0]), latencyMs: 0 })],
+  [
+    "experiment, variant and multi-byte text",
+    fields({ experiment: "exp-ü", variant: "treatment", userId: "用户-7", itemIds: ["é", "💡", ""], currentPage: "" }),
+  ],
+  [
+    "non-finite and negative values",
+    fields({ scores: [NaN, -0, Infinity], matrix: Float32Array.from([NaN, -Infinity, -0, 1e30, -1e-30, 7, 0, 0, 0]), latencyMs: 0 }),
+  ],
   ["no items", fields({ itemIds: [], scores: [], positions: [], matrix: new Float32Array(0), missingFeatures: [] })],
   ["no features", fields({ featureNames: [], modelFeatureCount: 0, matrix: new Float32Array(0), missingFeatures: [] })],
   ["an old-style log (every entry the model's) at time 0", fields({ timeMs: 0, modelFeatureCount: 0 })],
@@ -56,7 +62,10 @@ it("decodes to the fields given, features widened from the served float32 values
   assert.equal(log.requestId, "req-1");
   assert.equal(log.modelFeatureCount, 2);
   assert.deepEqual(log.featureNames, f.featureNames);
-  assert.deepEqual(log.items.map((i) => i.position), [1, 0, 2]);
+  assert.deepEqual(
+    log.items.map((i) => i.position),
+    [1, 0, 2],
+  );
   assert.deepEqual(log.items[2]!.features, [4, Math.fround(3.3), -1]);
   assert.equal(Number(log.time!.seconds) * 1000 + log.time!.nanos / 1e6, f.timeMs);
 });

@@ -59,7 +59,10 @@ it("serves over TLS, requires client certificates when configured, and checks th
   assert.equal(res.modelVersion, "fallback");
 
   // No token, wrong token: UNAUTHENTICATED with the fix in the message.
-  await assert.rejects(client.recommend({ userId: "u1" }), (e: { code: number; details: string }) => e.code === Code.UNAUTHENTICATED && /Bearer/.test(e.details));
+  await assert.rejects(
+    client.recommend({ userId: "u1" }),
+    (e: { code: number; details: string }) => e.code === Code.UNAUTHENTICATED && /Bearer/.test(e.details),
+  );
   const bad = new grpc.Metadata();
   bad.set("authorization", "Bearer nope");
   await assert.rejects(client.recommend({ userId: "u1" }, { metadata: bad }), (e: { code: number }) => e.code === Code.UNAUTHENTICATED);
@@ -86,7 +89,11 @@ it("with a token, every HTTP endpoint but /healthz needs it; /metrics has its ow
   const server = await startServer(rt, { security: { authToken: "s3cret", metrics: { token: "scrape-me" } } });
   servers.push(server);
   let chQueried = 0;
-  mountDashboard(rt.http, { clickhouse: async () => (chQueried++, Promise.reject(new Error("no ClickHouse in this test"))), model: "recommender", options: resolveMonitorOptions() });
+  mountDashboard(rt.http, {
+    clickhouse: async () => (chQueried++, Promise.reject(new Error("no ClickHouse in this test"))),
+    model: "recommender",
+    options: resolveMonitorOptions(),
+  });
   const port = await rt.listenHttp();
   const base = `http://127.0.0.1:${port}`;
   const get = (path: string, headers: Record<string, string> = {}) => fetch(`${base}${path}`, { headers, redirect: "manual" });
@@ -139,14 +146,27 @@ it("with a token, reflection and Health/Watch need it; Health/Check does not", a
       call.on("data", () => (data++, call.end()));
       call.on("error", () => undefined);
       call.on("status", (s) => resolve({ code: s.code, data }));
-      call.write(Buffer.from(toBinary(reflection.ServerReflectionRequestSchema, create(reflection.ServerReflectionRequestSchema, { messageRequest: { case: "listServices", value: "" } }))));
+      call.write(
+        Buffer.from(
+          toBinary(
+            reflection.ServerReflectionRequestSchema,
+            create(reflection.ServerReflectionRequestSchema, { messageRequest: { case: "listServices", value: "" } }),
+          ),
+        ),
+      );
     });
   assert.deepEqual(await listServices(new grpc.Metadata()), { code: Code.UNAUTHENTICATED, data: 0 });
   assert.deepEqual(await listServices(good), { code: Code.OK, data: 1 });
 
   const watch = (metadata: grpc.Metadata) =>
     new Promise<number>((resolve) => {
-      const call = raw.makeServerStreamRequest("/grpc.health.v1.Health/Watch", identity, identity, Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, {}))), metadata);
+      const call = raw.makeServerStreamRequest(
+        "/grpc.health.v1.Health/Watch",
+        identity,
+        identity,
+        Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, {}))),
+        metadata,
+      );
       call.on("data", () => call.cancel());
       call.on("error", () => undefined);
       call.on("status", (s) => resolve(s.code));

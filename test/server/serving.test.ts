@@ -48,15 +48,27 @@ describe("Recommend", () => {
     await waitFor(() => server.models.ready, 10_000, "server ready");
     const res = await client.recommend({ userId: "u1" });
     assert.equal(res.modelVersion, "fallback");
-    assert.deepEqual(res.recommendations.map((r) => r.itemId), ["page_a", "page_b", "page_c"]);
+    assert.deepEqual(
+      res.recommendations.map((r) => r.itemId),
+      ["page_a", "page_b", "page_c"],
+    );
     assert.ok(res.requestId.length > 0);
     const ranked = await client.recommend({ userId: "u1", candidates: ["page_c", "page_x", "page_a"] });
-    assert.deepEqual(ranked.recommendations.map((r) => r.itemId), ["page_a", "page_c", "page_x"]);
+    assert.deepEqual(
+      ranked.recommendations.map((r) => r.itemId),
+      ["page_a", "page_c", "page_x"],
+    );
   });
 
   it("scores candidates with the production model, best first, from Redis features", async () => {
     const registry = await rt.registry();
-    const mv = await registry.publish({ name: "recommender", artifact: logisticModel(WEIGHTS, BIAS), features: FEATURES, inputName: "features", outputName: "score" });
+    const mv = await registry.publish({
+      name: "recommender",
+      artifact: logisticModel(WEIGHTS, BIAS),
+      features: FEATURES,
+      inputName: "features",
+      outputName: "score",
+    });
     await registry.setAlias("recommender", "production", mv.version);
     await waitFor(() => server.models.servedVersion("recommender") === mv.version, 15_000, "swap to the pushed model");
 
@@ -65,7 +77,10 @@ describe("Recommend", () => {
     assert.equal(res.modelName, "recommender");
     assert.equal(res.modelVersion, mv.version);
     const expected = (itemClicks: number) => sigmoid(4 * 0.5 + itemClicks * 0.25 + 1 * 1 + BIAS);
-    assert.deepEqual(res.recommendations.map((r) => r.itemId), ["page_b", "page_a"]);
+    assert.deepEqual(
+      res.recommendations.map((r) => r.itemId),
+      ["page_b", "page_a"],
+    );
     assert.ok(Math.abs(res.recommendations[0]!.score - expected(8)) < 1e-6);
     assert.ok(Math.abs(res.recommendations[1]!.score - expected(1)) < 1e-6);
     assert.ok(res.latencyMs > 0);
@@ -91,7 +106,10 @@ describe("Recommend", () => {
     assert.ok(p, "the prediction of req-1 is in LOGS");
     // The model's features lead, in its order; the pipeline's other features follow (--log-features all).
     assert.equal(p.modelFeatureCount, FEATURES.length);
-    assert.deepEqual(p.featureNames.slice(0, 3), FEATURES.map((f) => f.name));
+    assert.deepEqual(
+      p.featureNames.slice(0, 3),
+      FEATURES.map((f) => f.name),
+    );
     assert.equal(p.items.length, 3, "every candidate is logged, returned or not");
     const newPage = p.items.find((i) => i.itemId === "page_new")!;
     assert.deepEqual(newPage.features.slice(0, 3), [4, 0, 1]);
@@ -119,7 +137,10 @@ describe("Recommend", () => {
         return true;
       });
     }
-    await assert.rejects(client.recordOutcome({ requestId: "", itemId: "x" }), (err: { code: number; details: string }) => err.code === Code.INVALID_ARGUMENT && /^request_id/.test(err.details));
+    await assert.rejects(
+      client.recordOutcome({ requestId: "", itemId: "x" }),
+      (err: { code: number; details: string }) => err.code === Code.INVALID_ARGUMENT && /^request_id/.test(err.details),
+    );
   });
 
   it("answers with default features, flagged, while Redis cannot be read", async () => {

@@ -26,7 +26,22 @@ it("drains on SIGTERM: in-flight calls finish, logs are flushed, exit code 0", a
   const httpPort = await freePort();
   child = spawn(
     process.execPath,
-    ["--import", "tsx", "cli/main.ts", "serve", "--namespace", rt.config.namespace, "--grpc-port", String(grpcPort), "--http-port", String(httpPort), "--data-dir", rt.config.dataDir, "--host", "127.0.0.1"],
+    [
+      "--import",
+      "tsx",
+      "cli/main.ts",
+      "serve",
+      "--namespace",
+      rt.config.namespace,
+      "--grpc-port",
+      String(grpcPort),
+      "--http-port",
+      String(httpPort),
+      "--data-dir",
+      rt.config.dataDir,
+      "--host",
+      "127.0.0.1",
+    ],
     { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, LOG_LEVEL: "info" } },
   );
   let stderr = "";
@@ -61,7 +76,12 @@ it("drains on SIGTERM: in-flight calls finish, logs are flushed, exit code 0", a
   // Every answered call's prediction made it to LOGS before the process exited.
   const nc = await rt.nats();
   const jsm = await nc.jetstreamManager();
-  await jsm.consumers.add(rt.names.logsStream, { durable_name: "drain_check", ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, filter_subject: rt.names.logsSubject("prediction") });
+  await jsm.consumers.add(rt.names.logsStream, {
+    durable_name: "drain_check",
+    ack_policy: AckPolicy.None,
+    deliver_policy: DeliverPolicy.All,
+    filter_subject: rt.names.logsSubject("prediction"),
+  });
   const consumer = await nc.jetstream().consumers.get(rt.names.logsStream, "drain_check");
   const seen = new Set<string>();
   const messages = await consumer.fetch({ max_messages: 1000, expires: 2000 });

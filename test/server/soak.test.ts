@@ -39,7 +39,8 @@ let grpcPort = 0;
 let httpPort = 0;
 
 const rssMb = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
-const metric = async (name: string) => Number(new RegExp(`^${name} (\\d+)`, "m").exec(await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text())?.[1] ?? NaN);
+const metric = async (name: string) =>
+  Number(new RegExp(`^${name} (\\d+)`, "m").exec(await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text())?.[1] ?? NaN);
 
 before(async () => {
   rt = testRuntime();
@@ -54,10 +55,29 @@ before(async () => {
   const w = await registry.publish({ name: "wide", artifact: logisticModel([1, 1, 1, 1], 0), features: wide, inputName: "features", outputName: "score" });
   await registry.setAlias("wide", "production", w.version);
 
-  child = spawn(process.execPath, ["--import", "tsx", "cli/main.ts", "serve", "--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1", "--namespace", rt.config.namespace, "--data-dir", rt.config.dataDir], {
-    env: { ...process.env, LOG_LEVEL: "info" },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
+  child = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "cli/main.ts",
+      "serve",
+      "--grpc-port",
+      "0",
+      "--http-port",
+      "0",
+      "--host",
+      "127.0.0.1",
+      "--namespace",
+      rt.config.namespace,
+      "--data-dir",
+      rt.config.dataDir,
+    ],
+    {
+      env: { ...process.env, LOG_LEVEL: "info" },
+      stdio: ["ignore", "ignore", "pipe"],
+    },
+  );
   let log = "";
   child.stderr!.on("data", (d: Buffer) => {
     log += d.toString();
@@ -68,7 +88,11 @@ before(async () => {
     log = log.slice(log.lastIndexOf("\n") + 1);
   });
   await waitFor(() => grpcPort && httpPort, 30_000, "server listening");
-  await waitFor(async () => ((await (await fetch(`http://127.0.0.1:${httpPort}/healthz`)).json()) as { version: string }).version === mv.version, 30_000, "model served");
+  await waitFor(
+    async () => ((await (await fetch(`http://127.0.0.1:${httpPort}/healthz`)).json()) as { version: string }).version === mv.version,
+    30_000,
+    "model served",
+  );
 });
 after(async () => {
   child?.kill("SIGTERM");
@@ -89,7 +113,11 @@ function normalTraffic(signal: AbortSignal) {
       const started = performance.now();
       try {
         if (i % 2) await rec.recommend({ userId: `u${n % 50}`, candidates: ["a", "b", "c"] }, { deadlineMs: 10_000 });
-        else await oip.modelInfer({ modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [2n, 4n], contents: { fp32Contents: [1, 2, 3, 4, 5, 6, 7, 8] } }] }, { deadlineMs: 10_000 });
+        else
+          await oip.modelInfer(
+            { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [2n, 4n], contents: { fp32Contents: [1, 2, 3, 4, 5, 6, 7, 8] } }] },
+            { deadlineMs: 10_000 },
+          );
         latencies.push(performance.now() - started);
       } catch (err) {
         errors.push((err as Error).message);
@@ -114,14 +142,35 @@ function hostileTraffic(signal: AbortSignal) {
     sessions.push(s);
     return s;
   };
-  const big = grpcFrame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [65536n, 4n] }], rawInputContents: [new Uint8Array(65536 * 16)] })));
-  const refusedBatch = grpcFrame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000n, 4n] }], rawInputContents: [new Uint8Array(1_000_000 * 16)] })));
+  const big = grpcFrame(
+    toBinary(
+      ModelInferRequestSchema,
+      create(ModelInferRequestSchema, {
+        modelName: "wide",
+        inputs: [{ name: "features", datatype: "FP32", shape: [65536n, 4n] }],
+        rawInputContents: [new Uint8Array(65536 * 16)],
+      }),
+    ),
+  );
+  const refusedBatch = grpcFrame(
+    toBinary(
+      ModelInferRequestSchema,
+      create(ModelInferRequestSchema, {
+        modelName: "wide",
+        inputs: [{ name: "features", datatype: "FP32", shape: [1_000_000n, 4n] }],
+        rawInputContents: [new Uint8Array(1_000_000 * 16)],
+      }),
+    ),
+  );
   const params = grpcFrame(
-    toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, {
-      modelName: "wide",
-      parameters: Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [`p${i}`, { parameterChoice: { case: "boolParam" as const, value: true } }])),
-      inputs: [{ name: "features", datatype: "FP32", shape: [1n, 4n], contents: { fp32Contents: [1, 2, 3, 4] } }],
-    })),
+    toBinary(
+      ModelInferRequestSchema,
+      create(ModelInferRequestSchema, {
+        modelName: "wide",
+        parameters: Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [`p${i}`, { parameterChoice: { case: "boolParam" as const, value: true } }])),
+        inputs: [{ name: "features", datatype: "FP32", shape: [1n, 4n], contents: { fp32Contents: [1, 2, 3, 4] } }],
+      }),
+    ),
   );
   const unknown = (i: number) => grpcFrame(toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: `nope-${i}`, inputs: [] })));
   const prefix = Buffer.from([0, 0x7f, 0xff, 0xff, 0xff]);
@@ -203,7 +252,11 @@ async function round(): Promise<{ calls: number; p50: number; p99: number; error
   stop.abort();
   await normal.done;
   clearInterval(sampler);
-  await waitFor(async () => (await metric("grpc_server_held_bytes")) === 0 && (await metric("grpc_server_connections")) === 0, 20_000, "every hostile call and connection gone");
+  await waitFor(
+    async () => (await metric("grpc_server_held_bytes")) === 0 && (await metric("grpc_server_connections")) === 0,
+    20_000,
+    "every hostile call and connection gone",
+  );
   await new Promise((r) => setTimeout(r, 10_000)); // the server's collector and memory reducer run
   return { calls: normal.latencies.length, p50: p(normal.latencies, 0.5), p99: p(normal.latencies, 0.99), errors: normal.errors, rssPeak, rssAfter: rssMb() };
 }
@@ -221,7 +274,12 @@ it("keeps normal calls within budget under hostile traffic, and memory comes bac
   const rounds = [await round(), await round()];
   console.log(
     `# soak: baseline p50 ${baseline.p50.toFixed(1)} ms p99 ${baseline.p99.toFixed(1)} ms, RSS ${rssBefore.toFixed(0)} MB; ` +
-      rounds.map((r, i) => `round ${i + 1}: ${r.calls} normal calls p50 ${r.p50.toFixed(1)} ms p99 ${r.p99.toFixed(1)} ms, ${r.errors.length} errors, RSS peak ${r.rssPeak.toFixed(0)} MB after ${r.rssAfter.toFixed(0)} MB`).join("; ") +
+      rounds
+        .map(
+          (r, i) =>
+            `round ${i + 1}: ${r.calls} normal calls p50 ${r.p50.toFixed(1)} ms p99 ${r.p99.toFixed(1)} ms, ${r.errors.length} errors, RSS peak ${r.rssPeak.toFixed(0)} MB after ${r.rssAfter.toFixed(0)} MB`,
+        )
+        .join("; ") +
       ` (budgets p50 ${P50_BUDGET_MS} ms, p99 ${P99_BUDGET_MS} ms, growth ${ROUND_GROWTH_MB} MB, slack ${RSS_SLACK_MB} MB)`,
   );
   for (const [i, r] of rounds.entries()) {
@@ -229,7 +287,10 @@ it("keeps normal calls within budget under hostile traffic, and memory comes bac
     assert.ok(r.calls > 100, `round ${i + 1}: only ${r.calls} normal calls completed`);
     assert.ok(r.p50 <= P50_BUDGET_MS && r.p99 <= P99_BUDGET_MS, `round ${i + 1}: normal p50 ${r.p50.toFixed(0)} ms, p99 ${r.p99.toFixed(0)} ms under attack`);
   }
-  assert.ok(rounds[1]!.rssAfter <= rounds[0]!.rssAfter + ROUND_GROWTH_MB, `RSS grew round over round: ${rounds[0]!.rssAfter.toFixed(0)} → ${rounds[1]!.rssAfter.toFixed(0)} MB`);
+  assert.ok(
+    rounds[1]!.rssAfter <= rounds[0]!.rssAfter + ROUND_GROWTH_MB,
+    `RSS grew round over round: ${rounds[0]!.rssAfter.toFixed(0)} → ${rounds[1]!.rssAfter.toFixed(0)} MB`,
+  );
   assert.ok(rounds[1]!.rssAfter <= rssBefore + RSS_SLACK_MB, `RSS ${rounds[1]!.rssAfter.toFixed(0)} MB after, ${rssBefore.toFixed(0)} MB before`);
   // Still serving.
   const rec = createServiceClient(RecommendationService, `127.0.0.1:${grpcPort}`);

@@ -46,10 +46,20 @@ after(async () => {
 });
 
 const bigInfer = grpcFrame(
-  toBinary(ModelInferRequestSchema, create(ModelInferRequestSchema, { modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [65536n, 4n] }], rawInputContents: [new Uint8Array(65536 * 16)] })),
+  toBinary(
+    ModelInferRequestSchema,
+    create(ModelInferRequestSchema, {
+      modelName: "wide",
+      inputs: [{ name: "features", datatype: "FP32", shape: [65536n, 4n] }],
+      rawInputContents: [new Uint8Array(65536 * 16)],
+    }),
+  ),
 );
 const smallInfer = () =>
-  createServiceClient(GRPCInferenceService, `127.0.0.1:${server.port}`).modelInfer({ modelName: "wide", inputs: [{ name: "features", datatype: "FP32", shape: [1n, 4n], contents: { fp32Contents: [1, 2, 3, 4] } }] });
+  createServiceClient(GRPCInferenceService, `127.0.0.1:${server.port}`).modelInfer({
+    modelName: "wide",
+    inputs: [{ name: "features", datatype: "FP32", shape: [1n, 4n], contents: { fp32Contents: [1, 2, 3, 4] } }],
+  });
 
 it("counts answers a client does not read against the in-flight and byte budgets, cancels them for room and after a timeout", async () => {
   const sessions = Array.from({ length: 4 }, () => http2.connect(url));
@@ -61,7 +71,11 @@ it("counts answers a client does not read against the in-flight and byte budgets
     return st;
   });
   // Before, every answered call left the in-flight count at once (it read 0) and the answers piled up.
-  await waitFor(async () => (await gauge("grpc_server_inflight")) > 0 && (await gauge("grpc_server_held_bytes")) > 4 * 1024 * 1024, 30_000, "unread answers counted");
+  await waitFor(
+    async () => (await gauge("grpc_server_inflight")) > 0 && (await gauge("grpc_server_held_bytes")) > 4 * 1024 * 1024,
+    30_000,
+    "unread answers counted",
+  );
   // Over the byte budget, the oldest unread answers make room: a client that reads is answered.
   await waitFor(async () => (await gauge("grpc_server_held_bytes")) > 12 * 1024 * 1024, 30_000, "held bytes over the budget");
   assert.equal((await smallInfer()).outputs.length, 1);
@@ -147,7 +161,12 @@ it("caps Health/Watch streams, which need no token", async () => {
     return call;
   });
   await waitFor(() => server.health.watching === 5, 5000, "five watchers");
-  const sixth = client.raw.makeServerStreamRequest("/grpc.health.v1.Health/Watch", (m: Uint8Array) => Buffer.from(m), (b: Buffer) => b, toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, { service: "" })));
+  const sixth = client.raw.makeServerStreamRequest(
+    "/grpc.health.v1.Health/Watch",
+    (m: Uint8Array) => Buffer.from(m),
+    (b: Buffer) => b,
+    toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, { service: "" })),
+  );
   const err = await new Promise<{ code: number; details: string }>((resolve) => sixth.on("error", resolve));
   assert.equal(err.code, Code.RESOURCE_EXHAUSTED);
   assert.match(err.details, /too many Health\/Watch streams/);

@@ -52,12 +52,35 @@ const allServe = async (version: string) => {
 before(async () => {
   rt = testRuntime();
   registry = await rt.registry();
-  const first = await registry.publish({ name: "recommender", artifact: logisticModel([0.1, 0.1], 0), features: FEATURES, inputName: "features", outputName: "score" });
+  const first = await registry.publish({
+    name: "recommender",
+    artifact: logisticModel([0.1, 0.1], 0),
+    features: FEATURES,
+    inputName: "features",
+    outputName: "score",
+  });
   await registry.setAlias("recommender", "production", first.version);
   [grpcPort, httpPort] = [await freePort(), await freePort()];
   child = spawn(
     process.execPath,
-    ["--import", "tsx", "cli/main.ts", "serve", "--workers", "2", "--namespace", rt.config.namespace, "--grpc-port", String(grpcPort), "--http-port", String(httpPort), "--data-dir", rt.config.dataDir, "--host", "127.0.0.1"],
+    [
+      "--import",
+      "tsx",
+      "cli/main.ts",
+      "serve",
+      "--workers",
+      "2",
+      "--namespace",
+      rt.config.namespace,
+      "--grpc-port",
+      String(grpcPort),
+      "--http-port",
+      String(httpPort),
+      "--data-dir",
+      rt.config.dataDir,
+      "--host",
+      "127.0.0.1",
+    ],
     { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, LOG_LEVEL: "info" } },
   );
   child.stderr!.on("data", (d) => (stderr += d));
@@ -89,10 +112,12 @@ it("serves Recommend from both workers and /metrics sums their counters", async 
   assert.ok(existsSync(join(rt.config.dataDir, "spill", rt.config.namespace, "worker-2")), "worker 2's spill directory");
   const before = handledOk(await metrics());
   // Connections are dealt round-robin: four of them land two on each worker.
-  await Promise.all(Array.from({ length: 4 }, async () => {
-    const c = connect();
-    for (let i = 0; i < 25; i++) await c.recommend({ userId: `u${i}`, candidates: ["a", "b", "c"] });
-  }));
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      const c = connect();
+      for (let i = 0; i < 25; i++) await c.recommend({ userId: `u${i}`, candidates: ["a", "b", "c"] });
+    }),
+  );
   const text = await metrics();
   assert.equal(handledOk(text) - before, 100, "the aggregate counts every call, whichever worker took it");
   assert.match(text, /^process_cpu_seconds_total \d/m, "process metrics, summed over the workers");
@@ -101,10 +126,14 @@ it("serves Recommend from both workers and /metrics sums their counters", async 
   // Each worker holds part of the count: kill worker 1 and its share leaves the sum.
   const victim = h.workers[0]!.pid!;
   process.kill(victim, "SIGKILL");
-  await waitFor(async () => {
-    const w = (await health()).workers[0]!;
-    return w.ready && w.pid !== victim;
-  }, 60_000, "worker 1 restarted");
+  await waitFor(
+    async () => {
+      const w = (await health()).workers[0]!;
+      return w.ready && w.pid !== victim;
+    },
+    60_000,
+    "worker 1 restarted",
+  );
   const afterKill = handledOk(await metrics());
   assert.ok(afterKill > 0 && afterKill < before + 100, `worker 2 kept its share only (${afterKill} of ${before + 100})`);
   assert.match(await metrics(), /^streamserve_serve_worker_restarts_total 1$/m);
@@ -152,14 +181,22 @@ it("promotions under continuous load at 2 workers fail no call", async () => {
   assert.deepEqual(failures, [], "no call failed");
   assert.ok(ok > 200, `load kept running (${ok} calls)`);
   for (const v of broken) assert.ok(!served.has(v), `broken version ${v} never served`);
-  assert.ok([...served].every((v) => promoted.includes(v)), `served ${[...served]} ⊆ promoted ${promoted}`);
+  assert.ok(
+    [...served].every((v) => promoted.includes(v)),
+    `served ${[...served]} ⊆ promoted ${promoted}`,
+  );
   assert.ok(served.size >= 4, `several versions answered (${[...served]})`);
 });
 
 it("SIGTERM drains every worker and the supervisor exits 0", async () => {
   const c = connect();
   await c.recommend({ userId: "warm", candidates: ["a"] });
-  const calls = Array.from({ length: 200 }, (_, i) => c.recommend({ userId: `d${i}`, candidates: ["a", "b"] }).then(() => "ok", (e: { code: number }) => e.code));
+  const calls = Array.from({ length: 200 }, (_, i) =>
+    c.recommend({ userId: `d${i}`, candidates: ["a", "b"] }).then(
+      () => "ok",
+      (e: { code: number }) => e.code,
+    ),
+  );
   await new Promise((r) => setTimeout(r, 5));
   child.kill("SIGTERM");
   const results = await Promise.all(calls);
@@ -179,7 +216,24 @@ it("a gRPC port already taken: no worker can start, so serve exits 1 and says wh
     const port = (blocker.address() as { port: number }).port;
     const p = spawn(
       process.execPath,
-      ["--import", "tsx", "cli/main.ts", "serve", "--workers", "2", "--namespace", rt.config.namespace, "--grpc-port", String(port), "--http-port", String(await freePort()), "--data-dir", rt.config.dataDir, "--host", "127.0.0.1"],
+      [
+        "--import",
+        "tsx",
+        "cli/main.ts",
+        "serve",
+        "--workers",
+        "2",
+        "--namespace",
+        rt.config.namespace,
+        "--grpc-port",
+        String(port),
+        "--http-port",
+        String(await freePort()),
+        "--data-dir",
+        rt.config.dataDir,
+        "--host",
+        "127.0.0.1",
+      ],
       { stdio: ["ignore", "ignore", "pipe"] },
     );
     let err = "";

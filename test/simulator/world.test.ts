@@ -52,7 +52,10 @@ describe("simulated world", () => {
   it("emits views, clicks and purchases in the shape the features worker reads", () => {
     const { world, events: evs } = events(1, 20_000);
     const count = (t: string) => evs.filter((e) => e.event_type === t).length;
-    assert.ok(count("view") > count("click") && count("click") > count("purchase") && count("purchase") > 0, `views ${count("view")}, clicks ${count("click")}, purchases ${count("purchase")}`);
+    assert.ok(
+      count("view") > count("click") && count("click") > count("purchase") && count("purchase") > 0,
+      `views ${count("view")}, clicks ${count("click")}, purchases ${count("purchase")}`,
+    );
     assert.equal(new Set(evs.map((e) => e.event_id)).size, evs.length, "event ids are unique");
     for (const e of evs) {
       assert.ok(world.page(e.page_id), `known page ${e.page_id}`);
@@ -83,7 +86,10 @@ describe("simulated world", () => {
     const item = new Map<string, { views: number; clicks: number }>();
     const user = new Map<string, { views: number; clicks: number }>();
     for (const e of evs) {
-      for (const [map, key] of [[item, e.page_id], [user, e.user_id]] as const) {
+      for (const [map, key] of [
+        [item, e.page_id],
+        [user, e.user_id],
+      ] as const) {
         const s = map.get(key) ?? { views: 0, clicks: 0 };
         if (e.event_type === "view") s.views++;
         if (e.event_type === "click") s.clicks++;

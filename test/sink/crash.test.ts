@@ -20,7 +20,24 @@ const children: ChildProcess[] = [];
 function startSinkProcess(): ChildProcess {
   const child = spawn(
     process.execPath,
-    ["--import", "tsx", "cli/main.ts", "sink", "--namespace", runtime.config.namespace, "--data-dir", dir.path, "--http-port", "0", "--batch-size", "300", "--ack-wait", "2s", "--kinds", "prediction"],
+    [
+      "--import",
+      "tsx",
+      "cli/main.ts",
+      "sink",
+      "--namespace",
+      runtime.config.namespace,
+      "--data-dir",
+      dir.path,
+      "--http-port",
+      "0",
+      "--batch-size",
+      "300",
+      "--ack-wait",
+      "2s",
+      "--kinds",
+      "prediction",
+    ],
     { cwd: root, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, LOG_LEVEL: "warn" } },
   );
   let stderr = "";
@@ -33,7 +50,9 @@ function startSinkProcess(): ChildProcess {
 }
 
 const exited = (child: ChildProcess) =>
-  new Promise<number | null>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve(child.exitCode) : child.once("exit", (code) => resolve(code))));
+  new Promise<number | null>((resolve) =>
+    child.exitCode !== null || child.signalCode !== null ? resolve(child.exitCode) : child.once("exit", (code) => resolve(code)),
+  );
 
 async function consumer() {
   return (await nc.jetstreamManager()).consumers.info(runtime.names.logsStream, runtime.names.consumer("sink-prediction"));
@@ -61,7 +80,12 @@ describe("sink process killed with SIGKILL", () => {
 
     const first = startSinkProcess();
     // Kill it once it has acked some batches and is busy with more.
-    await waitFor("first process under way", async () => first.exitCode === null && (await consumer().catch(() => undefined))?.ack_floor.stream_seq! >= 900, 60_000, 20);
+    await waitFor(
+      "first process under way",
+      async () => first.exitCode === null && (await consumer().catch(() => undefined))?.ack_floor.stream_seq! >= 900,
+      60_000,
+      20,
+    );
     first.kill("SIGKILL");
     await exited(first);
     const atKill = await consumer();
@@ -71,10 +95,15 @@ describe("sink process killed with SIGKILL", () => {
 
     await publishLogs(nc.jetstream(), runtime.names, messages.slice(total / 2));
     const second = startSinkProcess();
-    await waitFor("second process drained the stream", async () => {
-      const info = await consumer();
-      return info.num_pending === 0 && info.num_ack_pending === 0 && info.ack_floor.stream_seq === total;
-    }, 120_000, 200);
+    await waitFor(
+      "second process drained the stream",
+      async () => {
+        const info = await consumer();
+        return info.num_pending === 0 && info.num_ack_pending === 0 && info.ack_floor.stream_seq === total;
+      },
+      120_000,
+      200,
+    );
     second.kill("SIGTERM");
     assert.equal(await exited(second), 0, "a SIGTERM stop is clean");
 

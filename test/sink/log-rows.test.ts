@@ -65,7 +65,17 @@ describe("decodeLog", () => {
   it("maps exposures, outcomes and model events column for column", () => {
     assert.deepEqual(decodeLog("exposure", { data: logMessage("exposure", 1).data, storedAtMs: stored }), {
       table: "exposures",
-      rows: [{ request_id: "req-r-1", time: new Date(BASE_MS + 1000).toISOString(), experiment: "exp1", variant: "control", user_id: "u1", model_name: "recommender", model_version: "2" }],
+      rows: [
+        {
+          request_id: "req-r-1",
+          time: new Date(BASE_MS + 1000).toISOString(),
+          experiment: "exp1",
+          variant: "control",
+          user_id: "u1",
+          model_name: "recommender",
+          model_version: "2",
+        },
+      ],
     });
     assert.deepEqual(decodeLog("outcome", { data: logMessage("outcome", 3).data, storedAtMs: stored }).rows, [
       { outcome_id: "out-r-3", request_id: "req-r-3", item_id: "item0", time: new Date(BASE_MS + 3000).toISOString(), clicked: 1, converted: 1, revenue: 9.5 },
@@ -93,7 +103,11 @@ describe("decodeLog", () => {
 
   it("accepts the JSON form of a message under Content-Type application/json", () => {
     const msg = create(OutcomeLogSchema, { outcomeId: "o1", requestId: "q1", itemId: "i", clicked: true, time: timestampFromMs(BASE_MS) });
-    const { rows } = decodeLog("outcome", { data: new TextEncoder().encode(toJsonString(OutcomeLogSchema, msg)), contentType: "application/json", storedAtMs: stored });
+    const { rows } = decodeLog("outcome", {
+      data: new TextEncoder().encode(toJsonString(OutcomeLogSchema, msg)),
+      contentType: "application/json",
+      storedAtMs: stored,
+    });
     assert.equal(rows[0]!.outcome_id, "o1");
     assert.equal(rows[0]!.clicked, 1);
   });
@@ -113,7 +127,10 @@ describe("decodeLog", () => {
         "feature count mismatch",
         () =>
           decodeLog("prediction", {
-            data: toBinary(PredictionLogSchema, create(PredictionLogSchema, { requestId: "q", featureNames: ["a", "b"], items: [{ itemId: "i", features: [1] }] })),
+            data: toBinary(
+              PredictionLogSchema,
+              create(PredictionLogSchema, { requestId: "q", featureNames: ["a", "b"], items: [{ itemId: "i", features: [1] }] }),
+            ),
             storedAtMs: stored,
           }),
       ],
@@ -121,7 +138,10 @@ describe("decodeLog", () => {
         "model_feature_count beyond the names",
         () =>
           decodeLog("prediction", {
-            data: toBinary(PredictionLogSchema, create(PredictionLogSchema, { requestId: "q", featureNames: ["a"], modelFeatureCount: 2, items: [{ itemId: "i", features: [1] }] })),
+            data: toBinary(
+              PredictionLogSchema,
+              create(PredictionLogSchema, { requestId: "q", featureNames: ["a"], modelFeatureCount: 2, items: [{ itemId: "i", features: [1] }] }),
+            ),
             storedAtMs: stored,
           }),
       ],
@@ -129,11 +149,21 @@ describe("decodeLog", () => {
         "unknown entity type",
         () =>
           decodeLog("feature_window", {
-            data: toBinary(FeatureWindowLogSchema, create(FeatureWindowLogSchema, { entityType: "session", entityId: "x", windowStart: timestampFromMs(BASE_MS) })),
+            data: toBinary(
+              FeatureWindowLogSchema,
+              create(FeatureWindowLogSchema, { entityType: "session", entityId: "x", windowStart: timestampFromMs(BASE_MS) }),
+            ),
             storedAtMs: stored,
           }),
       ],
-      ["window without start", () => decodeLog("feature_window", { data: toBinary(FeatureWindowLogSchema, create(FeatureWindowLogSchema, { entityType: "user", entityId: "x" })), storedAtMs: stored })],
+      [
+        "window without start",
+        () =>
+          decodeLog("feature_window", {
+            data: toBinary(FeatureWindowLogSchema, create(FeatureWindowLogSchema, { entityType: "user", entityId: "x" })),
+            storedAtMs: stored,
+          }),
+      ],
     ];
     for (const [what, fn] of bad) assert.throws(fn, UndecodableLogError, what);
   });

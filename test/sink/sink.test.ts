@@ -42,7 +42,11 @@ describe("sink", () => {
 
   it("writes every log kind into its table with the right columns", async () => {
     const n = 40;
-    await publishLogs((await runtime.nats()).jetstream(), runtime.names, KINDS.flatMap((k) => range(n, k, "all")));
+    await publishLogs(
+      (await runtime.nats()).jetstream(),
+      runtime.names,
+      KINDS.flatMap((k) => range(n, k, "all")),
+    );
     const sink = await startSink(runtime, { ackWaitMs: 5000 });
     try {
       await waitFor("all kinds written", () => sink.stats().messagesWritten === n * KINDS.length, 30_000);
@@ -85,17 +89,27 @@ describe("sink", () => {
     });
     assert.equal(await count("SELECT count() n FROM exposures FINAL WHERE request_id LIKE 'req-all-%' AND variant = 'control' AND model_version = '2'"), n);
     assert.deepEqual(
-      await queryRows(ch, "SELECT toFloat64(countIf(clicked = 1)) clicks, toFloat64(countIf(converted = 1)) conversions, sum(revenue) revenue FROM outcomes FINAL WHERE outcome_id LIKE 'out-all-%'"),
+      await queryRows(
+        ch,
+        "SELECT toFloat64(countIf(clicked = 1)) clicks, toFloat64(countIf(converted = 1)) conversions, sum(revenue) revenue FROM outcomes FINAL WHERE outcome_id LIKE 'out-all-%'",
+      ),
       [{ clicks: 40, conversions: 14, revenue: 14 * 9.5 }],
     );
     assert.deepEqual(
-      await queryRows(ch, "SELECT user_id, toString(window_start) s, toString(window_end) e, features, toFloat64(event_count) event_count FROM user_features FINAL WHERE user_id = 'e4'"),
+      await queryRows(
+        ch,
+        "SELECT user_id, toString(window_start) s, toString(window_end) e, features, toFloat64(event_count) event_count FROM user_features FINAL WHERE user_id = 'e4'",
+      ),
       [{ user_id: "e4", s: "2030-01-15 12:20:00.000", e: "2030-01-15 12:25:00.000", features: { clicks_last_5min: 4, engagement_score: 1.2 }, event_count: 5 }],
     );
     assert.equal(await count("SELECT count() n FROM item_features FINAL WHERE item_id LIKE 'e%'"), n / 2);
-    assert.deepEqual(await queryRows(ch, "SELECT kind, alias, from_version, to_version, actor, reason, toFloat64(JSONExtractInt(details, 'i')) i FROM model_events FINAL WHERE event_id = 'ev-all-3'"), [
-      { kind: "promote", alias: "production", from_version: "1", to_version: "2", actor: "trainer", reason: "auc +2%", i: 3 },
-    ]);
+    assert.deepEqual(
+      await queryRows(
+        ch,
+        "SELECT kind, alias, from_version, to_version, actor, reason, toFloat64(JSONExtractInt(details, 'i')) i FROM model_events FINAL WHERE event_id = 'ev-all-3'",
+      ),
+      [{ kind: "promote", alias: "production", from_version: "1", to_version: "2", actor: "trainer", reason: "auc +2%", i: 3 }],
+    );
     for (const kind of KINDS) assert.ok(await consumerIdle(kind), `consumer of ${kind} has nothing pending`);
     const metrics = await runtime.metrics.render();
     assert.match(metrics, /streamserve_sink_rows_written_total\{table="predictions"\} 120/);

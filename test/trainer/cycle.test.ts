@@ -69,14 +69,20 @@ before(async () => {
     }
   }
   await server.logs.flush();
-  await waitFor(async () => (await countRows("predictions")) === REQUESTS * CANDIDATES && (await countRows("outcomes")) === clicks, 30_000, "the sink to write the logs");
+  await waitFor(
+    async () => (await countRows("predictions")) === REQUESTS * CANDIDATES && (await countRows("outcomes")) === clicks,
+    30_000,
+    "the sink to write the logs",
+  );
   // What the dataset must clean up: a row written twice (a redelivered log) and a candidate that
   // was scored but never shown (position 0) and so has no outcome.
   const ch = await rt.clickhouse();
   // No background merge may collapse the duplicate before the dataset counts it.
   await ch.client.command({ query: "SYSTEM STOP MERGES predictions" });
   await ch.client.command({ query: "INSERT INTO predictions SELECT * FROM predictions WHERE request_id = 'req-0' ORDER BY item_id LIMIT 1" });
-  await ch.client.command({ query: "INSERT INTO predictions SELECT * REPLACE ('never-shown' AS item_id, 0 AS position) FROM predictions WHERE request_id = 'req-1' LIMIT 1" });
+  await ch.client.command({
+    query: "INSERT INTO predictions SELECT * REPLACE ('never-shown' AS item_id, 0 AS position) FROM predictions WHERE request_id = 'req-1' LIMIT 1",
+  });
 });
 
 after(async () => {
@@ -109,7 +115,10 @@ it("first cycle: learns from the logged vectors, publishes, promotes, and the se
   assert.equal((await registry.getAlias("recommender", "production"))?.version, mv.version);
   assert.equal(mv.inputName, "features");
   assert.equal(mv.outputName, "probabilities");
-  assert.deepEqual(mv.features.map((f) => f.name), first.data.features);
+  assert.deepEqual(
+    mv.features.map((f) => f.name),
+    first.data.features,
+  );
   assert.ok(Math.abs(mv.metrics.auc! - first.candidate!.auc) < 1e-12);
   assert.equal(mv.data?.rows, REQUESTS * CANDIDATES);
   assert.equal(mv.params.numTrees, 100);
@@ -135,14 +144,24 @@ it("second cycle on the same rows: production scored on the same validation rows
   assert.equal(server.models.servedVersion("recommender"), first.version!.version);
 
   // Both decisions, with their reasons, reach model_events through LOGS and the sink.
-  const events = await waitFor(async () => {
-    const rows = await queryRows<{ kind: string; alias: string; to_version: string; reason: string }>(
-      await rt.clickhouse(),
-      "SELECT kind, alias, to_version, reason FROM model_events FINAL WHERE model_name = 'recommender' AND kind = 'train_decision' ORDER BY time",
-    );
-    return rows.length === 2 ? rows : undefined;
-  }, 20_000, "train decisions in model_events");
-  assert.deepEqual(events.map((e) => [e.alias, e.to_version]), [["production", first.version!.version], ["candidate", second.version!.version]]);
+  const events = await waitFor(
+    async () => {
+      const rows = await queryRows<{ kind: string; alias: string; to_version: string; reason: string }>(
+        await rt.clickhouse(),
+        "SELECT kind, alias, to_version, reason FROM model_events FINAL WHERE model_name = 'recommender' AND kind = 'train_decision' ORDER BY time",
+      );
+      return rows.length === 2 ? rows : undefined;
+    },
+    20_000,
+    "train decisions in model_events",
+  );
+  assert.deepEqual(
+    events.map((e) => [e.alias, e.to_version]),
+    [
+      ["production", first.version!.version],
+      ["candidate", second.version!.version],
+    ],
+  );
   assert.match(events[1]!.reason, /needed/);
 });
 

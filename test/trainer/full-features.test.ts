@@ -46,9 +46,13 @@ const users = Array.from({ length: USERS }, () => {
 const items = Array.from({ length: ITEMS }, () => {
   const views = 50 + Math.floor(rand() * 100);
   const ctr = Math.round(rand() * 60) / 100;
-  return { item_views_5min: views, item_clicks_5min: Math.round(views * ctr), item_purchases_5min: Math.floor(rand() * 5), item_ctr_5min: ctr } as Record<string, number>;
+  return { item_views_5min: views, item_clicks_5min: Math.round(views * ctr), item_purchases_5min: Math.floor(rand() * 5), item_ctr_5min: ctr } as Record<
+    string,
+    number
+  >;
 });
-const clickProbability = (u: Record<string, number>, i: Record<string, number>) => 1 / (1 + Math.exp(-(-3.2 + 0.25 * u.clicks_last_5min! + 7 * i.item_ctr_5min!)));
+const clickProbability = (u: Record<string, number>, i: Record<string, number>) =>
+  1 / (1 + Math.exp(-(-3.2 + 0.25 * u.clicks_last_5min! + 7 * i.item_ctr_5min!)));
 
 /**
  * `requests` Recommend logs from `startMs`, one per 100 ms, with the clicks the true model draws.
@@ -100,7 +104,10 @@ before(async () => {
   await waitFor(async () => (await count("request_id LIKE 'early-%'")) === 400 * CANDIDATES, 60_000, "the early traffic in ClickHouse");
   production = await runTrainingCycle(rt, { data: { kind: "logs", endMs: now - 2 * HOUR, windowMs: 2 * HOUR, labelDelayMs: 0 }, gbdt: { numTrees: 40 } });
   assert.equal(production.decision.action, "promote", production.decision.reason);
-  assert.deepEqual(production.version!.features.map((f) => f.name), PRODUCTION_FEATURES);
+  assert.deepEqual(
+    production.version!.features.map((f) => f.name),
+    PRODUCTION_FEATURES,
+  );
 });
 
 after(async () => {
@@ -120,7 +127,10 @@ it("a 10-feature model trained on production's full-feature logs has no all-NaN 
   const dataset = await loadLoggedDataset(ch.client, { modelName: "recommender", featureNames: ALL, ...window });
   assert.equal(dataset.featureNames.length, 10);
   for (let f = 0; f < ALL.length; f++) {
-    assert.ok(dataset.columns[f]!.some((v) => !Number.isNaN(v)), `column ${ALL[f]} is all NaN`);
+    assert.ok(
+      dataset.columns[f]!.some((v) => !Number.isNaN(v)),
+      `column ${ALL[f]} is all NaN`,
+    );
   }
   assert.equal(dataset.counts.notes.rows_with_features_beyond_served_model, dataset.counts.rows);
 
@@ -143,10 +153,16 @@ it("the vector production was served stays recoverable exactly from the full-fea
   assert.equal(rows.length, 1);
   assert.deepEqual(rows[0]!.model_features, PRODUCTION_FEATURES);
   const u = users[7 % USERS]!;
-  assert.deepEqual(rows[0]!.served.map(Number), PRODUCTION_FEATURES.map((n) => u[n]));
+  assert.deepEqual(
+    rows[0]!.served.map(Number),
+    PRODUCTION_FEATURES.map((n) => u[n]),
+  );
   assert.equal(Number(rows[0]!.keys), 10);
   // Old-shape rows: every logged entry was the model's.
-  const early = await queryRows<{ model_features: string[] }>(await rt.clickhouse(), "SELECT model_features FROM predictions FINAL WHERE request_id = 'early-0' LIMIT 1");
+  const early = await queryRows<{ model_features: string[] }>(
+    await rt.clickhouse(),
+    "SELECT model_features FROM predictions FINAL WHERE request_id = 'early-0' LIMIT 1",
+  );
   assert.deepEqual(early[0]!.model_features, PRODUCTION_FEATURES);
   // A row written without the column (by a writer older than the migration) reads the old meaning too.
   const ch = await rt.clickhouse();

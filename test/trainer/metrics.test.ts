@@ -13,7 +13,7 @@ test("AUC with ties counts a tied positive/negative pair as one half", () => {
 
 test("AUC matches brute-force pair counting on random scores with many ties", () => {
   let seed = 3;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const rand = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
   const labels = Array.from({ length: 300 }, () => (rand() < 0.3 ? 1 : 0));
   const scores = labels.map(() => Math.floor(rand() * 10) / 10);
   let wins = 0;
@@ -46,11 +46,17 @@ test("calibration by decile: equal-count bins ordered by prediction", () => {
   const labels = probs.map((_, i) => (i % 10 < Math.floor(i / 10) ? 1 : 0));
   const bins = calibration(labels, probs);
   assert.equal(bins.length, 10);
-  assert.deepEqual(bins.map((b) => b.count), new Array(10).fill(10));
+  assert.deepEqual(
+    bins.map((b) => b.count),
+    new Array(10).fill(10),
+  );
   assert.ok(Math.abs(bins[0].meanPredicted - 0.045) < 1e-12);
   assert.equal(bins[0].lower, 0);
   assert.equal(bins[9].upper, 0.99);
-  assert.deepEqual(bins.map((b) => b.observedRate), [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]);
+  assert.deepEqual(
+    bins.map((b) => b.observedRate),
+    [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+  );
   const e = evaluate(labels, probs);
   assert.equal(e.rows, 100);
   assert.equal(e.positives, 45);

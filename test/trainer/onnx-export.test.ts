@@ -28,8 +28,14 @@ function mixedData(n: number, seed: number): GbdtData {
 
 test("the exported model gives the TypeScript model's probabilities (±1e-5) on held-out rows", async () => {
   const model = trainGbdt(mixedData(8000, 1), { numTrees: 60, maxDepth: 5 });
-  assert.ok(model.trees.some((t) => t.categorical.some((c, i) => c === 1 && t.feature[i] >= 0)), "a categorical split was learned");
-  assert.ok(model.trees.some((t) => t.missingLeft.some((m, i) => m === 1 && t.feature[i] >= 0)), "some split sends NaN left");
+  assert.ok(
+    model.trees.some((t) => t.categorical.some((c, i) => c === 1 && t.feature[i] >= 0)),
+    "a categorical split was learned",
+  );
+  assert.ok(
+    model.trees.some((t) => t.missingLeft.some((m, i) => m === 1 && t.feature[i] >= 0)),
+    "some split sends NaN left",
+  );
   const bytes = exportOnnx(model);
   const session = await ort.InferenceSession.create(bytes);
   try {
@@ -81,7 +87,10 @@ test("the ONNX model records feature names, categorical features and opsets", ()
   assert.equal(decoded.docString, "test model");
   assert.deepEqual(
     decoded.opsetImport.map((o) => [o.domain, o.version]),
-    [["", 13n], ["ai.onnx.ml", 3n]],
+    [
+      ["", 13n],
+      ["ai.onnx.ml", 3n],
+    ],
   );
 });
 

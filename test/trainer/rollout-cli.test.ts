@@ -12,7 +12,8 @@ before(async () => {
   rt = testRuntime();
   const registry = await rt.registry();
   const features = [{ name: "item_ctr_5min", source: "item" as const, type: "numeric" as const, default: 0 }];
-  for (const w of [0, 1]) await registry.publish({ name: "ranker", artifact: logisticModel([w], 0), features, inputName: "features", outputName: "score", actor: "test" });
+  for (const w of [0, 1])
+    await registry.publish({ name: "ranker", artifact: logisticModel([w], 0), features, inputName: "features", outputName: "score", actor: "test" });
   await registry.setAlias("ranker", "production", "1", { actor: "test" });
 });
 after(async () => {
@@ -20,11 +21,15 @@ after(async () => {
 });
 
 function cli(...args: string[]): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, ["--import", "tsx", "cli/main.ts", ...args, "--model", "ranker", "--namespace", rt.config.namespace, "--data-dir", rt.config.dataDir], {
-    encoding: "utf8",
-    env: { ...process.env, LOG_LEVEL: "silent", STREAMSERVE_ACTOR: "ci-test" },
-    timeout: 60_000,
-  });
+  const r = spawnSync(
+    process.execPath,
+    ["--import", "tsx", "cli/main.ts", ...args, "--model", "ranker", "--namespace", rt.config.namespace, "--data-dir", rt.config.dataDir],
+    {
+      encoding: "utf8",
+      env: { ...process.env, LOG_LEVEL: "silent", STREAMSERVE_ACTOR: "ci-test" },
+      timeout: 60_000,
+    },
+  );
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 

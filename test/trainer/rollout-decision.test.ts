@@ -68,7 +68,17 @@ const BASE: ArmTruth = { ctr: 0.2, conversion: 0.05, errorRate: 0.001, latencyMs
 describe("decideStage on hand-made figures", () => {
   const arm = (truth: Partial<RolloutArmStats>): RolloutArmStats => ({ ...emptyArm(), ...truth });
   // 1000 users per arm; CTR sums for a per-user CTR of 0.3 (sd 0.25) and 0.15.
-  const good = arm({ users: 1000, ctrUsers: 1000, ctrSum: 300, ctrSumSq: 1000 * (0.3 * 0.3 + 0.0625), conversions: 50, requests: 1000, latencySum: 8000, latencySumSq: 1000 * (64 + 4), latencyRequests: 1000 });
+  const good = arm({
+    users: 1000,
+    ctrUsers: 1000,
+    ctrSum: 300,
+    ctrSumSq: 1000 * (0.3 * 0.3 + 0.0625),
+    conversions: 50,
+    requests: 1000,
+    latencySum: 8000,
+    latencySumSq: 1000 * (64 + 4),
+    latencyRequests: 1000,
+  });
   it("holds while the stage is young or small, advances once it held, names the next stage", () => {
     const young = decideStage({ rollout: good, baseline: good, stages: STAGES, stage: 0, elapsedMs: 10 }, POLICY);
     assert.equal(young.action, "hold");
@@ -88,17 +98,26 @@ describe("decideStage on hand-made figures", () => {
     const d1 = decideStage({ rollout: worseCtr, baseline: good, stages: STAGES, stage: 0, elapsedMs: 0 }, POLICY);
     assert.equal(d1.action, "rollback");
     assert.match(d1.reason, /^significant regression at 10 %: ctr 0\.150 vs 0\.300/);
-    assert.deepEqual(d1.tests.filter((t) => t.regression).map((t) => t.name), ["ctr"]);
+    assert.deepEqual(
+      d1.tests.filter((t) => t.regression).map((t) => t.name),
+      ["ctr"],
+    );
 
     const errors = arm({ ...good, errors: 80 });
     const d2 = decideStage({ rollout: errors, baseline: good, stages: STAGES, stage: 1, elapsedMs: 0 }, POLICY);
     assert.equal(d2.action, "rollback");
-    assert.deepEqual(d2.tests.filter((t) => t.regression).map((t) => t.name), ["error_rate"]);
+    assert.deepEqual(
+      d2.tests.filter((t) => t.regression).map((t) => t.name),
+      ["error_rate"],
+    );
     assert.match(d2.reason, /at 50 %: error_rate 0\.0800 vs 0\.00/);
 
     const slow = arm({ ...good, latencySum: 20_000, latencySumSq: 1000 * (400 + 4) });
     const d3 = decideStage({ rollout: slow, baseline: good, stages: STAGES, stage: 0, elapsedMs: 0 }, POLICY);
-    assert.deepEqual(d3.tests.filter((t) => t.regression).map((t) => t.name), ["latency"]);
+    assert.deepEqual(
+      d3.tests.filter((t) => t.regression).map((t) => t.name),
+      ["latency"],
+    );
     // A latency increase inside the margin (25 % of 8 ms = 2 ms) is tolerated.
     const slightly = arm({ ...good, latencySum: 9000, latencySumSq: 1000 * (81 + 4) });
     assert.equal(decideStage({ rollout: slightly, baseline: good, stages: STAGES, stage: 0, elapsedMs: 100 }, POLICY).action, "advance");

@@ -53,28 +53,52 @@ async function traffic(tag: string): Promise<void> {
   // 20 users at a time, as concurrent clients would be.
   for (let u = 0; u < USERS; u += 20) await Promise.all(Array.from({ length: Math.min(20, USERS - u) }, (_, k) => user(u + k)));
   await server.logs.flush();
-  await waitFor(async () => (await count(`SELECT count() AS n FROM exposures FINAL WHERE request_id LIKE '${tag}-%'`)) === USERS, 60_000, `the ${tag} exposures in ClickHouse`);
-  await waitFor(async () => (await count(`SELECT uniqExact(request_id) AS n FROM predictions FINAL WHERE request_id LIKE '${tag}-%'`)) === USERS, 60_000, `the ${tag} predictions`);
+  await waitFor(
+    async () => (await count(`SELECT count() AS n FROM exposures FINAL WHERE request_id LIKE '${tag}-%'`)) === USERS,
+    60_000,
+    `the ${tag} exposures in ClickHouse`,
+  );
+  await waitFor(
+    async () => (await count(`SELECT uniqExact(request_id) AS n FROM predictions FINAL WHERE request_id LIKE '${tag}-%'`)) === USERS,
+    60_000,
+    `the ${tag} predictions`,
+  );
   // Outcomes trail: wait until no more arrive.
   let last = -1;
-  await waitFor(async () => {
-    const n = await count(`SELECT count() AS n FROM outcomes FINAL WHERE request_id LIKE '${tag}-%'`);
-    const settled = n === last;
-    last = n;
-    if (!settled) await new Promise((r) => setTimeout(r, 300));
-    return settled;
-  }, 30_000, `the ${tag} outcomes`);
+  await waitFor(
+    async () => {
+      const n = await count(`SELECT count() AS n FROM outcomes FINAL WHERE request_id LIKE '${tag}-%'`);
+      const settled = n === last;
+      last = n;
+      if (!settled) await new Promise((r) => setTimeout(r, 300));
+      return settled;
+    },
+    30_000,
+    `the ${tag} outcomes`,
+  );
 }
 
 /** Waits until the server routes by `experiment` at the given share and answers its rollout users with `version`. */
 async function routed(experiment: Experiment, share: number, version: string): Promise<void> {
-  await waitFor(() => server.models.experimentFor(MODEL)?.name === experiment.name && server.models.experimentFor(MODEL)?.variants[0]!.traffic === share, 20_000, `the server to route ${experiment.name} at ${share} %`);
+  await waitFor(
+    () => server.models.experimentFor(MODEL)?.name === experiment.name && server.models.experimentFor(MODEL)?.variants[0]!.traffic === share,
+    20_000,
+    `the server to route ${experiment.name} at ${share} %`,
+  );
   const user = Array.from({ length: USERS }, (_, u) => `u${u}`).find((u) => assignVariant(server.models.experimentFor(MODEL)!, u).name === "rollout")!;
-  await waitFor(async () => (await client.recommend({ userId: user, candidates: ["item0"], requestId: `probe-${experiment.name}-${share}-${Date.now()}` })).modelVersion === version, 20_000, `v${version} to answer rollout users`);
+  await waitFor(
+    async () =>
+      (await client.recommend({ userId: user, candidates: ["item0"], requestId: `probe-${experiment.name}-${share}-${Date.now()}` })).modelVersion === version,
+    20_000,
+    `v${version} to answer rollout users`,
+  );
 }
 
 async function events(kindPrefix: string): Promise<{ kind: string; from_version: string; to_version: string; reason: string; details: string }[]> {
-  return queryRows(await rt.clickhouse(), `SELECT kind, from_version, to_version, reason, details FROM model_events FINAL WHERE kind LIKE '${kindPrefix}%' ORDER BY time`);
+  return queryRows(
+    await rt.clickhouse(),
+    `SELECT kind, from_version, to_version, reason, details FROM model_events FINAL WHERE kind LIKE '${kindPrefix}%' ORDER BY time`,
+  );
 }
 
 before(async () => {
@@ -86,7 +110,16 @@ before(async () => {
   for (let i = 0; i < ITEMS; i++) await redis.hset(rt.names.itemFeaturesKey(`item${i}`), { item_ctr_5min: QUALITY[i]! });
   const registry = await rt.registry();
   const publish = async (weight: number) =>
-    (await registry.publish({ name: MODEL, artifact: logisticModel([weight], 0), features: FEATURES, inputName: "features", outputName: "score", actor: "test" })).version;
+    (
+      await registry.publish({
+        name: MODEL,
+        artifact: logisticModel([weight], 0),
+        features: FEATURES,
+        inputName: "features",
+        outputName: "score",
+        actor: "test",
+      })
+    ).version;
   // flat: every item scores alike (the caller's order, the worst items first); good ranks by quality; bad against it.
   versions.flat = await publish(0);
   versions.good = await publish(8);
@@ -107,7 +140,13 @@ describe("guarded rollout", () => {
     const registry = await rt.registry();
     const e = await startGuardedRollout(registry, { model: MODEL, candidate: versions.good, policy: POLICY, actor: "test" });
     assert.equal(e.name, rolloutName(MODEL, versions.good));
-    assert.deepEqual(e.variants.map((v) => [v.name, v.traffic, v.target]), [["rollout", 10, versions.good], ["control", 90, versions.flat]]);
+    assert.deepEqual(
+      e.variants.map((v) => [v.name, v.traffic, v.target]),
+      [
+        ["rollout", 10, versions.good],
+        ["control", 90, versions.flat],
+      ],
+    );
     await routed(e, 10, versions.good);
     await traffic("good10");
 
@@ -117,7 +156,10 @@ describe("guarded rollout", () => {
     const ctr = first!.decision.tests.find((t) => t.name === "ctr")!;
     assert.ok(ctr.rollout > ctr.baseline, `rollout CTR ${ctr.rollout} vs ${ctr.baseline}`);
     const at50 = (await registry.getExperiment(e.name))!;
-    assert.deepEqual(at50.variants.map((v) => v.traffic), [50, 50]);
+    assert.deepEqual(
+      at50.variants.map((v) => v.traffic),
+      [50, 50],
+    );
     // The same hash: everyone who had the candidate at 10 % still has it at 50 %.
     for (let u = 0; u < USERS; u++) if (assignVariant(e, `u${u}`).name === "rollout") assert.equal(assignVariant(at50, `u${u}`).name, "rollout", `u${u}`);
 
@@ -127,13 +169,24 @@ describe("guarded rollout", () => {
     assert.equal(second!.action, "promoted", second!.reason);
     assert.equal((await registry.getAlias(MODEL, "production"))?.version, versions.good);
     assert.equal((await registry.getExperiment(e.name))?.status, "stopped");
-    await waitFor(() => server.models.servedVersion(MODEL) === versions.good && !server.models.experimentFor(MODEL), 20_000, "the server to serve the promoted model to everyone");
+    await waitFor(
+      () => server.models.servedVersion(MODEL) === versions.good && !server.models.experimentFor(MODEL),
+      20_000,
+      "the server to serve the promoted model to everyone",
+    );
 
-    const steps = await waitFor(async () => {
-      const rows = await events("rollout_");
-      return rows.length === 3 ? rows : undefined;
-    }, 20_000, "three rollout events");
-    assert.deepEqual(steps.map((s) => s.kind), ["rollout_start", "rollout_advance", "rollout_complete"]);
+    const steps = await waitFor(
+      async () => {
+        const rows = await events("rollout_");
+        return rows.length === 3 ? rows : undefined;
+      },
+      20_000,
+      "three rollout events",
+    );
+    assert.deepEqual(
+      steps.map((s) => s.kind),
+      ["rollout_start", "rollout_advance", "rollout_complete"],
+    );
     const advance = JSON.parse(steps[1]!.details);
     assert.equal(advance.percent, 10);
     assert.equal(advance.next_percent, 50);
@@ -145,7 +198,10 @@ describe("guarded rollout", () => {
   it("a deliberately worse model is rolled back at 10 %: production and routing unchanged", async () => {
     const registry = await rt.registry();
     const e = await startGuardedRollout(registry, { model: MODEL, candidate: versions.bad, policy: POLICY, actor: "test" });
-    assert.deepEqual(e.variants.map((v) => v.target), [versions.bad, versions.good]);
+    assert.deepEqual(
+      e.variants.map((v) => v.target),
+      [versions.bad, versions.good],
+    );
     await routed(e, 10, versions.bad);
     await traffic("bad10");
     const [step] = await checkRollouts({ ch: await rt.clickhouse(), registry });
@@ -165,7 +221,15 @@ describe("guarded rollout", () => {
   it("a training cycle with rollout: guarded starts a rollout instead of moving production", async () => {
     // The traffic so far is labelled: a cycle learns a model from it; the promotion policy is set to
     // pass anything (min gain −100 %), so the only question is where the promotion goes.
-    const report = await runTrainingCycle(rt, { data: { kind: "logs", labelDelayMs: 0, endMs: Date.now() + 1000 }, minRows: 100, minRelativeGain: -1, minValidationClassRows: 5, rollout: "guarded", rolloutPolicy: POLICY, gbdt: { numTrees: 10 } });
+    const report = await runTrainingCycle(rt, {
+      data: { kind: "logs", labelDelayMs: 0, endMs: Date.now() + 1000 },
+      minRows: 100,
+      minRelativeGain: -1,
+      minValidationClassRows: 5,
+      rollout: "guarded",
+      rolloutPolicy: POLICY,
+      gbdt: { numTrees: 10 },
+    });
     assert.equal(report.decision.action, "rollout", report.decision.reason);
     const registry = await rt.registry();
     assert.equal((await registry.getAlias(MODEL, "production"))?.version, versions.good, "production unchanged");

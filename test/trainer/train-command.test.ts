@@ -65,12 +65,15 @@ it("publishes to the registry and promotes the first version", async () => {
     assert.equal(alias?.version, "1");
     const mv = (await registry.getVersion("recommender", "1"))!;
     // Pipeline features keep their serving spec; device_type keeps the pipeline's vocabulary.
-    assert.deepEqual(mv.features.map((f) => [f.name, f.source, f.type]), [
-      ["clicks_last_5min", "user", "numeric"],
-      ["item_ctr_5min", "item", "numeric"],
-      ["device_type", "request", "categorical"],
-      ["tiny", "user", "numeric"],
-    ]);
+    assert.deepEqual(
+      mv.features.map((f) => [f.name, f.source, f.type]),
+      [
+        ["clicks_last_5min", "user", "numeric"],
+        ["item_ctr_5min", "item", "numeric"],
+        ["device_type", "request", "categorical"],
+        ["tiny", "user", "numeric"],
+      ],
+    );
     assert.equal(mv.data?.kind, "file");
     assert.ok(mv.metrics.auc! > 0.6, `AUC ${mv.metrics.auc}`);
   } finally {

@@ -23,7 +23,10 @@ test("training in a worker gives the same model, reports progress, and leaves th
   clearInterval(timer);
   process.off("warning", onWarning);
   assert.deepEqual(warnings, [], "the worker started (no fallback to the main thread)");
-  assert.deepEqual(progress, Array.from({ length: 40 }, (_, i) => i));
+  assert.deepEqual(
+    progress,
+    Array.from({ length: 40 }, (_, i) => i),
+  );
   assert.deepEqual(model.trees, trainGbdt(data(), { numTrees: 40 }).trees);
   // A blocked loop would tick a handful of times; a free one ticks about every 2 ms.
   assert.ok(ticks > elapsed / 2 / 4, `${ticks} timer ticks in ${elapsed.toFixed(0)} ms`);
