@@ -15,6 +15,7 @@ import {
   waitConsumerDrained,
   waitFor,
   type TestEvent,
+  closingEvent,
 } from "../features/helpers.js";
 import { OwnService } from "./own-services.js";
 import assert from "node:assert/strict";
@@ -39,15 +40,7 @@ it("pulls again after NATS comes back: every event once, every closed window log
   const nc = await rt.nats();
   // Eight minutes of event time: nothing falls behind the watermark whatever the redelivery order.
   const events = makeEvents({ count: 6000, users: 100, pages: 30, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 31 });
-  const flush: TestEvent = {
-    event_id: "flush",
-    user_id: "flush-user",
-    event_type: "view",
-    page_id: "flush-page",
-    session_duration: 0,
-    amount: 0,
-    event_time: T0 + 40 * MIN,
-  };
+  const flush: TestEvent = closingEvent(T0 + 40 * MIN);
 
   await publishEvents(nc.jetstream(), rt.names, events.slice(0, 3000));
   worker = await startFeaturesWorker(rt, { progressIntervalMs: 0, maxBatch: 200, ackWaitMs: 2000 });

@@ -22,6 +22,7 @@ import {
   readFeatureWindowLogs,
   waitConsumerDrained,
   type TestEvent,
+  closingEvent,
 } from "../features/helpers.js";
 import { OwnService, readPredictionLogs, recommendLoad, type Answer, type Load } from "./own-services.js";
 
@@ -203,15 +204,7 @@ describe("features worker across a Redis crash", () => {
     const consumer = async () => (await nc.jetstreamManager()).consumers.info(wrt!.names.eventsStream, wrt!.names.consumer("features"));
     // Eight minutes of event time: nothing falls behind the watermark whatever the redelivery order.
     const events = makeEvents({ count: 6000, users: 100, pages: 30, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 11 });
-    const flush: TestEvent = {
-      event_id: "flush",
-      user_id: "flush-user",
-      event_type: "view",
-      page_id: "flush-page",
-      session_duration: 0,
-      amount: 0,
-      event_time: T0 + 40 * MIN,
-    };
+    const flush: TestEvent = closingEvent(T0 + 40 * MIN);
 
     // A backlog keeps the worker busy, so the kill lands inside a batch's Redis round trips.
     await publishEvents(js, wrt.names, events.slice(0, 3000));

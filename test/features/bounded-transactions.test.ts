@@ -19,6 +19,7 @@ import {
   waitConsumerDrained,
   waitFor,
   type TestEvent,
+  closingEvent,
 } from "./helpers.js";
 
 const T0 = Date.UTC(2024, 2, 10, 12, 0, 0);
@@ -69,15 +70,7 @@ describe("a large backlog in bounded transactions", () => {
   let worker: FeaturesWorker | undefined;
   const events = makeEvents({ count: 3 * MAX_BATCH, users: 400, pages: 40, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 31 });
   // Published once the others are applied: it closes every window.
-  const flush: TestEvent = {
-    event_id: "flush",
-    user_id: "flush-user",
-    event_type: "view",
-    page_id: "flush-page",
-    session_duration: 0,
-    amount: 0,
-    event_time: T0 + 40 * MIN,
-  };
+  const flush: TestEvent = closingEvent(T0 + 40 * MIN);
   let executed: Executed[] = [];
   let batches = 0;
 

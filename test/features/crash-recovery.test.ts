@@ -17,6 +17,7 @@ import {
   waitConsumerDrained,
   waitFor,
   type TestEvent,
+  closingEvent,
 } from "./helpers.js";
 import { storeKeys } from "../../features/window-store.js";
 
@@ -81,15 +82,7 @@ test("kill -9 between commit and acks and at arbitrary points, restart: features
   // Eight minutes of event time: no event can fall behind the watermark, whatever the
   // redelivery order after a crash, so the expected result is simply every event once.
   const events = makeEvents({ count: 20_000, users: 200, pages: 50, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 99 });
-  const flush: TestEvent = {
-    event_id: "flush",
-    user_id: "flush-user",
-    event_type: "view",
-    page_id: "flush-page",
-    session_duration: 0,
-    amount: 0,
-    event_time: T0 + 40 * MIN,
-  };
+  const flush: TestEvent = closingEvent(T0 + 40 * MIN);
 
   // A backlog, so the worker is saturated and a kill most likely lands inside a batch (between
   // its Redis writes and its acks) rather than while it waits for messages.

@@ -22,6 +22,7 @@ import {
   WATERMARK_MS,
   WINDOW_MS,
   type TestEvent,
+  closingEvent,
 } from "./helpers.js";
 
 const T0 = Date.UTC(2024, 2, 10, 12, 0, 0);
@@ -112,15 +113,7 @@ describe("redelivery and republishing", () => {
 describe("two workers on one consumer", () => {
   const events = makeEvents({ count: 4000, users: 50, pages: 30, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 23 });
   // Published once the others are applied, so it cannot overtake them: it closes every window.
-  const flush: TestEvent = {
-    event_id: "flush",
-    user_id: "flush-user",
-    event_type: "view",
-    page_id: "flush-page",
-    session_duration: 0,
-    amount: 0,
-    event_time: T0 + 40 * MIN,
-  };
+  const flush: TestEvent = closingEvent(T0 + 40 * MIN);
   const single = { env: undefined as Awaited<ReturnType<typeof testRuntime>> | undefined, workers: [] as FeaturesWorker[] };
   const pair = { env: undefined as Awaited<ReturnType<typeof testRuntime>> | undefined, workers: [] as FeaturesWorker[], runtimes: [] as Runtime[] };
 
@@ -197,15 +190,7 @@ describe("a batch cut short between its Redis transaction and its acks", () => {
   let env: Awaited<ReturnType<typeof testRuntime>>;
   let worker: FeaturesWorker | undefined;
   const events = makeEvents({ count: 300, users: 10, pages: 8, startMs: T0, spanMs: 4 * MIN, seed: 5 });
-  const flush: TestEvent = {
-    event_id: "flush",
-    user_id: "flush-user",
-    event_type: "view",
-    page_id: "flush-page",
-    session_duration: 0,
-    amount: 0,
-    event_time: T0 + 30 * MIN,
-  };
+  const flush: TestEvent = closingEvent(T0 + 30 * MIN);
 
   before(async () => {
     env = await testRuntime(uniqueNamespace("feat_half"));

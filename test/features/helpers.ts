@@ -339,3 +339,8 @@ export function assertClosedWindows(logged: readonly LoggedWindow[], expected: r
   }
   assert.equal(byKey.size, expected.length, `logged ${byKey.size} windows, expected ${expected.length}`);
 }
+
+/** An event far past every test window, published after the others: the watermark it raises closes them all. */
+export function closingEvent(eventTime: number): TestEvent {
+  return { event_id: "flush", user_id: "flush-user", event_type: "view", page_id: "flush-page", session_duration: 0, amount: 0, event_time: eventTime };
+}
