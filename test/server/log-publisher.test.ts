@@ -520,7 +520,15 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     const admin = await connectNats(server.url, createLogger("silent"), { waitOnFirstConnect: true, name: "admin" });
     cleanups.push(() => admin.close());
     const stream = `T${run.toUpperCase()}_LOGS`;
-    await (await admin.jetstreamManager()).streams.add({ name: stream, subjects: [`${prefix}.logs.>`], duplicate_window: 120e9 });
+    // A server just started may not answer JetStream's API yet (a TIMEOUT on a loaded machine): ask again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await (await admin.jetstreamManager()).streams.add({ name: stream, subjects: [`${prefix}.logs.>`], duplicate_window: 120e9 });
+        break;
+      } catch (err) {
+        if ((err as { code?: string }).code !== "TIMEOUT" || attempt === 4) throw err;
+      }
+    }
     await publishRange(p, prefix, run, 300, 1200, 20);
     await waitFor("phase 0's spill to be replayed", () => count(REPLAY_DONE) === 1);
 
