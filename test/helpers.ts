@@ -63,3 +63,8 @@ export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 10_000
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/** Node arguments that run a `streamserve` command from source in a test runtime's namespace and data directory, on loopback. */
+export function cliArgs(rt: Runtime, command: string, ...flags: string[]): string[] {
+  return ["--import", "tsx", "cli/main.ts", command, "--namespace", rt.config.namespace, "--data-dir", rt.config.dataDir, "--host", "127.0.0.1", ...flags];
+}

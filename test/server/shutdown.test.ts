@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { AckPolicy, DeliverPolicy } from "nats";
 import { fromBinary } from "@bufbuild/protobuf";
-import { freePort, testRuntime, waitFor, type TestRuntime } from "../helpers.js";
+import { freePort, testRuntime, waitFor, type TestRuntime, cliArgs } from "../helpers.js";
 import { createServiceClient, Code } from "../../lib/grpc.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 import { PredictionLogSchema } from "../../gen/streamserve/v1/logs_pb.js";
@@ -24,26 +24,10 @@ after(async () => {
 it("drains on SIGTERM: in-flight calls finish, logs are flushed, exit code 0", async () => {
   const grpcPort = await freePort();
   const httpPort = await freePort();
-  child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "cli/main.ts",
-      "serve",
-      "--namespace",
-      rt.config.namespace,
-      "--grpc-port",
-      String(grpcPort),
-      "--http-port",
-      String(httpPort),
-      "--data-dir",
-      rt.config.dataDir,
-      "--host",
-      "127.0.0.1",
-    ],
-    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, LOG_LEVEL: "info" } },
-  );
+  child = spawn(process.execPath, cliArgs(rt, "serve", "--grpc-port", String(grpcPort), "--http-port", String(httpPort)), {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, LOG_LEVEL: "info" },
+  });
   let stderr = "";
   child.stderr!.on("data", (d) => (stderr += d));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createServer } from "node:net";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { freePort, testRuntime, waitFor, type TestRuntime } from "../helpers.js";
+import { freePort, testRuntime, waitFor, type TestRuntime, cliArgs } from "../helpers.js";
 import { createServiceClient, grpc, type Client } from "../../lib/grpc.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 import { garbageModel, logisticModel } from "../fixtures/onnx-models.js";
@@ -61,28 +61,10 @@ before(async () => {
   });
   await registry.setAlias("recommender", "production", first.version);
   [grpcPort, httpPort] = [await freePort(), await freePort()];
-  child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "cli/main.ts",
-      "serve",
-      "--workers",
-      "2",
-      "--namespace",
-      rt.config.namespace,
-      "--grpc-port",
-      String(grpcPort),
-      "--http-port",
-      String(httpPort),
-      "--data-dir",
-      rt.config.dataDir,
-      "--host",
-      "127.0.0.1",
-    ],
-    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, LOG_LEVEL: "info" } },
-  );
+  child = spawn(process.execPath, cliArgs(rt, "serve", "--workers", "2", "--grpc-port", String(grpcPort), "--http-port", String(httpPort)), {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, LOG_LEVEL: "info" },
+  });
   child.stderr!.on("data", (d) => (stderr += d));
   exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
   await waitFor(() => allServe(first.version), 60_000, "both workers serving the first version");
@@ -214,28 +196,9 @@ it("a gRPC port already taken: no worker can start, so serve exits 1 and says wh
   await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", () => r()));
   try {
     const port = (blocker.address() as { port: number }).port;
-    const p = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        "cli/main.ts",
-        "serve",
-        "--workers",
-        "2",
-        "--namespace",
-        rt.config.namespace,
-        "--grpc-port",
-        String(port),
-        "--http-port",
-        String(await freePort()),
-        "--data-dir",
-        rt.config.dataDir,
-        "--host",
-        "127.0.0.1",
-      ],
-      { stdio: ["ignore", "ignore", "pipe"] },
-    );
+    const p = spawn(process.execPath, cliArgs(rt, "serve", "--workers", "2", "--grpc-port", String(port), "--http-port", String(await freePort())), {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
     let err = "";
     p.stderr!.on("data", (d) => (err += d));
     const code = await new Promise<number | null>((resolve) => p.once("exit", resolve));
