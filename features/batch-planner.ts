@@ -32,14 +32,16 @@ export interface Group {
   changed: boolean;
   /** The entity has state in a newer window: the public hash shows that one, not this. */
   newer: boolean;
+  /** Some of its events were applied before (a redelivery): its public hash is written again from its state. */
+  replayed: boolean;
 }
 
 export interface ViewPlan {
   view: FeatureView;
   /** window start → entity id → group */
   byWindow: Map<number, Map<string, Group>>;
-  /** Each event's group, by its index in the batch. */
-  groupOf: Group[];
+  /** Each event's group, by its index in the batch (undefined: the event's key is another partition's). */
+  groupOf: (Group | undefined)[];
   /** The next event of the same group (−1: none). */
   next: Int32Array;
   /** 1 for the events this batch applies in this view. */
@@ -76,6 +78,8 @@ export interface WindowWrites {
   added: string[];
   /** The window is new: it is listed as open. */
   opened: boolean;
+  /** Unchanged groups with redelivered events, whose public hash is projected again (PlanContext.reproject). */
+  replayed: Group[];
 }
 
 /** Everything a batch writes (and, for a later snapshot read before it landed, what it set). */
@@ -94,6 +98,8 @@ export interface WriteSet {
   distinct: Map<string, string[]>;
   /** item → its decayed activity after the batch [s, as of event time r] */
   trend: Map<string, [number, number]>;
+  /** Items with redelivered events only: their trending score projected again, from the stored activity. */
+  trendReplayed: Map<string, [number, number]>;
   /** When the features were computed (the public hashes' updated_at). */
   now: number;
 }
@@ -103,16 +109,23 @@ export interface PlanContext {
   /** Width of an event-id marker bucket (the shortest window). */
   bucketMs: number;
   trending: { view: FeatureView; spec: TrendingSpec } | null;
+  /**
+   * The public hashes and the trending set are written after the transaction, not in it
+   * (partitioned: they live in other Redis Cluster slots): a redelivered event's entity is then
+   * projected again, in case the worker died between its transaction and its projection.
+   */
+  reproject: boolean;
 }
 
-/** Groups a batch's events of one view by window and entity. */
-export function planView(view: FeatureView, events: readonly ActivityEvent[]): ViewPlan {
+/** Groups a batch's events of one view by window and entity (only those `include` accepts, when given). */
+export function planView(view: FeatureView, events: readonly ActivityEvent[], include?: (e: ActivityEvent) => boolean): ViewPlan {
   const byWindow = new Map<number, Map<string, Group>>();
-  const groupOf: Group[] = new Array(events.length);
+  const groupOf: (Group | undefined)[] = new Array(events.length);
   const next = new Int32Array(events.length).fill(-1);
   let multiWindow = false;
   for (let i = 0; i < events.length; i++) {
     const e = events[i]!;
+    if (include && !include(e)) continue;
     const ws = windowStart(e.event_time, view.windowMs);
     let groups = byWindow.get(ws);
     if (!groups) {
@@ -121,7 +134,7 @@ export function planView(view: FeatureView, events: readonly ActivityEvent[]): V
     }
     const id = e[view.key];
     let g = groups.get(id);
-    if (!g) groups.set(id, (g = { entityId: id, first: i, last: i, state: undefined, late: false, changed: false, newer: false }));
+    if (!g) groups.set(id, (g = { entityId: id, first: i, last: i, state: undefined, late: false, changed: false, newer: false, replayed: false }));
     else {
       next[g.last] = i;
       g.last = i;
@@ -189,9 +202,11 @@ export function planWrites(
     windows: [],
     distinct: new Map(),
     trend: new Map(),
+    trendReplayed: new Map(),
     now,
   };
   const trendEvents = new Map<string, ActivityEvent[]>();
+  const trendReplayed = new Set<string>();
   const tplan = trendPlanOf(plans, ctx);
   const weights = ctx.trending?.spec.weights ?? {};
   let high = snap.high;
@@ -201,10 +216,16 @@ export function planWrites(
     const duplicate = snap.applied.has(e.event_id) || w.marks.has(e.event_id);
     let any = false;
     for (const p of plans) {
-      const g = p.groupOf[i]!;
+      const g = p.groupOf[i];
+      if (!g) continue;
       if (g.late) p.counts.late++;
-      else if (duplicate) p.counts.duplicates++;
-      else {
+      else if (duplicate) {
+        p.counts.duplicates++;
+        if (ctx.reproject) {
+          g.replayed = true;
+          if (p === tplan && weights[e.event_type]) trendReplayed.add(g.entityId);
+        }
+      } else {
         p.counts.applied++;
         any = true;
         p.applied[i] = 1;
@@ -239,14 +260,21 @@ export function planWrites(
         return true;
       };
       const changed: Group[] = [];
+      const replayed: Group[] = [];
       for (const g of groups.values()) {
-        if (!g.changed) continue;
+        if (!g.changed) {
+          if (g.replayed && g.state && !g.newer) replayed.push(g);
+          continue;
+        }
         const s = (g.state ??= emptyState(view));
         entityId = g.entityId;
         for (let e = g.first; e !== -1; e = p.next[e]!) if (p.applied[e]) foldEvent(view, s, events[e]!, isNewValue);
         changed.push(g);
       }
-      if (changed.length === 0) continue;
+      if (changed.length === 0) {
+        if (replayed.length > 0) w.windows.push({ view, windowStart: ws, changed, added, opened: false, replayed });
+        continue;
+      }
       if (added.length > 0) w.distinct.set(dkey, added);
       const opened = !status.get(view)!.has(ws);
       if (opened) {
@@ -254,10 +282,14 @@ export function planWrites(
         if (!set) w.opened.set(view, (set = new Set()));
         set.add(ws);
       }
-      w.windows.push({ view, windowStart: ws, changed, added, opened });
+      w.windows.push({ view, windowStart: ws, changed, added, opened, replayed });
     }
   }
   if (ctx.trending) for (const [item, evs] of trendEvents) w.trend.set(item, decayed(snap.trend.get(item) ?? [0, -Infinity], evs, ctx.trending.spec));
+  for (const item of trendReplayed) {
+    const t = snap.trend.get(item);
+    if (t && !w.trend.has(item)) w.trendReplayed.set(item, t);
+  }
   w.raisesHigh = high > snap.high;
   w.high = high;
   return { counts, writeSet: w };

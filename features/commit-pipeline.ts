@@ -13,10 +13,13 @@
 // the one our own last commit produced and the snapshot must have seen a version of our own
 // unbroken run; otherwise (another worker, the window closer) it is read and computed again
 // under WATCH, one transaction at a time, until one commits.
+// Partitioned, the fresh reads also compare the partition's lease epoch in Redis with ours: a
+// worker whose lease moved on (its successor raised the epoch and the version) cannot commit.
+// The projection (public hashes, trending set), when written apart, follows each commit.
 import { setTimeout as sleep } from "node:timers/promises";
 import { RespConnection, RespError, type RespArg, type RespCommand, type RespReply, type RespWriter } from "../lib/resp.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
-import { distinctField, trendOf, unpack, WindowStoreError, type StoreKeys, type WindowStatus } from "./store-keys.js";
+import { distinctField, LeaseLostError, trendOf, unpack, WindowStoreError, type StoreKeys, type WindowStatus } from "./store-keys.js";
 import {
   distinctSet,
   noteNewer,
@@ -48,6 +51,8 @@ export interface ApplyResult {
   eventTimeHigh: number;
   /** How long each transaction that committed the batch held Redis, ms, as Redis's clock measured it. */
   transactionMs: number[];
+  /** Sub-batches computed again because another writer had written in between (0 when a partition has one owner). */
+  conflicts: number;
 }
 
 /** The pipeline's settings (WindowStore passes its own). */
@@ -59,6 +64,8 @@ export interface CommitPipelineOptions {
   encoder: WriteEncoder;
   /** Redis time one transaction may take, ms. */
   maxTransactionMs: number;
+  /** Per view, which events are this store's (partitioned: their key maps to its partition); all when absent. */
+  include?: ReadonlyMap<FeatureView, (e: ActivityEvent) => boolean>;
 }
 
 export class CommitPipeline {
@@ -90,6 +97,11 @@ export class CommitPipeline {
   private readonly slotWaiters: (() => void)[] = [];
   /** Redis time per event (ms) of the recent transactions. */
   private readonly costs: number[] = [];
+  private readonly include?: ReadonlyMap<FeatureView, (e: ActivityEvent) => boolean>;
+  /** The public hashes and trending set, written after each commit (projectSeparately), in commit order. */
+  private readonly projector?: RespConnection;
+  /** The lease epoch this store commits under (partitioned); undefined: no fence. */
+  private epoch?: number;
 
   constructor(o: CommitPipelineOptions) {
     this.keys = o.keys;
@@ -100,12 +112,43 @@ export class CommitPipeline {
     this.bucketMs = o.plan.bucketMs;
     this.writer = new RespConnection(o.redisUrl, { name: "streamserve-features" });
     this.reader = new RespConnection(o.redisUrl, { name: "streamserve-features-reader" });
+    if (o.plan.reproject) this.projector = new RespConnection(o.redisUrl, { name: "streamserve-features-projector" });
+    this.include = o.include;
     for (const v of o.views) this.knownWindows.set(v, new Map());
   }
 
   close(): void {
     this.writer.close();
     this.reader.close();
+    this.projector?.close();
+  }
+
+  /**
+   * Takes the partition for a lease epoch: raises its epoch in Redis (refused if it already holds
+   * a later one) and its version, so that a previous owner's next commit fails, then commits
+   * under this epoch.
+   */
+  claim(epoch: number): Promise<void> {
+    return this.writerSection(async () => {
+      const k = this.keys;
+      for (;;) {
+        const [, current] = await this.writer.send([
+          ["WATCH", k.epoch],
+          ["GET", k.epoch],
+        ]);
+        if (current !== null && Number(current) > epoch) {
+          await this.writer.send([["UNWATCH"]]);
+          throw new LeaseLostError(`partition epoch ${current} is newer than the lease's ${epoch}`);
+        }
+        const replies = await this.writer.send([["MULTI"], ["SET", k.epoch, epoch], ["INCR", k.version], ["EXEC"]]);
+        throwIfError(replies, "claiming the partition");
+        if (replies.at(-1) !== null) break;
+      }
+      this.epoch = epoch;
+      this.watched = undefined;
+      this.ours = undefined;
+      this.landings = [];
+    });
   }
 
   /**
@@ -216,15 +259,28 @@ export class CommitPipeline {
   }
 
   private async run(events: readonly ActivityEvent[], pending: Promise<Snapshot>, now: number, release: () => void): Promise<ApplyResult> {
-    const snap = await pending.catch(() => undefined);
+    let conflicts = 0;
+    const snap = await pending.catch((err) => {
+      if (err instanceof LeaseLostError) throw err;
+      return undefined;
+    });
     if (snap) {
       const overlays = this.landings.filter((l) => l.version === undefined || l.version > snap.version);
       for (const l of overlays) overlay(snap, l.writes, events);
       const batch = await this.compute(events, snap, now, this.reader);
       // Nothing to write (every event a duplicate or late): true whatever others wrote since.
-      if (batch.writes.count === 0) return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [] };
+      if (batch.writes.count === 0) {
+        await this.project(batch);
+        return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [], conflicts: 0 };
+      }
+      const hadRun = this.ours !== undefined;
       const done = await this.commitOverlapped(snap, overlays, batch, release);
-      if (done) return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [this.committedMs(done, events.length)] };
+      if (done) {
+        await done.projected;
+        return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [this.committedMs(done, events.length)], conflicts: 0 };
+      }
+      // Computed again below: somebody else wrote since (not so for the first commit, which starts a run of ours).
+      if (hadRun) conflicts++;
     }
     // Fresh reads under WATCH, one transaction at a time until one commits. (A WATCH left by
     // the last transaction only makes it stricter: it began before these reads.)
@@ -236,15 +292,18 @@ export class CommitPipeline {
         const batch = await this.compute(events, fresh, now, this.writer);
         if (batch.writes.count === 0) {
           await this.writer.send([["UNWATCH"]]);
-          return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [] };
+          await this.project(batch);
+          return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [], conflicts };
         }
         const tx = await this.transaction(batch.writes, connection);
         if (tx !== undefined) {
           const { version } = tx;
           this.landings = [{ writes: batch.writeSet, version, committed: Promise.resolve(true) }];
           this.ours = { from: version, to: version };
-          return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [this.committedMs(tx, events.length)] };
+          await this.project(batch);
+          return { counts: batch.counts, eventTimeHigh: batch.high, transactionMs: [this.committedMs(tx, events.length)], conflicts };
         }
+        conflicts++;
         // Another writer committed first: back off a little (a random bit, so two workers do
         // not collide in step) and compute again from what it wrote.
         await sleep(Math.random() * Math.min(20, 1 + retries));
@@ -258,9 +317,15 @@ export class CommitPipeline {
    * written since. Lets the next batch compute as soon as the transaction is sent. Returns false
    * when the batch must be recomputed.
    */
-  private async commitOverlapped(snap: Snapshot, overlays: Landing[], batch: Computed, release: () => void): Promise<Committed | undefined> {
+  private async commitOverlapped(
+    snap: Snapshot,
+    overlays: Landing[],
+    batch: Computed,
+    release: () => void,
+  ): Promise<(Committed & { projected: Promise<void> }) | undefined> {
     let landing: Landing | undefined;
     let exec: Promise<Committed | undefined> | undefined;
+    let projected: Promise<void> = Promise.resolve();
     await this.writerSection(async () => {
       // The WATCH our last transaction left, and the version then; else one now.
       const pre = this.watched;
@@ -294,6 +359,9 @@ export class CommitPipeline {
         if (oldest !== undefined && this.ours) this.ours.from = Math.max(this.ours.from, oldest);
       }
       exec = this.transaction(batch.writes, connection!);
+      // Sent as soon as EXEC answers, so projections go out in commit order.
+      projected = exec.then((tx) => (tx ? this.project(batch) : undefined));
+      projected.catch(() => undefined);
       exec.then(
         (tx) => {
           const version = tx?.version;
@@ -315,7 +383,13 @@ export class CommitPipeline {
     release();
     const tx = await exec;
     if (tx === undefined) this.landings = this.landings.filter((l) => l !== landing);
-    return tx;
+    return tx && { ...tx, projected };
+  }
+
+  /** Writes a batch's projection (projectSeparately): after its commit, or for a redelivered batch that commits nothing. */
+  private async project(batch: Computed): Promise<void> {
+    if (!this.projector || !batch.projection || batch.projection.count === 0) return;
+    throwIfError(await this.projector.send([batch.projection]), "writing the public features");
   }
 
   /** A committed transaction's Redis time, noted to size the next ones. */
@@ -355,7 +429,7 @@ export class CommitPipeline {
   /** Reads what a batch depends on (under WATCH of the store version when `watch`). */
   private async read(events: readonly ActivityEvent[], conn: RespConnection, watch: boolean): Promise<Snapshot> {
     const k = this.keys;
-    const plans = this.views.map((view) => planView(view, events));
+    const plans = this.views.map((view) => planView(view, events, this.include?.get(view)));
     const reads = new Reads();
     const snap: Snapshot = {
       version: 0,
@@ -368,6 +442,8 @@ export class CommitPipeline {
       newerRead: new Map(),
     };
     reads.add(["GET", k.version], (r) => (snap.version = r === null ? 0 : Number(r)));
+    let epoch: number | undefined;
+    if (this.epoch !== undefined) reads.add(["GET", k.epoch], (r) => (epoch = r === null ? undefined : Number(r)));
     reads.add(["GET", k.eventTimeHigh], (r) => (snap.high = r === null ? -Infinity : Number(r)));
     for (const v of this.views) {
       reads.add(["HGETALL", k.windows(v.entity)], (r) => {
@@ -428,7 +504,7 @@ export class CommitPipeline {
     }
     const tplan = trendPlanOf(plans, this.ctx);
     if (tplan && events.length > 0) {
-      const items = [...new Set(tplan.groupOf.map((g) => g.entityId))];
+      const items = [...new Set(tplan.groupOf.flatMap((g) => (g ? [g.entityId] : [])))];
       reads.add(["HMGET", k.trend, ...items], (r) =>
         (r as (string | null)[]).forEach((x, i) => {
           if (x !== null) snap.trend.set(items[i]!, trendOf(x));
@@ -436,6 +512,11 @@ export class CommitPipeline {
       );
     }
     await reads.run(conn, watch ? [k.version] : []);
+    // Under WATCH of the version, which a new owner raises with the epoch: the fence.
+    if (this.epoch !== undefined && epoch !== this.epoch) {
+      if (watch) await conn.send([["UNWATCH"]]);
+      throw new LeaseLostError(`the partition's lease moved on (epoch ${epoch} in Redis, ours ${this.epoch})`);
+    }
     return snap;
   }
 
@@ -472,7 +553,8 @@ export class CommitPipeline {
     for (const p of snap.plans) this.readNewer(late, snap, p, snap.status.get(p.view)!.keys());
     await late.run(conn, []);
     const { counts, writeSet } = planWrites(events, snap, now, this.ctx);
-    return { counts, high: writeSet.high, writes: this.encoder.encode(writeSet), writeSet };
+    const projection = this.projector ? this.encoder.encodeProjection(writeSet) : undefined;
+    return { counts, high: writeSet.high, writes: this.encoder.encode(writeSet), projection, writeSet };
   }
 }
 
@@ -498,6 +580,8 @@ interface Computed {
   counts: Record<string, ViewCounts>;
   high: number;
   writes: RespWriter;
+  /** The public hashes and trending scores, when written after the transaction. */
+  projection?: RespWriter;
   writeSet: WriteSet;
 }
 
@@ -535,7 +619,9 @@ function mergeResults(parts: readonly ApplyResult[]): ApplyResult {
   const counts: Record<string, ViewCounts> = {};
   let eventTimeHigh = -Infinity;
   const transactionMs: number[] = [];
+  let conflicts = 0;
   for (const p of parts) {
+    conflicts += p.conflicts;
     for (const [entity, c] of Object.entries(p.counts)) {
       const into = (counts[entity] ??= { applied: 0, duplicates: 0, late: 0 });
       into.applied += c.applied;
@@ -545,7 +631,7 @@ function mergeResults(parts: readonly ApplyResult[]): ApplyResult {
     if (p.eventTimeHigh > eventTimeHigh) eventTimeHigh = p.eventTimeHigh;
     transactionMs.push(...p.transactionMs);
   }
-  return { counts, eventTimeHigh, transactionMs };
+  return { counts, eventTimeHigh, transactionMs, conflicts };
 }
 
 function throwIfError(replies: readonly RespReply[], what: string): void {

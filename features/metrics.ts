@@ -11,6 +11,7 @@ export interface FeaturesMetrics {
   batchSeconds: Histogram;
   batchSize: Histogram;
   transactionSeconds: Histogram;
+  conflicts: Counter;
   staleness: Histogram;
   pending: Gauge<"state">;
   watermarkLag: Gauge;
@@ -39,6 +40,10 @@ export function createFeaturesMetrics(registry: MetricsRegistry): FeaturesMetric
       "streamserve_features_transaction_redis_seconds",
       "How long each feature transaction held Redis, by Redis's clock (other clients wait meanwhile)",
       { buckets: TRANSACTION_BUCKETS },
+    ),
+    conflicts: registry.counter(
+      "streamserve_features_conflict_retries_total",
+      "Feature sub-batches computed again because another writer changed the store in between (0 when each partition has one writer)",
     ),
     staleness: registry.histogram(
       "streamserve_features_batch_staleness_seconds",

@@ -10,7 +10,10 @@
 //   P features:trend            hash    item → "s r": decayed activity s as of event time r
 //   P features:event_time_high  string  newest event time any worker has seen (the watermark's source)
 //   P features:version          string  raised by every transaction that changes feature state
-// and the public keys of ARCHITECTURE.md: user_features:{id}, item_features:{id}, trending_items.
+//   P features:epoch            string  the lease epoch of the partition's owner (partitioned only)
+// Partitioned (features/partitions.ts), each partition's keys carry a hash tag, P features:{P p07}:…,
+// so that its transactions live in one Redis Cluster slot; unpartitioned, the keys above as they are.
+// And the public keys of ARCHITECTURE.md: user_features:{id}, item_features:{id}, trending_items.
 import type { FeatureView } from "./definitions.js";
 import { emptyState, type StateValues } from "./windows.js";
 
@@ -24,10 +27,13 @@ export interface StoreKeys {
   eventTimeHigh: string;
   /** Raised by every transaction that changes feature state: how a writer knows it was alone. */
   version: string;
+  /** The lease epoch of the partition's owner: a commit under another epoch is refused. */
+  epoch: string;
 }
 
-export function storeKeys(redisPrefix: string): StoreKeys {
-  const base = `${redisPrefix}features:`;
+/** The keys of the unpartitioned store, or of one partition's (its label, e.g. "p07", in a hash tag). */
+export function storeKeys(redisPrefix: string, partition?: string): StoreKeys {
+  const base = partition === undefined ? `${redisPrefix}features:` : `${redisPrefix}features:{${redisPrefix}${partition}}:`;
   return {
     windows: (entity) => `${base}${entity}:windows`,
     state: (entity, ws) => `${base}${entity}:w:${ws}`,
@@ -36,6 +42,7 @@ export function storeKeys(redisPrefix: string): StoreKeys {
     trend: `${base}trend`,
     eventTimeHigh: `${base}event_time_high`,
     version: `${base}version`,
+    epoch: `${base}epoch`,
   };
 }
 
@@ -67,4 +74,9 @@ export function distinctField(entityId: string, agg: number, value: string): str
 
 export class WindowStoreError extends Error {
   override name = "WindowStoreError";
+}
+
+/** A commit refused because another worker now holds the partition's lease (a higher epoch in Redis). */
+export class LeaseLostError extends WindowStoreError {
+  override name = "LeaseLostError";
 }

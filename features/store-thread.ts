@@ -30,6 +30,8 @@ export interface FeatureStore {
   eventTimeHigh(): Promise<number>;
   closeDue(view: FeatureView, high: number, publish: (rows: ClosedWindow[]) => Promise<void>, chunk?: number): Promise<number>;
   readFeatures(view: FeatureView, entityId: string): Promise<Record<string, number> | undefined>;
+  /** Partitioned: commit under this lease epoch from now on (WindowStore.claim). */
+  claim?(epoch: number): Promise<void>;
   close(): void;
 }
 
@@ -57,15 +59,19 @@ interface Init {
   options: WindowStoreOptions;
 }
 
-type ToThread = { type: "apply"; id: number; batch: MessageBatch; now: number } | { type: "close" };
-type FromThread = { type: "ready" } | { type: "applied"; id: number; applied: AppliedMessages } | { type: "failed"; id: number; message: string; name: string };
+type ToThread = { type: "apply"; id: number; batch: MessageBatch; now: number } | { type: "claim"; id: number; epoch: number } | { type: "close" };
+type FromThread =
+  | { type: "ready" }
+  | { type: "applied"; id: number; applied: AppliedMessages }
+  | { type: "claimed"; id: number }
+  | { type: "failed"; id: number; message: string; name: string };
 
 export class ThreadedWindowStore implements FeatureStore {
   /** The closer and readers, and the batch path itself when there is no thread. */
   private readonly local: WindowStore;
   private thread?: Worker;
   private readonly parse: EventParser;
-  private readonly pending = new Map<number, { resolve(r: AppliedMessages): void; reject(err: Error): void }>();
+  private readonly pending = new Map<number, { resolve(r: AppliedMessages | undefined): void; reject(err: Error): void }>();
   private nextId = 0;
 
   constructor(
@@ -114,6 +120,7 @@ export class ThreadedWindowStore implements FeatureStore {
     thread.on("message", (m: FromThread) => {
       if (m.type === "ready") ready = true;
       else if (m.type === "applied") this.settle(m.id)?.resolve(m.applied);
+      else if (m.type === "claimed") this.settle(m.id)?.resolve(undefined);
       else if (m.type === "failed") this.settle(m.id)?.reject(Object.assign(new WindowStoreError(m.message), { name: m.name }));
     });
     const gone = (why: string) => {
@@ -142,8 +149,19 @@ export class ThreadedWindowStore implements FeatureStore {
     if (!thread) return applyParsed(this.local, batch, this.parse, now);
     return new Promise((resolve, reject) => {
       const id = this.nextId++;
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve: (r) => resolve(r!), reject });
       thread.postMessage({ type: "apply", id, batch, now } satisfies ToThread, batchTransferList(batch));
+    });
+  }
+
+  /** On the thread when there is one (its pipeline commits), else here. */
+  claim(epoch: number): Promise<void> {
+    const thread = this.thread;
+    if (!thread) return this.local.claim(epoch);
+    return new Promise((resolve, reject) => {
+      const id = this.nextId++;
+      this.pending.set(id, { resolve: () => resolve(), reject });
+      thread.postMessage({ type: "claim", id, epoch } satisfies ToThread);
     });
   }
 
@@ -194,6 +212,13 @@ if (!isMainThread && (workerData as { mark?: string } | null)?.mark === MARK && 
     if (m.type === "close") {
       store.close();
       port.close();
+      return;
+    }
+    if (m.type === "claim") {
+      store.claim(m.epoch).then(
+        () => port.postMessage({ type: "claimed", id: m.id } satisfies FromThread),
+        (err: Error) => port.postMessage({ type: "failed", id: m.id, message: err.message, name: err.name } satisfies FromThread),
+      );
       return;
     }
     applyParsed(store, m.batch, parse, m.now).then(

@@ -15,16 +15,22 @@
 //     so no transaction can add to it afterwards.
 // Keys: store-keys.ts. Plain hash, sorted-set and string commands, no Lua; transactions of bounded
 // Redis time (maxTransactionMs), since every other client waits while one runs.
-// Redis Cluster: not supported by this store (a transaction spans keys of many slots).
+// Partitioned (`partition`), the store holds one partition's state: only the events whose view key
+// maps to it, its keys under one hash tag (one Redis Cluster slot), its own version and a lease
+// epoch that fences its commits; the public hashes and trending set are then written after each
+// transaction (commit-pipeline.ts), as absolute values, so a replay rewrites the same values.
+// Unpartitioned (the default), one store holds everything and its transactions write the public
+// hashes too.
 import type { Redis } from "../lib/redis.js";
 import type { Names } from "../lib/config.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
 import { storeKeys, type StoreKeys } from "./store-keys.js";
+import { belongsTo, partitionLabel } from "./partitions.js";
 import { CommitPipeline, type ApplyResult } from "./commit-pipeline.js";
 import { WriteEncoder, publicKey } from "./write-encoder.js";
 import { WindowCloser, type ClosedWindow } from "./window-closer.js";
 
-export { storeKeys, WindowStoreError, type StoreKeys, type WindowStatus } from "./store-keys.js";
+export { storeKeys, LeaseLostError, WindowStoreError, type StoreKeys, type WindowStatus } from "./store-keys.js";
 export type { ViewCounts } from "./batch-planner.js";
 export type { ApplyResult } from "./commit-pipeline.js";
 export type { ClosedWindow } from "./window-closer.js";
@@ -54,9 +60,11 @@ export interface WindowStoreOptions {
    * (other clients, the server's feature reads among them, wait while an EXEC runs). @default 2
    */
   maxTransactionMs?: number;
+  /** The one partition of `count` this store holds (features/partitions.ts); absent: the whole, unpartitioned store. */
+  partition?: { index: number; count: number };
 }
 
-export const DEFAULT_WINDOW_STORE_OPTIONS: Readonly<Required<Omit<WindowStoreOptions, "trendTtlMs">>> = Object.freeze({
+export const DEFAULT_WINDOW_STORE_OPTIONS: Readonly<Required<Omit<WindowStoreOptions, "trendTtlMs" | "partition">>> = Object.freeze({
   featureTtlMs: 3_600_000,
   openWindowTtlMs: 7 * 24 * 3_600_000,
   closedWindowTtlMs: 3_600_000,
@@ -83,15 +91,44 @@ export class WindowStore {
   ) {
     const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as WindowStoreOptions;
     const opts = { ...DEFAULT_WINDOW_STORE_OPTIONS, ...defined, trendTtlMs: defined.trendTtlMs ?? 10 * (trending?.spec.halfLifeMs ?? 0) };
-    const keys = (this.keys = storeKeys(names.redisPrefix));
+    const part = options.partition;
+    const keys = (this.keys = storeKeys(names.redisPrefix, part && partitionLabel(part.index)));
     const bucketMs = Math.min(...views.map((v) => v.windowMs));
-    const encoder = new WriteEncoder({ keys, names, views, trending, featureTtlMs: opts.featureTtlMs, openWindowTtlMs: opts.openWindowTtlMs });
-    this.pipeline = new CommitPipeline({ redisUrl, keys, views, plan: { keys, bucketMs, trending }, encoder, maxTransactionMs: opts.maxTransactionMs });
+    const separate = part !== undefined;
+    const encoder = new WriteEncoder({
+      keys,
+      names,
+      views,
+      trending,
+      featureTtlMs: opts.featureTtlMs,
+      openWindowTtlMs: opts.openWindowTtlMs,
+      projectSeparately: separate,
+    });
+    const include = part && new Map(views.map((v) => [v, (e: ActivityEvent) => belongsTo(v, e, part.index, part.count)]));
+    this.pipeline = new CommitPipeline({
+      redisUrl,
+      keys,
+      views,
+      plan: { keys, bucketMs, trending, reproject: separate },
+      encoder,
+      maxTransactionMs: opts.maxTransactionMs,
+      include,
+    });
     this.closer = new WindowCloser({ redis, keys, names, views, trending, bucketMs, closedWindowTtlMs: opts.closedWindowTtlMs, trendTtlMs: opts.trendTtlMs });
   }
 
   close(): void {
     this.pipeline.close();
+  }
+
+  /** The Redis keys of this store (of its partition, when partitioned). */
+  get storeKeys(): StoreKeys {
+    return this.keys;
+  }
+
+  /** Takes this partition for a lease epoch: from now on only commits under it land (CommitPipeline.claim). */
+  claim(epoch: number): Promise<void> {
+    return this.pipeline.claim(epoch);
   }
 
   /**

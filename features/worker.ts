@@ -10,6 +10,8 @@
 // Acks come last: a crash anywhere before them means redelivery, which the store turns into a
 // no-op for what was already applied. The next batch is parsed while one is in Redis; several
 // workers may share the consumer (the store's transactions keep them consistent).
+// With partitions > 1 the same loop runs once as the router and once per leased partition
+// (features/partitioned-worker.ts).
 import { performance } from "node:perf_hooks";
 import { setImmediate as nextMacrotask, setTimeout as sleep } from "node:timers/promises";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -27,6 +29,7 @@ import type { ClosedWindow, TrendingSpec, ViewCounts, WindowStoreOptions } from 
 import { ThreadedWindowStore, type FeatureStore } from "./store-thread.js";
 import { createFeaturesMetrics, type FeaturesMetrics } from "./metrics.js";
 import { progressPacer } from "../lib/progress-pacer.js";
+import { startPartitionedWorker } from "./partitioned-worker.js";
 
 /** Header of a dead letter that says why the event was refused (a DeadLetterReason). */
 export const DEAD_LETTER_REASON_HEADER = "Streamserve-Dead-Letter-Reason";
@@ -73,23 +76,34 @@ export interface FeaturesWorkerOptions {
    * thread to NATS, parsing and acks (and, in `up`, to the gRPC server). @default true
    */
   storeThread?: boolean;
+  /**
+   * Partitions of the feature state (fixed for a deployment; README: partitions). 1: one store and
+   * one consumer that every worker shares, taking turns. More: workers lease partitions (NATS KV)
+   * and each partition has one writer. @default 1
+   */
+  partitions?: number;
+  /** Partitioned: how long a dead worker's leases live (and its partitions wait). @default 6_000 */
+  leaseTtlMs?: number;
+  /** Partitioned: how often leases are renewed and shares recomputed. @default 1_000 */
+  rebalanceMs?: number;
   parser?: EventParserOptions;
   store?: WindowStoreOptions;
 }
 
-export const DEFAULT_FEATURES_WORKER_OPTIONS: Readonly<Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending" | "pullAhead" | "storeThread">>> =
-  Object.freeze({
-    views: FEATURE_VIEWS,
-    maxBatch: 2000,
-    maxInFlightBatches: 3,
-    ackWaitMs: 30_000,
-    maxAckPending: 20_000,
-    closeIntervalMs: 250,
-    closeBatch: 1000,
-    progressIntervalMs: 10_000,
-    lagIntervalMs: 5_000,
-    consumerPart: "features",
-  });
+type Unmerged = "parser" | "store" | "trending" | "pullAhead" | "storeThread" | "partitions" | "leaseTtlMs" | "rebalanceMs";
+
+export const DEFAULT_FEATURES_WORKER_OPTIONS: Readonly<Required<Omit<FeaturesWorkerOptions, Unmerged>>> = Object.freeze({
+  views: FEATURE_VIEWS,
+  maxBatch: 2000,
+  maxInFlightBatches: 3,
+  ackWaitMs: 30_000,
+  maxAckPending: 20_000,
+  closeIntervalMs: 250,
+  closeBatch: 1000,
+  progressIntervalMs: 10_000,
+  lagIntervalMs: 5_000,
+  consumerPart: "features",
+});
 
 /** Counters of one worker since it started (the metrics registry has the same, process-wide). */
 export interface FeaturesWorkerStats {
@@ -101,6 +115,8 @@ export interface FeaturesWorkerStats {
   late: Record<string, number>;
   deadLetters: number;
   windowsClosed: Record<string, number>;
+  /** Sub-batches computed again because another writer had written in between. */
+  conflicts: number;
 }
 
 export interface FeaturesWorker extends Part {
@@ -110,13 +126,14 @@ export interface FeaturesWorker extends Part {
   eventTimeHigh(): number;
   /** Looks for due windows now and closes them (the closer also runs on its own timer). */
   closeDueWindows(): Promise<number>;
+  /** Partitioned: the partitions this worker holds now. */
+  partitions?(): number[];
 }
 
 /** Starts a features worker on the runtime's connections; resolves once it is consuming. */
 export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWorkerOptions = {}): Promise<FeaturesWorker> {
-  const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FeaturesWorkerOptions;
-  const merged = { ...DEFAULT_FEATURES_WORKER_OPTIONS, ...defined };
-  const opts: Opts = { ...merged, pullAhead: defined.pullAhead ?? 2 * merged.maxBatch };
+  if ((options.partitions ?? 1) > 1) return startPartitionedWorker(runtime, options);
+  const opts = loopOptions(options);
   const trendingSpec = options.trending === undefined ? TRENDING : options.trending;
   const itemView = opts.views.find((v) => v.entity === "item");
   const trending = trendingSpec && itemView ? { view: itemView, spec: trendingSpec } : null;
@@ -128,14 +145,33 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
   });
   const nc = await runtime.nats();
   const js = nc.jetstream();
+  const worker = await startWorkerLoop(runtime, js, store, opts, runtime.names.eventsSubject);
+  runtime.log.info({ consumer: runtime.names.consumer(opts.consumerPart), maxBatch: opts.maxBatch }, "features worker consuming");
+  return worker;
+}
+
+/** The worker loop's settings from a worker's options, defaults filled in. */
+export function loopOptions(options: FeaturesWorkerOptions): Opts {
+  const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FeaturesWorkerOptions;
+  const { parser: _p, store: _s, trending: _t, storeThread: _st, partitions: _n, leaseTtlMs: _l, rebalanceMs: _r, ...rest } = defined;
+  const merged = { ...DEFAULT_FEATURES_WORKER_OPTIONS, ...rest };
+  return { ...merged, pullAhead: defined.pullAhead ?? 2 * merged.maxBatch };
+}
+
+/**
+ * Runs the worker loop on a store: pulls from the durable consumer opts.consumerPart (created on
+ * `filterSubject` if missing), applies, dead-letters, acks, closes due windows.
+ */
+export async function startWorkerLoop(runtime: Runtime, js: JetStreamClient, store: FeatureStore, opts: Opts, filterSubject: string): Promise<FeaturesWorker> {
+  const nc = await runtime.nats();
   const durable = runtime.names.consumer(opts.consumerPart);
   const stream = runtime.names.eventsStream;
-  await ensureConsumer(runtime, durable, opts);
+  await ensureConsumer(runtime, durable, opts, filterSubject);
   const source: MessageSource = {
     pull(onMessage, onStatus) {
       return new PullConsumer(nc, { stream, consumer: durable, maxWaiting: opts.pullAhead, onMessage, onStatus });
     },
-    ensure: () => ensureConsumer(runtime, durable, opts),
+    ensure: () => ensureConsumer(runtime, durable, opts, filterSubject),
     async info() {
       return (await nc.jetstreamManager()).consumers.info(stream, durable);
     },
@@ -143,7 +179,6 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
   const worker = new Worker(runtime, js, store, opts);
   await worker.init();
   worker.start(source);
-  runtime.log.info({ consumer: durable, stream, maxBatch: opts.maxBatch }, "features worker consuming");
   return worker;
 }
 
@@ -155,7 +190,7 @@ interface MessageSource {
   info(): Promise<{ num_pending: number; num_ack_pending: number }>;
 }
 
-async function ensureConsumer(runtime: Runtime, durable: string, opts: Opts): Promise<void> {
+async function ensureConsumer(runtime: Runtime, durable: string, opts: Opts, filterSubject: string): Promise<void> {
   const jsm = await (await runtime.nats()).jetstreamManager();
   const stream = runtime.names.eventsStream;
   const tunable = { ack_wait: nanos(opts.ackWaitMs), max_ack_pending: opts.maxAckPending };
@@ -171,7 +206,7 @@ async function ensureConsumer(runtime: Runtime, durable: string, opts: Opts): Pr
       durable_name: durable,
       ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.All,
-      filter_subject: runtime.names.eventsSubject,
+      filter_subject: filterSubject,
       // Redelivery is retried until it succeeds: what cannot ever succeed is dead-lettered instead.
       max_deliver: -1,
       ...tunable,
@@ -184,7 +219,7 @@ async function ensureConsumer(runtime: Runtime, durable: string, opts: Opts): Pr
   }
 }
 
-type Opts = Required<Omit<FeaturesWorkerOptions, "parser" | "store" | "trending" | "storeThread">>;
+export type Opts = Required<Omit<FeaturesWorkerOptions, Exclude<Unmerged, "pullAhead">>>;
 
 /**
  * A failpoint for the crash tests: STREAMSERVE_FAILPOINT=features-after-commit:N kills the process
@@ -195,7 +230,7 @@ const KILL_AFTER_COMMIT = Number(/^features-after-commit:(\d+)$/.exec(process.en
 
 class Worker implements FeaturesWorker {
   readonly name = "features";
-  readonly stats: FeaturesWorkerStats = { messages: 0, batches: 0, applied: {}, duplicates: {}, late: {}, deadLetters: 0, windowsClosed: {} };
+  readonly stats: FeaturesWorkerStats = { messages: 0, batches: 0, applied: {}, duplicates: {}, late: {}, deadLetters: 0, windowsClosed: {}, conflicts: 0 };
   private readonly log: Logger;
   private readonly metrics: FeaturesMetrics;
   private high = -Infinity;
@@ -320,6 +355,10 @@ class Worker implements FeaturesWorker {
       this.consumer!.ackAll(msgs);
       this.record(msgs, result?.counts ?? {}, refused.length, started);
       for (const ms of result?.transactionMs ?? []) this.metrics.transactionSeconds.observe(ms / 1000);
+      if (result?.conflicts) {
+        this.stats.conflicts += result.conflicts;
+        this.metrics.conflicts.inc(result.conflicts);
+      }
     } catch (err) {
       // Nothing was acked: ask for the batch again shortly. Whatever part of it reached Redis
       // will be recognised as already applied.

@@ -1,6 +1,8 @@
 // A batch's write set (batch-planner.ts) as the Redis commands of its transaction, encoded
 // straight into bytes: the online hashes from pre-encoded templates (they are most of the bytes
-// a batch sends), the window state comma-packed, the trending set scored.
+// a batch sends), the window state comma-packed, the trending set scored. The public hashes and
+// the trending set are in the transaction, or (projectSeparately) in a projection sent after it:
+// absolute values, so writing one again writes the same thing.
 import type { Names } from "../lib/config.js";
 import { encodeArgs, encodeCommandHeader, RespWriter } from "../lib/resp.js";
 import type { FeatureView } from "./definitions.js";
@@ -37,6 +39,8 @@ export interface WriteEncoderOptions {
   featureTtlMs: number;
   /** TTL of an open window's state and markers, ms. */
   openWindowTtlMs: number;
+  /** Public hashes and the trending set go in encodeProjection(), not in the transaction. */
+  projectSeparately: boolean;
 }
 
 export class WriteEncoder {
@@ -61,6 +65,7 @@ export class WriteEncoder {
 
   /** The batch's commands, in order: markers, each window's state, distinct values, listing and public hashes, the trending set, the event-time high. */
   encode(ws: WriteSet): RespWriter {
+    const separate = this.o.projectSeparately;
     const k = this.o.keys;
     const w = new RespWriter(this.writeBytes);
     for (const [b, ids] of ws.markBuckets) {
@@ -73,6 +78,7 @@ export class WriteEncoder {
     }
     const nowBytes = encodeArgs(ws.now);
     for (const { view, windowStart, changed, added, opened } of ws.windows) {
+      if (changed.length === 0) continue;
       const stateKey = k.state(view.entity, windowStart);
       w.command(2 + 2 * changed.length)
         .raw(HSET)
@@ -90,12 +96,35 @@ export class WriteEncoder {
       if (opened) w.args(["HSET", k.windows(view.entity), windowStart, "open"]);
       // The public hash shows the entity's newest window: an older one still open (events out
       // of order within the watermark) updates its state but leaves the hash alone.
+      if (separate) continue;
       const window = [encodeArgs(windowStart), encodeArgs(windowStart + view.windowMs)] as const;
       for (const g of changed) if (!g.newer) this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
     }
-    if (this.o.trending) this.trendWrites(w, ws.trend, this.o.trending.spec);
+    if (this.o.trending) {
+      this.trendState(w, ws.trend);
+      if (!separate) this.trendScores(w, ws.trend, this.o.trending.spec);
+    }
     if (ws.raisesHigh) w.args(["SET", k.eventTimeHigh, ws.high]);
     this.writeBytes = Math.max(64 * 1024, w.bytes.length);
+    return w;
+  }
+
+  /**
+   * The batch's projection when it is written apart from the transaction: the public hash of each
+   * entity it changed or saw redelivered (its newest window's state) and their trending scores.
+   */
+  encodeProjection(ws: WriteSet): RespWriter {
+    const w = new RespWriter(16 * 1024);
+    const nowBytes = encodeArgs(ws.now);
+    for (const { view, windowStart, changed, replayed } of ws.windows) {
+      const window = [encodeArgs(windowStart), encodeArgs(windowStart + view.windowMs)] as const;
+      for (const g of changed) if (!g.newer) this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
+      for (const g of replayed) this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
+    }
+    if (this.o.trending) {
+      this.trendScores(w, ws.trend, this.o.trending.spec);
+      this.trendScores(w, ws.trendReplayed, this.o.trending.spec);
+    }
     return w;
   }
 
@@ -120,19 +149,23 @@ export class WriteEncoder {
     w.raw(PEXPIRE, 1).string(key).raw(this.featureTtl);
   }
 
-  /** Each item's decayed activity ("s r") and its trending score; the set trimmed to its size. */
-  private trendWrites(w: RespWriter, after: Map<string, [number, number]>, spec: TrendingSpec): void {
+  /** Each item's decayed activity ("s r"). */
+  private trendState(w: RespWriter, after: Map<string, [number, number]>): void {
     if (after.size === 0) return;
-    const H = spec.halfLifeMs;
-    let ranked = 0;
     w.command(2 + 2 * after.size)
       .raw(HSET)
       .string(this.o.keys.trend);
     for (const [item, [s, ref]] of after) {
       const value = w.string(item).beginValue();
       w.valueNumber(s).valueAscii(" ").valueNumber(ref).endValue(value);
-      if (s > 0) ranked++;
     }
+  }
+
+  /** Each item's trending score; the set trimmed to its size. */
+  private trendScores(w: RespWriter, after: Map<string, [number, number]>, spec: TrendingSpec): void {
+    const H = spec.halfLifeMs;
+    let ranked = 0;
+    for (const [, [s]] of after) if (s > 0) ranked++;
     if (ranked === 0) return;
     // log2 of the activity decayed to the epoch: items compare like their activity at any
     // common instant, and more activity only raises a score, so ZADD GT is order-free.

@@ -344,3 +344,26 @@ export function assertClosedWindows(logged: readonly LoggedWindow[], expected: r
 export function closingEvent(eventTime: number): TestEvent {
   return { event_id: "flush", user_id: "flush-user", event_type: "view", page_id: "flush-page", session_duration: 0, amount: 0, event_time: eventTime };
 }
+
+/**
+ * Partitioned (partitions > 1): waits until the router's consumer and every partition's have
+ * every message delivered and acked (a partition's consumer exists once a worker leased it).
+ */
+export async function waitPartitionsDrained(nc: NatsConnection, names: Names, partitions: number, timeoutMs = 60_000): Promise<void> {
+  const jsm = await nc.jetstreamManager();
+  const consumers = [
+    names.consumer("features-router"),
+    ...Array.from({ length: partitions }, (_, p) => names.consumer(`features-p${String(p).padStart(2, "0")}`)),
+  ];
+  await waitFor(
+    "the router and every partition to ack everything",
+    async () => {
+      for (const c of consumers) {
+        const info = await jsm.consumers.info(names.eventsStream, c).catch(() => undefined);
+        if (!info || info.num_pending !== 0 || info.num_ack_pending !== 0) return false;
+      }
+      return true;
+    },
+    timeoutMs,
+  );
+}

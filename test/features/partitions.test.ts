@@ -1,0 +1,137 @@
+// Partitioned features (--partitions P): the router, per-partition state under hash tags, leases
+// shared by workers, the lease epoch fencing a stale owner, and the features equal to the
+// independent computation whichever workers held which partitions.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { createRuntime, type Runtime } from "../../lib/runtime.js";
+import { startFeaturesWorker, type FeaturesWorker } from "../../features/worker.js";
+import { WindowStore, LeaseLostError } from "../../features/window-store.js";
+import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING } from "../../features/definitions.js";
+import { partitionOf, partitionsOfEvent } from "../../features/partitions.js";
+import {
+  assertClosedWindows,
+  assertOnlineStore,
+  closingEvent,
+  expectedWindows,
+  makeEvents,
+  publishEvents,
+  readFeatureWindowLogs,
+  testRuntime,
+  uniqueNamespace,
+  waitFor,
+  waitPartitionsDrained,
+  type TestEvent,
+} from "./helpers.js";
+
+const T0 = Date.UTC(2024, 2, 10, 12, 0, 0);
+const MIN = 60_000;
+const FAST = { progressIntervalMs: 0, leaseTtlMs: 3000, rebalanceMs: 250, ackWaitMs: 3000 };
+
+test("partitionOf is stable and spreads ids", () => {
+  assert.equal(partitionOf("u1", 16), partitionOf("u1", 16));
+  const counts = new Array(16).fill(0);
+  for (let i = 0; i < 16_000; i++) counts[partitionOf(`u${i}`, 16)]++;
+  for (const c of counts) assert.ok(c > 800 && c < 1200, `partition sizes ${counts}`);
+  assert.deepEqual(partitionsOfEvent({ user_id: "a", page_id: "a" }, 16), [partitionOf("a", 16)]);
+});
+
+describe("three workers on 8 partitions", () => {
+  let env: Awaited<ReturnType<typeof testRuntime>>;
+  const workers: FeaturesWorker[] = [];
+  const runtimes: Runtime[] = [];
+  const P = 8;
+  const base = makeEvents({ count: 3000, users: 60, pages: 25, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 31 });
+  // Every 10th event published twice (no Nats-Msg-Id): the partitions' markers count it once.
+  const stream: TestEvent[] = base.flatMap((e, i) => (i % 10 === 0 ? [e, e] : [e]));
+  const flush = closingEvent(T0 + 40 * MIN);
+
+  before(async () => {
+    env = await testRuntime(uniqueNamespace("feat_part"));
+    for (let i = 0; i < 3; i++) {
+      const rt = i === 0 ? env.runtime : createRuntime({ namespace: env.runtime.config.namespace, logLevel: "silent" });
+      if (i > 0) runtimes.push(rt);
+      workers.push(await startFeaturesWorker(rt, { ...FAST, partitions: P, maxBatch: 200 }));
+    }
+    await waitFor("every partition leased, shared 3/3/2", async () => {
+      const held = workers.map((w) => w.partitions!().length).sort();
+      return held.join() === "2,3,3";
+    });
+    await publishEvents(env.js, env.runtime.names, stream);
+    await waitPartitionsDrained(env.nc, env.runtime.names, P);
+    await publishEvents(env.js, env.runtime.names, [flush]);
+    await waitPartitionsDrained(env.nc, env.runtime.names, P);
+    await Promise.all(workers.map((w) => w.closeDueWindows()));
+  });
+  after(async () => {
+    for (const w of workers) await w.stop();
+    for (const rt of runtimes) await rt.close();
+    await env?.cleanup();
+  });
+
+  test("each partition had one owner: no conflict retries, nothing applied twice", () => {
+    const held = workers.flatMap((w) => w.partitions!()).sort((a, b) => a - b);
+    assert.deepEqual(held, [0, 1, 2, 3, 4, 5, 6, 7]);
+    const sum = (k: "applied" | "duplicates", entity: string) => workers.reduce((a, w) => a + (w.stats[k][entity] ?? 0), 0);
+    assert.equal(sum("applied", "user"), base.length + 1);
+    assert.equal(sum("applied", "item"), base.length + 1);
+    assert.equal(sum("duplicates", "user"), stream.length - base.length);
+    assert.equal(
+      workers.reduce((a, w) => a + w.stats.conflicts, 0),
+      0,
+    );
+  });
+
+  test("the features equal the independent computation", async () => {
+    const expected = expectedWindows([...base, flush]);
+    await assertOnlineStore(env.runtime, expected);
+    assertClosedWindows(
+      await readFeatureWindowLogs(env.nc, env.runtime.names),
+      expected.filter((w) => w.id !== "flush-user" && w.id !== "flush-page"),
+    );
+  });
+
+  test("a partition's state lives under its hash tag", async () => {
+    const keys = await env.runtime.redis().keys(`${env.runtime.names.redisPrefix}features:*`);
+    assert.ok(keys.length > 0);
+    for (const k of keys) assert.match(k, new RegExp(`^${env.runtime.names.redisPrefix}features:\\{${env.runtime.names.redisPrefix}p0[0-7]\\}:`), k);
+  });
+
+  test("a worker that stops hands its partitions to the others", async () => {
+    const leaving = workers.pop()!;
+    await leaving.stop();
+    await waitFor("the 8 partitions held by the two left", async () => workers.flatMap((w) => w.partitions!()).length === 8, 20_000);
+  });
+});
+
+describe("the lease epoch fences a stale owner", () => {
+  let env: Awaited<ReturnType<typeof testRuntime>>;
+  before(async () => {
+    env = await testRuntime(uniqueNamespace("feat_fence"));
+  });
+  after(async () => env?.cleanup());
+
+  test("a commit under an older epoch is refused once a newer one claimed the partition", async () => {
+    const { runtime } = env;
+    const opts = { partition: { index: 0, count: 1 } };
+    const trending = { view: ITEM_FEATURES, spec: TRENDING };
+    const old = new WindowStore(runtime.redis(), runtime.config.redisUrl, runtime.names, FEATURE_VIEWS, trending, opts);
+    const next = new WindowStore(runtime.redis(), runtime.config.redisUrl, runtime.names, FEATURE_VIEWS, trending, opts);
+    try {
+      const [a, b] = [
+        makeEvents({ count: 50, users: 5, pages: 5, startMs: T0, spanMs: MIN, seed: 1 }),
+        makeEvents({ count: 50, users: 5, pages: 5, startMs: T0, spanMs: MIN, seed: 2, idPrefix: "x" }),
+      ];
+      await old.claim(10);
+      await old.apply(a);
+      await next.claim(11);
+      await assert.rejects(old.apply(b), LeaseLostError);
+      await assert.rejects(old.claim(10), LeaseLostError, "an older epoch cannot claim back");
+      const r = await next.apply(b);
+      assert.equal(r.counts.user!.applied, 50);
+      await assertOnlineStore(runtime, expectedWindows([...a, ...b]));
+    } finally {
+      old.close();
+      next.close();
+    }
+  });
+});
