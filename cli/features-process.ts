@@ -1,4 +1,4 @@
-// `streamserve up`'s features process: the features worker (JetStream EVENTS → windows → Redis,
+// `streamserve up`'s features process, and each of `streamserve features --workers N`'s: the features worker (JetStream EVENTS → windows → Redis,
 // closed windows → LOGS), forked and supervised by `up` (cli/commands/up.ts) so that parsing and
 // folding events never take the serving event loop's time. It runs a little below serving
 // (nice 5: requests first when both want a core) and well above analytics (nice 10): fresh
@@ -8,7 +8,7 @@ import { createLogger } from "../lib/logger.js";
 import { sendText } from "../lib/http.js";
 import { serveSupervisor } from "../lib/supervisor.js";
 import type { Config } from "../lib/config.js";
-import { startFeaturesWorker } from "../features/worker.js";
+import { startFeaturesWorker, type FeaturesWorkerOptions } from "../features/worker.js";
 import { FEATURE_VIEWS } from "../features/definitions.js";
 
 /** The windows of every view, when not the definitions' (the demo's compressed schedule). */
@@ -22,11 +22,15 @@ export interface FeatureWindows {
 export interface FeaturesStart {
   config: Config;
   windows?: FeatureWindows;
+  /** The worker's options from `features` flags (data only: the views come from the definitions). */
+  options?: Omit<FeaturesWorkerOptions, "views" | "trending">;
 }
 
 export interface FeaturesInfo {
   pid: number;
   httpPort: number;
+  /** Partitioned: the partitions it held when it became ready. */
+  partitions?: number[];
 }
 
 /** Nice value of the features process; measured against 0 with `up` + the simulator at 1000 events/s (README). */
@@ -35,15 +39,15 @@ export const FEATURES_NICE = 5;
 const log = createLogger(process.env.LOG_LEVEL).child({ process: "features" });
 
 serveSupervisor<FeaturesStart, FeaturesInfo>(
-  async ({ config, windows = {} }) => {
+  async ({ config, windows = {}, options = {} }) => {
     const runtime = createRuntime({ ...config, httpPort: 0, host: "127.0.0.1" }, log);
     try {
       const views = FEATURE_VIEWS.map((v) => ({ ...v, windowMs: windows.windowMs ?? v.windowMs, watermarkMs: windows.watermarkMs ?? v.watermarkMs }));
-      const worker = await startFeaturesWorker(runtime, { views });
+      const worker = await startFeaturesWorker(runtime, { ...options, views });
       runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
       const httpPort = await runtime.listenHttp();
       return {
-        info: { pid: process.pid, httpPort },
+        info: { pid: process.pid, httpPort, partitions: worker.partitions?.() },
         methods: {},
         async stop() {
           await worker.stop().catch((err: Error) => log.error({ err: err.message }, "stop failed"));

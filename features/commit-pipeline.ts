@@ -505,11 +505,13 @@ export class CommitPipeline {
     const tplan = trendPlanOf(plans, this.ctx);
     if (tplan && events.length > 0) {
       const items = [...new Set(tplan.groupOf.flatMap((g) => (g ? [g.entityId] : [])))];
-      reads.add(["HMGET", k.trend, ...items], (r) =>
-        (r as (string | null)[]).forEach((x, i) => {
-          if (x !== null) snap.trend.set(items[i]!, trendOf(x));
-        }),
-      );
+      // Partitioned, a batch may hold no event of this partition's items.
+      if (items.length > 0)
+        reads.add(["HMGET", k.trend, ...items], (r) =>
+          (r as (string | null)[]).forEach((x, i) => {
+            if (x !== null) snap.trend.set(items[i]!, trendOf(x));
+          }),
+        );
     }
     await reads.run(conn, watch ? [k.version] : []);
     // Under WATCH of the version, which a new owner raises with the epoch: the fence.

@@ -1,9 +1,16 @@
 // `streamserve features`: the streaming feature worker on its own, until SIGINT/SIGTERM.
+// With --workers N it forks N features processes (cli/features-process.ts), each a whole worker
+// with its own leases, supervised and restarted when one dies.
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import type { Command } from "../command.js";
 import { untilSignal } from "../command.js";
 import { durationFlag, numberFlag, UsageError, type CommandArgs } from "../args.js";
 import { sendJson, sendText } from "../../lib/http.js";
+import { superviseChild } from "../../lib/supervisor.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
+import { MAX_PARTITIONS } from "../../features/partitions.js";
+import type { FeaturesInfo, FeaturesStart } from "../features-process.js";
 
 export const FEATURES_FLAGS = `  --batch-size N        most events taken and acked as one batch (default 2000)
   --in-flight N         batches taken at once: one committing in Redis, one computed, the rest waiting (default 3)
@@ -12,7 +19,12 @@ export const FEATURES_FLAGS = `  --batch-size N        most events taken and ack
   --ack-wait DUR        JetStream ack deadline: how soon a crashed worker's events are redelivered (default 30s).
                         Keep it well under the watermark (10m) so redelivered events are not late.
   --close-interval DUR  how often windows the watermark has passed are closed and published (default 250ms)
-  --progress DUR        progress line in the log every DUR; 0 for none (default 10s)`;
+  --progress DUR        progress line in the log every DUR; 0 for none (default 10s)
+  --partitions P        partitions of the feature state, fixed for a deployment: every worker must be given
+                        the same P (default 1: one store that workers take turns on). With P > 1 workers
+                        lease partitions from NATS KV and each partition has one writer (README: Deployment)
+  --lease-ttl DUR       how long a dead worker's partition leases live before others take them (default 6s)
+  --workers N           run N worker processes here, supervised (default 1)`;
 
 export function featuresOptionsFromFlags(args: CommandArgs): FeaturesWorkerOptions {
   const positiveInt = (name: string): number | undefined => {
@@ -25,8 +37,14 @@ export function featuresOptionsFromFlags(args: CommandArgs): FeaturesWorkerOptio
   const maxTransactionMs = numberFlag(args, "max-transaction-ms");
   if (maxTransactionMs !== undefined && !(maxTransactionMs > 0))
     throw new UsageError(`--max-transaction-ms must be a positive number, got ${maxTransactionMs}`);
+  const partitions = positiveInt("partitions");
+  if (partitions !== undefined && partitions > MAX_PARTITIONS) throw new UsageError(`--partitions must be at most ${MAX_PARTITIONS}, got ${partitions}`);
+  const leaseTtlMs = durationFlag(args, "lease-ttl");
+  if (leaseTtlMs !== undefined && leaseTtlMs < 2000) throw new UsageError(`--lease-ttl must be at least 2s, got ${leaseTtlMs} ms`);
   return {
     ...(maxTransactionMs !== undefined ? { store: { maxTransactionMs } } : {}),
+    partitions,
+    leaseTtlMs,
     maxBatch: positiveInt("batch-size"),
     maxInFlightBatches: positiveInt("in-flight"),
     ackWaitMs,
@@ -51,9 +69,13 @@ ${FEATURES_FLAGS}
 
 Examples:
   streamserve features
-  streamserve features --namespace staging --batch-size 5000 --http-port 9101`,
+  streamserve features --namespace staging --batch-size 5000 --http-port 9101
+  streamserve features --partitions 16 --workers 4`,
   async run(args, runtime) {
     const options = featuresOptionsFromFlags(args);
+    const workers = numberFlag(args, "workers") ?? 1;
+    if (!Number.isInteger(workers) || workers < 1) throw new UsageError(`--workers must be a whole number of at least 1, got ${workers}`);
+    if (workers > 1) return superviseFeatureWorkers(runtime, workers, options);
     const worker = await startFeaturesWorker(runtime, options);
     runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
     runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", features: worker.stats }));
@@ -69,5 +91,27 @@ Examples:
     return 0;
   },
 };
+
+/**
+ * N features processes, each a whole worker (its own connections and leases, so it fails alone as
+ * a host would), restarted when one dies; this one answers /healthz with each child's state.
+ */
+async function superviseFeatureWorkers(runtime: Parameters<Command["run"]>[1], workers: number, options: FeaturesWorkerOptions): Promise<number> {
+  const js = fileURLToPath(new URL("../features-process.js", import.meta.url));
+  const module = existsSync(js) ? js : fileURLToPath(new URL("../features-process.ts", import.meta.url));
+  const children = Array.from({ length: workers }, (_, i) =>
+    superviseChild<FeaturesStart, FeaturesInfo>({ name: `features-${i + 1}`, module, log: runtime.log, start: () => ({ config: runtime.config, options }) }),
+  );
+  runtime.http.route("GET", "/healthz", (_req, res) =>
+    sendJson(res, children.some((c) => c.state === "ready") ? 200 : 503, {
+      workers: children.map((c) => ({ pid: c.pid, state: c.state, restarts: c.restarts, metricsPort: c.info?.httpPort })),
+    }),
+  );
+  await runtime.listenHttp().catch((err: Error) => runtime.log.warn({ err: err.message }, "no HTTP port for /healthz"));
+  const signal = await untilSignal();
+  runtime.log.info({ signal }, "stopping the features workers");
+  await Promise.all(children.map((c) => c.stop()));
+  return 0;
+}
 
 export default command;

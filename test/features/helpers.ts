@@ -360,7 +360,8 @@ export async function waitPartitionsDrained(nc: NatsConnection, names: Names, pa
     async () => {
       for (const c of consumers) {
         const info = await jsm.consumers.info(names.eventsStream, c).catch(() => undefined);
-        if (!info || info.num_pending !== 0 || info.num_ack_pending !== 0) return false;
+        if (!info) throw new Error(`${c} does not exist`);
+        if (info.num_pending !== 0 || info.num_ack_pending !== 0) throw new Error(`${c}: ${info.num_pending} pending, ${info.num_ack_pending} unacked`);
       }
       return true;
     },
