@@ -21,6 +21,7 @@ import { featuresOf, windowStart } from "../features/windows.js";
 import { PullConsumer, type PulledMessage } from "../lib/jetstream-pull.js";
 import { RespConnection, type RespCommand } from "../lib/resp.js";
 import { fmt, header, row } from "./measure.js";
+import { benchPartitioned } from "./features-partitioned.js";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const EVENTS = Number(process.env.BENCH_FEATURE_EVENTS ?? 200_000);
@@ -43,6 +44,12 @@ const FRESHNESS_TARGET_FRACTION = 0.8;
 const STEADY_SECONDS = Number(process.env.BENCH_FEATURE_STEADY_SECONDS ?? 4);
 
 export async function benchFeatures(): Promise<void> {
+  // BENCH_FEATURES_PARTITIONED_ONLY=1: only the partitioned runs (bench/features-partitioned.ts).
+  if (process.env.BENCH_FEATURES_PARTITIONED_ONLY !== "1") await benchOneWorker();
+  await benchPartitioned();
+}
+
+async function benchOneWorker(): Promise<void> {
   header("features: events → one features worker → Redis, vs raw JetStream and raw Redis floors");
   const namespace = `bench_features_${process.pid}`;
   const rt = createRuntime({ namespace, logLevel: "silent" });
@@ -182,7 +189,7 @@ export async function benchFeatures(): Promise<void> {
   }
 }
 
-function makeEvents(n: number, startMs: number, spanMs: number, prefix = ""): ActivityEvent[] {
+export function makeEvents(n: number, startMs: number, spanMs: number, prefix = ""): ActivityEvent[] {
   let seed = 12345;
   const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 4294967296;
   return Array.from({ length: n }, (_, i) => {
@@ -200,7 +207,7 @@ function makeEvents(n: number, startMs: number, spanMs: number, prefix = ""): Ac
   });
 }
 
-async function publishAll(js: JetStreamClient, subject: string, payloads: readonly Uint8Array[], window = 2000): Promise<void> {
+export async function publishAll(js: JetStreamClient, subject: string, payloads: readonly Uint8Array[], window = 2000): Promise<void> {
   let next = 0;
   await Promise.all(
     Array.from({ length: window }, async () => {
@@ -360,13 +367,13 @@ async function execStats(rt: Runtime): Promise<{ calls: number; usec: number }> 
 }
 
 /** CPU seconds Redis has used (INFO cpu): contention on a shared machine distorts it less than wall time. */
-async function redisCpuSeconds(rt: Runtime): Promise<number> {
+export async function redisCpuSeconds(rt: Runtime): Promise<number> {
   const info = await rt.redis().info("cpu");
   return Number(/used_cpu_user:([\d.]+)/.exec(info)![1]) + Number(/used_cpu_sys:([\d.]+)/.exec(info)![1]);
 }
 
 /** The local nats-server's pid (for its CPU time), if one runs on this machine. */
-function natsServerPid(): number | undefined {
+export function natsServerPid(): number | undefined {
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     try {
@@ -379,7 +386,7 @@ function natsServerPid(): number | undefined {
 }
 
 /** CPU seconds (user + system) a process has used, from /proc. */
-function cpuSeconds(pid: number, task?: number): number {
+export function cpuSeconds(pid: number, task?: number): number {
   const fields = readFileSync(task === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${task}/stat`, "utf8")
     .split(") ")[1]!
     .split(" ");
@@ -432,7 +439,7 @@ function waitAcked(jsm: Jsm, rt: Runtime, count: number, timeoutMs: number): Pro
 }
 
 /** A sanity check that the run measured real work: a sample of users has the right event counts. */
-async function checkApplied(rt: Runtime, events: readonly ActivityEvent[]): Promise<void> {
+export async function checkApplied(rt: Runtime, events: readonly ActivityEvent[]): Promise<void> {
   const counts = new Map<string, Map<number, number>>();
   for (const e of events) {
     const ws = windowStart(e.event_time, 300_000);

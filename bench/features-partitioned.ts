@@ -1,0 +1,206 @@
+// Partitioned features benchmark: 1, 2 and 4 `streamserve features --partitions 16` processes on
+// one stream. Per run: events/s from the first publish of the measured events to every consumer
+// drained, the conflict retries the workers counted (their /metrics: 0 when each partition has
+// one writer), the workers' CPU per event (all processes, from /proc) and events per worker
+// CPU-second, judged against the one-worker run's (target: within 10 %), and Redis commands and
+// CPU per event (for the capacity model in the README). On a 2-core machine the wall-clock rate
+// cannot grow with workers; what must hold is that adding workers costs no efficiency.
+import { spawn, type ChildProcess } from "node:child_process";
+import { availableParallelism, loadavg } from "node:os";
+import { fileURLToPath } from "node:url";
+import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { ActivityEvent } from "../features/definitions.js";
+import { leaseBucket } from "../features/leases.js";
+import { partitionConsumerPart, partitionLabel } from "../features/partitions.js";
+import { createRuntime, type Runtime } from "../lib/runtime.js";
+import { deleteNamespace } from "../lib/nats.js";
+import { deleteKeysWithPrefix } from "../lib/redis.js";
+import { checkApplied, cpuSeconds, makeEvents, natsServerPid, publishAll, redisCpuSeconds } from "./features.js";
+import { fmt, header, row } from "./measure.js";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const P = 16;
+const WORKERS = [1, 2, 4];
+const EVENTS = Number(process.env.BENCH_FEATURE_PARTITIONED_EVENTS ?? 100_000);
+const WARMUP = Number(process.env.BENCH_FEATURE_PARTITIONED_WARMUP ?? 50_000);
+/** Events per worker CPU-second of N workers against one worker's: the target. */
+const EFFICIENCY_TARGET = 0.9;
+
+interface Child {
+  child: ChildProcess;
+  exited: Promise<unknown>;
+  httpPort: number;
+}
+
+interface RunResult {
+  workers: number;
+  rate: number;
+  conflicts: number;
+  workerCpuUs: number;
+  perCpuSecond: number;
+  redisCommands: number;
+  redisCpuUs: number;
+  natsCpuUs: number;
+  drainSeconds: number;
+}
+
+export async function benchPartitioned(): Promise<void> {
+  header(`features, partitioned: 1, 2 and 4 workers on P = ${P} partitions (router + per-partition leases)`);
+  console.log(
+    `${EVENTS} events measured after ${WARMUP} warm-up events, published while the workers run; worker CPU from /proc (every process), ` +
+      `Redis commands from INFO stats; machine load average ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores`,
+  );
+  const results: RunResult[] = [];
+  for (const n of WORKERS) results.push(await run(n));
+  const base = results[0]!;
+  const W = [10, 10, 10, 16, 22, 18, 16, 16];
+  row(["workers", "events/s", "conflicts", "worker CPU/event", "events per worker CPU-s", "vs 1 worker", "Redis cmds/event", "Redis CPU/event"], W);
+  for (const r of results) {
+    const ratio = r.perCpuSecond / base.perCpuSecond;
+    row(
+      [
+        r.workers,
+        Math.round(r.rate),
+        r.conflicts,
+        `${fmt(r.workerCpuUs, 1)} µs`,
+        Math.round(r.perCpuSecond),
+        `${fmt(ratio, 2)}${r === base ? "" : ratio >= EFFICIENCY_TARGET ? " (met)" : " (NOT met)"}`,
+        fmt(r.redisCommands, 1),
+        `${fmt(r.redisCpuUs, 1)} µs`,
+      ],
+      W,
+    );
+  }
+  console.log(
+    `target: conflict retries 0 and events per worker CPU-second of 2 and 4 workers within ${Math.round((1 - EFFICIENCY_TARGET) * 100)} % of one worker's; ` +
+      `nats-server CPU per event ${results.map((r) => `${fmt(r.natsCpuUs, 1)} µs`).join(" / ")}; load average now ${loadavg()[0]!.toFixed(1)}`,
+  );
+}
+
+async function run(workers: number): Promise<RunResult> {
+  const namespace = `bench_fpart_${process.pid}_${workers}`;
+  const rt = createRuntime({ namespace, logLevel: "silent" });
+  const nc = await rt.nats();
+  const js = nc.jetstream();
+  const jsm = await nc.jetstreamManager();
+  const children: Child[] = [];
+  try {
+    for (let i = 0; i < workers; i++) children.push(await startWorker(namespace));
+    await waitLeasesShared(rt, workers);
+    const start = Date.now() - 4 * 60_000;
+    const warmup = makeEvents(WARMUP, start, 4 * 60_000, "w");
+    const events = makeEvents(EVENTS, start, 4 * 60_000);
+    const encode = (e: ActivityEvent) => new TextEncoder().encode(JSON.stringify(e));
+    await publishAll(js, rt.names.eventsSubject, warmup.map(encode));
+    await waitDrained(rt);
+    const natsPid = natsServerPid();
+    const cpu = () => children.reduce((a, c) => a + cpuSeconds(c.child.pid!), 0);
+    const cpu0 = cpu();
+    const redis0 = await redisCpuSeconds(rt);
+    const cmds0 = await redisCommands(rt);
+    const nats0 = natsPid ? cpuSeconds(natsPid) : NaN;
+    const conflicts0 = await conflicts(children);
+    const t = performance.now();
+    const payloads = events.map(encode);
+    await publishAll(js, rt.names.eventsSubject, payloads);
+    await waitDrained(rt);
+    const drainSeconds = (performance.now() - t) / 1000;
+    const workerCpu = cpu() - cpu0;
+    const redisCpu = (await redisCpuSeconds(rt)) - redis0;
+    const cmds = (await redisCommands(rt)) - cmds0;
+    const natsCpu = natsPid ? cpuSeconds(natsPid) - nats0 : NaN;
+    const conflictCount = (await conflicts(children)) - conflicts0;
+    await checkApplied(rt, events);
+    return {
+      workers,
+      rate: EVENTS / drainSeconds,
+      conflicts: conflictCount,
+      workerCpuUs: (workerCpu * 1e6) / EVENTS,
+      perCpuSecond: EVENTS / workerCpu,
+      redisCommands: cmds / EVENTS,
+      redisCpuUs: (redisCpu * 1e6) / EVENTS,
+      natsCpuUs: (natsCpu * 1e6) / EVENTS,
+      drainSeconds,
+    };
+  } finally {
+    for (const c of children) c.child.kill("SIGTERM");
+    await Promise.all(children.map((c) => Promise.race([c.exited, sleep(15_000)])));
+    for (const c of children) c.child.kill("SIGKILL");
+    await jsm.streams.delete(`KV_${leaseBucket(namespace)}`).catch(() => undefined);
+    await deleteNamespace(nc, rt.names).catch(() => undefined);
+    await deleteKeysWithPrefix(rt.redis(), rt.names.redisPrefix).catch(() => undefined);
+    await rt.close();
+  }
+}
+
+async function startWorker(namespace: string): Promise<Child> {
+  const child = spawn(
+    process.execPath,
+    [
+      ...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean),
+      ...["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0", "--partitions", String(P)],
+      ...["--progress", "0", "--log-level", "info"],
+    ],
+    { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
+  );
+  const exited = new Promise((r) => child.on("exit", r));
+  let log = "";
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.setEncoding("utf8").on("data", (s: string) => {
+      log += s;
+      if (log.includes("partitioned features worker consuming") && log.includes("HTTP listening")) resolve();
+    });
+    child.on("exit", (code) => reject(new Error(`features worker exited with ${code}:\n${log.slice(-2000)}`)));
+  });
+  const httpPort = Number(/"port":(\d+),"msg":"HTTP listening/.exec(log)?.[1] ?? 0);
+  return { child, exited, httpPort };
+}
+
+/** Until every partition is leased and the workers hold fair shares (at most one apart). */
+async function waitLeasesShared(rt: Runtime, workers: number): Promise<void> {
+  const kv = await (await rt.nats()).jetstream().views.kv(leaseBucket(rt.config.namespace));
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const byHolder = new Map<string, number>();
+    for (let p = 0; p < P; p++) {
+      const e = await kv.get(`lease.${partitionLabel(p)}`).catch(() => null);
+      if (e?.operation === "PUT") byHolder.set(e.string(), (byHolder.get(e.string()) ?? 0) + 1);
+    }
+    const counts = [...byHolder.values()];
+    if (counts.reduce((a, b) => a + b, 0) === P && counts.length === workers && Math.max(...counts) - Math.min(...counts) <= 1) return;
+    if (Date.now() > deadline) throw new Error(`partitions not shared among ${workers} workers in time: ${JSON.stringify([...byHolder])}`);
+    await sleep(200);
+  }
+}
+
+/**
+ * Until the router has acked every published event, and then every partition all it was given
+ * (read after the router's: the router acks only once its keyed copies are stored).
+ */
+async function waitDrained(rt: Runtime): Promise<void> {
+  const jsm = await (await rt.nats()).jetstreamManager();
+  const info = (c: string) => jsm.consumers.info(rt.names.eventsStream, c).catch(() => undefined);
+  const partitions = Array.from({ length: P }, (_, p) => rt.names.consumer(partitionConsumerPart(p)));
+  const drained = (i: Awaited<ReturnType<typeof info>>) => i !== undefined && i.num_pending === 0 && i.num_ack_pending === 0;
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    if (drained(await info(rt.names.consumer("features-router"))) && (await Promise.all(partitions.map(info))).every(drained)) return;
+    if (Date.now() > deadline) throw new Error("the partitioned workers did not drain the stream in time");
+    await sleep(200);
+  }
+}
+
+async function redisCommands(rt: Runtime): Promise<number> {
+  return Number(/total_commands_processed:(\d+)/.exec(await rt.redis().info("stats"))![1]);
+}
+
+/** The workers' conflict retries so far (streamserve_features_conflict_retries_total on each /metrics). */
+async function conflicts(children: readonly Child[]): Promise<number> {
+  let total = 0;
+  for (const c of children) {
+    const text = await (await fetch(`http://127.0.0.1:${c.httpPort}/metrics`)).text();
+    total += Number(/^streamserve_features_conflict_retries_total (\S+)$/m.exec(text)?.[1] ?? 0);
+  }
+  return total;
+}
