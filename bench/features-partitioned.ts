@@ -1,6 +1,7 @@
 // Partitioned features benchmark: 1, 2 and 4 `streamserve features --partitions 16` processes on
-// one stream. Per run: events/s from the first publish of the measured events to every consumer
-// drained, the conflict retries the workers counted (their /metrics: 0 when each partition has
+// one stream, next to one unpartitioned worker measured the same way. Each run warms the workers
+// up on events of their own, stops them (SIGSTOP; leases outlive the pause), publishes the
+// measured events as a backlog, resumes them and measures the drain: events/s, the conflict retries the workers counted (their /metrics: 0 when each partition has
 // one writer), the workers' CPU per event (all processes, from /proc) and events per worker
 // CPU-second, judged against the one-worker run's (target: within 10 %), and Redis commands and
 // CPU per event (for the capacity model in the README). On a 2-core machine the wall-clock rate
@@ -26,6 +27,8 @@ const EVENTS = Number(process.env.BENCH_FEATURE_PARTITIONED_EVENTS ?? 100_000);
 const WARMUP = Number(process.env.BENCH_FEATURE_PARTITIONED_WARMUP ?? 50_000);
 /** Events per worker CPU-second of N workers against one worker's: the target. */
 const EFFICIENCY_TARGET = 0.9;
+/** Leases outlive the pause while the backlog is published. */
+const LEASE_TTL = "120s";
 
 interface Child {
   child: ChildProcess;
@@ -48,14 +51,29 @@ interface RunResult {
 export async function benchPartitioned(): Promise<void> {
   header(`features, partitioned: 1, 2 and 4 workers on P = ${P} partitions (router + per-partition leases)`);
   console.log(
-    `${EVENTS} events measured after ${WARMUP} warm-up events, published while the workers run; worker CPU from /proc (every process), ` +
+    `${EVENTS} events drained as a backlog after ${WARMUP} warm-up events; worker CPU from /proc (every process), ` +
       `Redis commands from INFO stats; machine load average ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores`,
   );
+  const unpartitioned = await run(1, false);
   const results: RunResult[] = [];
-  for (const n of WORKERS) results.push(await run(n));
+  for (const n of WORKERS) results.push(await run(n, true));
   const base = results[0]!;
   const W = [10, 10, 10, 16, 22, 18, 16, 16];
   row(["workers", "events/s", "conflicts", "worker CPU/event", "events per worker CPU-s", "vs 1 worker", "Redis cmds/event", "Redis CPU/event"], W);
+  const u = unpartitioned;
+  row(
+    [
+      "1 (P = 1)",
+      Math.round(u.rate),
+      u.conflicts,
+      `${fmt(u.workerCpuUs, 1)} µs`,
+      Math.round(u.perCpuSecond),
+      `${fmt(u.perCpuSecond / base.perCpuSecond, 2)} (floor)`,
+      fmt(u.redisCommands, 1),
+      `${fmt(u.redisCpuUs, 1)} µs`,
+    ],
+    W,
+  );
   for (const r of results) {
     const ratio = r.perCpuSecond / base.perCpuSecond;
     row(
@@ -74,37 +92,40 @@ export async function benchPartitioned(): Promise<void> {
   }
   console.log(
     `target: conflict retries 0 and events per worker CPU-second of 2 and 4 workers within ${Math.round((1 - EFFICIENCY_TARGET) * 100)} % of one worker's; ` +
-      `nats-server CPU per event ${results.map((r) => `${fmt(r.natsCpuUs, 1)} µs`).join(" / ")}; load average now ${loadavg()[0]!.toFixed(1)}`,
+      `nats-server CPU per event ${[u, ...results].map((r) => `${fmt(r.natsCpuUs, 1)} µs`).join(" / ")} (P = 1, then 1, 2, 4 workers); ` +
+      `the P = 1 row is today's unpartitioned worker, measured the same way: what the router's hop and per-partition batches cost; load average now ${loadavg()[0]!.toFixed(1)}`,
   );
 }
 
-async function run(workers: number): Promise<RunResult> {
-  const namespace = `bench_fpart_${process.pid}_${workers}`;
+async function run(workers: number, partitioned: boolean): Promise<RunResult> {
+  const namespace = `bench_fpart_${process.pid}_${workers}${partitioned ? "" : "u"}`;
   const rt = createRuntime({ namespace, logLevel: "silent" });
   const nc = await rt.nats();
   const js = nc.jetstream();
   const jsm = await nc.jetstreamManager();
   const children: Child[] = [];
   try {
-    for (let i = 0; i < workers; i++) children.push(await startWorker(namespace));
-    await waitLeasesShared(rt, workers);
+    for (let i = 0; i < workers; i++) children.push(await startWorker(namespace, partitioned));
+    if (partitioned) await waitLeasesShared(rt, workers);
+    const drain = () => (partitioned ? waitDrained(rt) : waitUnpartitionedDrained(rt));
     const start = Date.now() - 4 * 60_000;
     const warmup = makeEvents(WARMUP, start, 4 * 60_000, "w");
     const events = makeEvents(EVENTS, start, 4 * 60_000);
     const encode = (e: ActivityEvent) => new TextEncoder().encode(JSON.stringify(e));
     await publishAll(js, rt.names.eventsSubject, warmup.map(encode));
-    await waitDrained(rt);
+    await drain();
+    const conflicts0 = await conflicts(children);
+    for (const c of children) c.child.kill("SIGSTOP");
+    await publishAll(js, rt.names.eventsSubject, events.map(encode));
     const natsPid = natsServerPid();
     const cpu = () => children.reduce((a, c) => a + cpuSeconds(c.child.pid!), 0);
     const cpu0 = cpu();
     const redis0 = await redisCpuSeconds(rt);
     const cmds0 = await redisCommands(rt);
     const nats0 = natsPid ? cpuSeconds(natsPid) : NaN;
-    const conflicts0 = await conflicts(children);
     const t = performance.now();
-    const payloads = events.map(encode);
-    await publishAll(js, rt.names.eventsSubject, payloads);
-    await waitDrained(rt);
+    for (const c of children) c.child.kill("SIGCONT");
+    await drain();
     const drainSeconds = (performance.now() - t) / 1000;
     const workerCpu = cpu() - cpu0;
     const redisCpu = (await redisCpuSeconds(rt)) - redis0;
@@ -124,6 +145,7 @@ async function run(workers: number): Promise<RunResult> {
       drainSeconds,
     };
   } finally {
+    for (const c of children) c.child.kill("SIGCONT");
     for (const c of children) c.child.kill("SIGTERM");
     await Promise.all(children.map((c) => Promise.race([c.exited, sleep(15_000)])));
     for (const c of children) c.child.kill("SIGKILL");
@@ -134,12 +156,13 @@ async function run(workers: number): Promise<RunResult> {
   }
 }
 
-async function startWorker(namespace: string): Promise<Child> {
+async function startWorker(namespace: string, partitioned: boolean): Promise<Child> {
   const child = spawn(
     process.execPath,
     [
       ...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean),
-      ...["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0", "--partitions", String(P)],
+      ...["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0"],
+      ...(partitioned ? ["--partitions", String(P), "--lease-ttl", LEASE_TTL] : []),
       ...["--progress", "0", "--log-level", "info"],
     ],
     { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
@@ -149,7 +172,7 @@ async function startWorker(namespace: string): Promise<Child> {
   await new Promise<void>((resolve, reject) => {
     child.stderr!.setEncoding("utf8").on("data", (s: string) => {
       log += s;
-      if (log.includes("partitioned features worker consuming") && log.includes("HTTP listening")) resolve();
+      if (log.includes("features worker consuming") && log.includes("HTTP listening")) resolve();
     });
     child.on("exit", (code) => reject(new Error(`features worker exited with ${code}:\n${log.slice(-2000)}`)));
   });
@@ -184,10 +207,22 @@ async function waitDrained(rt: Runtime): Promise<void> {
   const partitions = Array.from({ length: P }, (_, p) => rt.names.consumer(partitionConsumerPart(p)));
   const drained = (i: Awaited<ReturnType<typeof info>>) => i !== undefined && i.num_pending === 0 && i.num_ack_pending === 0;
   const deadline = Date.now() + 600_000;
+  // Polled twice a second: each consumer info makes nats-server count the pending messages, CPU that would be booked per event.
   for (;;) {
     if (drained(await info(rt.names.consumer("features-router"))) && (await Promise.all(partitions.map(info))).every(drained)) return;
     if (Date.now() > deadline) throw new Error("the partitioned workers did not drain the stream in time");
-    await sleep(200);
+    await sleep(500);
+  }
+}
+
+async function waitUnpartitionedDrained(rt: Runtime): Promise<void> {
+  const jsm = await (await rt.nats()).jetstreamManager();
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    const i = await jsm.consumers.info(rt.names.eventsStream, rt.names.consumer("features")).catch(() => undefined);
+    if (i && i.num_pending === 0 && i.num_ack_pending === 0) return;
+    if (Date.now() > deadline) throw new Error("the worker did not drain the stream in time");
+    await sleep(500);
   }
 }
 

@@ -25,10 +25,14 @@ export async function startPartitionedWorker(runtime: Runtime, options: Features
   checkPartitionCount(P);
   const log = runtime.log.child({ part: "features" });
   const routerOpts = loopOptions({ ...options, consumerPart: "features-router" });
-  // A partition's batches are its share of the stream: smaller, and fewer pulled ahead each.
+  // A partition's batches are its share of the stream: smaller, and fewer pulled ahead each. Its
+  // timers run less often than a lone worker's: there are P of them in a process, and each consumer
+  // info makes nats-server count the partition's pending messages.
   const partOpts = loopOptions({
     ...options,
-    maxBatch: Math.min(options.maxBatch ?? 500, 500),
+    maxBatch: Math.min(options.maxBatch ?? 1000, 1000),
+    closeIntervalMs: Math.max(options.closeIntervalMs ?? 1000, 250),
+    lagIntervalMs: Math.max(options.lagIntervalMs ?? 15_000, 5_000),
     progressIntervalMs: 0,
   });
   const views = options.views ?? FEATURE_VIEWS;
