@@ -1,7 +1,9 @@
 // Online features for one Recommend request: the user's hash and every candidate's hash, read in
-// one round trip, assembled into the row-major matrix the model version declares.
+// one round trip (on a Redis Cluster, one per master holding some of the keys, all at once),
+// assembled into the row-major matrix the model version declares.
 // Redis trouble never fails the request: the features take their defaults and the caller logs it.
-import type { Redis } from "../lib/redis.js";
+import calculateSlot from "cluster-key-slot";
+import { type Cluster, isCluster, type Redis } from "../lib/redis.js";
 import type { Names } from "../lib/config.js";
 import type { FeatureSpec } from "../lib/registry.js";
 
@@ -40,14 +42,16 @@ export async function lookupFeatures(
     keys[0] = names.userFeaturesKey(ctx.userId);
     for (let i = 0; i < items.length; i++) keys[i + 1] = names.itemFeaturesKey(items[i]!);
     try {
-      const rows = scriptUnsupported.has(redis)
-        ? await readWithPipeline(redis, keys, userFields, itemFields)
-        : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
-            // Redis Cluster (keys in different slots) or scripting disabled: use a pipeline.
-            if (!/CROSSSLOT|NOSCRIPT|unknown command|not allowed|disabled/i.test(err.message)) throw err;
-            scriptUnsupported.add(redis);
-            return readWithPipeline(redis, keys, userFields, itemFields);
-          });
+      const rows = isCluster(redis)
+        ? await readAcrossSlots(redis, keys, userFields, itemFields)
+        : scriptUnsupported.has(redis)
+          ? await readWithPipeline(redis, keys, userFields, itemFields)
+          : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
+              // Scripting disabled (or a cluster node named as one Redis, CROSSSLOT): use a pipeline.
+              if (!/CROSSSLOT|NOSCRIPT|unknown command|not allowed|disabled/i.test(err.message)) throw err;
+              scriptUnsupported.add(redis);
+              return readWithPipeline(redis, keys, userFields, itemFields);
+            });
       userValues = rows[0] ?? [];
       itemValues = rows.slice(1);
     } catch {
@@ -189,6 +193,38 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
     return v as (string | null)[];
   });
   return keys.map((_, i) => ((i === 0 ? userFields : itemFields).length ? values.shift()! : []));
+}
+
+/**
+ * The read on a Redis Cluster, where one script cannot name keys of several slots: the keys are
+ * grouped by the nodes serving their slot, and each group is one pipeline of HMGETs to its master,
+ * every group sent at once. Rows come back in the order of `keys`.
+ */
+export async function readAcrossSlots(redis: Cluster, keys: string[], userFields: string[], itemFields: string[]): Promise<(string | null)[][]> {
+  const groups = new Map<string, number[]>();
+  for (let i = 0; i < keys.length; i++) {
+    if (!(i === 0 ? userFields : itemFields).length) continue;
+    const slot = calculateSlot(keys[i]!);
+    // The nodes of a slot, as ioredis checks a pipeline's keys; unknown slots (no topology yet) each go alone.
+    const group = redis.slots[slot]?.join(";") ?? `slot ${slot}`;
+    let members = groups.get(group);
+    if (!members) groups.set(group, (members = []));
+    members.push(i);
+  }
+  const rows: (string | null)[][] = keys.map(() => []);
+  await Promise.all(
+    [...groups.values()].map(async (members) => {
+      const pipeline = redis.pipeline();
+      for (const i of members) pipeline.hmget(keys[i]!, ...(i === 0 ? userFields : itemFields));
+      const results = (await pipeline.exec()) ?? [];
+      members.forEach((i, j) => {
+        const [err, v] = results[j] ?? [new Error("Redis returned no reply for a pipelined read"), null];
+        if (err) throw err;
+        rows[i] = v as (string | null)[];
+      });
+    }),
+  );
+  return rows;
 }
 
 /** Pure assembly, separate from I/O so it is easy to test and reason about. */
