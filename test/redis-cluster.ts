@@ -20,6 +20,8 @@ export interface OwnCluster {
   commandCalls(): Promise<Map<number, Record<string, number>>>;
   /** CONFIG RESETSTAT on every node. */
   resetStats(): Promise<void>;
+  /** Resolves once every node reports cluster_state:ok again (after a node was killed and restarted). */
+  waitOk(timeoutMs?: number): Promise<void>;
   /** Kills every node and removes its files. */
   stop(): Promise<void>;
 }
@@ -58,6 +60,7 @@ export async function startRedisCluster(options: { masters?: number } = {}): Pro
     async resetStats() {
       await perNode((r) => r.config("RESETSTAT"));
     },
+    waitOk: (timeoutMs = 30_000) => waitClusterOk(nodes, timeoutMs),
     async stop() {
       await Promise.all(nodes.map((n) => n.remove()));
     },

@@ -1,0 +1,158 @@
+// Serving on a real Redis Cluster of the test's own (3 masters): trending and the features Recommend
+// scores with are read from the cluster, the feature read is one pipeline per master holding some
+// of the request's keys, all sent before any answers, and a dead master costs requests their
+// features (defaults, flagged), never their answer, until it is back.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import calculateSlot from "cluster-key-slot";
+import { testRuntime, waitFor, type TestRuntime } from "../helpers.js";
+import { startServing, type Serving } from "./harness.js";
+import { startRedisCluster, type OwnCluster } from "../redis-cluster.js";
+import { lookupFeatures } from "../../server/feature-lookup.js";
+import { isCluster, waitReady, type Cluster } from "../../lib/redis.js";
+import { logisticModel, sigmoid } from "../fixtures/onnx-models.js";
+import type { FeatureSpec } from "../../lib/registry.js";
+
+const FEATURES: FeatureSpec[] = [
+  { name: "clicks_last_5min", source: "user", type: "numeric", default: 0 },
+  { name: "item_clicks_5min", source: "item", type: "numeric", default: 0 },
+  { name: "device_type", source: "request", type: "categorical", default: -1, vocabulary: ["desktop", "mobile", "tablet"] },
+];
+const WEIGHTS = [0.5, 0.25, 1];
+const BIAS = -1;
+const ITEMS = Array.from({ length: 12 }, (_, i) => `page_${i}`);
+const clicksOf = (item: string) => Number(item.slice(5)) + 1;
+
+describe("serving on a Redis Cluster", () => {
+  let cluster: OwnCluster;
+  let rt: TestRuntime;
+  let serving: Serving;
+
+  /** The port of the master that serves a key, as the cluster client sees the topology. */
+  const masterPort = (key: string) => Number((rt.servingRedis() as Cluster).slots[calculateSlot(key)]![0]!.split(":").pop());
+
+  before(async () => {
+    cluster = await startRedisCluster();
+    rt = testRuntime({ redisUrl: cluster.url });
+    const redis = rt.redis();
+    assert.ok(isCluster(redis), "REDIS_URL redis+cluster:// gives a cluster client");
+    await redis.zadd(rt.names.trendingKey, 30, "page_3", 20, "page_1", 10, "page_7");
+    await redis.hset(rt.names.userFeaturesKey("u1"), { clicks_last_5min: "4" });
+    for (const item of ITEMS) await redis.hset(rt.names.itemFeaturesKey(item), { item_clicks_5min: String(clicksOf(item)) });
+    serving = await startServing(rt);
+    assert.ok(await waitReady(rt.servingRedis(), 10_000));
+  });
+
+  after(async () => {
+    await serving?.close();
+    await rt?.cleanup();
+    await cluster?.stop();
+  });
+
+  it("the request's keys live on all three masters", () => {
+    const ports = new Set([rt.names.userFeaturesKey("u1"), ...ITEMS.map((i) => rt.names.itemFeaturesKey(i))].map(masterPort));
+    assert.deepEqual([...ports].sort(), cluster.nodes.map((n) => n.port).sort());
+  });
+
+  it("serves trending items from the cluster before any model exists", async () => {
+    await waitFor(() => serving.server.models.ready, 10_000, "server ready");
+    await waitFor(async () => (await serving.client.recommend({ userId: "u1" })).recommendations.length === 3, 10_000, "trending read");
+    const res = await serving.client.recommend({ userId: "u1" });
+    assert.equal(res.modelVersion, "fallback");
+    assert.deepEqual(
+      res.recommendations.map((r) => r.itemId),
+      ["page_3", "page_1", "page_7"],
+    );
+  });
+
+  it("reads a request's features with one HMGET pipeline per master, all sent before any answer", async () => {
+    const serving_ = rt.servingRedis();
+    const events: string[] = [];
+    const pipeline = serving_.pipeline;
+    serving_.pipeline = function (this: typeof serving_, ...args: Parameters<typeof pipeline>) {
+      const p = pipeline.apply(this, args);
+      const exec = p.exec;
+      p.exec = function (this: typeof p, ...a: Parameters<typeof exec>) {
+        events.push("sent");
+        return exec.apply(this, a).finally(() => events.push("answered"));
+      } as typeof exec;
+      return p;
+    } as typeof pipeline;
+    await cluster.resetStats();
+    let m;
+    try {
+      m = await lookupFeatures(serving_, rt.names, FEATURES, { userId: "u1", currentPage: "", deviceType: "mobile" }, [...ITEMS, "page_none"]);
+    } finally {
+      serving_.pipeline = pipeline;
+    }
+    assert.equal(m.unavailable, false);
+    assert.deepEqual(
+      Array.from(m.matrix),
+      [...ITEMS, "page_none"].flatMap((item) => [4, item === "page_none" ? 0 : clicksOf(item), 1]),
+    );
+    assert.deepEqual(m.missing, ["item_clicks_5min"], "page_none has no hash");
+    assert.deepEqual(events, ["sent", "sent", "sent", "answered", "answered", "answered"], "three pipelines, in parallel");
+    // What each master ran: one HMGET per key it holds, and nothing else for the read.
+    const expected = new Map<number, number>(cluster.nodes.map((n) => [n.port, 0]));
+    for (const key of [rt.names.userFeaturesKey("u1"), ...[...ITEMS, "page_none"].map((i) => rt.names.itemFeaturesKey(i))]) {
+      expected.set(masterPort(key), expected.get(masterPort(key))! + 1);
+    }
+    const calls = await cluster.commandCalls();
+    for (const [port, hmgets] of expected) {
+      assert.equal(calls.get(port)?.hmget ?? 0, hmgets, `HMGETs on the master at ${port}`);
+      assert.equal(calls.get(port)?.eval ?? 0, 0, "no script: it cannot name keys of several slots");
+      assert.equal(calls.get(port)?.evalsha ?? 0, 0);
+    }
+  });
+
+  it("scores candidates with the production model from features on every master", async () => {
+    const registry = await rt.registry();
+    const mv = await registry.publish({
+      name: "recommender",
+      artifact: logisticModel(WEIGHTS, BIAS),
+      features: FEATURES,
+      inputName: "features",
+      outputName: "score",
+    });
+    await registry.setAlias("recommender", "production", mv.version);
+    await waitFor(() => serving.server.models.servedVersion("recommender") === mv.version, 15_000, "swap to the pushed model");
+    const res = await serving.client.recommend({ userId: "u1", deviceType: "mobile", candidates: ITEMS, limit: ITEMS.length });
+    assert.equal(res.modelVersion, mv.version);
+    const expected = (item: string) => sigmoid(4 * 0.5 + clicksOf(item) * 0.25 + 1 * 1 + BIAS);
+    assert.deepEqual(
+      res.recommendations.map((r) => r.itemId),
+      [...ITEMS].sort((a, b) => clicksOf(b) - clicksOf(a)),
+    );
+    for (const r of res.recommendations) assert.ok(Math.abs(r.score - expected(r.itemId)) < 1e-6, `${r.itemId}: ${r.score} vs ${expected(r.itemId)}`);
+  });
+
+  it("a dead master costs requests their features, not their answers, until it is back", async () => {
+    const victim = cluster.nodes.find((n) => n.port === masterPort(rt.names.itemFeaturesKey("page_0")))!;
+    const base = sigmoid(4 * 0.5 + 0 + 1 * 1 + BIAS);
+    await victim.kill();
+    try {
+      const res = await serving.client.recommend({ userId: "u1", deviceType: "mobile", candidates: ["page_0"] }, { deadlineMs: 5000 });
+      assert.equal(res.recommendations.length, 1);
+      assert.ok(res.latencyMs < 1000, `answered in ${res.latencyMs} ms`);
+      // The user's hash may or may not live on the dead master: either way the item feature took its default.
+      const score = res.recommendations[0]!.score;
+      assert.ok(Math.abs(score - base) < 1e-6 || Math.abs(score - sigmoid(0 + 0 + 1 * 1 + BIAS)) < 1e-6, `score ${score} is from defaults`);
+    } finally {
+      await victim.start();
+    }
+    await cluster.waitOk();
+    // The restarted master kept its slots (nodes.conf) but not its data (no persistence): write it again.
+    for (const item of ITEMS) await rt.redis().hset(rt.names.itemFeaturesKey(item), { item_clicks_5min: String(clicksOf(item)) });
+    await rt.redis().hset(rt.names.userFeaturesKey("u1"), { clicks_last_5min: "4" });
+    const healed = await waitFor(
+      async () => {
+        const res = await serving.client.recommend({ userId: "u1", deviceType: "mobile", candidates: ["page_0"] });
+        const want = sigmoid(4 * 0.5 + clicksOf("page_0") * 0.25 + 1 * 1 + BIAS);
+        return Math.abs(res.recommendations[0]!.score - want) < 1e-6 ? res : undefined;
+      },
+      20_000,
+      "features read again from the restarted master",
+    );
+    assert.equal(healed.recommendations[0]!.itemId, "page_0");
+  });
+});
