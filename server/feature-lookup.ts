@@ -198,33 +198,81 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
 /**
  * The read on a Redis Cluster, where one script cannot name keys of several slots: the keys are
  * grouped by the nodes serving their slot, and each group is one pipeline of HMGETs to its master,
- * every group sent at once. Rows come back in the order of `keys`.
+ * every group sent at once. As with the script, the reads that requests start in the same turn of
+ * the event loop share those pipelines: one per master for all of them. Rows come back in the
+ * order of `keys`; a read fails if a master holding one of its keys fails.
  */
-export async function readAcrossSlots(redis: Cluster, keys: string[], userFields: string[], itemFields: string[]): Promise<(string | null)[][]> {
-  const groups = new Map<string, number[]>();
-  for (let i = 0; i < keys.length; i++) {
-    if (!(i === 0 ? userFields : itemFields).length) continue;
-    const slot = calculateSlot(keys[i]!);
-    // The nodes of a slot, as ioredis checks a pipeline's keys; unknown slots (no topology yet) each go alone.
-    const group = redis.slots[slot]?.join(";") ?? `slot ${slot}`;
-    let members = groups.get(group);
-    if (!members) groups.set(group, (members = []));
-    members.push(i);
+export function readAcrossSlots(redis: Cluster, keys: string[], userFields: string[], itemFields: string[]): Promise<(string | null)[][]> {
+  return new Promise((resolve, reject) => {
+    let batch = pendingClusterReads.get(redis);
+    if (!batch) {
+      pendingClusterReads.set(redis, (batch = []));
+      setImmediate(() => sendClusterBatch(redis));
+    }
+    batch.push({ keys, userFields, itemFields, rows: keys.map(() => []), waiting: 0, done: false, resolve, reject });
+  });
+}
+
+interface ClusterRead {
+  keys: string[];
+  userFields: string[];
+  itemFields: string[];
+  rows: (string | null)[][];
+  /** Groups (masters) whose answer this read still waits for. */
+  waiting: number;
+  done: boolean;
+  resolve: (rows: (string | null)[][]) => void;
+  reject: (err: Error) => void;
+}
+
+const pendingClusterReads = new WeakMap<Cluster, ClusterRead[]>();
+
+function sendClusterBatch(redis: Cluster): void {
+  const batch = pendingClusterReads.get(redis)!;
+  pendingClusterReads.delete(redis);
+  // Per group: the reads and key indices it answers, in pipeline order.
+  const groups = new Map<string, { read: ClusterRead; key: number }[]>();
+  for (const read of batch) {
+    const touched = new Set<string>();
+    for (let i = 0; i < read.keys.length; i++) {
+      if (!(i === 0 ? read.userFields : read.itemFields).length) continue;
+      const slot = calculateSlot(read.keys[i]!);
+      // The nodes of a slot, as ioredis checks a pipeline's keys; unknown slots (no topology yet) each go alone.
+      const group = redis.slots[slot]?.join(";") ?? `slot ${slot}`;
+      let members = groups.get(group);
+      if (!members) groups.set(group, (members = []));
+      members.push({ read, key: i });
+      touched.add(group);
+    }
+    read.waiting = touched.size;
+    if (read.waiting === 0) settle(read);
   }
-  const rows: (string | null)[][] = keys.map(() => []);
-  await Promise.all(
-    [...groups.values()].map(async (members) => {
-      const pipeline = redis.pipeline();
-      for (const i of members) pipeline.hmget(keys[i]!, ...(i === 0 ? userFields : itemFields));
-      const results = (await pipeline.exec()) ?? [];
-      members.forEach((i, j) => {
-        const [err, v] = results[j] ?? [new Error("Redis returned no reply for a pipelined read"), null];
-        if (err) throw err;
-        rows[i] = v as (string | null)[];
-      });
-    }),
-  );
-  return rows;
+  for (const members of groups.values()) {
+    const pipeline = redis.pipeline();
+    for (const { read, key } of members) pipeline.hmget(read.keys[key]!, ...(key === 0 ? read.userFields : read.itemFields));
+    pipeline.exec().then(
+      (results) => {
+        const answered = new Set<ClusterRead>();
+        members.forEach(({ read, key }, j) => {
+          const [err, v] = results?.[j] ?? [new Error("Redis returned no reply for a pipelined read"), null];
+          if (err) settle(read, err);
+          else read.rows[key] = v as (string | null)[];
+          answered.add(read);
+        });
+        for (const read of answered) if (--read.waiting === 0) settle(read);
+      },
+      (err: Error) => {
+        for (const { read } of members) settle(read, err);
+      },
+    );
+  }
+}
+
+function settle(read: ClusterRead, err?: Error): void {
+  if (read.done) return;
+  read.done = true;
+  if (err) read.reject(err);
+  else read.resolve(read.rows);
 }
 
 /** Pure assembly, separate from I/O so it is easy to test and reason about. */

@@ -105,6 +105,32 @@ describe("serving on a Redis Cluster", () => {
     }
   });
 
+  it("lookups started together share one pipeline per master, and each gets its own rows", async () => {
+    const serving_ = rt.servingRedis();
+    const users = Array.from({ length: 40 }, (_, i) => `batch-u${i}`);
+    for (const [i, u] of users.entries()) await rt.redis().hset(rt.names.userFeaturesKey(u), { clicks_last_5min: String(i) });
+    const pipeline = serving_.pipeline;
+    let pipelines = 0;
+    serving_.pipeline = function (this: typeof serving_, ...args: Parameters<typeof pipeline>) {
+      pipelines++;
+      return pipeline.apply(this, args);
+    } as typeof pipeline;
+    let results;
+    try {
+      // Started in one turn of the event loop, as concurrent requests are.
+      results = await Promise.all(
+        users.map((u, i) => lookupFeatures(serving_, rt.names, FEATURES, { userId: u, currentPage: "", deviceType: "desktop" }, [ITEMS[i % ITEMS.length]!])),
+      );
+    } finally {
+      serving_.pipeline = pipeline;
+    }
+    assert.equal(pipelines, 3, "one pipeline per master for the 40 lookups");
+    results.forEach((m, i) => {
+      assert.equal(m.unavailable, false);
+      assert.deepEqual(Array.from(m.matrix), [i, clicksOf(ITEMS[i % ITEMS.length]!), 0], `user ${i} got its own values`);
+    });
+  });
+
   it("scores candidates with the production model from features on every master", async () => {
     const registry = await rt.registry();
     const mv = await registry.publish({
@@ -129,8 +155,22 @@ describe("serving on a Redis Cluster", () => {
   it("a dead master costs requests their features, not their answers, until it is back", async () => {
     const victim = cluster.nodes.find((n) => n.port === masterPort(rt.names.itemFeaturesKey("page_0")))!;
     const base = sigmoid(4 * 0.5 + 0 + 1 * 1 + BIAS);
+    // Keys of the masters that stay up: a read of only those must not suffer.
+    const liveItem = ITEMS.find((i) => masterPort(rt.names.itemFeaturesKey(i)) !== victim.port)!;
+    const liveUser = Array.from({ length: 40 }, (_, i) => i).find((i) => masterPort(rt.names.userFeaturesKey(`batch-u${i}`)) !== victim.port)!;
+    const deadUser = Array.from({ length: 40 }, (_, i) => i).find((i) => masterPort(rt.names.userFeaturesKey(`batch-u${i}`)) === victim.port)!;
     await victim.kill();
     try {
+      // In one turn, so that they share a batch: only the read that needs the dead master fails.
+      const ctx = (i: number) => ({ userId: `batch-u${i}`, currentPage: "", deviceType: "desktop" });
+      const [live, dead] = await Promise.all([
+        lookupFeatures(rt.servingRedis(), rt.names, FEATURES, ctx(liveUser), [liveItem]),
+        lookupFeatures(rt.servingRedis(), rt.names, FEATURES, ctx(deadUser), [liveItem]),
+      ]);
+      assert.equal(live.unavailable, false);
+      assert.deepEqual(Array.from(live.matrix), [liveUser, clicksOf(liveItem), 0]);
+      assert.equal(dead.unavailable, true);
+      assert.deepEqual(Array.from(dead.matrix), [0, 0, 0]);
       const res = await serving.client.recommend({ userId: "u1", deviceType: "mobile", candidates: ["page_0"] }, { deadlineMs: 5000 });
       assert.equal(res.recommendations.length, 1);
       assert.ok(res.latencyMs < 1000, `answered in ${res.latencyMs} ms`);
