@@ -60,6 +60,15 @@ export function connectRedis(url: string, log: Logger, options: RedisConnectOpti
     if (down) log.info({ url: redactUrl(url) }, "Redis back");
     down = false;
   });
+  if (isCluster(redis)) {
+    // One master down leaves the cluster client ready: say so per node, at most every 10 s.
+    const warned = new Map<string, number>();
+    redis.on("node error", (err: Error, node: string) => {
+      if (Date.now() - (warned.get(node) ?? 0) < 10_000) return;
+      warned.set(node, Date.now());
+      log.warn({ err: err.message, node }, "Redis Cluster node unavailable");
+    });
+  }
   return redis;
 }
 

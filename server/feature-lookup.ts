@@ -48,7 +48,7 @@ export async function lookupFeatures(
           ? await readWithPipeline(redis, keys, userFields, itemFields)
           : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
               // Scripting disabled (or a cluster node named as one Redis, CROSSSLOT): use a pipeline.
-              if (!/CROSSSLOT|NOSCRIPT|unknown command|not allowed|disabled/i.test(err.message)) throw err;
+              if (!/CROSSSLOT|NOSCRIPT|NOPERM|unknown command|not allowed|disabled/i.test(err.message)) throw err;
               scriptUnsupported.add(redis);
               return readWithPipeline(redis, keys, userFields, itemFields);
             });
@@ -98,6 +98,7 @@ end
 return cjson.encode(out)`;
 
 const scriptUnsupported = new WeakSet<Redis>();
+/** Clients that know the read script (on a cluster, the node script). */
 const scriptDefined = new WeakSet<Redis>();
 
 interface PendingRead {
@@ -196,11 +197,13 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
 }
 
 /**
- * The read on a Redis Cluster, where one script cannot name keys of several slots: the keys are
- * grouped by the nodes serving their slot, and each group is one pipeline of HMGETs to its master,
- * every group sent at once. As with the script, the reads that requests start in the same turn of
- * the event loop share those pipelines: one per master for all of them. Rows come back in the
- * order of `keys`; a read fails if a master holding one of its keys fails.
+ * The read on a Redis Cluster. The keys are grouped by the nodes serving their slot, and each group
+ * is one pipeline to its master, every group sent at once. In it each read is one script call
+ * (READ_NODE_FEATURES_LUA, one command to encode and one reply to parse, as on one Redis), or,
+ * where scripts are refused, one HMGET per key. As with the script on one Redis, the reads that
+ * requests start in the same turn of the event loop share those pipelines: one per master for all
+ * of them. Rows come back in the order of `keys`; a read fails if a master holding one of its keys
+ * fails.
  */
 export function readAcrossSlots(redis: Cluster, keys: string[], userFields: string[], itemFields: string[]): Promise<(string | null)[][]> {
   return new Promise((resolve, reject) => {
@@ -212,6 +215,24 @@ export function readAcrossSlots(redis: Cluster, keys: string[], userFields: stri
     batch.push({ keys, userFields, itemFields, rows: keys.map(() => []), waiting: 0, done: false, resolve, reject });
   });
 }
+
+/**
+ * A read of keys that one master holds, in slots of their own: the first key routes the call (a
+ * script may declare keys of one slot only), the keys come as arguments, and the flag lets the
+ * script reach keys of the node's other slots (Redis 7). ARGV: the number of user and of item
+ * fields, 1 when the first key is the user's, the user fields, the item fields, the keys.
+ */
+const READ_NODE_FEATURES_LUA = `#!lua flags=no-writes,allow-cross-slot-keys
+local nu = tonumber(ARGV[1])
+local ni = tonumber(ARGV[2])
+local user = tonumber(ARGV[3]) == 1
+local k0 = 4 + nu + ni
+local out = {}
+for i = k0, #ARGV do
+  if i == k0 and user then out[1] = redis.call('HMGET', ARGV[i], unpack(ARGV, 4, 3 + nu))
+  else out[i - k0 + 1] = redis.call('HMGET', ARGV[i], unpack(ARGV, 4 + nu, 3 + nu + ni)) end
+end
+return cjson.encode(out)`;
 
 interface ClusterRead {
   keys: string[];
@@ -226,46 +247,112 @@ interface ClusterRead {
 }
 
 const pendingClusterReads = new WeakMap<Cluster, ClusterRead[]>();
+const clusterScriptUnsupported = new WeakSet<Cluster>();
 
 function sendClusterBatch(redis: Cluster): void {
   const batch = pendingClusterReads.get(redis)!;
   pendingClusterReads.delete(redis);
-  // Per group: the reads and key indices it answers, in pipeline order.
-  const groups = new Map<string, { read: ClusterRead; key: number }[]>();
+  // Per group: each read's key indices in it.
+  const groups = new Map<string, Map<ClusterRead, number[]>>();
   for (const read of batch) {
-    const touched = new Set<string>();
     for (let i = 0; i < read.keys.length; i++) {
       if (!(i === 0 ? read.userFields : read.itemFields).length) continue;
       const slot = calculateSlot(read.keys[i]!);
       // The nodes of a slot, as ioredis checks a pipeline's keys; unknown slots (no topology yet) each go alone.
       const group = redis.slots[slot]?.join(";") ?? `slot ${slot}`;
-      let members = groups.get(group);
-      if (!members) groups.set(group, (members = []));
-      members.push({ read, key: i });
-      touched.add(group);
+      let reads = groups.get(group);
+      if (!reads) groups.set(group, (reads = new Map()));
+      let indices = reads.get(read);
+      if (!indices) {
+        reads.set(read, (indices = []));
+        read.waiting++;
+      }
+      indices.push(i);
     }
-    read.waiting = touched.size;
     if (read.waiting === 0) settle(read);
   }
-  for (const members of groups.values()) {
-    const pipeline = redis.pipeline();
-    for (const { read, key } of members) pipeline.hmget(read.keys[key]!, ...(key === 0 ? read.userFields : read.itemFields));
-    pipeline.exec().then(
+  const useScript = !clusterScriptUnsupported.has(redis);
+  if (useScript) defineNodeScript(redis);
+  for (const reads of groups.values()) {
+    let sent: Promise<[Error | null, unknown][] | null>;
+    if (useScript && reads.size === 1) {
+      // A lone read goes out as one command: a pipeline costs the client more than the command.
+      const [[read, indices]] = reads;
+      sent = nodeScriptCommand(redis)
+        .apply(redis, nodeScriptArgs(read, indices))
+        .then(
+          (json) => [[null, json]],
+          (err: Error) => [[err, null]],
+        );
+    } else {
+      const pipeline = redis.pipeline();
+      for (const [read, indices] of reads) {
+        if (useScript) nodeScriptCommand(pipeline).apply(pipeline, nodeScriptArgs(read, indices));
+        else for (const i of indices) pipeline.hmget(read.keys[i]!, ...(i === 0 ? read.userFields : read.itemFields));
+      }
+      sent = pipeline.exec();
+    }
+    sent.then(
       (results) => {
-        const answered = new Set<ClusterRead>();
-        members.forEach(({ read, key }, j) => {
-          const [err, v] = results?.[j] ?? [new Error("Redis returned no reply for a pipelined read"), null];
-          if (err) settle(read, err);
-          else read.rows[key] = v as (string | null)[];
-          answered.add(read);
-        });
-        for (const read of answered) if (--read.waiting === 0) settle(read);
+        let j = 0;
+        for (const [read, indices] of reads) {
+          if (useScript) {
+            const [err, json] = results?.[j++] ?? [new Error("Redis returned no reply for a pipelined read"), null];
+            if (err) {
+              scriptRefused(redis, read, err);
+              continue;
+            }
+            const values = parseRawReply(json as string);
+            indices.forEach((i, k) => (read.rows[i] = (values[k] ?? []).map((v) => (v === false ? null : v))));
+          } else {
+            for (const i of indices) {
+              const [err, v] = results?.[j++] ?? [new Error("Redis returned no reply for a pipelined read"), null];
+              if (err) settle(read, err);
+              else read.rows[i] = v as (string | null)[];
+            }
+          }
+          if (--read.waiting === 0) settle(read);
+        }
       },
       (err: Error) => {
-        for (const { read } of members) settle(read, err);
+        for (const read of reads.keys()) settle(read, err);
       },
     );
   }
+}
+
+/** The node script's arguments for a read's keys on one master (their indices in `read.keys`). */
+function nodeScriptArgs(read: ClusterRead, indices: number[]): (string | number)[] {
+  const user = indices[0] === 0 ? 1 : 0;
+  return [
+    1,
+    read.keys[indices[0]!]!,
+    read.userFields.length,
+    read.itemFields.length,
+    user,
+    ...read.userFields,
+    ...read.itemFields,
+    ...indices.map((i) => read.keys[i]!),
+  ];
+}
+
+/** A script refused as such (scripting disabled or denied by ACL, a Redis before 7): this read and the next ones go by HMGET. */
+function scriptRefused(redis: Cluster, read: ClusterRead, err: Error): void {
+  if (read.done || !/NOSCRIPT|NOPERM|unknown command|not allowed|disabled|shebang|flags|compiling/i.test(err.message)) return settle(read, err);
+  clusterScriptUnsupported.add(redis);
+  read.done = true;
+  readAcrossSlots(redis, read.keys, read.userFields, read.itemFields).then(read.resolve, read.reject);
+}
+
+function defineNodeScript(redis: Cluster): void {
+  if (!scriptDefined.has(redis)) {
+    redis.defineCommand("streamserveReadNodeFeatures", { lua: READ_NODE_FEATURES_LUA });
+    scriptDefined.add(redis);
+  }
+}
+
+function nodeScriptCommand(target: object): ScriptCommand {
+  return (target as { streamserveReadNodeFeatures: ScriptCommand }).streamserveReadNodeFeatures;
 }
 
 function settle(read: ClusterRead, err?: Error): void {

@@ -9,7 +9,9 @@ import { testRuntime, waitFor, type TestRuntime } from "../helpers.js";
 import { startServing, type Serving } from "./harness.js";
 import { startRedisCluster, type OwnCluster } from "../redis-cluster.js";
 import { lookupFeatures } from "../../server/feature-lookup.js";
-import { isCluster, waitReady, type Cluster } from "../../lib/redis.js";
+import { type Command, Redis as SingleRedis } from "ioredis";
+import { connectRedis, isCluster, waitReady, type Cluster } from "../../lib/redis.js";
+import { createLogger } from "../../lib/logger.js";
 import { logisticModel, sigmoid } from "../fixtures/onnx-models.js";
 import type { FeatureSpec } from "../../lib/registry.js";
 
@@ -65,25 +67,25 @@ describe("serving on a Redis Cluster", () => {
     );
   });
 
-  it("reads a request's features with one HMGET pipeline per master, all sent before any answer", async () => {
+  it("reads a request's features with one script call per master, all sent before any answer", async () => {
     const serving_ = rt.servingRedis();
+    const read = () => lookupFeatures(serving_, rt.names, FEATURES, { userId: "u1", currentPage: "", deviceType: "mobile" }, [...ITEMS, "page_none"]);
+    await read(); // every master has the script now: a first call sends EVAL after EVALSHA's NOSCRIPT
+    // Every command the client sends, and when its answer comes (a spy on the real client; Redis answers for real).
     const events: string[] = [];
-    const pipeline = serving_.pipeline;
-    serving_.pipeline = function (this: typeof serving_, ...args: Parameters<typeof pipeline>) {
-      const p = pipeline.apply(this, args);
-      const exec = p.exec;
-      p.exec = function (this: typeof p, ...a: Parameters<typeof exec>) {
-        events.push("sent");
-        return exec.apply(this, a).finally(() => events.push("answered"));
-      } as typeof exec;
-      return p;
-    } as typeof pipeline;
+    const cluster_ = serving_ as Cluster;
+    const sendCommand = cluster_.sendCommand;
+    cluster_.sendCommand = function (this: Cluster, command: Command, ...rest: Parameters<typeof sendCommand> extends [unknown, ...infer R] ? R : never) {
+      events.push(`sent ${command.name}`);
+      command.promise.finally(() => events.push("answered")).catch(() => undefined);
+      return sendCommand.call(this, command, ...rest);
+    } as typeof sendCommand;
     await cluster.resetStats();
     let m;
     try {
-      m = await lookupFeatures(serving_, rt.names, FEATURES, { userId: "u1", currentPage: "", deviceType: "mobile" }, [...ITEMS, "page_none"]);
+      m = await read();
     } finally {
-      serving_.pipeline = pipeline;
+      cluster_.sendCommand = sendCommand;
     }
     assert.equal(m.unavailable, false);
     assert.deepEqual(
@@ -91,8 +93,8 @@ describe("serving on a Redis Cluster", () => {
       [...ITEMS, "page_none"].flatMap((item) => [4, item === "page_none" ? 0 : clicksOf(item), 1]),
     );
     assert.deepEqual(m.missing, ["item_clicks_5min"], "page_none has no hash");
-    assert.deepEqual(events, ["sent", "sent", "sent", "answered", "answered", "answered"], "three pipelines, in parallel");
-    // What each master ran: one HMGET per key it holds, and nothing else for the read.
+    assert.deepEqual(events, ["sent evalsha", "sent evalsha", "sent evalsha", "answered", "answered", "answered"], "three script calls, in parallel");
+    // What each master ran: one script call, and in it one HMGET per key it holds.
     const expected = new Map<number, number>(cluster.nodes.map((n) => [n.port, 0]));
     for (const key of [rt.names.userFeaturesKey("u1"), ...[...ITEMS, "page_none"].map((i) => rt.names.itemFeaturesKey(i))]) {
       expected.set(masterPort(key), expected.get(masterPort(key))! + 1);
@@ -100,8 +102,8 @@ describe("serving on a Redis Cluster", () => {
     const calls = await cluster.commandCalls();
     for (const [port, hmgets] of expected) {
       assert.equal(calls.get(port)?.hmget ?? 0, hmgets, `HMGETs on the master at ${port}`);
-      assert.equal(calls.get(port)?.eval ?? 0, 0, "no script: it cannot name keys of several slots");
-      assert.equal(calls.get(port)?.evalsha ?? 0, 0);
+      assert.equal(calls.get(port)?.evalsha ?? 0, 1, `one script call on the master at ${port}`);
+      assert.equal(calls.get(port)?.eval ?? 0, 0);
     }
   });
 
@@ -129,6 +131,37 @@ describe("serving on a Redis Cluster", () => {
       assert.equal(m.unavailable, false);
       assert.deepEqual(Array.from(m.matrix), [i, clicksOf(ITEMS[i % ITEMS.length]!), 0], `user ${i} got its own values`);
     });
+  });
+
+  it("where scripts are denied (ACL), reads by HMGET pipelines with the URL's user and password", async () => {
+    const perNode = async (f: (r: SingleRedis) => Promise<unknown>) =>
+      Promise.all(
+        cluster.nodes.map(async (n) => {
+          const r = new SingleRedis(n.port, "127.0.0.1");
+          try {
+            await f(r);
+          } finally {
+            r.disconnect();
+          }
+        }),
+      );
+    await perNode((r) => r.acl("SETUSER", "reader", "on", ">s3cret", "~*", "+@all", "-@scripting"));
+    const url = cluster.url.replace("redis+cluster://", "redis+cluster://reader:s3cret@");
+    const reader = connectRedis(url, createLogger("silent"), { mode: "serving" });
+    try {
+      assert.ok(await waitReady(reader, 10_000));
+      for (let round = 0; round < 2; round++) {
+        const m = await lookupFeatures(reader, rt.names, FEATURES, { userId: "u1", currentPage: "", deviceType: "mobile" }, ITEMS);
+        assert.equal(m.unavailable, false, `round ${round}`);
+        assert.deepEqual(
+          Array.from(m.matrix),
+          ITEMS.flatMap((item) => [4, clicksOf(item), 1]),
+        );
+      }
+    } finally {
+      reader.disconnect();
+      await perNode((r) => r.acl("DELUSER", "reader"));
+    }
   });
 
   it("scores candidates with the production model from features on every master", async () => {
