@@ -15,7 +15,8 @@ export class RedisUrlError extends Error {
 }
 
 const CLUSTER_SCHEME = /^(rediss?)\+cluster:\/\//i;
-const CLUSTER_FORM = "redis+cluster://[user:password@]host:port,host:port,... (rediss+cluster:// for TLS)";
+// Worded so that log redaction, which masks "scheme://user:password@", leaves the hint readable.
+const CLUSTER_FORM = "redis+cluster://host:port,host:port,... (credentials as user:password@ before the hosts; rediss+cluster:// for TLS)";
 
 export function isClusterUrl(url: string): boolean {
   return CLUSTER_SCHEME.test(url);

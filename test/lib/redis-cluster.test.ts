@@ -2,6 +2,7 @@
 // must visit every master (cleanup deletes keys on all of them), on a real 3-master cluster.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { Redis as SingleRedis } from "ioredis";
 import { parseClusterUrl, isClusterUrl } from "../../lib/redis-url.js";
 import { ConfigError, loadConfig } from "../../lib/config.js";
@@ -41,7 +42,7 @@ describe("a cluster REDIS_URL", () => {
     ] as const) {
       assert.throws(
         () => loadConfig({ redisUrl: url }, {}),
-        (err: Error) => err instanceof ConfigError && reason.test(err.message) && err.message.includes("redis+cluster://[user:password@]host:port,host:port"),
+        (err: Error) => err instanceof ConfigError && reason.test(err.message) && err.message.includes("expected redis+cluster://host:port,host:port"),
         url,
       );
     }
@@ -56,6 +57,24 @@ describe("a cluster REDIS_URL", () => {
 
   it("a wrong scheme names the cluster form too", () => {
     assert.throws(() => loadConfig({ redisUrl: "cluster://h1:7000" }, {}), /or redis\+cluster:\/\/ for a Redis Cluster/);
+  });
+
+  it("the CLI refuses a bad cluster URL (exit 2), and `features` on a cluster (exit 1), saying what to do", async () => {
+    const cli = (command: string, url: string) =>
+      new Promise<{ code: number | null; output: string }>((resolve) => {
+        execFile(
+          process.execPath,
+          ["--import", "tsx", "cli/main.ts", command, "--namespace", uniqueNamespace("cluster"), "--grpc-port", "0", "--http-port", "0"],
+          { env: { ...process.env, REDIS_URL: url }, timeout: 60_000 },
+          (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, output: stdout + stderr }),
+        );
+      });
+    const bad = await cli("serve", "redis+cluster://127.0.0.1:7000,127.0.0.1");
+    assert.equal(bad.code, 2, bad.output);
+    assert.match(bad.output, /"127\.0\.0\.1" is not host:port .* expected redis\+cluster:\/\/host:port,host:port/);
+    const features = await cli("features", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001");
+    assert.equal(features.code, 1, features.output);
+    assert.match(features.output, /the features worker does not run on a Redis Cluster yet: give it one Redis/);
   });
 
   it("`up` starts no private Redis for a cluster that does not answer, and says what to do", async () => {
