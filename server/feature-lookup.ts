@@ -197,13 +197,12 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
 }
 
 /**
- * The read on a Redis Cluster. The keys are grouped by the nodes serving their slot, and each group
- * is one pipeline to its master, every group sent at once. In it each read is one script call
- * (READ_NODE_FEATURES_LUA, one command to encode and one reply to parse, as on one Redis), or,
- * where scripts are refused, one HMGET per key. As with the script on one Redis, the reads that
- * requests start in the same turn of the event loop share those pipelines: one per master for all
- * of them. Rows come back in the order of `keys`; a read fails if a master holding one of its keys
- * fails.
+ * The read on a Redis Cluster. The keys of the reads that requests start in the same turn of the
+ * event loop are grouped by the master serving their slot, and each master gets one script call
+ * for all of them (READ_NODE_FEATURES_LUA: one command to encode and one reply to parse per master,
+ * however many requests), every master at once; where scripts are refused, one pipeline of HMGETs
+ * per master. Rows come back in the order of `keys`; a read fails if a master holding one of its
+ * keys fails.
  */
 export function readAcrossSlots(redis: Cluster, keys: string[], userFields: string[], itemFields: string[]): Promise<(string | null)[][]> {
   return new Promise((resolve, reject) => {
@@ -217,20 +216,21 @@ export function readAcrossSlots(redis: Cluster, keys: string[], userFields: stri
 }
 
 /**
- * A read of keys that one master holds, in slots of their own: the first key routes the call (a
- * script may declare keys of one slot only), the keys come as arguments, and the flag lets the
- * script reach keys of the node's other slots (Redis 7). ARGV: the number of user and of item
- * fields, 1 when the first key is the user's, the user fields, the item fields, the keys.
+ * Reads keys that one master holds, in slots of their own: the first key routes the call (a script
+ * may declare keys of one slot only), the keys come as arguments, and the flag lets the script
+ * reach keys of the node's other slots (Redis 7). ARGV: the number of user and of item fields, one
+ * letter per key ("u": a user's hash, else an item's), the user fields, the item fields, the keys.
  */
 const READ_NODE_FEATURES_LUA = `#!lua flags=no-writes,allow-cross-slot-keys
 local nu = tonumber(ARGV[1])
 local ni = tonumber(ARGV[2])
-local user = tonumber(ARGV[3]) == 1
+local kinds = ARGV[3]
 local k0 = 4 + nu + ni
 local out = {}
 for i = k0, #ARGV do
-  if i == k0 and user then out[1] = redis.call('HMGET', ARGV[i], unpack(ARGV, 4, 3 + nu))
-  else out[i - k0 + 1] = redis.call('HMGET', ARGV[i], unpack(ARGV, 4 + nu, 3 + nu + ni)) end
+  local row = i - k0 + 1
+  if string.byte(kinds, row) == 117 then out[row] = redis.call('HMGET', ARGV[i], unpack(ARGV, 4, 3 + nu))
+  else out[row] = redis.call('HMGET', ARGV[i], unpack(ARGV, 4 + nu, 3 + nu + ni)) end
 end
 return cjson.encode(out)`;
 
@@ -239,101 +239,98 @@ interface ClusterRead {
   userFields: string[];
   itemFields: string[];
   rows: (string | null)[][];
-  /** Groups (masters) whose answer this read still waits for. */
+  /** Calls (one per master, or per master and field list) whose answer this read still waits for. */
   waiting: number;
   done: boolean;
   resolve: (rows: (string | null)[][]) => void;
   reject: (err: Error) => void;
 }
 
+/** The keys one call reads: which read and which of its keys each is. */
+interface NodeCall {
+  userFields: string[];
+  itemFields: string[];
+  reads: ClusterRead[];
+  indices: number[];
+}
+
 const pendingClusterReads = new WeakMap<Cluster, ClusterRead[]>();
 const clusterScriptUnsupported = new WeakSet<Cluster>();
+/** Field lists by identity (each feature list's plan keeps its own): reads of the same lists share a call. */
+const fieldListIds = new WeakMap<string[], number>();
+let nextFieldListId = 0;
+
+function fieldListId(fields: string[]): number {
+  let id = fieldListIds.get(fields);
+  if (id === undefined) fieldListIds.set(fields, (id = nextFieldListId++));
+  return id;
+}
 
 function sendClusterBatch(redis: Cluster): void {
   const batch = pendingClusterReads.get(redis)!;
   pendingClusterReads.delete(redis);
-  // Per group: each read's key indices in it.
-  const groups = new Map<string, Map<ClusterRead, number[]>>();
+  const useScript = !clusterScriptUnsupported.has(redis);
+  // Script: a call per master and field lists. HMGETs: a pipeline per master (each command has its fields).
+  const calls = new Map<string, NodeCall>();
   for (const read of batch) {
+    const joined = new Set<NodeCall>();
     for (let i = 0; i < read.keys.length; i++) {
       if (!(i === 0 ? read.userFields : read.itemFields).length) continue;
       const slot = calculateSlot(read.keys[i]!);
       // The nodes of a slot, as ioredis checks a pipeline's keys; unknown slots (no topology yet) each go alone.
-      const group = redis.slots[slot]?.join(";") ?? `slot ${slot}`;
-      let reads = groups.get(group);
-      if (!reads) groups.set(group, (reads = new Map()));
-      let indices = reads.get(read);
-      if (!indices) {
-        reads.set(read, (indices = []));
+      const node = redis.slots[slot]?.join(";") ?? `slot ${slot}`;
+      const id = useScript ? `${node}|${fieldListId(read.userFields)}|${fieldListId(read.itemFields)}` : node;
+      let call = calls.get(id);
+      if (!call) calls.set(id, (call = { userFields: read.userFields, itemFields: read.itemFields, reads: [], indices: [] }));
+      call.reads.push(read);
+      call.indices.push(i);
+      if (!joined.has(call)) {
+        joined.add(call);
         read.waiting++;
       }
-      indices.push(i);
     }
     if (read.waiting === 0) settle(read);
   }
-  const useScript = !clusterScriptUnsupported.has(redis);
   if (useScript) defineNodeScript(redis);
-  for (const reads of groups.values()) {
-    let sent: Promise<[Error | null, unknown][] | null>;
-    if (useScript && reads.size === 1) {
-      // A lone read goes out as one command: a pipeline costs the client more than the command.
-      const [[read, indices]] = reads;
-      sent = nodeScriptCommand(redis)
-        .apply(redis, nodeScriptArgs(read, indices))
+  for (const call of calls.values()) {
+    if (useScript) {
+      const kinds = call.indices.map((i) => (i === 0 ? "u" : "i")).join("");
+      const keys = call.indices.map((i, k) => call.reads[k]!.keys[i]!);
+      const args = [1, keys[0]!, call.userFields.length, call.itemFields.length, kinds, ...call.userFields, ...call.itemFields, ...keys];
+      nodeScriptCommand(redis)
+        .apply(redis, args)
         .then(
-          (json) => [[null, json]],
-          (err: Error) => [[err, null]],
+          (json) => {
+            const rows = parseRawReply(json);
+            call.indices.forEach((i, k) => (call.reads[k]!.rows[i] = (rows[k] ?? []).map((v) => (v === false ? null : v))));
+            answered(call);
+          },
+          (err: Error) => {
+            for (const read of new Set(call.reads)) scriptRefused(redis, read, err);
+          },
         );
     } else {
       const pipeline = redis.pipeline();
-      for (const [read, indices] of reads) {
-        if (useScript) nodeScriptCommand(pipeline).apply(pipeline, nodeScriptArgs(read, indices));
-        else for (const i of indices) pipeline.hmget(read.keys[i]!, ...(i === 0 ? read.userFields : read.itemFields));
-      }
-      sent = pipeline.exec();
+      call.indices.forEach((i, k) => pipeline.hmget(call.reads[k]!.keys[i]!, ...(i === 0 ? call.reads[k]!.userFields : call.reads[k]!.itemFields)));
+      pipeline.exec().then(
+        (results) => {
+          call.indices.forEach((i, k) => {
+            const [err, v] = results?.[k] ?? [new Error("Redis returned no reply for a pipelined read"), null];
+            if (err) settle(call.reads[k]!, err);
+            else call.reads[k]!.rows[i] = v as (string | null)[];
+          });
+          answered(call);
+        },
+        (err: Error) => {
+          for (const read of call.reads) settle(read, err);
+        },
+      );
     }
-    sent.then(
-      (results) => {
-        let j = 0;
-        for (const [read, indices] of reads) {
-          if (useScript) {
-            const [err, json] = results?.[j++] ?? [new Error("Redis returned no reply for a pipelined read"), null];
-            if (err) {
-              scriptRefused(redis, read, err);
-              continue;
-            }
-            const values = parseRawReply(json as string);
-            indices.forEach((i, k) => (read.rows[i] = (values[k] ?? []).map((v) => (v === false ? null : v))));
-          } else {
-            for (const i of indices) {
-              const [err, v] = results?.[j++] ?? [new Error("Redis returned no reply for a pipelined read"), null];
-              if (err) settle(read, err);
-              else read.rows[i] = v as (string | null)[];
-            }
-          }
-          if (--read.waiting === 0) settle(read);
-        }
-      },
-      (err: Error) => {
-        for (const read of reads.keys()) settle(read, err);
-      },
-    );
   }
 }
 
-/** The node script's arguments for a read's keys on one master (their indices in `read.keys`). */
-function nodeScriptArgs(read: ClusterRead, indices: number[]): (string | number)[] {
-  const user = indices[0] === 0 ? 1 : 0;
-  return [
-    1,
-    read.keys[indices[0]!]!,
-    read.userFields.length,
-    read.itemFields.length,
-    user,
-    ...read.userFields,
-    ...read.itemFields,
-    ...indices.map((i) => read.keys[i]!),
-  ];
+function answered(call: NodeCall): void {
+  for (const read of new Set(call.reads)) if (--read.waiting === 0) settle(read);
 }
 
 /** A script refused as such (scripting disabled or denied by ACL, a Redis before 7): this read and the next ones go by HMGET. */

@@ -107,30 +107,29 @@ describe("serving on a Redis Cluster", () => {
     }
   });
 
-  it("lookups started together share one pipeline per master, and each gets its own rows", async () => {
+  it("lookups started together share one script call per master, and each gets its own rows", async () => {
     const serving_ = rt.servingRedis();
     const users = Array.from({ length: 40 }, (_, i) => `batch-u${i}`);
     for (const [i, u] of users.entries()) await rt.redis().hset(rt.names.userFeaturesKey(u), { clicks_last_5min: String(i) });
-    const pipeline = serving_.pipeline;
-    let pipelines = 0;
-    serving_.pipeline = function (this: typeof serving_, ...args: Parameters<typeof pipeline>) {
-      pipelines++;
-      return pipeline.apply(this, args);
-    } as typeof pipeline;
-    let results;
-    try {
-      // Started in one turn of the event loop, as concurrent requests are.
-      results = await Promise.all(
-        users.map((u, i) => lookupFeatures(serving_, rt.names, FEATURES, { userId: u, currentPage: "", deviceType: "desktop" }, [ITEMS[i % ITEMS.length]!])),
-      );
-    } finally {
-      serving_.pipeline = pipeline;
-    }
-    assert.equal(pipelines, 3, "one pipeline per master for the 40 lookups");
+    const itemOf = (i: number) => ITEMS[i % ITEMS.length]!;
+    await cluster.resetStats();
+    // Started in one turn of the event loop, as concurrent requests are.
+    const results = await Promise.all(
+      users.map((u, i) => lookupFeatures(serving_, rt.names, FEATURES, { userId: u, currentPage: "", deviceType: "desktop" }, [itemOf(i)])),
+    );
     results.forEach((m, i) => {
       assert.equal(m.unavailable, false);
-      assert.deepEqual(Array.from(m.matrix), [i, clicksOf(ITEMS[i % ITEMS.length]!), 0], `user ${i} got its own values`);
+      assert.deepEqual(Array.from(m.matrix), [i, clicksOf(itemOf(i)), 0], `user ${i} got its own values`);
     });
+    const hmgets = new Map<number, number>(cluster.nodes.map((n) => [n.port, 0]));
+    for (const [i, u] of users.entries()) {
+      for (const key of [rt.names.userFeaturesKey(u), rt.names.itemFeaturesKey(itemOf(i))]) hmgets.set(masterPort(key), hmgets.get(masterPort(key))! + 1);
+    }
+    const calls = await cluster.commandCalls();
+    for (const [port, n] of hmgets) {
+      assert.equal(calls.get(port)?.evalsha ?? 0, 1, `one script call for the 40 lookups on the master at ${port}`);
+      assert.equal(calls.get(port)?.hmget ?? 0, n, `in it, one HMGET per key on the master at ${port}`);
+    }
   });
 
   it("where scripts are denied (ACL), reads by HMGET pipelines with the URL's user and password", async () => {
