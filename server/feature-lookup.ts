@@ -254,6 +254,8 @@ interface NodeCall {
   indices: number[];
 }
 
+/** A call's share of a busy turn: Redis runs a script whole, so a larger one would hold up every other client. */
+const MAX_KEYS_PER_CALL = 1000;
 const pendingClusterReads = new WeakMap<Cluster, ClusterRead[]>();
 const clusterScriptUnsupported = new WeakSet<Cluster>();
 /** Field lists by identity (each feature list's plan keeps its own): reads of the same lists share a call. */
@@ -271,7 +273,8 @@ function sendClusterBatch(redis: Cluster): void {
   pendingClusterReads.delete(redis);
   const useScript = !clusterScriptUnsupported.has(redis);
   // Script: a call per master and field lists. HMGETs: a pipeline per master (each command has its fields).
-  const calls = new Map<string, NodeCall>();
+  const open = new Map<string, NodeCall>();
+  const calls: NodeCall[] = [];
   for (const read of batch) {
     const joined = new Set<NodeCall>();
     for (let i = 0; i < read.keys.length; i++) {
@@ -280,8 +283,11 @@ function sendClusterBatch(redis: Cluster): void {
       // The nodes of a slot, as ioredis checks a pipeline's keys; unknown slots (no topology yet) each go alone.
       const node = redis.slots[slot]?.join(";") ?? `slot ${slot}`;
       const id = useScript ? `${node}|${fieldListId(read.userFields)}|${fieldListId(read.itemFields)}` : node;
-      let call = calls.get(id);
-      if (!call) calls.set(id, (call = { userFields: read.userFields, itemFields: read.itemFields, reads: [], indices: [] }));
+      let call = open.get(id);
+      if (!call || call.indices.length >= MAX_KEYS_PER_CALL) {
+        open.set(id, (call = { userFields: read.userFields, itemFields: read.itemFields, reads: [], indices: [] }));
+        calls.push(call);
+      }
       call.reads.push(read);
       call.indices.push(i);
       if (!joined.has(call)) {
@@ -292,7 +298,7 @@ function sendClusterBatch(redis: Cluster): void {
     if (read.waiting === 0) settle(read);
   }
   if (useScript) defineNodeScript(redis);
-  for (const call of calls.values()) {
+  for (const call of calls) {
     if (useScript) {
       const kinds = call.indices.map((i) => (i === 0 ? "u" : "i")).join("");
       const keys = call.indices.map((i, k) => call.reads[k]!.keys[i]!);

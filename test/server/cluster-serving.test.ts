@@ -132,6 +132,28 @@ describe("serving on a Redis Cluster", () => {
     }
   });
 
+  it("a busy turn's script calls read at most 1000 keys each, so none holds a master up for long", async () => {
+    const serving_ = rt.servingRedis();
+    const lookups = Array.from({ length: 4 }, (_, r) => Array.from({ length: 1000 }, (_, k) => `split-${r}-${k}`));
+    await cluster.resetStats();
+    const results = await Promise.all(
+      lookups.map((items) => lookupFeatures(serving_, rt.names, FEATURES, { userId: "u1", currentPage: "", deviceType: "" }, items)),
+    );
+    for (const m of results) {
+      assert.equal(m.unavailable, false);
+      assert.equal(m.matrix[0], 4, "the user's value");
+    }
+    const perMaster = new Map<number, number>(cluster.nodes.map((n) => [n.port, 0]));
+    for (const key of lookups.flatMap((items) => [rt.names.userFeaturesKey("u1"), ...items.map((i) => rt.names.itemFeaturesKey(i))])) {
+      perMaster.set(masterPort(key), perMaster.get(masterPort(key))! + 1);
+    }
+    const calls = await cluster.commandCalls();
+    for (const [port, keys] of perMaster) {
+      assert.ok(keys > 1000, `${keys} keys on the master at ${port}`);
+      assert.equal(calls.get(port)?.evalsha ?? 0, Math.ceil(keys / 1000), `script calls on the master at ${port} for ${keys} keys`);
+    }
+  });
+
   it("where scripts are denied (ACL), reads by HMGET pipelines with the URL's user and password", async () => {
     const perNode = async (f: (r: SingleRedis) => Promise<unknown>) =>
       Promise.all(
