@@ -82,25 +82,31 @@ export async function masters(redis: Redis, timeoutMs = 5000): Promise<SingleRed
   return redis.nodes("master");
 }
 
+/** The keys matching a SCAN pattern, a page at a time, from every master of a cluster. */
+export async function* scanKeys(redis: Redis, match: string, count = 1000): AsyncGenerator<string[]> {
+  for (const node of await masters(redis)) {
+    let cursor = "0";
+    do {
+      const [next, keys] = await node.scan(cursor, "MATCH", match, "COUNT", count);
+      cursor = next;
+      if (keys.length) yield keys;
+    } while (cursor !== "0");
+  }
+}
+
 /** Deletes every key under a prefix (tests and `streamserve reset`); refuses an empty prefix. */
 export async function deleteKeysWithPrefix(redis: Redis, prefix: string): Promise<number> {
   if (!prefix) throw new Error("refusing to delete every key: give a non-empty prefix");
   let deleted = 0;
-  for (const node of await masters(redis)) {
-    let cursor = "0";
-    do {
-      const [next, keys] = await node.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-      cursor = next;
-      if (!keys.length) continue;
-      if (node === redis) {
-        deleted += await node.del(...keys);
-      } else {
-        // A cluster node refuses one DEL of keys in several slots: one DEL per key, pipelined.
-        const pipeline = node.pipeline();
-        for (const key of keys) pipeline.del(key);
-        for (const [err, n] of (await pipeline.exec()) ?? []) if (!err) deleted += n as number;
-      }
-    } while (cursor !== "0");
+  for await (const keys of scanKeys(redis, `${prefix}*`)) {
+    if (!isCluster(redis)) {
+      deleted += await redis.del(...keys);
+      continue;
+    }
+    // A cluster refuses one DEL of keys in several slots: one DEL per key, in one pipeline (one master's keys).
+    const pipeline = redis.pipeline();
+    for (const key of keys) pipeline.del(key);
+    for (const [err, n] of (await pipeline.exec()) ?? []) if (!err) deleted += n as number;
   }
   return deleted;
 }

@@ -6,7 +6,7 @@ import { execFile } from "node:child_process";
 import { Redis as SingleRedis } from "ioredis";
 import { parseClusterUrl, isClusterUrl } from "../../lib/redis-url.js";
 import { ConfigError, loadConfig } from "../../lib/config.js";
-import { connectRedis, deleteKeysWithPrefix, isCluster, masters, type Redis } from "../../lib/redis.js";
+import { connectRedis, deleteKeysWithPrefix, isCluster, masters, scanKeys, type Redis } from "../../lib/redis.js";
 import { createLogger } from "../../lib/logger.js";
 import { ensureLocalServices, MissingServiceError } from "../../lib/local-services.js";
 import { startRedisCluster, type OwnCluster } from "../redis-cluster.js";
@@ -106,7 +106,7 @@ describe("on a real Redis Cluster", () => {
     assert.deepEqual(nodes.map((n) => n.options.port).sort(), cluster.nodes.map((n) => n.port).sort());
   });
 
-  it("deleteKeysWithPrefix deletes the prefix's keys on every master and nothing else", async () => {
+  it("scanKeys and deleteKeysWithPrefix find and delete the prefix's keys on every master and nothing else", async () => {
     const prefix = `${uniqueNamespace()}:`;
     const keys = Array.from({ length: 60 }, (_, i) => `${prefix}k${i}`);
     for (const k of keys) await redis.set(k, "1");
@@ -126,6 +126,9 @@ describe("on a real Redis Cluster", () => {
       (await perNode()).every((n) => n > 0),
       "the keys are spread over every master",
     );
+    const scanned: string[] = [];
+    for await (const page of scanKeys(redis, `${prefix}*`)) scanned.push(...page);
+    assert.deepEqual(scanned.sort(), [...keys].sort(), "scanKeys finds them on every master");
     assert.equal(await deleteKeysWithPrefix(redis, prefix), keys.length);
     assert.deepEqual(await perNode(), [0, 0, 0]);
     assert.equal(await redis.get("other:keep"), "1");
