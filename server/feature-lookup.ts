@@ -204,14 +204,14 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
  * per master. Rows come back in the order of `keys`; a read fails if a master holding one of its
  * keys fails.
  */
-export function readAcrossSlots(redis: Cluster, keys: string[], userFields: string[], itemFields: string[]): Promise<(string | null)[][]> {
+export function readAcrossSlots(redis: Cluster, keys: string[], userFields: string[], itemFields: string[], retry = true): Promise<(string | null)[][]> {
   return new Promise((resolve, reject) => {
     let batch = pendingClusterReads.get(redis);
     if (!batch) {
       pendingClusterReads.set(redis, (batch = []));
       setImmediate(() => sendClusterBatch(redis));
     }
-    batch.push({ keys, userFields, itemFields, rows: keys.map(() => []), waiting: 0, done: false, resolve, reject });
+    batch.push({ keys, userFields, itemFields, rows: keys.map(() => []), waiting: 0, done: false, retry, resolve, reject });
   });
 }
 
@@ -242,6 +242,8 @@ interface ClusterRead {
   /** Calls (one per master, or per master and field list) whose answer this read still waits for. */
   waiting: number;
   done: boolean;
+  /** May go again once after the topology is refreshed (a slot moved under it). */
+  retry: boolean;
   resolve: (rows: (string | null)[][]) => void;
   reject: (err: Error) => void;
 }
@@ -312,7 +314,9 @@ function sendClusterBatch(redis: Cluster): void {
             answered(call);
           },
           (err: Error) => {
-            for (const read of new Set(call.reads)) scriptRefused(redis, read, err);
+            // A slot of the call moved to another master (resharding): learn where, then read again once.
+            if (/non local key/i.test(err.message)) redis.refreshSlotsCache(() => new Set(call.reads).forEach((read) => again(redis, read, err)));
+            else for (const read of new Set(call.reads)) scriptRefused(redis, read, err);
           },
         );
     } else {
@@ -345,6 +349,12 @@ function scriptRefused(redis: Cluster, read: ClusterRead, err: Error): void {
   clusterScriptUnsupported.add(redis);
   read.done = true;
   readAcrossSlots(redis, read.keys, read.userFields, read.itemFields).then(read.resolve, read.reject);
+}
+
+function again(redis: Cluster, read: ClusterRead, err: Error): void {
+  if (read.done || !read.retry) return settle(read, err);
+  read.done = true;
+  readAcrossSlots(redis, read.keys, read.userFields, read.itemFields, false).then(read.resolve, read.reject);
 }
 
 function defineNodeScript(redis: Cluster): void {

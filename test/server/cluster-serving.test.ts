@@ -206,6 +206,37 @@ describe("serving on a Redis Cluster", () => {
     for (const r of res.recommendations) assert.ok(Math.abs(r.score - expected(r.itemId)) < 1e-6, `${r.itemId}: ${r.score} vs ${expected(r.itemId)}`);
   });
 
+  it("a read right after a slot moved to another master (resharding) still gets its features", async () => {
+    const serving_ = rt.servingRedis();
+    const item = "page_0";
+    const itemKey = rt.names.itemFeaturesKey(item);
+    const src = masterPort(itemKey);
+    // A user whose hash is on the same master, in another slot: the read's call to that master carries both keys.
+    const u = Array.from({ length: 40 }, (_, i) => i).find(
+      (i) => masterPort(rt.names.userFeaturesKey(`batch-u${i}`)) === src && calculateSlot(rt.names.userFeaturesKey(`batch-u${i}`)) !== calculateSlot(itemKey),
+    )!;
+    const dst = cluster.nodes.find((n) => n.port !== src)!.port;
+    const node = (port: number) => new SingleRedis(port, "127.0.0.1");
+    const [a, b, c] = [node(src), node(dst), node(cluster.nodes.find((n) => n.port !== src && n.port !== dst)!.port)];
+    try {
+      const slot = calculateSlot(itemKey);
+      const [srcId, dstId] = [(await a.cluster("MYID")) as string, (await b.cluster("MYID")) as string];
+      await b.cluster("SETSLOT", slot, "IMPORTING", srcId);
+      await a.cluster("SETSLOT", slot, "MIGRATING", dstId);
+      const keys = (await a.cluster("GETKEYSINSLOT", slot, 1000)) as string[];
+      await a.migrate("127.0.0.1", dst, "", 0, 5000, "KEYS", ...keys);
+      for (const r of [b, a, c]) await r.cluster("SETSLOT", slot, "NODE", dstId);
+      // The client still routes the slot to its old master: the script there finds the key gone.
+      assert.equal(masterPort(itemKey), src);
+      const m = await lookupFeatures(serving_, rt.names, FEATURES, { userId: `batch-u${u}`, currentPage: "", deviceType: "desktop" }, [item]);
+      assert.equal(m.unavailable, false);
+      assert.deepEqual(Array.from(m.matrix), [u, clicksOf(item), 0]);
+      assert.equal(masterPort(itemKey), dst, "the client learned the new owner");
+    } finally {
+      for (const r of [a, b, c]) r.disconnect();
+    }
+  });
+
   it("a dead master costs requests their features, not their answers, until it is back", async () => {
     const victim = cluster.nodes.find((n) => n.port === masterPort(rt.names.itemFeaturesKey("page_0")))!;
     const base = sigmoid(4 * 0.5 + 0 + 1 * 1 + BIAS);
