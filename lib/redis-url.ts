@@ -69,3 +69,15 @@ function decode(s: string, shown: string): string {
     throw new RedisUrlError(`redis URL "${shown}": the user or password is not valid percent-encoding (write % as %25)`);
   }
 }
+
+/**
+ * A redis:// URL for one node of a cluster ("host:port", as ioredis names nodes), with the cluster
+ * URL's credentials and TLS: for a connection that must speak to the master of a given slot itself.
+ */
+export function clusterNodeUrl(clusterUrl: string, node: string): string {
+  const target = parseClusterUrl(clusterUrl);
+  const colon = node.lastIndexOf(":");
+  const host = node.slice(0, colon);
+  const auth = target.password ? `${target.username ? encodeURIComponent(target.username) : ""}:${encodeURIComponent(target.password)}@` : "";
+  return `${target.tls ? "rediss" : "redis"}://${auth}${host.includes(":") ? `[${host}]` : host}:${node.slice(colon + 1)}`;
+}

@@ -4,7 +4,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { Redis as SingleRedis } from "ioredis";
-import { parseClusterUrl, isClusterUrl } from "../../lib/redis-url.js";
+import { clusterNodeUrl, parseClusterUrl, isClusterUrl } from "../../lib/redis-url.js";
 import { ConfigError, loadConfig } from "../../lib/config.js";
 import { connectRedis, deleteKeysWithPrefix, isCluster, masters, scanKeys, type Redis } from "../../lib/redis.js";
 import { createLogger } from "../../lib/logger.js";
@@ -31,6 +31,12 @@ describe("a cluster REDIS_URL", () => {
       password: "p@ss",
     });
     assert.deepEqual(parseClusterUrl("redis+cluster://:secret@h1:7000"), { nodes: [{ host: "h1", port: 7000 }], tls: false, password: "secret" });
+  });
+
+  it("clusterNodeUrl names one node with the cluster's credentials and TLS", () => {
+    assert.equal(clusterNodeUrl("rediss+cluster://app:p%40ss@h1:7000,h2:7001", "10.0.0.5:7002"), "rediss://app:p%40ss@10.0.0.5:7002");
+    assert.equal(clusterNodeUrl("redis+cluster://h1:7000", "::1:7000"), "redis://[::1]:7000");
+    assert.equal(clusterNodeUrl("redis+cluster://:pw@h1:7000", "h1:7000"), "redis://:pw@h1:7000");
   });
 
   it("a node without a port, a database or an empty list is a configuration error that shows the form", () => {
