@@ -168,7 +168,8 @@ describe("serving on a Redis Cluster", () => {
       );
     await perNode((r) => r.acl("SETUSER", "reader", "on", ">s3cret", "~*", "+@all", "-@scripting"));
     const url = cluster.url.replace("redis+cluster://", "redis+cluster://reader:s3cret@");
-    const reader = connectRedis(url, createLogger("silent"), { mode: "serving" });
+    // A generous timeout: this is about the fallback, not the budget, and the machine may be loaded.
+    const reader = connectRedis(url, createLogger("silent"), { mode: "serving", commandTimeoutMs: 2000 });
     try {
       assert.ok(await waitReady(reader, 10_000));
       for (let round = 0; round < 2; round++) {
