@@ -21,6 +21,8 @@ import type { Runtime, Part } from "../lib/runtime.js";
 import { isNotFound } from "../lib/nats.js";
 import { PullConsumer, type PulledMessage, type PullStatus } from "../lib/jetstream-pull.js";
 import type { Logger } from "../lib/logger.js";
+import { ConfigError } from "../lib/config.js";
+import { isClusterUrl } from "../lib/redis-url.js";
 import { FeatureWindowLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { FEATURE_VIEWS, TRENDING, type FeatureView } from "./definitions.js";
 import type { DeadLetterReason, EventParserOptions } from "./event-parser.js";
@@ -132,6 +134,9 @@ export interface FeaturesWorker extends Part {
 
 /** Starts a features worker on the runtime's connections; resolves once it is consuming. */
 export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWorkerOptions = {}): Promise<FeaturesWorker> {
+  // Its RESP connections speak to one node and a partition's projection names keys of many slots (README: Redis Cluster).
+  if (isClusterUrl(runtime.config.redisUrl))
+    throw new ConfigError("the features worker does not run on a Redis Cluster yet: give it one Redis (REDIS_URL redis://host:port)");
   if ((options.partitions ?? 1) > 1) return startPartitionedWorker(runtime, options);
   const opts = loopOptions(options);
   const trendingSpec = options.trending === undefined ? TRENDING : options.trending;

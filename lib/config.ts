@@ -2,6 +2,7 @@
 // environment, which wins over the defaults below.
 import { resolve } from "node:path";
 import { redactUrl, registerSecret, registerUrlSecrets } from "./redact.js";
+import { isClusterUrl, parseClusterUrl } from "./redis-url.js";
 
 export interface Config {
   /**
@@ -10,7 +11,7 @@ export interface Config {
    * @default "" (the names in ARCHITECTURE.md: EVENTS, LOGS, user_features:{id}, ...)
    */
   namespace: string;
-  /** @default "redis://127.0.0.1:6379" (env REDIS_URL) */
+  /** One Redis, or a Redis Cluster as redis+cluster://host:port,host:port (lib/redis-url.ts). @default "redis://127.0.0.1:6379" (env REDIS_URL) */
   redisUrl: string;
   /** @default "nats://127.0.0.1:4222" (env NATS_URL) */
   natsUrl: string;
@@ -98,6 +99,14 @@ export class ConfigError extends Error {
  * the URL with its password masked.
  */
 function checkRedisUrl(url: string): void {
+  if (isClusterUrl(url)) {
+    try {
+      parseClusterUrl(url);
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+    return;
+  }
   let u: URL;
   try {
     u = new URL(url);
@@ -105,7 +114,7 @@ function checkRedisUrl(url: string): void {
     throw new ConfigError(`redis URL "${redactUrl(url)}" is not a URL; expected redis://[user:password@]host:port[/db]`);
   }
   if (u.protocol !== "redis:" && u.protocol !== "rediss:") {
-    throw new ConfigError(`redis URL "${redactUrl(url)}" must start with redis:// or rediss:// (TLS)`);
+    throw new ConfigError(`redis URL "${redactUrl(url)}" must start with redis:// or rediss:// (TLS), or redis+cluster:// for a Redis Cluster`);
   }
   const db = u.pathname.replace(/^\//, "");
   if (db !== "" && !/^\d+$/.test(db)) {
