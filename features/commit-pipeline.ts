@@ -34,6 +34,7 @@ import {
   type WriteSet,
 } from "./batch-planner.js";
 import type { WriteEncoder } from "./write-encoder.js";
+import { NodeProjection, type ProjectionSink } from "./projection.js";
 import { contributionOf, windowStart } from "./windows.js";
 
 /** Sub-batches read ahead of the one being computed (each its own snapshot, completed by overlay). */
@@ -66,6 +67,8 @@ export interface CommitPipelineOptions {
   maxTransactionMs: number;
   /** Per view, which events are this store's (partitioned: their key maps to its partition); all when absent. */
   include?: ReadonlyMap<FeatureView, (e: ActivityEvent) => boolean>;
+  /** Where the projection goes when written apart (plan.reproject). @default one connection to redisUrl */
+  projection?: ProjectionSink;
 }
 
 export class CommitPipeline {
@@ -99,7 +102,9 @@ export class CommitPipeline {
   private readonly costs: number[] = [];
   private readonly include?: ReadonlyMap<FeatureView, (e: ActivityEvent) => boolean>;
   /** The public hashes and trending set, written after each commit (projectSeparately), in commit order. */
-  private readonly projector?: RespConnection;
+  private readonly projector?: ProjectionSink;
+  /** The projector this pipeline made (one it was given is its giver's to close). */
+  private ownProjector?: ProjectionSink;
   /** The lease epoch this store commits under (partitioned); undefined: no fence. */
   private epoch?: number;
 
@@ -112,7 +117,7 @@ export class CommitPipeline {
     this.bucketMs = o.plan.bucketMs;
     this.writer = new RespConnection(o.redisUrl, { name: "streamserve-features" });
     this.reader = new RespConnection(o.redisUrl, { name: "streamserve-features-reader" });
-    if (o.plan.reproject) this.projector = new RespConnection(o.redisUrl, { name: "streamserve-features-projector" });
+    if (o.plan.reproject) this.projector = o.projection ?? (this.ownProjector = new NodeProjection(o.redisUrl));
     this.include = o.include;
     for (const v of o.views) this.knownWindows.set(v, new Map());
   }
@@ -120,7 +125,7 @@ export class CommitPipeline {
   close(): void {
     this.writer.close();
     this.reader.close();
-    this.projector?.close();
+    this.ownProjector?.close();
   }
 
   /**
@@ -388,8 +393,7 @@ export class CommitPipeline {
 
   /** Writes a batch's projection (projectSeparately): after its commit, or for a redelivered batch that commits nothing. */
   private async project(batch: Computed): Promise<void> {
-    if (!this.projector || !batch.projection || batch.projection.count === 0) return;
-    throwIfError(await this.projector.send([batch.projection]), "writing the public features");
+    await batch.projection?.();
   }
 
   /** A committed transaction's Redis time, noted to size the next ones. */
@@ -555,7 +559,7 @@ export class CommitPipeline {
     for (const p of snap.plans) this.readNewer(late, snap, p, snap.status.get(p.view)!.keys());
     await late.run(conn, []);
     const { counts, writeSet } = planWrites(events, snap, now, this.ctx);
-    const projection = this.projector ? this.encoder.encodeProjection(writeSet) : undefined;
+    const projection = this.projector?.prepare(writeSet, this.encoder);
     return { counts, high: writeSet.high, writes: this.encoder.encode(writeSet), projection, writeSet };
   }
 }
@@ -582,8 +586,8 @@ interface Computed {
   counts: Record<string, ViewCounts>;
   high: number;
   writes: RespWriter;
-  /** The public hashes and trending scores, when written after the transaction. */
-  projection?: RespWriter;
+  /** Sends the public hashes and trending scores, when written after the transaction. */
+  projection?: () => Promise<void>;
   writeSet: WriteSet;
 }
 

@@ -8,7 +8,11 @@
 // partition has one writer and workers never retry against each other. Each partition's loop is
 // the features worker's own loop (features/worker.ts) on a store of that partition; its windows
 // close by the newest event time of all partitions, so a quiet partition's windows close too.
+import calculateSlot from "cluster-key-slot";
 import type { Runtime } from "../lib/runtime.js";
+import { isCluster } from "../lib/redis.js";
+import { clusterNodeUrl } from "../lib/redis-url.js";
+import { ClusterProjection } from "./projection.js";
 import { FEATURE_VIEWS, TRENDING } from "./definitions.js";
 import { EventRouter } from "./event-router.js";
 import { leaseBucket, PartitionLeases } from "./leases.js";
@@ -56,6 +60,17 @@ export async function startPartitionedWorker(runtime: Runtime, options: Features
     return high.value;
   };
 
+  // On a Redis Cluster: a partition's RESP connections go to its slot's master, its projection to every master.
+  const projection = isCluster(redis) ? new ClusterProjection(redis, runtime.config.redisUrl) : undefined;
+  const storeUrl = async (p: number): Promise<string> => {
+    if (!isCluster(redis)) return runtime.config.redisUrl;
+    const key = storeKeys(runtime.names.redisPrefix, partitionLabel(p)).version;
+    await redis.get(key); // connected, with the slot table
+    const node = redis.slots[calculateSlot(key)]?.[0];
+    if (!node) throw new Error(`no Redis Cluster master known for partition ${partitionLabel(p)}`);
+    return clusterNodeUrl(runtime.config.redisUrl, node);
+  };
+
   const runners = new Map<number, FeaturesWorker>();
   const retired: FeaturesWorkerStats[] = [];
   const stopRunner = async (p: number) => {
@@ -73,11 +88,11 @@ export async function startPartitionedWorker(runtime: Runtime, options: Features
       async acquired(p, epoch) {
         const store = new ThreadedWindowStore(
           redis,
-          runtime.config.redisUrl,
+          await storeUrl(p),
           runtime.config.namespace,
           views,
           trending,
-          { ...storeOptions, partition: { index: p, count: P } },
+          { ...storeOptions, partition: { index: p, count: P }, projection },
           // One thread per partition would be P threads: the partitions share this process's thread.
           { thread: false, parser: options.parser },
         );
@@ -148,6 +163,7 @@ export async function startPartitionedWorker(runtime: Runtime, options: Features
     store: routerStore,
     eventTimeHigh: () => Math.max(-Infinity, ...[...runners.values()].map((r) => r.eventTimeHigh())),
     async closeDueWindows() {
+      high = undefined; // asked for now: by the newest event time now, not the cached one
       const n = await Promise.all([...runners.values()].map((r) => r.closeDueWindows()));
       return n.reduce((a, b) => a + b, 0);
     },
@@ -156,6 +172,7 @@ export async function startPartitionedWorker(runtime: Runtime, options: Features
       stopped ??= (async () => {
         await router.stop();
         await leases.stop();
+        projection?.close();
       })();
       return stopped;
     },

@@ -86,7 +86,7 @@ export class ThreadedWindowStore implements FeatureStore {
     this.local = new WindowStore(redis, redisUrl, namesOf({ namespace }), views, trending, options);
     const { parser = {}, onFallback = () => undefined } = threadOptions;
     this.parse = createEventParser(parser);
-    if (threadOptions.thread === false) return;
+    if (threadOptions.thread === false || options.projection) return;
     const noFormula = views.flatMap((v) => v.derived.filter((d) => !d.formula).map((d) => d.name));
     if (noFormula.length > 0) {
       onFallback(`derived features without a formula (${noFormula.join(", ")}) cannot be computed on a thread`);

@@ -118,13 +118,15 @@ export class WindowCloser {
         cursor = next;
         const stale: string[] = [];
         for (let i = 0; i < flat.length; i += 2) if (trendOf(flat[i + 1]!)[1] + trendTtlMs < high) stale.push(flat[i]!);
-        if (stale.length > 0)
+        if (stale.length > 0) {
           await redis
             .multi()
             .hdel(k.trend, ...stale)
-            .zrem(this.o.names.trendingKey, ...stale)
             .incr(k.version)
             .exec();
+          // Apart: on a Redis Cluster the trending set lives in another slot than a partition's keys.
+          await redis.zrem(this.o.names.trendingKey, ...stale);
+        }
       } while (cursor !== "0");
     }
   }

@@ -26,6 +26,7 @@ import type { Names } from "../lib/config.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
 import { storeKeys, type StoreKeys } from "./store-keys.js";
 import { belongsTo, partitionLabel } from "./partitions.js";
+import type { ProjectionSink } from "./projection.js";
 import { CommitPipeline, type ApplyResult } from "./commit-pipeline.js";
 import { WriteEncoder, publicKey } from "./write-encoder.js";
 import { WindowCloser, type ClosedWindow } from "./window-closer.js";
@@ -62,9 +63,11 @@ export interface WindowStoreOptions {
   maxTransactionMs?: number;
   /** The one partition of `count` this store holds (features/partitions.ts); absent: the whole, unpartitioned store. */
   partition?: { index: number; count: number };
+  /** Partitioned: where the projection goes (a Redis Cluster's masters). Main thread only. @default the store's Redis */
+  projection?: ProjectionSink;
 }
 
-export const DEFAULT_WINDOW_STORE_OPTIONS: Readonly<Required<Omit<WindowStoreOptions, "trendTtlMs" | "partition">>> = Object.freeze({
+export const DEFAULT_WINDOW_STORE_OPTIONS: Readonly<Required<Omit<WindowStoreOptions, "trendTtlMs" | "partition" | "projection">>> = Object.freeze({
   featureTtlMs: 3_600_000,
   openWindowTtlMs: 7 * 24 * 3_600_000,
   closedWindowTtlMs: 3_600_000,
@@ -113,6 +116,7 @@ export class WindowStore {
       encoder,
       maxTransactionMs: opts.maxTransactionMs,
       include,
+      projection: options.projection,
     });
     this.closer = new WindowCloser({ redis, keys, names, views, trending, bucketMs, closedWindowTtlMs: opts.closedWindowTtlMs, trendTtlMs: opts.trendTtlMs });
   }

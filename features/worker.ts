@@ -134,10 +134,10 @@ export interface FeaturesWorker extends Part {
 
 /** Starts a features worker on the runtime's connections; resolves once it is consuming. */
 export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWorkerOptions = {}): Promise<FeaturesWorker> {
-  // Its RESP connections speak to one node and a partition's projection names keys of many slots (README: Redis Cluster).
-  if (isClusterUrl(runtime.config.redisUrl))
-    throw new ConfigError("the features worker does not run on a Redis Cluster yet: give it one Redis (REDIS_URL redis://host:port)");
+  // Unpartitioned, a transaction names keys of many slots (README: Redis Cluster).
   if ((options.partitions ?? 1) > 1) return startPartitionedWorker(runtime, options);
+  if (isClusterUrl(runtime.config.redisUrl))
+    throw new ConfigError("the unpartitioned features worker does not run on a Redis Cluster: give it --partitions 2 or more (or one Redis)");
   const opts = loopOptions(options);
   const trendingSpec = options.trending === undefined ? TRENDING : options.trending;
   const itemView = opts.views.find((v) => v.entity === "item");

@@ -111,17 +111,20 @@ export class WriteEncoder {
 
   /**
    * The batch's projection when it is written apart from the transaction: the public hash of each
-   * entity it changed or saw redelivered (its newest window's state) and their trending scores.
+   * entity it changed or saw redelivered (its newest window's state) and their trending scores;
+   * with `only`, just the keys it accepts (a cluster master's share).
    */
-  encodeProjection(ws: WriteSet): RespWriter {
+  encodeProjection(ws: WriteSet, only?: (key: string) => boolean): RespWriter {
     const w = new RespWriter(16 * 1024);
     const nowBytes = encodeArgs(ws.now);
     for (const { view, windowStart, changed, replayed } of ws.windows) {
       const window = [encodeArgs(windowStart), encodeArgs(windowStart + view.windowMs)] as const;
-      for (const g of changed) if (!g.newer) this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
-      for (const g of replayed) this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
+      for (const g of changed)
+        if (!g.newer && (!only || only(publicKey(this.o.names, view, g.entityId)))) this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
+      for (const g of replayed)
+        if (!only || only(publicKey(this.o.names, view, g.entityId))) this.publicWrites(w, view, g.entityId, window, g.state!, nowBytes);
     }
-    if (this.o.trending) {
+    if (this.o.trending && (!only || only(this.o.names.trendingKey))) {
       this.trendScores(w, ws.trend, this.o.trending.spec);
       this.trendScores(w, ws.trendReplayed, this.o.trending.spec);
     }

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { createRuntime, type Runtime } from "../../lib/runtime.js";
 import { deleteNamespace } from "../../lib/nats.js";
-import { deleteKeysWithPrefix } from "../../lib/redis.js";
+import { deleteKeysWithPrefix, isCluster } from "../../lib/redis.js";
 import type { Names } from "../../lib/config.js";
 import { ActivityEventSchema } from "../../gen/streamserve/v1/events_pb.js";
 import type { ActivityEvent } from "../../features/definitions.js";
@@ -24,8 +24,11 @@ export function uniqueNamespace(tag: string): string {
 }
 
 /** A runtime on a fresh namespace (streams ensured), and the cleanup that removes all of it. */
-export async function testRuntime(namespace: string): Promise<{ runtime: Runtime; nc: NatsConnection; js: JetStreamClient; cleanup(): Promise<void> }> {
-  const runtime = createRuntime({ namespace, logLevel: process.env.TEST_LOG_LEVEL ?? "silent" });
+export async function testRuntime(
+  namespace: string,
+  config: { redisUrl?: string } = {},
+): Promise<{ runtime: Runtime; nc: NatsConnection; js: JetStreamClient; cleanup(): Promise<void> }> {
+  const runtime = createRuntime({ namespace, logLevel: process.env.TEST_LOG_LEVEL ?? "silent", ...config });
   const nc = await runtime.nats();
   return {
     runtime,
@@ -299,12 +302,16 @@ export function assertFeatures(actual: Record<string, number | string>, expected
 export async function assertOnlineStore(runtime: Runtime, windows: readonly ExpectedWindow[], ttlSeconds = runtime.config.featureTtlSeconds): Promise<number> {
   const redis = runtime.redis();
   const latest = [...latestWindows(windows).values()];
-  const pipe = redis.pipeline();
-  for (const w of latest) {
-    const key = w.entity === "user" ? runtime.names.userFeaturesKey(w.id) : runtime.names.itemFeaturesKey(w.id);
-    pipe.hgetall(key).pttl(key);
+  const keyOf = (w: ExpectedWindow) => (w.entity === "user" ? runtime.names.userFeaturesKey(w.id) : runtime.names.itemFeaturesKey(w.id));
+  let replies: [unknown, unknown][];
+  if (isCluster(redis)) {
+    // A cluster pipeline takes keys of one slot: one call per key, all at once.
+    replies = (await Promise.all(latest.flatMap((w) => [redis.hgetall(keyOf(w)), redis.pttl(keyOf(w))]))).map((r) => [null, r]);
+  } else {
+    const pipe = redis.pipeline();
+    for (const w of latest) pipe.hgetall(keyOf(w)).pttl(keyOf(w));
+    replies = (await pipe.exec())!;
   }
-  const replies = (await pipe.exec())!;
   latest.forEach((w, i) => {
     const hash = replies[2 * i]![1] as Record<string, string>;
     const ttl = replies[2 * i + 1]![1] as number;

@@ -8,6 +8,8 @@ import { startFeaturesWorker, type FeaturesWorker } from "../../features/worker.
 import { WindowStore, LeaseLostError } from "../../features/window-store.js";
 import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING } from "../../features/definitions.js";
 import { partitionOf, partitionsOfEvent } from "../../features/partitions.js";
+import { scanKeys } from "../../lib/redis.js";
+import { startRedisCluster, type OwnCluster } from "../redis-cluster.js";
 import {
   assertClosedWindows,
   assertOnlineStore,
@@ -35,73 +37,84 @@ test("partitionOf is stable and spreads ids", () => {
   assert.deepEqual(partitionsOfEvent({ user_id: "a", page_id: "a" }, 16), [partitionOf("a", 16)]);
 });
 
-describe("three workers on 8 partitions", () => {
-  let env: Awaited<ReturnType<typeof testRuntime>>;
-  const workers: FeaturesWorker[] = [];
-  const runtimes: Runtime[] = [];
-  const P = 8;
-  const base = makeEvents({ count: 3000, users: 60, pages: 25, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 31 });
-  // Every 10th event published twice (no Nats-Msg-Id): the partitions' markers count it once.
-  const stream: TestEvent[] = base.flatMap((e, i) => (i % 10 === 0 ? [e, e] : [e]));
-  const flush = closingEvent(T0 + 40 * MIN);
+/** Three workers on 8 partitions, on one Redis or (cluster) on a Redis Cluster of the test's own. */
+function threeWorkers(title: string, cluster: boolean): void {
+  describe(title, () => {
+    let env: Awaited<ReturnType<typeof testRuntime>>;
+    let own: OwnCluster | undefined;
+    const workers: FeaturesWorker[] = [];
+    const runtimes: Runtime[] = [];
+    const P = 8;
+    const base = makeEvents({ count: 3000, users: 60, pages: 25, startMs: T0, spanMs: 8 * MIN, jitterMs: 30_000, seed: 31 });
+    // Every 10th event published twice (no Nats-Msg-Id): the partitions' markers count it once.
+    const stream: TestEvent[] = base.flatMap((e, i) => (i % 10 === 0 ? [e, e] : [e]));
+    const flush = closingEvent(T0 + 40 * MIN);
 
-  before(async () => {
-    env = await testRuntime(uniqueNamespace("feat_part"));
-    for (let i = 0; i < 3; i++) {
-      const rt = i === 0 ? env.runtime : createRuntime({ namespace: env.runtime.config.namespace, logLevel: "silent" });
-      if (i > 0) runtimes.push(rt);
-      workers.push(await startFeaturesWorker(rt, { ...FAST, partitions: P, maxBatch: 200 }));
-    }
-    await waitFor("every partition leased, shared 3/3/2", async () => {
-      const held = workers.map((w) => w.partitions!().length).sort();
-      return held.join() === "2,3,3";
+    before(async () => {
+      if (cluster) own = await startRedisCluster();
+      env = await testRuntime(uniqueNamespace("feat_part"), own ? { redisUrl: own.url } : {});
+      for (let i = 0; i < 3; i++) {
+        const rt =
+          i === 0 ? env.runtime : createRuntime({ namespace: env.runtime.config.namespace, logLevel: "silent", redisUrl: env.runtime.config.redisUrl });
+        if (i > 0) runtimes.push(rt);
+        workers.push(await startFeaturesWorker(rt, { ...FAST, partitions: P, maxBatch: 200 }));
+      }
+      await waitFor("every partition leased, shared 3/3/2", async () => {
+        const held = workers.map((w) => w.partitions!().length).sort();
+        return held.join() === "2,3,3";
+      });
+      await publishEvents(env.js, env.runtime.names, stream);
+      await waitPartitionsDrained(env.nc, env.runtime.names, P);
+      await publishEvents(env.js, env.runtime.names, [flush]);
+      await waitPartitionsDrained(env.nc, env.runtime.names, P);
+      await Promise.all(workers.map((w) => w.closeDueWindows()));
     });
-    await publishEvents(env.js, env.runtime.names, stream);
-    await waitPartitionsDrained(env.nc, env.runtime.names, P);
-    await publishEvents(env.js, env.runtime.names, [flush]);
-    await waitPartitionsDrained(env.nc, env.runtime.names, P);
-    await Promise.all(workers.map((w) => w.closeDueWindows()));
-  });
-  after(async () => {
-    for (const w of workers) await w.stop();
-    for (const rt of runtimes) await rt.close();
-    await env?.cleanup();
-  });
+    after(async () => {
+      for (const w of workers) await w.stop();
+      for (const rt of runtimes) await rt.close();
+      await env?.cleanup();
+      await own?.stop();
+    });
 
-  test("each partition had one owner: no conflict retries, nothing applied twice", () => {
-    const held = workers.flatMap((w) => w.partitions!()).sort((a, b) => a - b);
-    assert.deepEqual(held, [0, 1, 2, 3, 4, 5, 6, 7]);
-    const sum = (k: "applied" | "duplicates", entity: string) => workers.reduce((a, w) => a + (w.stats[k][entity] ?? 0), 0);
-    assert.equal(sum("applied", "user"), base.length + 1);
-    assert.equal(sum("applied", "item"), base.length + 1);
-    assert.equal(sum("duplicates", "user"), stream.length - base.length);
-    assert.equal(
-      workers.reduce((a, w) => a + w.stats.conflicts, 0),
-      0,
-    );
-  });
+    test("each partition had one owner: no conflict retries, nothing applied twice", () => {
+      const held = workers.flatMap((w) => w.partitions!()).sort((a, b) => a - b);
+      assert.deepEqual(held, [0, 1, 2, 3, 4, 5, 6, 7]);
+      const sum = (k: "applied" | "duplicates", entity: string) => workers.reduce((a, w) => a + (w.stats[k][entity] ?? 0), 0);
+      assert.equal(sum("applied", "user"), base.length + 1);
+      assert.equal(sum("applied", "item"), base.length + 1);
+      assert.equal(sum("duplicates", "user"), stream.length - base.length);
+      assert.equal(
+        workers.reduce((a, w) => a + w.stats.conflicts, 0),
+        0,
+      );
+    });
 
-  test("the features equal the independent computation", async () => {
-    const expected = expectedWindows([...base, flush]);
-    await assertOnlineStore(env.runtime, expected);
-    assertClosedWindows(
-      await readFeatureWindowLogs(env.nc, env.runtime.names),
-      expected.filter((w) => w.id !== "flush-user" && w.id !== "flush-page"),
-    );
-  });
+    test("the features equal the independent computation", async () => {
+      const expected = expectedWindows([...base, flush]);
+      await assertOnlineStore(env.runtime, expected);
+      assertClosedWindows(
+        await readFeatureWindowLogs(env.nc, env.runtime.names),
+        expected.filter((w) => w.id !== "flush-user" && w.id !== "flush-page"),
+      );
+    });
 
-  test("a partition's state lives under its hash tag", async () => {
-    const keys = await env.runtime.redis().keys(`${env.runtime.names.redisPrefix}features:*`);
-    assert.ok(keys.length > 0);
-    for (const k of keys) assert.match(k, new RegExp(`^${env.runtime.names.redisPrefix}features:\\{${env.runtime.names.redisPrefix}p0[0-7]\\}:`), k);
-  });
+    test("a partition's state lives under its hash tag", async () => {
+      const keys: string[] = [];
+      for await (const page of scanKeys(env.runtime.redis(), `${env.runtime.names.redisPrefix}features:*`)) keys.push(...page);
+      assert.ok(keys.length > 0);
+      for (const k of keys) assert.match(k, new RegExp(`^${env.runtime.names.redisPrefix}features:\\{${env.runtime.names.redisPrefix}p0[0-7]\\}:`), k);
+    });
 
-  test("a worker that stops hands its partitions to the others", async () => {
-    const leaving = workers.pop()!;
-    await leaving.stop();
-    await waitFor("the 8 partitions held by the two left", async () => workers.flatMap((w) => w.partitions!()).length === 8, 20_000);
+    test("a worker that stops hands its partitions to the others", async () => {
+      const leaving = workers.pop()!;
+      await leaving.stop();
+      await waitFor("the 8 partitions held by the two left", async () => workers.flatMap((w) => w.partitions!()).length === 8, 20_000);
+    });
   });
-});
+}
+
+threeWorkers("three workers on 8 partitions", false);
+threeWorkers("three workers on 8 partitions, on a Redis Cluster (3 masters)", true);
 
 describe("the lease epoch fences a stale owner", () => {
   let env: Awaited<ReturnType<typeof testRuntime>>;

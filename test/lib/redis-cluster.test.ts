@@ -80,7 +80,7 @@ describe("a cluster REDIS_URL", () => {
     assert.match(bad.output, /"127\.0\.0\.1" is not host:port .* expected redis\+cluster:\/\/host:port,host:port/);
     const features = await cli("features", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001");
     assert.equal(features.code, 1, features.output);
-    assert.match(features.output, /the features worker does not run on a Redis Cluster yet: give it one Redis/);
+    assert.match(features.output, /the unpartitioned features worker does not run on a Redis Cluster: give it --partitions 2 or more/);
   });
 
   it("`up` starts no private Redis for a cluster that does not answer, and says what to do", async () => {
