@@ -13,7 +13,6 @@ import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ActivityEvent } from "../features/definitions.js";
-import { leaseBucket } from "../features/leases.js";
 import { partitionConsumerPart, partitionLabel } from "../features/partitions.js";
 import { createRuntime, type Runtime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
@@ -180,7 +179,6 @@ async function run(workers: number, partitioned: boolean, cluster?: { url: strin
     for (const c of children) c.child.kill("SIGTERM");
     await Promise.all(children.map((c) => Promise.race([c.exited, sleep(15_000)])));
     for (const c of children) c.child.kill("SIGKILL");
-    await jsm.streams.delete(`KV_${leaseBucket(namespace)}`).catch(() => undefined);
     await deleteNamespace(nc, rt.names).catch(() => undefined);
     await deleteKeysWithPrefix(rt.redis(), rt.names.redisPrefix).catch(() => undefined);
     await rt.close();
@@ -213,7 +211,7 @@ async function startWorker(namespace: string, partitioned: boolean, redisUrl: st
 
 /** Until every partition is leased and the workers hold fair shares (at most one apart). */
 async function waitLeasesShared(rt: Runtime, workers: number): Promise<void> {
-  const kv = await (await rt.nats()).jetstream().views.kv(leaseBucket(rt.config.namespace));
+  const kv = await (await rt.nats()).jetstream().views.kv(rt.names.featureLeasesBucket);
   const deadline = Date.now() + 60_000;
   for (;;) {
     const byHolder = new Map<string, number>();

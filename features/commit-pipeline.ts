@@ -143,7 +143,11 @@ export class CommitPipeline {
         ]);
         if (current !== null && Number(current) > epoch) {
           await this.writer.send([["UNWATCH"]]);
-          throw new LeaseLostError(`partition epoch ${current} is newer than the lease's ${epoch}`);
+          // Epochs are the lease bucket's revisions: a bucket deleted and made again starts them over.
+          throw new LeaseLostError(
+            `partition epoch ${current} in Redis (${k.epoch}) is newer than the lease's ${epoch}: another worker took the partition, ` +
+              "or the leases bucket was deleted and made again (then delete the partitions' epoch keys too)",
+          );
         }
         const replies = await this.writer.send([["MULTI"], ["SET", k.epoch, epoch], ["INCR", k.version], ["EXEC"]]);
         throwIfError(replies, "claiming the partition");

@@ -37,11 +37,6 @@ export interface LeaseHandlers {
   lost(partition: number): Promise<void>;
 }
 
-/** The KV bucket of a namespace's feature leases. */
-export function leaseBucket(namespace: string): string {
-  return namespace ? `${namespace}-features-leases` : "features-leases";
-}
-
 interface Held {
   epoch: number;
   revision: number;

@@ -15,7 +15,7 @@ import { clusterNodeUrl } from "../lib/redis-url.js";
 import { ClusterProjection } from "./projection.js";
 import { FEATURE_VIEWS, TRENDING } from "./definitions.js";
 import { EventRouter } from "./event-router.js";
-import { leaseBucket, PartitionLeases } from "./leases.js";
+import { PartitionLeases } from "./leases.js";
 import { checkPartitionCount, partitionConsumerPart, partitionLabel, partitionSubject } from "./partitions.js";
 import { storeKeys } from "./store-keys.js";
 import { ThreadedWindowStore, type FeatureStore } from "./store-thread.js";
@@ -82,7 +82,7 @@ export async function startPartitionedWorker(runtime: Runtime, options: Features
   };
   const leases = new PartitionLeases(
     nc,
-    leaseBucket(runtime.config.namespace),
+    runtime.names.featureLeasesBucket,
     { partitions: P, ttlMs: options.leaseTtlMs, rebalanceMs: options.rebalanceMs },
     {
       async acquired(p, epoch) {

@@ -137,6 +137,8 @@ export interface Names {
   alertsSubject(kind: string): string;
   registryBucket: string;
   artifactsBucket: string;
+  /** KV bucket of the partitioned features workers' leases (features/leases.ts). */
+  featureLeasesBucket: string;
   /** Durable consumer name for a part (features, sink-predictions, ...). */
   consumer(part: string): string;
   userFeaturesKey(userId: string): string;
@@ -165,6 +167,7 @@ export function names(config: Pick<Config, "namespace">): Names {
     alertsSubject: (kind) => subject(`alerts.${kind}`),
     registryBucket: lower("streamserve-registry"),
     artifactsBucket: lower("streamserve-models"),
+    featureLeasesBucket: lower("features-leases"),
     consumer: (part) => upper(part),
     // Plain keys, as users query them (HGETALL user_features:42). No script touches two of them,
     // so they need no hash tag to live on Redis Cluster.

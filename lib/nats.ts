@@ -108,7 +108,7 @@ export function isNotFound(err: unknown): boolean {
 /** Deletes a namespace's streams and buckets: for tests and `streamserve reset`. */
 export async function deleteNamespace(nc: NatsConnection, names: Names): Promise<void> {
   const jsm = await nc.jetstreamManager();
-  const buckets = [`KV_${names.registryBucket}`, `KV_${names.registryBucket}-locks`, `OBJ_${names.artifactsBucket}`];
+  const buckets = [`KV_${names.registryBucket}`, `KV_${names.registryBucket}-locks`, `OBJ_${names.artifactsBucket}`, `KV_${names.featureLeasesBucket}`];
   for (const stream of [names.eventsStream, names.logsStream, ...buckets]) {
     await jsm.streams.delete(stream).catch(() => undefined);
   }

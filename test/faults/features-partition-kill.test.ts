@@ -22,7 +22,6 @@ import {
   waitPartitionsDrained,
   type TestEvent,
 } from "../features/helpers.js";
-import { leaseBucket } from "../../features/leases.js";
 import { partitionLabel } from "../../features/partitions.js";
 import { startRedisCluster, type OwnCluster } from "../redis-cluster.js";
 
@@ -69,8 +68,6 @@ for (const cluster of [false, true]) {
     });
     after(async () => {
       for (const w of running) w.child.kill("SIGKILL");
-      const jsm = await env?.nc.jetstreamManager();
-      await jsm?.streams.delete(`KV_${leaseBucket(env.runtime.config.namespace)}`).catch(() => undefined);
       await env?.cleanup();
       await own?.stop();
     });
@@ -84,7 +81,7 @@ for (const cluster of [false, true]) {
       const url = runtime.config.redisUrl;
       for (let i = 0; i < 3; i++) running.push(startWorker(ns, url));
 
-      const kv = await nc.jetstream().views.kv(leaseBucket(ns), { history: 1, ttl: LEASE_TTL_MS });
+      const kv = await nc.jetstream().views.kv(names.featureLeasesBucket, { history: 1, ttl: LEASE_TTL_MS });
       /** Partition → the pid of its lease holder (worker ids are host-pid-random). */
       const holders = async () => {
         const out = new Map<number, number>();
