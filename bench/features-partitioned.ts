@@ -132,7 +132,6 @@ async function run(workers: number, partitioned: boolean, cluster?: { url: strin
   const redisCommands = () => (cluster ? nodeStats(cluster.ports).then((s) => s.commands) : singleCommands(rt));
   const nc = await rt.nats();
   const js = nc.jetstream();
-  const jsm = await nc.jetstreamManager();
   const children: Child[] = [];
   try {
     for (let i = 0; i < workers; i++) children.push(await startWorker(namespace, partitioned, rt.config.redisUrl));
