@@ -1,7 +1,8 @@
 // Settings for every part, resolved in one place: explicit overrides (CLI flags) win over the
 // environment, which wins over the defaults below.
 import { resolve } from "node:path";
-import { redactUrl, registerSecret, registerUrlSecrets } from "./redact.js";
+import { registerSecret, registerUrlSecrets } from "./redact.js";
+import { parseRedisUrl, RedisUrlError } from "./redis-url.js";
 
 export interface Config {
   /**
@@ -93,23 +94,15 @@ export class ConfigError extends Error {
 }
 
 /**
- * What ioredis would otherwise reject later, from inside its connection (an uncaught error, with
- * the URL and its password in it): the scheme, and a database that is not a number. Messages show
- * the URL with its password masked.
+ * What a Redis client would otherwise reject later, from inside its connection (an uncaught error,
+ * with the URL and its password in it): lib/redis-url.ts reads the URL, here, once at start.
  */
 function checkRedisUrl(url: string): void {
-  let u: URL;
   try {
-    u = new URL(url);
-  } catch {
-    throw new ConfigError(`redis URL "${redactUrl(url)}" is not a URL; expected redis://[user:password@]host:port[/db]`);
-  }
-  if (u.protocol !== "redis:" && u.protocol !== "rediss:") {
-    throw new ConfigError(`redis URL "${redactUrl(url)}" must start with redis:// or rediss:// (TLS)`);
-  }
-  const db = u.pathname.replace(/^\//, "");
-  if (db !== "" && !/^\d+$/.test(db)) {
-    throw new ConfigError(`redis URL "${redactUrl(url)}": the database "${db}" after the host must be a number (e.g. redis://127.0.0.1:6379/0)`);
+    parseRedisUrl(url);
+  } catch (err) {
+    if (err instanceof RedisUrlError) throw new ConfigError(err.message);
+    throw err;
   }
 }
 

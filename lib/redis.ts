@@ -3,6 +3,7 @@
 import { Redis, type RedisOptions } from "ioredis";
 import type { Logger } from "./logger.js";
 import { redactUrl } from "./logger.js";
+import { ioredisTargetOptions, parseRedisUrl } from "./redis-url.js";
 
 export type { Redis };
 
@@ -20,6 +21,7 @@ export interface RedisConnectOptions {
 export function connectRedis(url: string, log: Logger, options: RedisConnectOptions = {}): Redis {
   const serving = options.mode === "serving";
   const redisOptions: RedisOptions = {
+    ...ioredisTargetOptions(parseRedisUrl(url)),
     lazyConnect: false,
     enableOfflineQueue: !serving,
     maxRetriesPerRequest: serving ? 0 : null,
@@ -28,7 +30,7 @@ export function connectRedis(url: string, log: Logger, options: RedisConnectOpti
     retryStrategy: (times) => Math.min(50 * times, 2000),
     connectionName: "streamserve",
   };
-  const redis = new Redis(url, redisOptions);
+  const redis = new Redis(redisOptions);
   let down = false;
   redis.on("error", (err) => {
     if (!down) log.warn({ err: err.message, url: redactUrl(url) }, "Redis unavailable");
