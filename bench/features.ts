@@ -18,7 +18,7 @@ import { deleteKeysWithPrefix } from "../lib/redis.js";
 import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING, USER_FEATURES, type ActivityEvent } from "../features/definitions.js";
 import { WindowStore } from "../features/window-store.js";
 import { featuresOf, windowStart } from "../features/windows.js";
-import { PullConsumer, type PulledMessage } from "../lib/jetstream-pull.js";
+import { createPullConsumer, type PullConsumer, type PulledMessage } from "../lib/jetstream-pull.js";
 import { connectResp } from "../lib/resp-client.js";
 import type { RespCommand } from "../lib/resp.js";
 import { fmt, header, row } from "./measure.js";
@@ -249,7 +249,8 @@ async function rawPull(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, js
   let pc: PullConsumer | undefined;
   let batch: PulledMessage[] = [];
   await new Promise<void>((resolve) => {
-    pc = new PullConsumer(nc, {
+    pc = createPullConsumer(nc, {
+      implementation: "fast",
       stream: rt.names.eventsStream,
       consumer: durable,
       batch: BATCH,

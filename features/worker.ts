@@ -17,7 +17,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { AckPolicy, DeliverPolicy, headers as natsHeaders, nanos, type JetStreamClient } from "nats";
 import type { Runtime, Part } from "../lib/runtime.js";
 import { isNotFound } from "../lib/nats.js";
-import { PullConsumer, type PulledMessage, type PullStatus } from "../lib/jetstream-pull.js";
+import { createPullConsumer, type PullConsumer, type PulledMessage, type PullStatus } from "../lib/jetstream-pull.js";
 import type { Logger } from "../lib/logger.js";
 import { FeatureWindowLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { FEATURE_VIEWS, TRENDING, type FeatureView } from "./definitions.js";
@@ -133,7 +133,7 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
   await ensureConsumer(runtime, durable, opts);
   const source: MessageSource = {
     pull(onMessage, onStatus) {
-      return new PullConsumer(nc, { stream, consumer: durable, maxWaiting: opts.pullAhead, onMessage, onStatus });
+      return createPullConsumer(nc, { stream, consumer: durable, maxWaiting: opts.pullAhead, onMessage, onStatus });
     },
     ensure: () => ensureConsumer(runtime, durable, opts),
     async info() {
