@@ -3,6 +3,7 @@
 import { resolve } from "node:path";
 import { registerSecret, registerUrlSecrets } from "./redact.js";
 import { parseRedisUrl, RedisUrlError } from "./redis-url.js";
+import { FAST_PATHS, fastPathChoice, type FastPath } from "./fast-paths.js";
 
 export interface Config {
   /**
@@ -81,6 +82,13 @@ export function loadConfig(overrides: Partial<Config> = {}, env: NodeJS.ProcessE
     throw new ConfigError(`model name "${config.modelName}" may only contain letters, digits, "_" and "-"`);
   }
   checkRedisUrl(config.redisUrl);
+  for (const kind of Object.keys(FAST_PATHS) as FastPath[]) {
+    try {
+      fastPathChoice(kind, env);
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+  }
   for (const key of ["grpcPort", "httpPort", "featureTtlSeconds"] as const) {
     const n = Number(config[key]);
     if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${key} must be a non-negative integer, got "${config[key]}"`);

@@ -5,6 +5,7 @@
 // runs only on the nats releases it was checked against (NATS_INTERNALS_CHECKED), else the library one.
 import { createRequire } from "node:module";
 import type { MsgHdrs, NatsConnection } from "nats";
+import { FAST_PATHS, fastPathChoice, type FastPathChoice } from "./fast-paths.js";
 import { FastPullConsumer } from "./jetstream-pull-fast.js";
 import { LibraryPullConsumer } from "./jetstream-pull-library.js";
 
@@ -57,8 +58,8 @@ export interface PullConsumer {
   stop(): void;
 }
 
-export const PULL_IMPLEMENTATIONS = ["fast", "library"] as const;
-export type PullImplementation = (typeof PULL_IMPLEMENTATIONS)[number];
+export const PULL_IMPLEMENTATIONS = FAST_PATHS.pull.choices;
+export type PullImplementation = FastPathChoice<"pull">;
 
 /**
  * The nats releases whose internals the fast consumer was checked against (its use of nc.protocol;
@@ -77,20 +78,11 @@ export function fastPullSupported(version = installedNatsVersion()): boolean {
   return major === NATS_INTERNALS_CHECKED.major && minor === NATS_INTERNALS_CHECKED.minor;
 }
 
-/** The implementation STREAMSERVE_PULL names (set by --pull); "fast" when unset. */
-export function pullImplementationFromEnv(env: NodeJS.ProcessEnv = process.env): PullImplementation {
-  const v = env.STREAMSERVE_PULL || "fast";
-  if (!(PULL_IMPLEMENTATIONS as readonly string[]).includes(v)) {
-    throw new Error(`STREAMSERVE_PULL (--pull) must be ${PULL_IMPLEMENTATIONS.join(" or ")}, got "${v}"`);
-  }
-  return v as PullImplementation;
-}
-
 let warned = false;
 
 /** Starts pulling: the fast consumer unless the library one is asked for or nats is not a checked release. */
 export function createPullConsumer(nc: NatsConnection, options: PullConsumerOptions): PullConsumer {
-  const wanted = options.implementation ?? pullImplementationFromEnv();
+  const wanted = options.implementation ?? fastPathChoice("pull");
   if (wanted === "fast" && !fastPullSupported()) {
     if (!warned) {
       const { major, minor } = NATS_INTERNALS_CHECKED;
