@@ -16,7 +16,7 @@ import type { ClickHouse } from "../lib/clickhouse.js";
 import type { Logger } from "../lib/logger.js";
 import type { MetricsRegistry } from "../lib/metrics.js";
 import type { Part } from "../lib/runtime.js";
-import { isNotFound } from "../lib/nats.js";
+import { ensureConsumer } from "../lib/durable-consumer.js";
 import { decodeLog, LOG_KINDS, UndecodableLogError, type Row } from "./log-rows.js";
 
 export interface SinkOptions {
@@ -383,28 +383,4 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
       log.info({ messagesWritten: stats.messagesWritten, rowsWritten: stats.rowsWritten }, "sink stopped");
     },
   };
-}
-
-type ConsumerManager = Awaited<ReturnType<NatsConnection["jetstreamManager"]>>["consumers"];
-
-/** Adds the durable consumer, or updates the settings that may change on an existing one. */
-async function ensureConsumer(
-  jsm: { consumers: ConsumerManager },
-  stream: string,
-  config: Parameters<ConsumerManager["add"]>[1] & { durable_name: string },
-): Promise<void> {
-  try {
-    const info = await jsm.consumers.info(stream, config.durable_name);
-    if (info.config.filter_subject !== config.filter_subject) {
-      throw new Error(
-        `consumer ${config.durable_name} on ${stream} filters "${info.config.filter_subject}", expected "${config.filter_subject}"; delete it to recreate`,
-      );
-    }
-    if (info.config.ack_wait !== config.ack_wait || info.config.max_ack_pending !== config.max_ack_pending) {
-      await jsm.consumers.update(stream, config.durable_name, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending });
-    }
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    await jsm.consumers.add(stream, config);
-  }
 }
