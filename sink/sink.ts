@@ -18,6 +18,7 @@ import type { MetricsRegistry } from "../lib/metrics.js";
 import type { Part } from "../lib/runtime.js";
 import { ensureConsumer } from "../lib/durable-consumer.js";
 import { decodeLog, LOG_KINDS, UndecodableLogError, type Row } from "./log-rows.js";
+import { withDefaults } from "../lib/options.js";
 
 export interface SinkOptions {
   /** Log kinds to consume, one durable consumer each. @default every kind */
@@ -59,8 +60,7 @@ export const SINK_DEFAULTS: Readonly<Required<SinkOptions>> = Object.freeze({
 });
 
 export function resolveSinkOptions(options: SinkOptions = {}): Required<SinkOptions> {
-  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const o: Required<SinkOptions> = { ...SINK_DEFAULTS, ...given };
+  const o: Required<SinkOptions> = withDefaults(SINK_DEFAULTS, options);
   o.maxBatchWaitMs = Math.max(1000, o.maxBatchWaitMs);
   for (const key of ["maxBatchMessages", "ackWaitMs", "retryInitialMs", "retryMaxMs", "stopTimeoutMs", "lagIntervalMs"] as const) {
     if (!Number.isFinite(o[key]) || o[key] <= 0) throw new RangeError(`sink option ${key} must be a positive number, got ${o[key]}`);
