@@ -1,6 +1,6 @@
 // The JetStream pull consumer the features worker reads with, as one small interface with two
-// implementations: the hand-written one (lib/jetstream-pull-fast.ts, the default: ~5 µs of client
-// CPU per message where consume() takes ~25) and nats.js's consume() (lib/jetstream-pull-library.ts).
+// implementations: the hand-written one (lib/jetstream-pull-fast.ts, the default: it pauses, and acks
+// a batch in one write) and nats.js's consume() (lib/jetstream-pull-library.ts); docs/fast-paths.md.
 // Chosen with --pull fast|library (STREAMSERVE_PULL). The fast one leans on a nats.js internal, so it
 // runs only on the nats releases it was checked against (NATS_INTERNALS_CHECKED), else the library one.
 import { createRequire } from "node:module";
