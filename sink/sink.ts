@@ -1,14 +1,8 @@
-// The LOGS → ClickHouse sink. One durable pull consumer per log kind takes batches bounded by
-// size and time, turns them into rows, inserts them and acks only once ClickHouse accepted them.
-//
-// Why nothing is lost: a message is acked after its rows are in ClickHouse; while ClickHouse is
-// down the batch in hand is retried with backoff and kept alive with working(), so JetStream
-// neither redelivers it nor hands out more. A crash (kill -9) leaves the batch unacked and
-// JetStream redelivers it after the ack deadline.
-// Why nothing is doubled in what queries return: the tables are ReplacingMergeTree keyed by each
-// message's natural id (request_id, outcome_id, ...), so a row written twice collapses under FINAL.
-// (Insert deduplication tokens would need non_replicated_deduplication_window on the tables, and
-// chDB keeps a SET setting for the rest of its session, so a token would leak into other inserts.)
+// The LOGS → ClickHouse sink: one durable pull consumer per log kind takes batches bounded by size and
+// time, turns them into rows, inserts them, and acks only once ClickHouse accepted them.
+// Invariant: a message is acked only after its rows are in ClickHouse, and a row written twice
+// collapses under FINAL (ReplacingMergeTree by natural id). Why, and why no insert tokens: README,
+// "ClickHouse: what is kept".
 import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg, type NatsConnection, type QueuedIterator, type Status } from "nats";
 import type { ClickHouseClient } from "@clickhouse/client";
 import type { LogKind, Names } from "../lib/config.js";
