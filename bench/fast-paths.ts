@@ -1,6 +1,6 @@
 // `npm run bench -- fast-paths`: the client CPU of each hand-written fast path next to its library
 // version, in the same run: the features store's Redis client (lib/resp.ts against ioredis behind
-// the same RespConnection) and the JetStream pull (lib/jetstream-pull-fast.ts against nats.js consume()).
+// the same RespConnection) and the JetStream pull (lib/jetstream-pull-fast.ts against nats.js fetch()).
 // CPU is this process's user + system time (process.cpuUsage), not wall time: Redis and
 // nats-server work in their own processes, and a shared machine's waits do not count.
 import { loadavg } from "node:os";
@@ -40,7 +40,7 @@ export async function benchFastPaths(): Promise<void> {
     const pull: Record<string, number> = {};
     for (let round = 0; round < 2; round++)
       for (const impl of PULL_IMPLEMENTATIONS) pull[impl] = Math.min(pull[impl] ?? Infinity, await pullCpuPerMessage(rt, nc, impl, round));
-    row(["JetStream: pull + ack (fast | consume())", fmt(pull.fast!, 2), fmt(pull.library!, 2), fmt(pull.library! / pull.fast!, 1)], W);
+    row(["JetStream: pull + ack (fast | fetch())", fmt(pull.fast!, 2), fmt(pull.library!, 2), fmt(pull.library! / pull.fast!, 1)], W);
     console.log(
       `(${REDIS_ROUNDS} sends of ${COMMANDS} HSETs a client; ${MESSAGES} messages acked in batches of ${BATCH} a consumer; the better of two alternating runs each)`,
     );

@@ -32,7 +32,7 @@ const GLOBAL_FLAGS = `Flags every command takes (environment variable in bracket
                        terminal, json otherwise) [LOG_FORMAT]
   --redis-client C     the features store's Redis client: resp (hand-written, default) or ioredis [STREAMSERVE_REDIS_CLIENT]
   --pull P             the features worker's JetStream pull: fast (hand-written, default) or library (nats.js
-                       consume()) [STREAMSERVE_PULL]`;
+                       fetch()) [STREAMSERVE_PULL]`;
 
 /** The flags a command accepts: those its usage text and the global flags name, and its booleans. */
 export function knownFlags(command: Command): string[] {

@@ -4,7 +4,7 @@
 export const FAST_PATHS = {
   /** The features store's Redis client: lib/resp.ts or ioredis (lib/resp-ioredis.ts). */
   redisClient: { env: "STREAMSERVE_REDIS_CLIENT", flag: "redis-client", choices: ["resp", "ioredis"] },
-  /** The features worker's JetStream pull: lib/jetstream-pull-fast.ts or nats.js consume(). */
+  /** The features worker's JetStream pull: lib/jetstream-pull-fast.ts or nats.js fetch(). */
   pull: { env: "STREAMSERVE_PULL", flag: "pull", choices: ["fast", "library"] },
 } as const;
 

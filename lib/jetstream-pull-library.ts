@@ -1,21 +1,46 @@
-// The JetStream pull consumer on nats.js's public API, consume() with a callback: the library path
-// beside lib/jetstream-pull-fast.ts (chosen with --pull library). consume() keeps max_messages
-// asked for and has no pause, so pause() does nothing here: what arrives unacked is bounded by the
-// consumer's max_ack_pending instead of by maxWaiting.
-import type { ConsumerMessages, JsMsg, MsgHdrs, NatsConnection } from "nats";
+// The JetStream pull consumer on nats.js's public API: the library path beside
+// lib/jetstream-pull-fast.ts (chosen with --pull library). It uses fetch(), the bounded pull,
+// rather than consume(): consume() asks for more as soon as messages arrive and cannot pause, so a
+// worker held up (Redis away) would keep receiving, and the messages it holds past the ack wait
+// would come again, into the same growing buffer. Invariant, as in the fast one: at most
+// `maxWaiting` messages asked for and not yet delivered, none asked for while paused or disconnected.
+import type { Consumer, JsMsg, MsgHdrs, NatsConnection } from "nats";
 import type { PullConsumer, PullConsumerOptions, PulledMessage, PullStatus } from "./jetstream-pull.js";
 
-/** How long to wait before looking for a consumer that was not there. */
+/** How long to wait before asking again after a fetch failed (a missing consumer, missed heartbeats). */
 const RETRY_MS = 500;
 
 export class LibraryPullConsumer implements PullConsumer {
-  private messages?: ConsumerMessages;
+  private readonly batch: number;
+  private readonly maxWaiting: number;
+  private consumer?: Consumer;
+  /** Messages asked for by the fetches in flight and not yet delivered. */
+  private asked = 0;
+  private paused = false;
   private stopped = false;
+  private connected = true;
+  private retryAt = 0;
+  private readonly status: AsyncIterable<{ type: string }> & { stop?(): void };
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly opts: PullConsumerOptions,
   ) {
+    this.batch = opts.batch ?? (opts.maxWaiting ? Math.max(1, Math.ceil(opts.maxWaiting / 4)) : 500);
+    this.maxWaiting = opts.maxWaiting ?? 4 * this.batch;
+    // A pull sent while disconnected reaches the server after its fetch gave up, and the messages
+    // it asked for go to an inbox nobody reads until the ack wait: no fetch starts while disconnected.
+    this.status = nc.status();
+    const status = this.status;
+    void (async () => {
+      for await (const s of status) {
+        if (s.type === "disconnect") this.connected = false;
+        if (s.type === "reconnect") {
+          this.connected = true;
+          this.fill();
+        }
+      }
+    })().catch(() => undefined);
     void this.start();
   }
 
@@ -23,54 +48,79 @@ export class LibraryPullConsumer implements PullConsumer {
     for (const m of msgs) m.ack();
   }
 
-  pause(): void {}
+  pause(): void {
+    this.paused = true;
+  }
 
-  resume(): void {}
+  resume(): void {
+    this.paused = false;
+    this.fill();
+  }
 
   stop(): void {
     this.stopped = true;
-    void this.messages?.close().catch(() => undefined);
+    this.status.stop?.();
   }
 
-  /** Finds the consumer (consumers.get asks the server) and consumes; retried while it is missing. */
+  /** Finds the consumer (consumers.get asks the server), retrying while it is missing. */
   private async start(): Promise<void> {
     while (!this.stopped && !this.nc.isClosed()) {
       try {
-        const consumer = await this.nc.jetstream().consumers.get(this.opts.stream, this.opts.consumer);
-        if (this.stopped) return;
-        const batch = this.opts.batch ?? (this.opts.maxWaiting ? Math.max(1, Math.ceil(this.opts.maxWaiting / 4)) : 500);
-        const messages = await consumer.consume({
-          max_messages: this.opts.maxWaiting ?? 4 * batch,
-          expires: this.opts.expiresMs ?? 30_000,
-          idle_heartbeat: this.opts.heartbeatMs ?? 5_000,
-          callback: (m) => this.opts.onMessage(new Consumed(m)),
-        });
-        this.messages = messages;
-        if (this.stopped) await messages.close();
-        else void this.watch(messages);
+        this.consumer = await this.nc.jetstream().consumers.get(this.opts.stream, this.opts.consumer);
+        this.fill();
         return;
       } catch {
         this.opts.onStatus?.("consumer_missing");
-        await new Promise((r) => setTimeout(r, RETRY_MS).unref());
+        await sleep(RETRY_MS);
       }
     }
   }
 
-  private async watch(messages: ConsumerMessages): Promise<void> {
-    const statuses: Record<string, PullStatus> = {
-      consumer_deleted: "consumer_deleted",
-      consumer_not_found: "consumer_missing",
-      no_responders: "consumer_missing",
-      heartbeats_missed: "silent",
-    };
-    for await (const s of await messages.status()) {
-      const status = statuses[s.type];
-      if (status && !this.stopped) this.opts.onStatus?.(status);
+  private fill(): void {
+    while (this.consumer && !this.stopped && !this.paused && this.connected && Date.now() >= this.retryAt && this.asked + this.batch <= this.maxWaiting) {
+      if (this.nc.isClosed()) return;
+      this.asked += this.batch;
+      void this.fetch(this.consumer);
+    }
+  }
+
+  /** One bounded pull: up to `batch` messages, or fewer when it expires. */
+  private async fetch(consumer: Consumer): Promise<void> {
+    let got = 0;
+    try {
+      const messages = await consumer.fetch({
+        max_messages: this.batch,
+        expires: this.opts.expiresMs ?? 30_000,
+        idle_heartbeat: this.opts.heartbeatMs ?? 5_000,
+      });
+      for await (const m of messages) {
+        got++;
+        this.asked--;
+        if (!this.stopped) this.opts.onMessage(new Fetched(m));
+      }
+    } catch (err) {
+      if (!this.stopped) this.opts.onStatus?.(statusOf(err));
+      this.retryAt = Date.now() + RETRY_MS;
+      setTimeout(() => this.fill(), RETRY_MS).unref();
+    } finally {
+      this.asked -= this.batch - got;
+      this.fill();
     }
   }
 }
 
-class Consumed implements PulledMessage {
+/** What a failed fetch says about the consumer. */
+function statusOf(err: unknown): PullStatus {
+  const e = err as { code?: string; message?: string };
+  const message = (e?.message ?? "").toLowerCase();
+  if (message.includes("consumer deleted")) return "consumer_deleted";
+  if (e?.code === "503" || e?.code === "404" || message.includes("no responders") || message.includes("not found")) return "consumer_missing";
+  return "silent";
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
+
+class Fetched implements PulledMessage {
   constructor(private readonly m: JsMsg) {}
 
   get subject(): string {

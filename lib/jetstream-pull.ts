@@ -1,6 +1,6 @@
 // The JetStream pull consumer the features worker reads with, as one small interface with two
 // implementations: the hand-written one (lib/jetstream-pull-fast.ts, the default: it pauses, and acks
-// a batch in one write) and nats.js's consume() (lib/jetstream-pull-library.ts); docs/fast-paths.md.
+// a batch in one write) and nats.js's fetch() (lib/jetstream-pull-library.ts); docs/fast-paths.md.
 // Chosen with --pull fast|library (STREAMSERVE_PULL). The fast one leans on a nats.js internal, so it
 // runs only on the nats releases it was checked against (NATS_INTERNALS_CHECKED), else the library one.
 import { createRequire } from "node:module";
@@ -47,7 +47,7 @@ export interface PullConsumerOptions {
   implementation?: PullImplementation;
 }
 
-/** Messages pushed to a callback as nats.js consume() does, with flow control the owner drives. */
+/** Messages pushed to a callback as nats.js consume() does, with flow control (pause) the owner drives. */
 export interface PullConsumer {
   /** Acks messages this consumer delivered. */
   ackAll(msgs: readonly PulledMessage[]): void;
@@ -87,7 +87,7 @@ export function createPullConsumer(nc: NatsConnection, options: PullConsumerOpti
     if (!warned) {
       const { major, minor } = NATS_INTERNALS_CHECKED;
       process.emitWarning(
-        `nats ${installedNatsVersion()} is not the ${major}.${minor} release the fast JetStream pull was checked against; using nats.js consume()`,
+        `nats ${installedNatsVersion()} is not the ${major}.${minor} release the fast JetStream pull was checked against; using nats.js fetch()`,
       );
       warned = true;
     }
