@@ -5,7 +5,7 @@
 // The one nats.js internal it uses (nc.protocol, for ackAll) is fenced by NATS_INTERNALS_CHECKED
 // (lib/jetstream-pull.ts) and test/lib/jetstream-pull.test.ts.
 import { createInbox, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "nats";
-import type { PullConsumer, PullConsumerOptions, PulledMessage } from "./jetstream-pull.js";
+import type { PullConsumer, PulledMessage, ResolvedPullOptions } from "./jetstream-pull.js";
 
 const ACK = new TextEncoder().encode("+ACK");
 const NAK = new TextEncoder().encode("-NAK");
@@ -29,10 +29,6 @@ export function rawProtocol(nc: NatsConnection): RawProtocol | undefined {
 export class FastPullConsumer implements PullConsumer {
   private readonly sub: Subscription;
   private readonly inbox = createInbox();
-  private readonly batch: number;
-  private readonly maxWaiting: number;
-  private readonly expiresMs: number;
-  private readonly heartbeatMs: number;
   private waiting = 0;
   private paused = false;
   private stopped = false;
@@ -44,22 +40,18 @@ export class FastPullConsumer implements PullConsumer {
 
   constructor(
     private readonly nc: NatsConnection,
-    private readonly opts: PullConsumerOptions,
+    private readonly opts: ResolvedPullOptions,
   ) {
-    this.batch = opts.batch ?? (opts.maxWaiting ? Math.max(1, Math.ceil(opts.maxWaiting / 4)) : 500);
-    this.maxWaiting = opts.maxWaiting ?? 4 * this.batch;
-    this.expiresMs = opts.expiresMs ?? 30_000;
-    this.heartbeatMs = opts.heartbeatMs ?? 5_000;
     this.status = nc.status();
-    this.request = enc.encode(JSON.stringify({ batch: this.batch, expires: this.expiresMs * 1e6, idle_heartbeat: this.heartbeatMs * 1e6 }));
+    this.request = enc.encode(JSON.stringify({ batch: opts.batch, expires: opts.expiresMs * 1e6, idle_heartbeat: opts.heartbeatMs * 1e6 }));
     this.sub = nc.subscribe(this.inbox, { callback: (_err, m) => this.onMsg(m) });
     // A pull the server no longer knows sends nothing, not even heartbeats: ask again.
     this.timer = setInterval(() => {
-      if (!this.stopped && this.waiting > 0 && Date.now() - this.lastHeard > 2 * this.heartbeatMs) {
+      if (!this.stopped && this.waiting > 0 && Date.now() - this.lastHeard > 2 * this.opts.heartbeatMs) {
         this.reset();
         this.opts.onStatus?.("silent");
       }
-    }, this.heartbeatMs);
+    }, opts.heartbeatMs);
     this.timer.unref();
     const status = this.status;
     void (async () => {
@@ -119,8 +111,8 @@ export class FastPullConsumer implements PullConsumer {
   }
 
   private fill(): void {
-    while (!this.stopped && !this.paused && this.waiting + this.batch <= this.maxWaiting && !this.nc.isClosed()) {
-      this.waiting += this.batch;
+    while (!this.stopped && !this.paused && this.waiting + this.opts.batch <= this.opts.maxWaiting && !this.nc.isClosed()) {
+      this.waiting += this.opts.batch;
       this.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${this.opts.stream}.${this.opts.consumer}`, this.request, { reply: this.inbox });
     }
   }
@@ -152,7 +144,7 @@ export class FastPullConsumer implements PullConsumer {
     }
     // 404 no messages, 408 request expired, 409 limits: the request ended with this many unfilled.
     const pending = Number(m.headers?.get("Nats-Pending-Messages") || NaN);
-    this.waiting = Math.max(0, this.waiting - (Number.isFinite(pending) ? pending : this.batch));
+    this.waiting = Math.max(0, this.waiting - (Number.isFinite(pending) ? pending : this.opts.batch));
     this.fill();
   }
 }

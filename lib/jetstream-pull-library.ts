@@ -5,14 +5,12 @@
 // would come again, into the same growing buffer. Invariant, as in the fast one: at most
 // `maxWaiting` messages asked for and not yet delivered, none asked for while paused or disconnected.
 import type { Consumer, JsMsg, MsgHdrs, NatsConnection } from "nats";
-import type { PullConsumer, PullConsumerOptions, PulledMessage, PullStatus } from "./jetstream-pull.js";
+import type { PullConsumer, PulledMessage, PullStatus, ResolvedPullOptions } from "./jetstream-pull.js";
 
 /** How long to wait before asking again after a fetch failed (a missing consumer, missed heartbeats). */
 const RETRY_MS = 500;
 
 export class LibraryPullConsumer implements PullConsumer {
-  private readonly batch: number;
-  private readonly maxWaiting: number;
   private consumer?: Consumer;
   /** Messages asked for by the fetches in flight and not yet delivered. */
   private asked = 0;
@@ -24,10 +22,8 @@ export class LibraryPullConsumer implements PullConsumer {
 
   constructor(
     private readonly nc: NatsConnection,
-    private readonly opts: PullConsumerOptions,
+    private readonly opts: ResolvedPullOptions,
   ) {
-    this.batch = opts.batch ?? (opts.maxWaiting ? Math.max(1, Math.ceil(opts.maxWaiting / 4)) : 500);
-    this.maxWaiting = opts.maxWaiting ?? 4 * this.batch;
     // A pull sent while disconnected reaches the server after its fetch gave up, and the messages
     // it asked for go to an inbox nobody reads until the ack wait: no fetch starts while disconnected.
     this.status = nc.status();
@@ -77,9 +73,16 @@ export class LibraryPullConsumer implements PullConsumer {
   }
 
   private fill(): void {
-    while (this.consumer && !this.stopped && !this.paused && this.connected && Date.now() >= this.retryAt && this.asked + this.batch <= this.maxWaiting) {
+    while (
+      this.consumer &&
+      !this.stopped &&
+      !this.paused &&
+      this.connected &&
+      Date.now() >= this.retryAt &&
+      this.asked + this.opts.batch <= this.opts.maxWaiting
+    ) {
       if (this.nc.isClosed()) return;
-      this.asked += this.batch;
+      this.asked += this.opts.batch;
       void this.fetch(this.consumer);
     }
   }
@@ -89,9 +92,9 @@ export class LibraryPullConsumer implements PullConsumer {
     let got = 0;
     try {
       const messages = await consumer.fetch({
-        max_messages: this.batch,
-        expires: this.opts.expiresMs ?? 30_000,
-        idle_heartbeat: this.opts.heartbeatMs ?? 5_000,
+        max_messages: this.opts.batch,
+        expires: this.opts.expiresMs,
+        idle_heartbeat: this.opts.heartbeatMs,
       });
       for await (const m of messages) {
         got++;
@@ -103,7 +106,7 @@ export class LibraryPullConsumer implements PullConsumer {
       this.retryAt = Date.now() + RETRY_MS;
       setTimeout(() => this.fill(), RETRY_MS).unref();
     } finally {
-      this.asked -= this.batch - got;
+      this.asked -= this.opts.batch - got;
       this.fill();
     }
   }

@@ -47,6 +47,26 @@ export interface PullConsumerOptions {
   implementation?: PullImplementation;
 }
 
+/** The options with every default filled in, as the implementations receive them. */
+export type ResolvedPullOptions = Required<Omit<PullConsumerOptions, "onStatus" | "implementation">> & Pick<PullConsumerOptions, "onStatus">;
+
+/** Fills in the defaults (in one place for both implementations) and checks the sizes. */
+export function resolvePullOptions(o: PullConsumerOptions): ResolvedPullOptions {
+  const batch = o.batch ?? (o.maxWaiting ? Math.max(1, Math.ceil(o.maxWaiting / 4)) : 500);
+  const maxWaiting = o.maxWaiting ?? 4 * batch;
+  if (!(batch >= 1 && maxWaiting >= batch)) throw new RangeError(`pull consumer: batch (${batch}) must be at least 1 and at most maxWaiting (${maxWaiting})`);
+  return {
+    stream: o.stream,
+    consumer: o.consumer,
+    batch,
+    maxWaiting,
+    expiresMs: o.expiresMs ?? 30_000,
+    heartbeatMs: o.heartbeatMs ?? 5_000,
+    onMessage: o.onMessage,
+    onStatus: o.onStatus,
+  };
+}
+
 /** Messages pushed to a callback as nats.js consume() does, with flow control (pause) the owner drives. */
 export interface PullConsumer {
   /** Acks messages this consumer delivered. */
@@ -91,7 +111,8 @@ export function createPullConsumer(nc: NatsConnection, options: PullConsumerOpti
       );
       warned = true;
     }
-    return new LibraryPullConsumer(nc, options);
+    return new LibraryPullConsumer(nc, resolvePullOptions(options));
   }
-  return wanted === "fast" ? new FastPullConsumer(nc, options) : new LibraryPullConsumer(nc, options);
+  const resolved = resolvePullOptions(options);
+  return wanted === "fast" ? new FastPullConsumer(nc, resolved) : new LibraryPullConsumer(nc, resolved);
 }
