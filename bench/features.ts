@@ -14,7 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { AckPolicy, DeliverPolicy, type JetStreamClient } from "nats";
 import { createRuntime, type Runtime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
-import { deleteKeysWithPrefix } from "../lib/redis.js";
+import { connectRedis, deleteKeysWithPrefix } from "../lib/redis.js";
 import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING, USER_FEATURES, type ActivityEvent } from "../features/definitions.js";
 import { WindowStore } from "../features/window-store.js";
 import { featuresOf, windowStart } from "../features/windows.js";
@@ -332,7 +332,7 @@ function transactionsBetween(a: Awaited<ReturnType<typeof transactionHistogram>>
 
 /** Round-trip times of a PING every 5 ms on a connection of its own, until stopped. */
 function pingLatencies(rt: Runtime): { stop(): Promise<{ p50: number; p99: number; max: number }> } {
-  const redis = rt.redis().duplicate();
+  const redis = connectRedis(rt.config.redisUrl, rt.log);
   const samples: number[] = [];
   let running = true;
   const loop = (async () => {
@@ -458,7 +458,7 @@ async function checkApplied(rt: Runtime, events: readonly ActivityEvent[]): Prom
  * the worker spends on it, and the machine has two cores.
  */
 async function steadyLoad(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, jsm: Jsm, rate: number) {
-  const redis = rt.redis().duplicate();
+  const redis = connectRedis(rt.config.redisUrl, rt.log);
   const pending = new Map<string, number>();
   const seen: number[] = [];
   let done = false;

@@ -9,6 +9,7 @@ const SUITES: [string, () => Promise<{ default?: unknown } & Record<string, unkn
   ["workers", () => import("./workers.js"), "benchWorkers"],
   ["features", () => import("./features.js"), "benchFeatures"],
   ["fast-paths", () => import("./fast-paths.js"), "benchFastPaths"],
+  ["cluster-read", () => import("./cluster-read.js"), "benchClusterRead"],
   ["sink", () => import("./sink.js"), "benchSink"],
   ["trainer", () => import("./trainer.js"), "benchTrainer"],
 ];

@@ -19,6 +19,8 @@ import type { Runtime, Part } from "../lib/runtime.js";
 import { ensureConsumer } from "../lib/durable-consumer.js";
 import { createPullConsumer, type PullConsumer, type PulledMessage, type PullStatus } from "../lib/jetstream-pull.js";
 import type { Logger } from "../lib/logger.js";
+import { ConfigError } from "../lib/config.js";
+import { isClusterUrl } from "../lib/redis-url.js";
 import { FeatureWindowLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { FEATURE_VIEWS, TRENDING, type FeatureView } from "./definitions.js";
 import type { DeadLetterReason, EventParserOptions } from "./event-parser.js";
@@ -114,6 +116,9 @@ export interface FeaturesWorker extends Part {
 
 /** Starts a features worker on the runtime's connections; resolves once it is consuming. */
 export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWorkerOptions = {}): Promise<FeaturesWorker> {
+  // Its transactions name keys of many slots and its RESP connections follow no redirection (issue 14, item 1).
+  if (isClusterUrl(runtime.config.redisUrl))
+    throw new ConfigError("the features worker does not run on a Redis Cluster yet: give it one Redis (REDIS_URL redis://host:port)");
   const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FeaturesWorkerOptions;
   const merged = { ...DEFAULT_FEATURES_WORKER_OPTIONS, ...defined };
   const opts: Opts = { ...merged, pullAhead: defined.pullAhead ?? 2 * merged.maxBatch };

@@ -2,7 +2,7 @@
 // environment, which wins over the defaults below.
 import { resolve } from "node:path";
 import { registerSecret, registerUrlSecrets } from "./redact.js";
-import { parseRedisUrl, RedisUrlError } from "./redis-url.js";
+import { isClusterUrl, parseClusterUrl, parseRedisUrl, RedisUrlError } from "./redis-url.js";
 import { FAST_PATHS, fastPathChoice, type FastPath } from "./fast-paths.js";
 
 export interface Config {
@@ -12,7 +12,7 @@ export interface Config {
    * @default "" (the names in ARCHITECTURE.md: EVENTS, LOGS, user_features:{id}, ...)
    */
   namespace: string;
-  /** @default "redis://127.0.0.1:6379" (env REDIS_URL) */
+  /** One Redis, or a Redis Cluster as redis+cluster://host:port,host:port (lib/redis-url.ts). @default "redis://127.0.0.1:6379" (env REDIS_URL) */
   redisUrl: string;
   /** @default "nats://127.0.0.1:4222" (env NATS_URL) */
   natsUrl: string;
@@ -107,7 +107,8 @@ export class ConfigError extends Error {
  */
 function checkRedisUrl(url: string): void {
   try {
-    parseRedisUrl(url);
+    if (isClusterUrl(url)) parseClusterUrl(url);
+    else parseRedisUrl(url);
   } catch (err) {
     if (err instanceof RedisUrlError) throw new ConfigError(err.message);
     throw err;
