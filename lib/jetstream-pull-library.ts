@@ -4,7 +4,7 @@
 // worker held up (Redis away) would keep receiving, and the messages it holds past the ack wait
 // would come again, into the same growing buffer. Invariant, as in the fast one: at most
 // `maxWaiting` messages asked for and not yet delivered, none asked for while paused or disconnected.
-import type { Consumer, JsMsg, MsgHdrs, NatsConnection } from "nats";
+import type { Consumer, ConsumerMessages, JsMsg, MsgHdrs, NatsConnection } from "nats";
 import type { PullConsumer, PulledMessage, PullStatus, ResolvedPullOptions } from "./jetstream-pull.js";
 
 /** How long to wait before asking again after a fetch failed (a missing consumer, missed heartbeats). */
@@ -18,6 +18,8 @@ export class LibraryPullConsumer implements PullConsumer {
   private stopped = false;
   private connected = true;
   private retryAt = 0;
+  /** The fetches in flight, stopped with the consumer. */
+  private readonly fetches = new Set<ConsumerMessages>();
   private readonly status: AsyncIterable<{ type: string }> & { stop?(): void };
 
   constructor(
@@ -56,6 +58,7 @@ export class LibraryPullConsumer implements PullConsumer {
   stop(): void {
     this.stopped = true;
     this.status.stop?.();
+    for (const f of this.fetches) f.stop();
   }
 
   /** Finds the consumer (consumers.get asks the server), retrying while it is missing. */
@@ -90,12 +93,15 @@ export class LibraryPullConsumer implements PullConsumer {
   /** One bounded pull: up to `batch` messages, or fewer when it expires. */
   private async fetch(consumer: Consumer): Promise<void> {
     let got = 0;
+    let messages: ConsumerMessages | undefined;
     try {
-      const messages = await consumer.fetch({
+      messages = await consumer.fetch({
         max_messages: this.opts.batch,
         expires: this.opts.expiresMs,
         idle_heartbeat: this.opts.heartbeatMs,
       });
+      this.fetches.add(messages);
+      if (this.stopped) messages.stop();
       for await (const m of messages) {
         got++;
         this.asked--;
@@ -106,6 +112,7 @@ export class LibraryPullConsumer implements PullConsumer {
       this.retryAt = Date.now() + RETRY_MS;
       setTimeout(() => this.fill(), RETRY_MS).unref();
     } finally {
+      if (messages) this.fetches.delete(messages);
       this.asked -= this.opts.batch - got;
       this.fill();
     }
