@@ -19,6 +19,8 @@ export class IoredisRespConnection implements RespConnection {
       ...target,
       connectTimeout: options.connectTimeoutMs ?? target.connectTimeout,
       connectionName: options.name ?? "streamserve",
+      // RESP2, as the hand-written client speaks it: the same reply shapes (RESP3 nests WITHSCORES pairs).
+      protocol: 2,
       // Connect on the first send and again on the send after a loss, never by itself; nothing
       // queued while disconnected nor resent after.
       lazyConnect: true,

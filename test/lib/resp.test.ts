@@ -36,6 +36,8 @@ for (const client of REDIS_CLIENTS)
         ["HGETALL", `${P}empty`],
         ["LPUSH", `${P}s`, "x"], // wrong type: an error reply, not a thrown error
         ["PING"],
+        ["ZADD", `${P}z`, 1.5, "m"],
+        ["ZRANGE", `${P}z`, 0, -1, "WITHSCORES"],
       ]);
       assert.equal(replies[0], "OK");
       assert.equal(replies[1], "héllo ✓", "UTF-8 arguments and replies, lengths in bytes");
@@ -46,6 +48,7 @@ for (const client of REDIS_CLIENTS)
       assert.deepEqual(replies[6], []);
       assert.ok(replies[7] instanceof RespError && /WRONGTYPE/.test(replies[7].message), String(replies[7]));
       assert.equal(replies[8], "PONG");
+      assert.deepEqual(replies[10], ["m", "1.5"], "RESP2 shapes: WITHSCORES flat, scores as strings");
       assert.equal(await other.get(`${P}s`), "héllo ✓", "what ioredis reads back");
     });
 
