@@ -49,7 +49,7 @@ export interface GbdtOptions {
   /**
    * Threads building histograms (this one included), at most one per MIN_ROWS_PER_THREAD rows; the
    * model records the number used. Not the core count, so that a model is reproducible anywhere.
-   * @default 2
+   * @default 1 (on a shared 2-core machine a second thread had no idle core to run on: README, Training)
    */
   threads?: number;
 }
@@ -67,7 +67,7 @@ export const GBDT_DEFAULTS: Readonly<ResolvedGbdtOptions> = Object.freeze({
   maxBins: 255,
   binSampleSize: 200_000,
   seed: 42,
-  threads: 2,
+  threads: 1,
 });
 
 export function resolveGbdtOptions(options: GbdtOptions = {}): ResolvedGbdtOptions {
