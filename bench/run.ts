@@ -9,6 +9,7 @@ const SUITES: [string, () => Promise<{ default?: unknown } & Record<string, unkn
   ["workers", () => import("./workers.js"), "benchWorkers"],
   ["features", () => import("./features.js"), "benchFeatures"],
   ["sink", () => import("./sink.js"), "benchSink"],
+  ["log-publisher", () => import("./log-publisher.js"), "benchLogPublisher"],
   ["trainer", () => import("./trainer.js"), "benchTrainer"],
 ];
 
