@@ -158,6 +158,7 @@ interface PublisherMetrics {
   failures: Counter;
   dropped: Counter<"reason">;
   outOfOrder: Counter;
+  stateChanges: Counter<"to">;
 }
 
 export class LogPublisher {
@@ -298,11 +299,12 @@ export class LogPublisher {
 
   // ---- the state ----
 
-  /** The one place the state changes: logs the change and wakes the loops. */
+  /** The one place the state changes: logs and counts the change, and wakes the loops. */
   private setState(next: State, why: { reason?: string; err?: unknown } = {}): void {
     const from = this.state;
     this.state = next;
     const spillDir = this.o.spillDir;
+    if (next.kind !== from.kind) this.m?.stateChanges.inc({ to: next.kind });
     const wasFromMemory = from.kind === "memory" || (from.kind === "closing" && !from.toDisk);
     const isToDisk = next.kind === "spilling" || (next.kind === "closing" && next.toDisk);
     if (wasFromMemory && isToDisk) {
@@ -319,12 +321,13 @@ export class LogPublisher {
     this.notifyAll();
   }
 
-  /** What the pump or the writer does in this state. */
+  /** The writer takes the queue to disk. */
   private get toDisk(): boolean {
     const s = this.state;
     return s.kind === "spilling" || s.kind === "replaying" || (s.kind === "closing" && s.toDisk) || s.kind === "closed";
   }
 
+  /** The pump sends the queue to JetStream. */
   private get fromMemory(): boolean {
     return this.state.kind === "memory" || (this.state.kind === "closing" && !this.state.toDisk);
   }
@@ -614,6 +617,9 @@ export class LogPublisher {
       failures: registry.counter("streamserve_log_publish_failures_total", "Log messages whose publish (or spill write) failed or timed out and is retried"),
       dropped: registry.counter("streamserve_log_dropped_total", "Log messages given up on, by reason", { labelNames: ["reason"] }),
       outOfOrder: registry.counter("streamserve_log_out_of_order_total", "Log messages JetStream stored ahead of an earlier one that had to be sent again"),
+      stateChanges: registry.counter("streamserve_log_publisher_state_changes_total", "Changes of the log publisher's state, by the state entered", {
+        labelNames: ["to"],
+      }),
     };
   }
 }

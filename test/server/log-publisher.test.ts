@@ -580,6 +580,11 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     // Two outages: one warning each, one completion line each; nothing per message.
     assert.equal(count(SPILL_STARTED), 2);
     assert.equal(count(REPLAY_DONE), 2);
+    // The state metrics agree: back in memory, entered at start and after each of the two replays.
+    assert.equal(await counter("streamserve_log_publisher_state", { state: "memory" }), 1);
+    assert.equal(await counter("streamserve_log_publisher_state", { state: "spilling" }), 0);
+    assert.equal(await counter("streamserve_log_publisher_state_changes_total", { to: "memory" }), 3);
+    assert.ok((await counter("streamserve_log_publisher_state_changes_total", { to: "replaying" })) >= 2);
     const lines = count(/log publisher/);
     assert.ok(lines < 20, `${lines} publisher log lines for ${N} messages`);
 
