@@ -78,6 +78,8 @@ function resolveOptions(options: LogPublisherOptions): ResolvedOptions {
 
 /** @deprecated the name lib/log-message.ts gives it: LOG_CONTENT_TYPE. */
 export const DEFAULT_CONTENT_TYPE = LOG_CONTENT_TYPE;
+/** The episode of a start that finds spill files: not an outage, nothing to warn about. */
+const PREVIOUS_RUN = "previous run";
 /** Records written to disk per write call. */
 const WRITE_CHUNK = 4096;
 const RETRY_MIN_MS = 100;
@@ -196,8 +198,12 @@ export class LogPublisher {
     this.m = options.metrics ? this.registerMetrics(options.metrics) : undefined;
     this.spill = new SpillQueue(this.o.spillDir, this.log, this.o.spillFileBytes);
     this.listed = this.spill.list().then((found) => {
-      if (this.state.kind === "starting") {
-        this.setState(found ? { kind: "spilling", episode: { reason: "previous run", since: Date.now(), spilled: 0, replayed: 0 } } : { kind: "memory" });
+      const s = this.state;
+      if (s.kind === "starting") {
+        this.setState(found ? { kind: "spilling", episode: { reason: PREVIOUS_RUN, since: Date.now(), spilled: 0, replayed: 0 } } : { kind: "memory" });
+      } else if (s.kind === "closing" && found) {
+        // Closed before the listing came back: new logs go behind the old ones.
+        this.setState({ ...s, toDisk: true }, { reason: PREVIOUS_RUN });
       }
     });
     this.scanned = this.listed
@@ -274,7 +280,8 @@ export class LogPublisher {
 
   private async shutdown(): Promise<void> {
     // Only from memory may the queue still go to JetStream: anywhere else, older logs wait on disk.
-    this.setState({ kind: "closing", toDisk: this.state.kind !== "memory", graceOver: false });
+    const kind = this.state.kind;
+    this.setState({ kind: "closing", toDisk: kind !== "memory" && kind !== "starting", graceOver: false });
     const grace = setTimeout(() => this.endGrace(), this.o.publishTimeoutMs);
     try {
       await this.flush();
@@ -307,7 +314,7 @@ export class LogPublisher {
     if (next.kind !== from.kind) this.m?.stateChanges.inc({ to: next.kind });
     const wasFromMemory = from.kind === "memory" || (from.kind === "closing" && !from.toDisk);
     const isToDisk = next.kind === "spilling" || (next.kind === "closing" && next.toDisk);
-    if (wasFromMemory && isToDisk) {
+    if (wasFromMemory && isToDisk && why.reason !== PREVIOUS_RUN) {
       this.log.warn({ reason: why.reason, err: why.err, spillDir }, "log publisher: JetStream not taking logs; spilling them to disk until it does");
     } else if (next.kind === "memory" && from.kind === "replaying") {
       const { reason, spilled, replayed, since } = from.episode;

@@ -455,6 +455,37 @@ describe("LogPublisher on the shared NATS", () => {
     await q.close();
   });
 
+  it("asks connect() again when its connection is closed under it, and loses nothing", async () => {
+    const { name, prefix } = await tempStream(nc);
+    const { log } = capturedLog();
+    const made: NatsConnection[] = [];
+    const connect = connector(SHARED_NATS, log, { name: "log-publisher-closed" });
+    const { p, counter } = publisher({
+      connect: async () => {
+        const c = await connect();
+        made.push(c);
+        return c;
+      },
+      spillDir: await tempDir(),
+      log,
+      publishTimeoutMs: 500,
+    });
+    const run = randomId();
+    await publishRange(p, prefix, run, 0, 300, 30);
+    await p.flush();
+    // The connection's owner closes it (as a runtime shutting down a part would) while logs keep coming.
+    const during = feed(p, prefix, run, 300, 900, 30);
+    await waitFor("some of the second range", () => during.next >= 450);
+    await made[0]!.close();
+    await during.done;
+    await waitFor("everything replayed", () => p.spilled === 0 && p.depth === 0 && made.length === 2);
+    await p.flush();
+    await assertStreamHolds(nc, name, ids(run, 0, 900));
+    assert.equal(made.length, 2, "one new connection for the closed one");
+    assert.equal(await counter("streamserve_log_published_total"), 900);
+    await p.close();
+  });
+
   it("an ack lost in transit is retried, and the stream's dedup stores the message once", async () => {
     const { name, prefix } = await tempStream(nc);
     const shared = new URL(SHARED_NATS);
@@ -497,9 +528,11 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     const spillDir = await tempDir();
     const { log, count } = capturedLog();
     const maxBuffered = 200;
+    // Waits (retrying) until a server answers: the connect that hangs while NATS is down.
+    const connect = connector(server.url, log, { waitOnFirstConnect: true, name: "publisher" });
+    let connects = 0;
     const { p, counter } = publisher({
-      // Waits (retrying) until a server answers: the connect that hangs while NATS is down.
-      connect: connector(server.url, log, { waitOnFirstConnect: true, name: "publisher" }),
+      connect: () => (connects++, connect()),
       spillDir,
       log,
       maxBuffered,
@@ -580,6 +613,7 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     // Two outages: one warning each, one completion line each; nothing per message.
     assert.equal(count(SPILL_STARTED), 2);
     assert.equal(count(REPLAY_DONE), 2);
+    assert.equal(connects, 1, "nats.js reconnected the one connection; the publisher did not ask for another");
     // The state metrics agree: back in memory, entered at start and after each of the two replays.
     assert.equal(await counter("streamserve_log_publisher_state", { state: "memory" }), 1);
     assert.equal(await counter("streamserve_log_publisher_state", { state: "spilling" }), 0);
