@@ -11,6 +11,7 @@ const SUITES: [string, () => Promise<{ default?: unknown } & Record<string, unkn
   ["fast-paths", () => import("./fast-paths.js"), "benchFastPaths"],
   ["cluster-read", () => import("./cluster-read.js"), "benchClusterRead"],
   ["sink", () => import("./sink.js"), "benchSink"],
+  ["log-publisher", () => import("./log-publisher.js"), "benchLogPublisher"],
   ["trainer", () => import("./trainer.js"), "benchTrainer"],
 ];
 

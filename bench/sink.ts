@@ -6,8 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { headers as natsHeaders } from "nats";
 import { PredictionLogSchema } from "../gen/streamserve/v1/logs_pb.js";
+import { publishLogBytes } from "../lib/log-message.js";
 import { createRuntime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
 import { decodeLog, type Row } from "../sink/log-rows.js";
@@ -76,12 +76,8 @@ export async function benchSink(options: SinkBenchOptions = {}): Promise<void> {
     const ch = await runtime.clickhouse();
     const js = nc.jetstream();
     const payloads = Array.from({ length: o.messages }, (_, i) => predictionLog("sink", i, o.items));
-    const h = natsHeaders();
-    h.set("Content-Type", "application/protobuf");
     for (let i = 0; i < payloads.length; i += 1000) {
-      await Promise.all(
-        payloads.slice(i, i + 1000).map((data, k) => js.publish(runtime.names.logsSubject("prediction"), data, { msgID: `bench-${i + k}`, headers: h })),
-      );
+      await Promise.all(payloads.slice(i, i + 1000).map((data, k) => publishLogBytes(js, runtime.names.logsSubject("prediction"), `bench-${i + k}`, data)));
     }
 
     // The sink: everything is waiting in LOGS; time from start to the last row acknowledged.
