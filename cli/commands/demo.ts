@@ -81,21 +81,28 @@ function describeTraining(r: TrainingReport | SkippedRun): string {
 }
 
 /**
- * The server's logs are flushed to LOGS and every sink consumer has written (acked) all of them,
- * so what a look reads in ClickHouse is complete up to now. Waits up to `timeoutMs`.
+ * The server's logs are flushed to LOGS and every sink consumer has written (acked) each of them
+ * up to the last one published, so what a look reads in ClickHouse is complete up to now. Traffic
+ * keeps flowing meanwhile, so "nothing pending" may never hold: each consumer's ack floor must pass
+ * the last message of its subject at the time of the flush. Waits up to `timeoutMs`.
  */
 async function settle(runtime: Runtime, platform: Platform, signal: AbortSignal, timeoutMs = 30_000): Promise<boolean> {
   await platform.server.logs.flush();
+  const { names } = runtime;
   const jsm = await (await runtime.nats()).jetstreamManager();
-  const pending = async () => {
-    let n = 0;
-    for (const kind of LOG_KINDS) {
-      const info = await jsm.consumers.info(runtime.names.logsStream, runtime.names.consumer(`sink-${kind}`)).catch(() => undefined);
-      if (info) n += info.num_pending + info.num_ack_pending;
+  const targets: [string, number][] = [];
+  for (const kind of LOG_KINDS) {
+    const last = await jsm.streams.getMessage(names.logsStream, { last_by_subj: names.logsSubject(kind) }).catch(() => undefined);
+    if (last) targets.push([names.consumer(`sink-${kind}`), last.seq]);
+  }
+  const written = async () => {
+    for (const [durable, seq] of targets) {
+      const info = await jsm.consumers.info(names.logsStream, durable).catch(() => undefined);
+      if (info && info.ack_floor.stream_seq < seq && info.num_pending + info.num_ack_pending > 0) return false;
     }
-    return n;
+    return true;
   };
-  return waitUntil(async () => (await pending()) === 0, timeoutMs, signal, 300);
+  return waitUntil(written, timeoutMs, signal, 300);
 }
 
 /** One monitoring cycle on complete data. */
@@ -340,7 +347,7 @@ async function tell(
   const c5 = ab.find((r) => r.control);
   note(
     verdict && t5
-      ? `PASS: verdict after ${Math.round((Date.now() - abStart.getTime()) / 1000)} s: v${treatment}'s CTR is ${pct(t5.ctrLift)} of control's (difference in [${pct(t5.ctrSequentialLower)}, ${pct(t5.ctrSequentialUpper)}], valid at every look); on conversion per user the always-valid p is ${num(t5.sequentialPValue)}`
+      ? `PASS: verdict after ${Math.round((Date.now() - abStart.getTime()) / 1000)} s: v${treatment}'s CTR differs from control's by ${pct(t5.ctrLift)} (difference in [${pct(t5.ctrSequentialLower)}, ${pct(t5.ctrSequentialUpper)}], valid at every look); on conversion per user the always-valid p is ${num(t5.sequentialPValue)}`
       : `NOT AS NARRATED: no verdict within ${pace.maxLooks} looks; the always-valid test keeps the experiment running until the data decide`,
   );
   results.push({
@@ -374,29 +381,35 @@ async function tell(
     results.push({ phase: "shadow comparison", pass: false, measured: `v${v1} is one of the A/B's arms; no shadow to compare` });
   }
   await registry.stopExperiment(name);
-  const driftBefore = (report?.drift?.features ?? []).filter((f) => f.verdict === "alert").length;
+  // The last look before the shift: what already drifted. Models steer clicks (a user who clicks a
+  // recommendation also views it), so click-driven features move with the model served; the shift
+  // is what moves session lengths and the device mix.
+  const before = new Map((report?.drift?.features ?? []).map((f) => [f.feature, f]));
+  const alreadyDrifted = [...before.values()].filter((f) => f.verdict === "alert").map((f) => f.feature);
 
   // ── 6: the shift, and the drift alert ──────────────────────────────────────────────────────
   say(
     "Phase 6: behaviour shifts (longer sessions on mobile, a new popular page); the monitor compares the served features with production's training reference.",
   );
-  note(`before the shift: ${driftBefore} of ${report?.drift?.features.length ?? 0} features drifted at the last look`);
+  note(
+    `at the last look before the shift, ${alreadyDrifted.length} of ${before.size} features had drifted from the reference${alreadyDrifted.length ? ` (${alreadyDrifted.join(", ")}: the models themselves change what users click)` : ""}`,
+  );
   sim.world.shift();
   const shiftAt = Date.now();
   let drifted: MonitoringReport | undefined;
+  let newly: string[] = [];
+  const sent: string[] = [];
   // The drift window must hold mostly shifted traffic before a look can see it.
   await sleep(phaseMs, signal);
   for (let n = 1; n <= pace.maxLooks && !signal.aborted; n++) {
     const r = await look(runtime, platform, signal);
-    const alerts = [
-      ...r.alerts.sent.filter((a) => a.kind === "drift" && a.status === "firing").map((a) => a.key),
-      ...r.alerts.suppressed.filter((k) => k.startsWith("drift:")),
-    ];
-    const features = (r.drift?.features ?? []).filter((f) => f.verdict === "alert");
+    sent.push(...r.alerts.sent.filter((a) => a.kind === "drift" && a.status === "firing").map((a) => a.subject));
+    newly = (r.drift?.features ?? []).filter((f) => f.verdict === "alert" && before.get(f.feature)?.verdict !== "alert").map((f) => f.feature);
     note(
-      `look ${n}, ${Math.round((Date.now() - shiftAt) / 1000)} s after the shift: ${features.length} of ${r.drift?.features.length ?? 0} features drifted; ${alerts.length} drift alert(s) firing`,
+      `look ${n}, ${Math.round((Date.now() - shiftAt) / 1000)} s after the shift: ${(r.drift?.features ?? []).filter((f) => f.verdict === "alert").length} of ${r.drift?.features.length ?? 0} features drifted, ` +
+        `${newly.length} of them not before the shift${newly.length ? ` (${newly.join(", ")})` : ""}; drift alerts sent since the shift: ${sent.length}`,
     );
-    if (features.length && alerts.length) {
+    if (newly.length && newly.some((f) => sent.includes(f))) {
       drifted = r;
       break;
     }
@@ -404,17 +417,20 @@ async function tell(
   }
   const drift = drifted?.drift?.features ?? [];
   if (drift.length) console.log(indent(formatTable(featureDriftRows(drift))));
-  const shifted = drift.filter((f) => f.verdict === "alert").map((f) => f.feature);
-  const sent = drifted?.alerts.sent.filter((a) => a.kind === "drift" && a.status === "firing").length ?? 0;
+  const change = (name: string) => {
+    const a = before.get(name);
+    const b = drift.find((f) => f.feature === name);
+    return `${name} ${b?.test.toUpperCase()} ${num(a?.testStatistic)} → ${num(b?.testStatistic)}, PSI ${num(a?.psi)} → ${num(b?.psi)}`;
+  };
   note(
     drifted
-      ? `PASS: drift on ${shifted.join(", ")}; ${sent} drift alert(s) sent now (NATS ${runtime.names.alertsSubject("drift")}, the log, and the webhook if STREAMSERVE_ALERT_WEBHOOK is set)`
-      : "NOT AS NARRATED: no drift alert after the shift",
+      ? `PASS: the shift raised drift alerts on ${newly.join(", ")} (${newly.map(change).join("; ")}), sent on NATS ${runtime.names.alertsSubject("drift")}, to the log, and to the webhook if STREAMSERVE_ALERT_WEBHOOK is set`
+      : "NOT AS NARRATED: no new drift alert after the shift",
   );
   results.push({
     phase: "drift alert after the shift",
     pass: !!drifted,
-    measured: drifted ? `${shifted.length} features drifted (${shifted.join(", ")}), ${driftBefore} before the shift` : "no alert",
+    measured: drifted ? `new alerts on ${newly.join(", ")} (${alreadyDrifted.length} features drifting before the shift)` : "no new alert",
   });
   return results;
 }
@@ -451,6 +467,8 @@ const command: Command = {
   name: "demo",
   summary: "the whole loop on a compressed schedule with the clickstream simulator, narrated",
   booleans: ["no-local-services", "metrics-open", "exit"],
+  // The story is the output: the platform logs only warnings unless --log-level or LOG_LEVEL says otherwise.
+  printsReport: true,
   usage: `Usage: streamserve demo [flags]
 
 Starts everything \`streamserve up\` starts plus the clickstream simulator, then tells the story
@@ -484,8 +502,8 @@ default gRPC or HTTP port is taken, the demo takes a free one (the banner says w
     const lookMs = durationFlag(args, "look", 10_000)!;
     const fresh = stringFlag(args, "namespace") === undefined && !process.env.STREAMSERVE_NAMESPACE;
     const namespace = fresh ? `demo_${Date.now().toString(36)}_${randomBytes(2).toString("hex")}` : given.config.namespace;
-    // The platform's own info logs would drown the story; --log-level or LOG_LEVEL bring them back.
-    if (!stringFlag(args, "log-level") && !process.env.LOG_LEVEL) process.env.LOG_LEVEL = "warn";
+    // The child processes read LOG_LEVEL: the same level as this one's.
+    if (!process.env.LOG_LEVEL) process.env.LOG_LEVEL = stringFlag(args, "log-level") ?? "warn";
     const ports = {
       grpcPort: stringFlag(args, "grpc-port") !== undefined ? given.config.grpcPort : await portOrAny(given.config.grpcPort),
       httpPort: stringFlag(args, "http-port") !== undefined ? given.config.httpPort : await portOrAny(given.config.httpPort),
