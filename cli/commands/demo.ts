@@ -22,8 +22,6 @@ import type { SkippedRun } from "../../trainer/schedule.js";
 import { abReportText, featureDriftRows, num, shadowRows } from "../../monitor/text-report.js";
 import type { CycleReport as MonitoringReport } from "../../monitor/monitor.js";
 import type { OnlineFigures } from "../../monitor/online.js";
-import type { AbReportRow } from "../../monitor/reports.js";
-import type { ShadowComparison } from "../../monitor/shadow.js";
 import { formatTable } from "../table.js";
 import type { Registry } from "../../lib/registry.js";
 import { startGuardedRollout, type RolloutStep } from "../../trainer/rollout.js";
@@ -340,7 +338,7 @@ async function tell(
         (verdict ? " → VERDICT" : " → keep running"),
     );
   }
-  const ab = (await platform.abReport(name)) as AbReportRow[];
+  const ab = await platform.abReport(name);
   note(`the analysis as \`streamserve report ab --experiment ${name}\` prints it:`);
   console.log(indent(abReportText(ab, formatTable)));
   const t5 = ab.find((r) => !r.control);
@@ -358,9 +356,7 @@ async function tell(
 
   if (shadowed) {
     await settle(runtime, platform, signal);
-    const shadow = ((await platform.shadowReport({ experiment: name, from: abStart, to: new Date(Date.now() + 60_000) })) as ShadowComparison[]).filter(
-      (s) => s.experiment === name,
-    );
+    const shadow = (await platform.shadowReport({ experiment: name, from: abStart, to: new Date(Date.now() + 60_000) })).filter((s) => s.experiment === name);
     note(`the shadow, as \`streamserve report shadow --experiment ${name}\` prints it:`);
     if (shadow.length) console.log(indent(formatTable(shadowRows(shadow))));
     const s = shadow[0];
@@ -430,7 +426,9 @@ async function tell(
   results.push({
     phase: "drift alert after the shift",
     pass: !!drifted,
-    measured: drifted ? `new alerts on ${newly.join(", ")} (${alreadyDrifted.length} features drifting before the shift)` : "no new alert",
+    measured: drifted
+      ? `new alerts on ${newly.join(", ")} (${alreadyDrifted.length} feature${alreadyDrifted.length === 1 ? "" : "s"} drifting before the shift)`
+      : "no new alert",
   });
   return results;
 }
@@ -472,7 +470,7 @@ const command: Command = {
   usage: `Usage: streamserve demo [flags]
 
 Starts everything \`streamserve up\` starts plus the clickstream simulator, then tells the story
-of the loop as it happens (about 7 minutes on an idle 2-core machine), each phase with numbers
+of the loop as it happens (7-10 minutes on a busy 2-core machine), each phase with numbers
 measured from the logged outcomes and a PASS line:
   1-2. fallback serving (popularity) while events flow; the first model trained, hot-swapped in,
      and its online CTR against the fallback's;
