@@ -1,18 +1,7 @@
-// Ratio metrics clustered by user: clicks per shown item (CTR) when the router randomizes users,
-// not items. Each user u contributes a numerator c_u (clicks) and a denominator s_u (shown items);
-// the arm's metric is R = Σc / Σs. Items of one user are not independent, so the binomial variance
-// of Σs trials understates the noise; the delta method (Deng, Knoblich, Lu, "Applying the delta
-// method in metric analytics", 2018) gives the variance of R from the per-user moments:
-//
-//   Var(R) ≈ ( Var(c) − 2 R Cov(c, s) + R² Var(s) ) / ( n s̄² )
-//
-// which is the variance of the mean of the linearized per-user values L_u = (c_u − R s_u) / s̄.
-// CUPED on a ratio metric adjusts L with a pre-exposure covariate X (cuped.ts explains CUPED):
-//
-//   R' = R − θ (X̄_arm − X̄),   θ = Cov(L, X) / Var(X)   (pooled within arms),
-//   Var(R') ≈ ( Var(L) − 2 θ Cov(L, X) + θ² Var(X) ) / n
-//
-// Everything comes from per-arm sums, so ClickHouse aggregates and nothing is read row by row.
+// Ratio metrics with users as clusters: CTR = Σclicks / Σshown when the router randomizes users,
+// not items. Delta-method variance (Deng, Knoblich, Lu 2018) and CUPED on the linearized values
+// L = (c − R·s)/s̄ (monitor/README.md, "CTR, clustered by user").
+// Invariant: everything comes from per-arm sums, so ClickHouse aggregates and no row is read here.
 import type { MeanArm } from "./sequential.js";
 
 /** Per-arm sums over users of the numerator c, the denominator s, a covariate x, and their products. */
