@@ -108,14 +108,19 @@ function cycleOptions(args: CommandArgs): CycleOptions {
       .map((f) => f.trim())
       .filter(Boolean),
     rollout: rolloutFlag(args),
-    rolloutStages: stringFlag(args, "rollout-stages")?.split(",").map(Number),
+    rolloutStages: rolloutStagesFlag(args),
   };
 }
 
-function rolloutFlag(args: CommandArgs): CycleOptions["rollout"] {
+/** --rollout immediate|guarded, shared with `up` (whose continuous trainer takes the same choice). */
+export function rolloutFlag(args: CommandArgs): CycleOptions["rollout"] {
   const v = stringFlag(args, "rollout");
   if (v === undefined || v === "immediate" || v === "guarded") return v;
   throw new UsageError(`--rollout must be immediate or guarded, got "${v}"`);
+}
+
+export function rolloutStagesFlag(args: CommandArgs): number[] | undefined {
+  return stringFlag(args, "rollout-stages")?.split(",").map(Number);
 }
 
 /** A progress line on stderr, rewritten in place on a terminal, every 10 trees otherwise. */
