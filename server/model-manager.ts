@@ -290,7 +290,17 @@ export class ModelManager {
       if (!mv) throw new Error(`model ${model} has no version ${version}`);
       const bytes = await registry.fetchArtifact(mv);
       const loaded = await loadModel(mv, bytes, this.options.session);
-      this.log.info({ model, version, ms: Date.now() - started }, "model version loaded and warmed up");
+      this.log.info(
+        {
+          model,
+          version,
+          ms: Date.now() - started,
+          scorer: loaded.scorer,
+          ...(loaded.native && { trees: loaded.native.description, layout: loaded.native.layout }),
+          ...(loaded.nativeUnavailable && { nativeUnavailable: loaded.nativeUnavailable }),
+        },
+        "model version loaded and warmed up",
+      );
       return loaded;
     })();
     this.versions.set(key, { state: "loading", promise });

@@ -124,7 +124,8 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
       let scores: Float64Array;
       if (model && candidates.length) {
         const t = performance.now();
-        scores = await model.score(modelInput(features.matrix, features.rows, specs.length, layout.modelCount), features.rows);
+        const scored = model.score(features.matrix, features.rows, specs.length);
+        scores = scored instanceof Float64Array ? scored : await scored;
         inferenceBy(model.name, model.version.version).observe((performance.now() - t) / 1000);
       } else {
         // No model yet: rank by popularity (trending score), ties in the caller's order.
@@ -230,14 +231,6 @@ export function validateRecommend(req: RecommendRequest, limits: ServingLimits):
   if (req.requestId.length > limits.maxIdLength) throw invalidArgument("request_id", `is longer than ${limits.maxIdLength} characters`);
   if (req.currentPage.length > limits.maxIdLength) throw invalidArgument("current_page", `is longer than ${limits.maxIdLength} characters`);
   if (req.deviceType.length > 64) throw invalidArgument("device_type", "is longer than 64 characters");
-}
-
-/** The model's input: the first `modelWidth` columns of the logged rows (the whole matrix when nothing else is logged). */
-function modelInput(matrix: Float32Array, rows: number, width: number, modelWidth: number): Float32Array {
-  if (width === modelWidth) return matrix;
-  const input = new Float32Array(rows * modelWidth);
-  for (let r = 0; r < rows; r++) input.set(matrix.subarray(r * width, r * width + modelWidth), r * modelWidth);
-  return input;
 }
 
 /** Resolves with the fallback when the work takes longer than `ms` (the work is left to finish). */
