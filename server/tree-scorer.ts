@@ -65,10 +65,15 @@ interface PerfectForest {
   leafValue: Float64Array;
   base: number;
   average: boolean;
+  /** Every interval starts at -inf (BRANCH_LEQ and BRANCH_LT only): one compare a step. */
+  oneSided: boolean;
 }
 
 export class TreeScorer {
   private readonly perfect: PerfectForest | undefined;
+  private readonly after: (scores: Float64Array) => void;
+  /** The sums of the trees plus the base value, into `out`. */
+  private readonly kernel: (matrix: Float32Array, rows: number, stride: number, out: Float64Array) => void;
 
   constructor(
     private readonly forest: Forest,
@@ -78,7 +83,13 @@ export class TreeScorer {
     readonly description: string,
     layout: "auto" | "nodes" = "auto",
   ) {
-    this.perfect = layout === "auto" ? perfectForest(forest) : undefined;
+    const perfect = layout === "auto" ? perfectForest(forest) : undefined;
+    this.perfect = perfect;
+    const width = featureCount;
+    this.kernel = perfect
+      ? (matrix, rows, stride, out) => scorePerfect(perfect, stride, matrix, rows, width, out)
+      : (matrix, rows, stride, out) => scoreNodes(forest, stride, matrix, rows, out);
+    this.after = compileSteps(steps);
   }
 
   /** "perfect depth D" or "nodes": how the trees are laid out. */
@@ -131,12 +142,23 @@ export class TreeScorer {
   score(matrix: Float32Array, rows: number, stride = this.featureCount): Float64Array {
     if (stride < this.featureCount || matrix.length < rows * stride) throw new RangeError(`${rows} rows of ${stride} do not fit a matrix of ${matrix.length}`);
     const out = new Float64Array(rows);
-    if (this.perfect) scorePerfect(this.perfect, stride, matrix, rows, out);
-    else scoreNodes(this.forest, stride, matrix, rows, out);
-    const steps = this.steps;
-    if (steps.length) for (let r = 0; r < rows; r++) for (let s = 0; s < steps.length; s++) out[r] = applyStep(steps[s]!, out[r]!);
+    this.kernel(matrix, rows, stride, out);
+    this.after(out);
     return out;
   }
+}
+
+/** The element-wise steps as one function over the scores (the trainer's models: one sigmoid). */
+function compileSteps(steps: readonly Step[]): (scores: Float64Array) => void {
+  if (!steps.length) return () => undefined;
+  if (steps.length === 1 && steps[0]!.op === "sigmoid") {
+    return (scores) => {
+      for (let r = 0; r < scores.length; r++) scores[r] = Math.fround(1 / (1 + Math.exp(-scores[r]!)));
+    };
+  }
+  return (scores) => {
+    for (let r = 0; r < scores.length; r++) for (const step of steps) scores[r] = applyStep(step, scores[r]!);
+  };
 }
 
 /** The sum over trees (float32, in tree order, as onnxruntime adds) plus the base value. */
@@ -144,27 +166,66 @@ function finish(sum: number, trees: number, base: number, average: boolean): num
   return average ? Math.fround(Math.fround(sum / trees) + base) : Math.fround(sum + base);
 }
 
-function scorePerfect(p: PerfectForest, width: number, matrix: Float32Array, rows: number, out: Float64Array): void {
+/**
+ * Row by row, tree by tree. A step goes left (2i + 1) when x is inside the node's interval, else
+ * right (2i + 2). A row without NaN takes the short test (one compare when every interval starts
+ * at -inf, as with BRANCH_LEQ only); a row with a NaN also asks where NaN goes.
+ */
+function scorePerfect(p: PerfectForest, width: number, matrix: Float32Array, rows: number, featureCount: number, out: Float64Array): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * width;
+    let nan = false;
+    for (let j = o, end = o + featureCount; j < end; j++) if (matrix[j] !== matrix[j]) nan = true;
+    const sum = nan ? sumWithNaN(p, matrix, o) : p.oneSided ? sumOneSided(p, matrix, o) : sumIntervals(p, matrix, o);
+    out[r] = finish(sum, p.trees, p.base, p.average);
+  }
+}
+
+function sumOneSided(p: PerfectForest, matrix: Float32Array, o: number): number {
+  const { depth, trees, hi, feature, leafValue } = p;
+  const inner = (1 << depth) - 1;
+  let sum = 0;
+  for (let t = 0, first = 0, firstLeaf = -inner; t < trees; t++, first += inner, firstLeaf += inner + 1) {
+    let i = 0;
+    for (let d = 0; d < depth; d++) {
+      const k = first + i;
+      i = 2 * i + (matrix[o + feature[k]!]! <= hi[k]! ? 1 : 2);
+    }
+    sum = Math.fround(sum + leafValue[firstLeaf + i]!);
+  }
+  return sum;
+}
+
+function sumIntervals(p: PerfectForest, matrix: Float32Array, o: number): number {
+  const { depth, trees, lo, hi, feature, leafValue } = p;
+  const inner = (1 << depth) - 1;
+  let sum = 0;
+  for (let t = 0, first = 0, firstLeaf = -inner; t < trees; t++, first += inner, firstLeaf += inner + 1) {
+    let i = 0;
+    for (let d = 0; d < depth; d++) {
+      const k = first + i;
+      const x = matrix[o + feature[k]!]!;
+      i = 2 * i + (x <= hi[k]! && x >= lo[k]! ? 1 : 2);
+    }
+    sum = Math.fround(sum + leafValue[firstLeaf + i]!);
+  }
+  return sum;
+}
+
+function sumWithNaN(p: PerfectForest, matrix: Float32Array, o: number): number {
   const { depth, trees, lo, hi, feature, nanInside, leafValue } = p;
   const inner = (1 << depth) - 1;
-  const leaves = 1 << depth;
-  for (let r = 0; r < rows; r++) {
-    const offset = r * width;
-    let sum = 0;
-    for (let t = 0; t < trees; t++) {
-      const first = t * inner;
-      let i = 0;
-      for (let d = 0; d < depth; d++) {
-        const k = first + i;
-        const x = matrix[offset + feature[k]!]!;
-        // Left (the inside child) when x is inside the node's interval, or NaN that goes inside.
-        const inside = x !== x ? nanInside[k]! : x <= hi[k]! && x >= lo[k]! ? 1 : 0;
-        i = 2 * i + 2 - inside;
-      }
-      sum = Math.fround(sum + leafValue[t * leaves + i - inner]!);
+  let sum = 0;
+  for (let t = 0, first = 0, firstLeaf = -inner; t < trees; t++, first += inner, firstLeaf += inner + 1) {
+    let i = 0;
+    for (let d = 0; d < depth; d++) {
+      const k = first + i;
+      const x = matrix[o + feature[k]!]!;
+      i = 2 * i + ((x <= hi[k]! && x >= lo[k]!) || (x !== x && nanInside[k] === 1) ? 1 : 2);
     }
-    out[r] = finish(sum, trees, p.base, p.average);
+    sum = Math.fround(sum + leafValue[firstLeaf + i]!);
   }
+  return sum;
 }
 
 function scoreNodes(forest: Forest, width: number, matrix: Float32Array, rows: number, out: Float64Array): void {
@@ -281,6 +342,7 @@ function perfectForest(forest: Forest): PerfectForest | undefined {
     leafValue: new Float64Array(trees << depth),
     base: forest.base,
     average: forest.average,
+    oneSided: false,
   };
   // Fills slot `k` (breadth-first index within tree t) at level `d` from original node `i`.
   const fill = (t: number, k: number, d: number, i: number): void => {
@@ -307,6 +369,7 @@ function perfectForest(forest: Forest): PerfectForest | undefined {
     fill(t, 2 * k + 2, d + 1, insideIsTrue ? whenFalse[i]! : whenTrue[i]!);
   };
   roots.forEach((root, t) => fill(t, 0, 0, root));
+  p.oneSided = p.lo.every((v) => v === -Infinity);
   return p;
 }
 

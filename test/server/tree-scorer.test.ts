@@ -25,12 +25,13 @@ async function onnxruntimeScores(bytes: Uint8Array, output: string, matrix: Floa
 }
 
 /** Rows of uniform values in [lo, hi), with NaN and the given cut points (and the float32 next to them) mixed in. */
-function randomRows(seed: number, rows: number, width: number, cuts: number[], lo = -2, hi = 12): Float32Array {
+function randomRows(seed: number, rows: number, width: number, cuts: number[], lo = -2, hi = 12, nanShare = 0.15): Float32Array {
   const rand = createRandom(seed);
   const f32 = new Float32Array(1);
   return Float32Array.from({ length: rows * width }, () => {
     const p = rand();
-    if (p < 0.15) return Number.NaN;
+    if (p < nanShare) return Number.NaN;
+    if (p < 0.15) return lo + rand() * (hi - lo);
     if (p < 0.35 && cuts.length) {
       f32[0] = cuts[Math.floor(rand() * cuts.length)]!;
       const u = new Uint32Array(f32.buffer);
@@ -54,7 +55,7 @@ async function assertParity(scorer: TreeScorer, bytes: Uint8Array, output: strin
   assert.ok(Number.isFinite(worst));
 }
 
-function trainedModel(seed: number, options: { trees: number; depth: number; minLeaf?: number }) {
+function trainedModel(seed: number, options: { trees: number; depth: number; minLeaf?: number; numericOnly?: boolean }) {
   const rand = createRandom(seed);
   const F = 6;
   const n = 6000;
@@ -63,7 +64,7 @@ function trainedModel(seed: number, options: { trees: number; depth: number; min
   );
   const labels = Float64Array.from({ length: n }, (_, i) => (columns[0]![i]! + (columns[1]![i]! || 5) * rand() + (columns[2]![i] === 3 ? 4 : 0) > 9 ? 1 : 0));
   const model = trainGbdt(
-    { columns, labels, categorical: columns.map((_, f) => f === 2) },
+    { columns, labels, categorical: columns.map((_, f) => f === 2 && !options.numericOnly) },
     { numTrees: options.trees, maxDepth: options.depth, minSamplesLeaf: options.minLeaf ?? 20 },
   );
   const cuts = model.trees.flatMap((t) => [...t.threshold].filter((_, i) => t.feature[i]! >= 0));
@@ -87,6 +88,13 @@ describe("native tree scorer: parity with onnxruntime", () => {
       await assertParity(compileTreeScorer(bytes, io, F, "nodes"), bytes, ONNX_PROBABILITIES_NAME, matrix, rows, F);
     });
   }
+
+  it("scores rows without NaN of a numeric-only model (one compare a step) like onnxruntime", async () => {
+    const { bytes, F, cuts } = trainedModel(8, { trees: 60, depth: 5, numericOnly: true });
+    const io = { inputName: ONNX_INPUT_NAME, outputName: ONNX_PROBABILITIES_NAME };
+    const rows = 3000;
+    await assertParity(compileTreeScorer(bytes, io, F), bytes, ONNX_PROBABILITIES_NAME, randomRows(81, rows, F, cuts, -2, 12, 0), rows, F);
+  });
 
   const branch = (mode: Exclude<TreeNodeSpec["mode"], "LEAF">, feature: number, value: number, t: number, f: number, nanTrue = false): TreeNodeSpec => ({
     mode,
