@@ -10,12 +10,13 @@ import { childCache, type MetricsRegistry } from "../lib/metrics.js";
 import type { Redis } from "../lib/redis.js";
 import type { FeatureSpec } from "../lib/registry.js";
 import { assignVariant } from "../lib/experiments.js";
-import { Code, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
+import { Code, EncodedReply, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
 import { RecommendationService, type RecommendRequest, type RecordOutcomeRequest } from "../gen/streamserve/v1/recommendation_pb.js";
 import { ExposureLogSchema, OutcomeLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { allFeatureSpecs, defaultModelFeatures } from "../features/definitions.js";
 import { assemble, lookupFeatures } from "./feature-lookup.js";
 import { encodePredictionLog } from "./prediction-log.js";
+import { encodeRecommendResponse } from "./recommend-response.js";
 import type { ModelManager } from "./model-manager.js";
 import type { OnnxModel } from "./onnx-model.js";
 import type { TrendingCache } from "./trending.js";
@@ -59,7 +60,7 @@ interface LogLayout {
   modelCount: number;
 }
 
-export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<typeof RecommendationService.method> {
+export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<typeof RecommendationService.method, EncodedReply> {
   const { names, limits, log } = deps;
   const logFeatures = deps.logFeatures ?? "all";
   if (!LOG_FEATURES.includes(logFeatures)) throw new RangeError(`logFeatures must be one of ${LOG_FEATURES.join(", ")}, got "${logFeatures}"`);
@@ -178,14 +179,18 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
       // Off the request's path (it starts after this turn); never part of the response.
       shadow(experiment, { requestId, timeMs: now, context, candidates, returned: top.length });
 
-      return {
-        requestId,
-        recommendations: top.map((i) => ({ itemId: candidates[i]!, score: scores[i]! })),
-        modelName: deps.modelName,
-        modelVersion,
-        variant: variant?.name ?? "",
-        latencyMs,
-      };
+      return new EncodedReply(
+        encodeRecommendResponse({
+          requestId,
+          itemIds: candidates,
+          scores,
+          order: top,
+          modelName: deps.modelName,
+          modelVersion,
+          variant: variant?.name ?? "",
+          latencyMs,
+        }),
+      );
     } finally {
       if (model) deps.models.release(model);
     }

@@ -77,7 +77,7 @@ export class TreeScorer {
 
   constructor(
     private readonly forest: Forest,
-    private readonly steps: readonly Step[],
+    steps: readonly Step[],
     readonly featureCount: number,
     /** What was compiled, for the load log line. */
     readonly description: string,
