@@ -94,6 +94,8 @@ export class OnnxModel {
   /** Requests running on this version; the session is released when it is retired and this is 0. */
   inflight = 0;
   retired = false;
+  /** When it last served a request (ModelManager unloads idle on-demand versions). */
+  lastUsedMs = 0;
   /** Scores Recommend's rows when set (ModelInfer and REST inference always run onnxruntime). */
   native: TreeScorer | undefined;
   /** Why a model loaded with --scorer auto is scored by onnxruntime rather than natively (for the load log). */

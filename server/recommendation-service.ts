@@ -77,6 +77,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
   });
   const inferenceBy = childCache((model, version) => inference.labels({ model, version }));
   let lastRedisWarning = 0;
+  const predictionSubject = names.logsSubject("prediction");
   const shadow = createShadowScorer(deps);
 
   // One layout per served feature list (a model version's, or the fallback's), worked out once.
@@ -133,16 +134,18 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
         scores = Float64Array.from(candidates, (c) => deps.trending.score(c));
       }
 
-      const order = candidates.map((_, i) => i).sort((a, b) => scores[b]! - scores[a]! || a - b);
+      const order = new Array<number>(candidates.length);
+      for (let i = 0; i < order.length; i++) order[i] = i;
+      order.sort((a, b) => scores[b]! - scores[a]! || a - b);
       const limit = req.limit || (req.candidates.length ? candidates.length : limits.defaultTrendingLimit);
-      const top = order.slice(0, limit);
+      const top = order.length > limit ? order.slice(0, limit) : order;
       const modelVersion = model?.version.version ?? FALLBACK_VERSION;
       const latencyMs = performance.now() - started;
       requestsBy(modelVersion, variant?.name).inc();
 
       // Log every scored candidate with the exact vector served (and the other logged features), then the exposure.
       const positions = new Uint32Array(candidates.length);
-      top.forEach((idx, p) => (positions[idx] = p + 1));
+      for (let p = 0; p < top.length; p++) positions[top[p]!] = p + 1;
       const now = Date.now();
       const prediction = encodePredictionLog({
         requestId,
@@ -163,7 +166,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
         missingFeatures: features.missing,
         latencyMs,
       });
-      deps.logs.publish(names.logsSubject("prediction"), `prediction:${requestId}`, prediction);
+      deps.logs.publish(predictionSubject, `prediction:${requestId}`, prediction);
       if (experiment && variant) {
         const exposure = create(ExposureLogSchema, {
           requestId,
@@ -226,12 +229,13 @@ export function validateRecommend(req: RecommendRequest, limits: ServingLimits):
     throw invalidArgument("candidates", `has ${req.candidates.length} items; the limit is ${limits.maxCandidates}`);
   }
   const seen = new Set<string>();
-  req.candidates.forEach((c, i) => {
+  for (let i = 0; i < req.candidates.length; i++) {
+    const c = req.candidates[i]!;
     if (!c) throw invalidArgument(`candidates[${i}]`, "is empty");
     if (c.length > limits.maxIdLength) throw invalidArgument(`candidates[${i}]`, `is longer than ${limits.maxIdLength} characters`);
     if (seen.has(c)) throw invalidArgument(`candidates[${i}]`, `"${c}" is listed twice`);
     seen.add(c);
-  });
+  }
   if (req.limit > limits.maxCandidates) throw invalidArgument("limit", `must be at most ${limits.maxCandidates}`);
   if (req.requestId.length > limits.maxIdLength) throw invalidArgument("request_id", `is longer than ${limits.maxIdLength} characters`);
   if (req.currentPage.length > limits.maxIdLength) throw invalidArgument("current_page", `is longer than ${limits.maxIdLength} characters`);
