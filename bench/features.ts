@@ -14,12 +14,13 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { AckPolicy, DeliverPolicy, type JetStreamClient } from "nats";
 import { createRuntime, type Runtime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
-import { deleteKeysWithPrefix } from "../lib/redis.js";
+import { connectRedis, deleteKeysWithPrefix } from "../lib/redis.js";
 import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING, USER_FEATURES, type ActivityEvent } from "../features/definitions.js";
 import { WindowStore } from "../features/window-store.js";
 import { featuresOf, windowStart } from "../features/windows.js";
-import { PullConsumer, type PulledMessage } from "../lib/jetstream-pull.js";
-import { RespConnection, type RespCommand } from "../lib/resp.js";
+import { createPullConsumer, type PullConsumer, type PulledMessage } from "../lib/jetstream-pull.js";
+import { connectResp } from "../lib/resp-client.js";
+import type { RespCommand } from "../lib/resp.js";
 import { fmt, header, row } from "./measure.js";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -248,7 +249,8 @@ async function rawPull(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, js
   let pc: PullConsumer | undefined;
   let batch: PulledMessage[] = [];
   await new Promise<void>((resolve) => {
-    pc = new PullConsumer(nc, {
+    pc = createPullConsumer(nc, {
+      implementation: "fast",
       stream: rt.names.eventsStream,
       consumer: durable,
       batch: BATCH,
@@ -330,7 +332,7 @@ function transactionsBetween(a: Awaited<ReturnType<typeof transactionHistogram>>
 
 /** Round-trip times of a PING every 5 ms on a connection of its own, until stopped. */
 function pingLatencies(rt: Runtime): { stop(): Promise<{ p50: number; p99: number; max: number }> } {
-  const redis = rt.redis().duplicate();
+  const redis = connectRedis(rt.config.redisUrl, rt.log);
   const samples: number[] = [];
   let running = true;
   const loop = (async () => {
@@ -456,7 +458,7 @@ async function checkApplied(rt: Runtime, events: readonly ActivityEvent[]): Prom
  * the worker spends on it, and the machine has two cores.
  */
 async function steadyLoad(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, jsm: Jsm, rate: number) {
-  const redis = rt.redis().duplicate();
+  const redis = connectRedis(rt.config.redisUrl, rt.log);
   const pending = new Map<string, number>();
   const seen: number[] = [];
   let done = false;
@@ -534,7 +536,7 @@ async function steadyLoad(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>,
 /** The seed's kind of sink: per batch, HSET each entity's features + PEXPIRE, ZINCRBY trending. */
 async function rawRedisPipeline(rt: Runtime, events: readonly ActivityEvent[]): Promise<number> {
   // The client the window store writes with, so the two differ only in what they write.
-  const redis = new RespConnection(rt.config.redisUrl);
+  const redis = connectResp(rt.config.redisUrl);
   const prefix = `${rt.names.redisPrefix}raw:`;
   const t = performance.now();
   for (let i = 0; i < events.length; i += BATCH) {

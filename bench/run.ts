@@ -8,6 +8,8 @@ const SUITES: [string, () => Promise<{ default?: unknown } & Record<string, unkn
   ["serving-up", () => import("./serving-up.js"), "benchServingUp"],
   ["workers", () => import("./workers.js"), "benchWorkers"],
   ["features", () => import("./features.js"), "benchFeatures"],
+  ["fast-paths", () => import("./fast-paths.js"), "benchFastPaths"],
+  ["cluster-read", () => import("./cluster-read.js"), "benchClusterRead"],
   ["sink", () => import("./sink.js"), "benchSink"],
   ["trainer", () => import("./trainer.js"), "benchTrainer"],
 ];

@@ -12,6 +12,7 @@ import { createRuntime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
 import { decodeLog, type Row } from "../sink/log-rows.js";
 import { startSink } from "../sink/sink.js";
+import { withDefaults } from "../lib/options.js";
 
 export interface SinkBenchOptions {
   /** Prediction logs published (each becomes `items` rows). @default 20_000 */
@@ -63,8 +64,7 @@ function predictionLog(run: string, i: number, items: number): Uint8Array {
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
 
 export async function benchSink(options: SinkBenchOptions = {}): Promise<void> {
-  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const o: Required<SinkBenchOptions> = { ...SINK_BENCH_DEFAULTS, ...given };
+  const o: Required<SinkBenchOptions> = withDefaults(SINK_BENCH_DEFAULTS, options);
   const rowsTotal = o.messages * o.items;
   console.log(
     `\n## sink: ${fmt(o.messages)} prediction logs × ${o.items} items = ${fmt(rowsTotal)} rows into embedded ClickHouse, batches of ${fmt(o.batch)} messages`,

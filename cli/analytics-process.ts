@@ -43,6 +43,8 @@ export interface AnalyticsInfo {
 
 /** Nice value of the analytics process: serving (0) always runs first when both want a core. */
 export const ANALYTICS_NICE = 10;
+/** Scheduling class of the analytics process: it runs on the CPU time serving and features leave. */
+export const ANALYTICS_POLICY = "idle";
 
 const log = createLogger(process.env.LOG_LEVEL).child({ process: "analytics" });
 
@@ -54,7 +56,7 @@ serveSupervisor<AnalyticsStart, AnalyticsInfo>(
       // Open (and migrate) ClickHouse first: ready means the dashboard can answer.
       await runtime.clickhouse();
       // The engine raises its memory worker thread to -20 when it may (as root); it joins the rest.
-      const nice = lowerOwnPriority(ANALYTICS_NICE);
+      const nice = lowerOwnPriority(ANALYTICS_NICE, ANALYTICS_POLICY);
       parts.push(await startSink(runtime));
       const trainer = startTrainingSchedule(runtime, { ...options.trainer, intervalMs: options.trainEveryMs });
       parts.push(trainer);
@@ -81,5 +83,5 @@ serveSupervisor<AnalyticsStart, AnalyticsInfo>(
       throw err;
     }
   },
-  { nice: ANALYTICS_NICE, log },
+  { nice: ANALYTICS_NICE, policy: ANALYTICS_POLICY, log },
 );

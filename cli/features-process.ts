@@ -31,6 +31,8 @@ export interface FeaturesInfo {
 
 /** Nice value of the features process; measured against 0 with `up` + the simulator at 1000 events/s (README). */
 export const FEATURES_NICE = 5;
+/** Scheduling class of the features process: it takes its share but never preempts a waking request. */
+export const FEATURES_POLICY = "batch";
 
 const log = createLogger(process.env.LOG_LEVEL).child({ process: "features" });
 
@@ -55,5 +57,5 @@ serveSupervisor<FeaturesStart, FeaturesInfo>(
       throw err;
     }
   },
-  { nice: FEATURES_NICE, log },
+  { nice: FEATURES_NICE, policy: FEATURES_POLICY, log },
 );

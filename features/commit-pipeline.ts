@@ -14,7 +14,8 @@
 // unbroken run; otherwise (another worker, the window closer) it is read and computed again
 // under WATCH, one transaction at a time, until one commits.
 import { setTimeout as sleep } from "node:timers/promises";
-import { RespConnection, RespError, type RespArg, type RespCommand, type RespReply, type RespWriter } from "../lib/resp.js";
+import { RespError, type RespArg, type RespCommand, type RespConnection, type RespReply, type RespWriter } from "../lib/resp.js";
+import { connectResp } from "../lib/resp-client.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
 import { distinctField, trendOf, unpack, WindowStoreError, type StoreKeys, type WindowStatus } from "./store-keys.js";
 import {
@@ -98,8 +99,8 @@ export class CommitPipeline {
     this.opts = { maxTransactionMs: o.maxTransactionMs };
     this.views = o.views;
     this.bucketMs = o.plan.bucketMs;
-    this.writer = new RespConnection(o.redisUrl, { name: "streamserve-features" });
-    this.reader = new RespConnection(o.redisUrl, { name: "streamserve-features-reader" });
+    this.writer = connectResp(o.redisUrl, { name: "streamserve-features" });
+    this.reader = connectResp(o.redisUrl, { name: "streamserve-features-reader" });
     for (const v of o.views) this.knownWindows.set(v, new Map());
   }
 

@@ -6,6 +6,7 @@ import { mkdirSync, openSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "./logger.js";
+import { isClusterUrl, parseClusterUrl } from "./redis-url.js";
 
 export interface LocalService {
   name: string;
@@ -84,18 +85,21 @@ async function ensure(spec: ServiceSpec, dataDir: string, log: Logger): Promise<
 /** Starts whatever is missing; returns the instances this process owns. */
 export async function ensureLocalServices(urls: { redisUrl: string; natsUrl: string }, dataDir: string, log: Logger): Promise<LocalService[]> {
   const started: LocalService[] = [];
-  const redis = await ensure(
-    {
-      name: "Redis",
-      url: urls.redisUrl,
-      defaultPort: 6379,
-      binary: "redis-server",
-      install: "Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis",
-      args: (port, dir) => ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"],
-    },
-    dataDir,
-    log,
-  );
+  if (isClusterUrl(urls.redisUrl)) await clusterAnswers(urls.redisUrl);
+  const redis = isClusterUrl(urls.redisUrl)
+    ? undefined
+    : await ensure(
+        {
+          name: "Redis",
+          url: urls.redisUrl,
+          defaultPort: 6379,
+          binary: "redis-server",
+          install: "Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis",
+          args: (port, dir) => ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"],
+        },
+        dataDir,
+        log,
+      );
   if (redis) started.push(redis);
   const nats = await ensure(
     {
@@ -114,4 +118,13 @@ export async function ensureLocalServices(urls: { redisUrl: string; natsUrl: str
   });
   if (nats) started.push(nats);
   return started;
+}
+
+/** A private instance cannot stand in for a Redis Cluster: one of its seed nodes must answer. */
+async function clusterAnswers(url: string): Promise<void> {
+  const { nodes } = parseClusterUrl(url);
+  for (const n of nodes) if (await answers(n.host === "localhost" ? "127.0.0.1" : n.host, n.port)) return;
+  throw new MissingServiceError(
+    `no node of the Redis Cluster answers (${nodes.map((n) => `${n.host}:${n.port}`).join(", ")}). Start the cluster, or point REDIS_URL at one Redis (redis://host:port).`,
+  );
 }

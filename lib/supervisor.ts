@@ -7,10 +7,11 @@
 //           stops it on shutdown (SIGKILL only after a timeout).
 //   child   serveSupervisor(): lowers its own CPU priority, starts its part, answers calls, and
 //           stops when told or when the parent goes away: no child outlives `up`.
-import { fork, type ChildProcess } from "node:child_process";
+import { execFileSync, fork, type ChildProcess } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { getPriority, setPriority } from "node:os";
 import type { Logger } from "./logger.js";
+import { withDefaults } from "./options.js";
 
 type ToChild = { type: "start"; payload: unknown } | { type: "call"; id: number; method: string; args: unknown[] } | { type: "stop" };
 type FromChild =
@@ -78,8 +79,7 @@ function childExecArgv(): string[] {
 }
 
 export function superviseChild<Start, Info>(options: SuperviseOptions<Start>): SupervisedChild<Info> {
-  const o = { ...SUPERVISE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as SuperviseOptions<Start> &
-    typeof SUPERVISE_DEFAULTS;
+  const o = withDefaults(SUPERVISE_DEFAULTS, options);
   const log = o.log.child({ child: o.name });
   let state: ChildState<Info> = { kind: "stopped" };
   let restarts = 0;
@@ -234,6 +234,8 @@ export interface ChildPart<Info> {
 export interface ServeOptions {
   /** Nice value the child takes (higher is lower priority). @default unchanged */
   nice?: number;
+  /** Scheduling class the child takes with it. @default unchanged */
+  policy?: SchedulingPolicy;
   /** Time stop() gets before the child exits anyway. @default 25_000 */
   stopTimeoutMs?: number;
   log: Logger;
@@ -250,7 +252,7 @@ export function serveSupervisor<Start, Info>(start: (payload: Start) => Promise<
     console.error("this module is started by `streamserve up`, not on its own");
     process.exit(2);
   }
-  if (options.nice !== undefined) log.debug({ nice: lowerOwnPriority(options.nice) }, "priority lowered");
+  if (options.nice !== undefined) log.debug({ nice: lowerOwnPriority(options.nice, options.policy), policy: options.policy }, "priority lowered");
   const send = (m: FromChild) => {
     if (process.connected) process.send!(m, undefined, {}, () => undefined);
   };
@@ -304,11 +306,18 @@ export function serveSupervisor<Start, Info>(start: (payload: Start) => Promise<
 }
 
 /**
- * Raises this process's nice value to `nice` and returns it. Linux keeps one per thread: every
- * thread running now (V8's, libuv's, the engine's) is lowered, and threads started later inherit
- * it from the thread that starts them. Elsewhere the call covers the process.
+ * Linux scheduling classes a child may take beside its nice value: "batch" never preempts a
+ * waking thread of serving; "idle" runs only on time nobody else wants (sched(7)).
  */
-export function lowerOwnPriority(nice: number): number {
+export type SchedulingPolicy = "batch" | "idle";
+
+/**
+ * Raises this process's nice value to `nice` (and, on Linux with util-linux's `chrt`, moves it to
+ * `policy`) and returns the nice value. Linux keeps both per thread: every thread running now
+ * (V8's, libuv's, the engine's) is changed, and threads started later inherit them from the
+ * thread that starts them. Elsewhere the nice value covers the process and the policy is skipped.
+ */
+export function lowerOwnPriority(nice: number, policy?: SchedulingPolicy): number {
   let threads = [0];
   try {
     threads = readdirSync("/proc/self/task").map(Number);
@@ -320,6 +329,13 @@ export function lowerOwnPriority(nice: number): number {
       if (getPriority(tid) < nice) setPriority(tid, nice);
     } catch {
       // a thread that ended meanwhile
+    }
+  }
+  if (policy && process.platform === "linux") {
+    try {
+      execFileSync("chrt", ["--all-tasks", `--${policy}`, "--pid", "0", String(process.pid)], { stdio: "ignore" });
+    } catch {
+      // no chrt: the nice value alone orders the processes
     }
   }
   return getPriority(0);

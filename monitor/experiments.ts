@@ -1,12 +1,7 @@
-// A/B analysis: per experiment and variant, users, exposures, conversions, conversion rate and
-// revenue; each treatment against control with a two-proportion z-test, the relative lift with its
-// confidence interval and Welch's t-test on revenue per user; the sample-ratio-mismatch check of the
-// users seen against the configured split; and a warning while the sample is too small to conclude.
-// The unit of analysis is the user, because users (not requests) are what the router randomizes.
-// Next to the fixed-horizon z-test, which is only valid read once at a planned sample size, each
-// treatment gets the always-valid mSPRT p-value and confidence sequence (stats/sequential.ts), safe
-// to read every cycle, and the CUPED-adjusted difference (stats/cuped.ts) with each user's
-// pre-exposure activity from `user_features` as covariate, with the variance reduction achieved.
+// A/B analysis per experiment and variant, per user (the unit the router randomizes): counts, rates
+// and revenue, each treatment against control (z-test, lift interval, Welch's t on revenue), the
+// sample-ratio-mismatch check, the always-valid mSPRT (stats/sequential.ts) and CUPED (stats/cuped.ts).
+// What each figure means and when it is valid: monitor/README.md.
 import type { ClickHouse } from "../lib/clickhouse.js";
 import type { Experiment, Registry } from "../lib/registry.js";
 import type { ExperimentOptions } from "./options.js";

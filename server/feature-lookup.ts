@@ -1,7 +1,9 @@
 // Online features for one Recommend request: the user's hash and every candidate's hash, read in
-// one round trip, assembled into the row-major matrix the model version declares.
+// one round trip (on a Redis Cluster, one per master holding some of the keys, all at once:
+// cluster-feature-read.ts), assembled into the row-major matrix the model version declares.
 // Redis trouble never fails the request: the features take their defaults and the caller logs it.
-import type { Redis } from "../lib/redis.js";
+import { isCluster, type Redis } from "../lib/redis.js";
+import { readAcrossSlots } from "./cluster-feature-read.js";
 import type { Names } from "../lib/config.js";
 import type { FeatureSpec } from "../lib/registry.js";
 
@@ -40,14 +42,16 @@ export async function lookupFeatures(
     keys[0] = names.userFeaturesKey(ctx.userId);
     for (let i = 0; i < items.length; i++) keys[i + 1] = names.itemFeaturesKey(items[i]!);
     try {
-      const rows = scriptUnsupported.has(redis)
-        ? await readWithPipeline(redis, keys, userFields, itemFields)
-        : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
-            // Redis Cluster (keys in different slots) or scripting disabled: use a pipeline.
-            if (!/CROSSSLOT|NOSCRIPT|unknown command|not allowed|disabled/i.test(err.message)) throw err;
-            scriptUnsupported.add(redis);
-            return readWithPipeline(redis, keys, userFields, itemFields);
-          });
+      const rows = isCluster(redis)
+        ? await readAcrossSlots(redis, keys, userFields, itemFields)
+        : scriptUnsupported.has(redis)
+          ? await readWithPipeline(redis, keys, userFields, itemFields)
+          : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
+              // Scripting disabled (or a cluster node named as one Redis, CROSSSLOT): use a pipeline.
+              if (!/CROSSSLOT|NOSCRIPT|NOPERM|unknown command|not allowed|disabled/i.test(err.message)) throw err;
+              scriptUnsupported.add(redis);
+              return readWithPipeline(redis, keys, userFields, itemFields);
+            });
       userValues = rows[0] ?? [];
       itemValues = rows.slice(1);
     } catch {

@@ -8,6 +8,7 @@
 // `shift()` changes the world mid-run: mobile sessions grow longer and engage more, and a page
 // that nobody visited becomes the most popular one. Feature and prediction drift are then real.
 import { createRandom, cumulative, type Random } from "./random.js";
+import { withDefaults } from "../lib/options.js";
 
 export const DEVICES = ["desktop", "mobile", "tablet"] as const;
 export type Device = (typeof DEVICES)[number];
@@ -85,7 +86,7 @@ export class World {
   private maxPopularityLog: number;
 
   constructor(options: WorldOptions = {}) {
-    const o = { ...WORLD_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as Required<WorldOptions>;
+    const o = withDefaults(WORLD_DEFAULTS, options) as Required<WorldOptions>;
     if (!Number.isInteger(o.users) || o.users < 1) throw new RangeError(`users must be a positive integer, got ${o.users}`);
     if (!Number.isInteger(o.pages) || o.pages < 2) throw new RangeError(`pages must be an integer of at least 2, got ${o.pages}`);
     const rand = createRandom(o.seed).fork("world");

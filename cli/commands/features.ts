@@ -1,8 +1,7 @@
 // `streamserve features`: the streaming feature worker on its own, until SIGINT/SIGTERM.
 import type { Command } from "../command.js";
-import { untilSignal } from "../command.js";
+import { runPartUntilSignal } from "../command.js";
 import { durationFlag, numberFlag, UsageError, type CommandArgs } from "../args.js";
-import { sendJson, sendText } from "../../lib/http.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
 
 export const FEATURES_FLAGS = `  --batch-size N        most events taken and acked as one batch (default 2000)
@@ -55,18 +54,7 @@ Examples:
   async run(args, runtime) {
     const options = featuresOptionsFromFlags(args);
     const worker = await startFeaturesWorker(runtime, options);
-    runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
-    runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", features: worker.stats }));
-    try {
-      await runtime.listenHttp();
-    } catch (err) {
-      await worker.stop();
-      throw new Error(`cannot listen on HTTP port ${runtime.config.httpPort} (${(err as Error).message}); pass --http-port (0 picks a free one)`);
-    }
-    const signal = await untilSignal();
-    runtime.log.info({ signal }, "stopping the features worker");
-    await worker.stop();
-    return 0;
+    return runPartUntilSignal(runtime, { name: "features", health: () => worker.stats, stop: () => worker.stop() });
   },
 };
 

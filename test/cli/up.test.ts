@@ -1,6 +1,6 @@
 // `streamserve up` as a user runs it: one command, three processes. The serving process answers gRPC
 // and the HTTP port; its children, at lower CPU priorities, are the features worker (nice 5) and the
-// analytics process (embedded ClickHouse, sink, trainer, monitor, dashboard queries; nice 10). Killing the
+// analytics process (embedded ClickHouse, sink, trainer, monitor, dashboard queries; nice 10, SCHED_IDLE). Killing the
 // analytics process leaves gRPC serving, and it comes back; Ctrl-C (SIGINT) stops them all.
 import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
@@ -55,6 +55,8 @@ const childNamed = (name: string) => platformChildren().find((pid) => cmdline(pi
 
 /** The nice value of every thread of a process (field 19 of stat; 17 after the name). */
 const threadNices = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[16]));
+/** The scheduling policy of every thread (field 41 of stat): 0 normal, 3 batch, 5 idle. */
+const threadPolicies = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[38]));
 
 before(async () => {
   rt = testRuntime();
@@ -110,6 +112,9 @@ it("serves gRPC in one process, features and analytics in lower-priority childre
     threadNices(childNamed("features")!).every((n) => n === 5),
     "the features process runs just below serving",
   );
+  assert.deepEqual(new Set(threadPolicies(up.pid!)), new Set([0]), "serving keeps the normal scheduling class");
+  assert.deepEqual(new Set(threadPolicies(childNamed("features")!)), new Set([3]), "features run as batch: they never preempt a waking request");
+  assert.deepEqual(new Set(threadPolicies(analytics)), new Set([5]), "analytics run as idle: only on CPU time the others leave");
 
   const { http } = ports();
   const res = await fetch(`http://127.0.0.1:${http}/api/models`);

@@ -31,13 +31,19 @@ export class OwnService {
     readonly port: number,
     /** Redis only: every write in the append-only file, fsynced before the reply. */
     readonly persistent = false,
+    /**
+     * Redis only: a Redis Cluster node (its cluster bus is on port + 10000; test/redis-cluster.ts
+     * forms the cluster). Its peers mark it failed after 15 s down (no replicas take over), so a
+     * test that kills and restarts a master within that time keeps the cluster serving the others.
+     */
+    readonly clusterNode = false,
   ) {
     this.dir = mkdtempSync(join(tmpdir(), `streamserve-${kind}-`));
   }
 
   /** A Redis that loses everything on a crash, or (`persistent`) one that keeps every acknowledged write. */
-  static async redis(options: { persistent?: boolean } = {}): Promise<OwnService> {
-    const s = new OwnService("redis", await freePort(), options.persistent);
+  static async redis(options: { persistent?: boolean; clusterNode?: boolean; port?: number } = {}): Promise<OwnService> {
+    const s = new OwnService("redis", options.port ?? (await freePort()), options.persistent, options.clusterNode);
     await s.start();
     return s;
   }
@@ -73,6 +79,7 @@ export class OwnService {
               "--dir",
               this.dir,
               ...(this.persistent ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]),
+              ...(this.clusterNode ? ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "15000"] : []),
             ],
             "Ready to accept connections",
           ]
