@@ -11,6 +11,10 @@ import { createRandom, trainGbdt } from "../../trainer/gbdt.js";
 import { exportOnnx, ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME } from "../../trainer/onnx-export.js";
 import { logisticModel, treeEnsembleModel, type TreeEnsembleSpec, type TreeNodeSpec } from "../fixtures/onnx-models.js";
 import type { FeatureSpec, ModelVersion } from "../../lib/registry.js";
+import { testRuntime, waitFor } from "../helpers.js";
+import { startServing } from "./harness.js";
+import { serverOptionsFromFlags } from "../../cli/commands/serve.js";
+import { parseArgs, UsageError } from "../../cli/args.js";
 
 async function onnxruntimeScores(bytes: Uint8Array, output: string, matrix: Float32Array, rows: number, width: number): Promise<Float64Array> {
   const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1, interOpNumThreads: 1 });
@@ -211,6 +215,51 @@ describe("loadModel's scorer choice", () => {
     await assert.rejects(
       loadModel({ ...version(2), inputName: "features", outputName: "score" }, logisticModel([1, -1], 0), { scorer: "native" }),
       (err: Error) => err instanceof ModelLoadError && /--scorer native cannot score this model/.test(err.message),
+    );
+  });
+});
+
+describe("Recommend with each scorer", () => {
+  it("answers the same ranking and scores natively as with --scorer onnxruntime, and serve names the choices", async () => {
+    const { bytes, F } = trainedModel(12, { trees: 50, depth: 5 });
+    const features = Array.from(
+      { length: F },
+      (_, i): FeatureSpec => ({ name: `f${i}`, source: i < 2 ? "user" : "item", type: "numeric", default: i === 3 ? Number.NaN : 1 }),
+    );
+    const rt = testRuntime();
+    try {
+      const registry = await rt.registry();
+      const mv = await registry.publish({ name: "recommender", artifact: bytes, features, inputName: ONNX_INPUT_NAME, outputName: ONNX_PROBABILITIES_NAME });
+      await registry.setAlias("recommender", "production", mv.version);
+      const redis = rt.redis();
+      await redis.hset(rt.names.userFeaturesKey("u1"), { f0: "3.5", f1: "7" });
+      const items = Array.from({ length: 12 }, (_, i) => `item${i}`);
+      for (const [i, item] of items.entries())
+        if (i % 4 !== 0) await redis.hset(rt.names.itemFeaturesKey(item), { f2: String(i % 5), f3: String(i * 0.7), f4: String(10 - i), f5: String(i) });
+      const answers: { itemId: string; score: number }[][] = [];
+      for (const scorer of ["native", "onnxruntime"] as const) {
+        const serving = await startServing(rt, { http: false, scorer });
+        try {
+          await waitFor(() => serving.server.models.servedVersion("recommender") === mv.version, 15_000, "model loaded");
+          assert.equal(serving.server.models.acquire("recommender")?.scorer, scorer);
+          answers.push((await serving.client.recommend({ userId: "u1", candidates: items })).recommendations);
+        } finally {
+          await serving.close();
+        }
+      }
+      assert.deepEqual(
+        answers[0]!.map((r) => r.itemId),
+        answers[1]!.map((r) => r.itemId),
+      );
+      answers[0]!.forEach((r, i) => assert.ok(Math.abs(r.score - answers[1]![i]!.score) <= 1e-6, `${r.itemId}: ${r.score} vs ${answers[1]![i]!.score}`));
+    } finally {
+      await rt.cleanup();
+    }
+    assert.equal(serverOptionsFromFlags(parseArgs(["--scorer", "native"])).scorer, "native");
+    assert.equal(serverOptionsFromFlags(parseArgs([])).scorer, undefined);
+    assert.throws(
+      () => serverOptionsFromFlags(parseArgs(["--scorer", "fast"])),
+      (e: Error) => e instanceof UsageError && /auto, onnxruntime, native/.test(e.message),
     );
   });
 });
