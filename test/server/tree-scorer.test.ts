@@ -241,7 +241,9 @@ describe("Recommend with each scorer", () => {
         const serving = await startServing(rt, { http: false, scorer });
         try {
           await waitFor(() => serving.server.models.servedVersion("recommender") === mv.version, 15_000, "model loaded");
-          assert.equal(serving.server.models.acquire("recommender")?.scorer, scorer);
+          const served = serving.server.models.acquire("recommender")!;
+          serving.server.models.release(served);
+          assert.equal(served.scorer, scorer);
           answers.push((await serving.client.recommend({ userId: "u1", candidates: items })).recommendations);
         } finally {
           await serving.close();
