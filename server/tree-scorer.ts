@@ -286,7 +286,9 @@ function scoreNodes(forest: Forest, width: number, matrix: Float32Array, rows: n
 
 /** Padded trees stay this small: 2^depth leaves per tree, at most this many nodes in all. */
 const PERFECT_MAX_DEPTH = 12;
-const PERFECT_MAX_NODES = 1 << 22;
+const PERFECT_MAX_NODES = 1 << 20;
+/** ...and at most this many times the nodes the trees really have (deep, sparse trees stay node arrays). */
+const PERFECT_MAX_GROWTH = 16;
 
 const F32 = new Float32Array(1);
 const U32 = new Uint32Array(F32.buffer);
@@ -329,7 +331,8 @@ function perfectForest(forest: Forest): PerfectForest | undefined {
   const depthOf = (i: number): number => (code[i] === LEAF ? 0 : 1 + Math.max(depthOf(whenTrue[i]!), depthOf(whenFalse[i]!)));
   let depth = 0;
   for (const root of roots) depth = Math.max(depth, depthOf(root));
-  if (depth === 0 || depth > PERFECT_MAX_DEPTH || roots.length * (1 << depth) > PERFECT_MAX_NODES) return undefined;
+  const padded = roots.length * (1 << depth);
+  if (depth === 0 || depth > PERFECT_MAX_DEPTH || padded > PERFECT_MAX_NODES || padded > PERFECT_MAX_GROWTH * code.length) return undefined;
   const inner = (1 << depth) - 1;
   const trees = roots.length;
   const p: PerfectForest = {
