@@ -18,8 +18,9 @@ import { connectRedis, deleteKeysWithPrefix } from "../lib/redis.js";
 import { FEATURE_VIEWS, ITEM_FEATURES, TRENDING, USER_FEATURES, type ActivityEvent } from "../features/definitions.js";
 import { WindowStore } from "../features/window-store.js";
 import { featuresOf, windowStart } from "../features/windows.js";
-import { PullConsumer, type PulledMessage } from "../lib/jetstream-pull.js";
-import { RespConnection, type RespCommand } from "../lib/resp.js";
+import { createPullConsumer, type PullConsumer, type PulledMessage } from "../lib/jetstream-pull.js";
+import { connectResp } from "../lib/resp-client.js";
+import type { RespCommand } from "../lib/resp.js";
 import { fmt, header, row } from "./measure.js";
 import { benchPartitioned } from "./features-partitioned.js";
 
@@ -255,7 +256,8 @@ async function rawPull(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, js
   let pc: PullConsumer | undefined;
   let batch: PulledMessage[] = [];
   await new Promise<void>((resolve) => {
-    pc = new PullConsumer(nc, {
+    pc = createPullConsumer(nc, {
+      implementation: "fast",
       stream: rt.names.eventsStream,
       consumer: durable,
       batch: BATCH,
@@ -541,7 +543,7 @@ async function steadyLoad(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>,
 /** The seed's kind of sink: per batch, HSET each entity's features + PEXPIRE, ZINCRBY trending. */
 async function rawRedisPipeline(rt: Runtime, events: readonly ActivityEvent[]): Promise<number> {
   // The client the window store writes with, so the two differ only in what they write.
-  const redis = new RespConnection(rt.config.redisUrl);
+  const redis = connectResp(rt.config.redisUrl);
   const prefix = `${rt.names.redisPrefix}raw:`;
   const t = performance.now();
   for (let i = 0; i < events.length; i += BATCH) {

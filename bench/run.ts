@@ -8,8 +8,10 @@ const SUITES: [string, () => Promise<{ default?: unknown } & Record<string, unkn
   ["serving-up", () => import("./serving-up.js"), "benchServingUp"],
   ["workers", () => import("./workers.js"), "benchWorkers"],
   ["features", () => import("./features.js"), "benchFeatures"],
+  ["fast-paths", () => import("./fast-paths.js"), "benchFastPaths"],
   ["cluster-read", () => import("./cluster-read.js"), "benchClusterRead"],
   ["sink", () => import("./sink.js"), "benchSink"],
+  ["log-publisher", () => import("./log-publisher.js"), "benchLogPublisher"],
   ["trainer", () => import("./trainer.js"), "benchTrainer"],
 ];
 

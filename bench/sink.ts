@@ -6,12 +6,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { headers as natsHeaders } from "nats";
 import { PredictionLogSchema } from "../gen/streamserve/v1/logs_pb.js";
+import { publishLogBytes } from "../lib/log-message.js";
 import { createRuntime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
 import { decodeLog, type Row } from "../sink/log-rows.js";
 import { startSink } from "../sink/sink.js";
+import { withDefaults } from "../lib/options.js";
 
 export interface SinkBenchOptions {
   /** Prediction logs published (each becomes `items` rows). @default 20_000 */
@@ -63,8 +64,7 @@ function predictionLog(run: string, i: number, items: number): Uint8Array {
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
 
 export async function benchSink(options: SinkBenchOptions = {}): Promise<void> {
-  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const o: Required<SinkBenchOptions> = { ...SINK_BENCH_DEFAULTS, ...given };
+  const o: Required<SinkBenchOptions> = withDefaults(SINK_BENCH_DEFAULTS, options);
   const rowsTotal = o.messages * o.items;
   console.log(
     `\n## sink: ${fmt(o.messages)} prediction logs × ${o.items} items = ${fmt(rowsTotal)} rows into embedded ClickHouse, batches of ${fmt(o.batch)} messages`,
@@ -76,12 +76,8 @@ export async function benchSink(options: SinkBenchOptions = {}): Promise<void> {
     const ch = await runtime.clickhouse();
     const js = nc.jetstream();
     const payloads = Array.from({ length: o.messages }, (_, i) => predictionLog("sink", i, o.items));
-    const h = natsHeaders();
-    h.set("Content-Type", "application/protobuf");
     for (let i = 0; i < payloads.length; i += 1000) {
-      await Promise.all(
-        payloads.slice(i, i + 1000).map((data, k) => js.publish(runtime.names.logsSubject("prediction"), data, { msgID: `bench-${i + k}`, headers: h })),
-      );
+      await Promise.all(payloads.slice(i, i + 1000).map((data, k) => publishLogBytes(js, runtime.names.logsSubject("prediction"), `bench-${i + k}`, data)));
     }
 
     // The sink: everything is waiting in LOGS; time from start to the last row acknowledged.

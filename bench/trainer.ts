@@ -1,11 +1,23 @@
-// Trainer benchmark: training time and rows/s of the gradient-boosted trees on 1,000,000 rows ×
-// 10 features (100 trees, depth 5), and batch inference of the exported ONNX model through
-// onnxruntime-node, with per-row calls of the same session as the baseline measured in the run.
+// Trainer benchmark: training time of the gradient-boosted trees on 1,000,000 rows × 10 features
+// (100 trees, depth 5) on one and on two threads, next to XGBoost hist on one thread trained on the
+// same rows in the same run (bench/trainer-xgboost.py, when python3 has xgboost), with the holdout
+// AUC of each; then batch inference of the exported ONNX model through onnxruntime-node, with
+// per-row calls of the same session as the baseline.
 
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import * as ort from "onnxruntime-node";
-import { createRandom, predictProbaColumns, trainGbdt, type GbdtData } from "../trainer/gbdt.js";
+import { createRandom, predictProbaColumns, trainGbdt, type GbdtData, type GbdtModel } from "../trainer/gbdt.js";
 import { ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME, exportOnnx } from "../trainer/onnx-export.js";
 import { auc } from "../trainer/metrics.js";
+
+/** XGBoost 1.7.4 (Debian's python3-xgboost), hist, one thread, on this benchmark: recorded on the project's 2-core machine. */
+const XGBOOST_REFERENCE_S = 9.1;
+const HOLDOUT_ROWS = 100_000;
+const LEARNING_RATE = 0.1;
 
 export interface TrainerBenchOptions {
   /** @default 1_000_000 */
@@ -16,6 +28,8 @@ export interface TrainerBenchOptions {
   trees?: number;
   /** @default 5 */
   depth?: number;
+  /** Runs of each trainer, to show the machine's noise. @default 3 */
+  reps?: number;
 }
 
 export const TRAINER_BENCH_DEFAULTS: Readonly<Required<TrainerBenchOptions>> = Object.freeze({
@@ -23,6 +37,7 @@ export const TRAINER_BENCH_DEFAULTS: Readonly<Required<TrainerBenchOptions>> = O
   features: 10,
   trees: 100,
   depth: 5,
+  reps: 3,
 });
 
 /** A noisy logistic target over a mix of numeric, missing and categorical inputs. */
@@ -51,27 +66,129 @@ function syntheticData(rows: number, features: number, seed: number): GbdtData {
 
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
 
-export async function benchTrainer(options: TrainerBenchOptions = {}): Promise<void> {
-  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const o: Required<TrainerBenchOptions> = { ...TRAINER_BENCH_DEFAULTS, ...given };
-  console.log(`\n## trainer: ${fmt(o.rows)} rows × ${o.features} features, ${o.trees} trees, depth ${o.depth} (one core)`);
-  const data = syntheticData(o.rows, o.features, 7);
+interface Run {
+  wallS: number;
+  cpuS: number;
+}
+
+/** "min – max (median)" of some runs' seconds. */
+function range(values: number[]): string {
+  const v = [...values].sort((x, y) => x - y);
+  return `${fmt(v[0], 2)}–${fmt(v[v.length - 1], 2)} s (median ${fmt(median(v), 2)})`;
+}
+
+const median = (values: number[]) => {
+  const v = [...values].sort((x, y) => x - y);
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+};
+
+const load = () =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(", ");
+
+function trainOurs(data: GbdtData, o: Required<TrainerBenchOptions>, threads: number): { run: Run; model: GbdtModel } {
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
-  const model = trainGbdt(data, { numTrees: o.trees, maxDepth: o.depth });
-  const trainMs = performance.now() - t0;
-  // CPU time too: on a shared machine the wall clock includes waiting for a core.
+  const model = trainGbdt(data, { numTrees: o.trees, maxDepth: o.depth, learningRate: LEARNING_RATE, threads });
+  // CPU time too (every thread of the process): on a shared machine the wall clock includes waiting for a core.
   const cpu = process.cpuUsage(cpu0);
-  const cpuS = (cpu.user + cpu.system) / 1e6;
+  return { run: { wallS: (performance.now() - t0) / 1000, cpuS: (cpu.user + cpu.system) / 1e6 }, model };
+}
+
+/** The python3 that has xgboost, or undefined. */
+function pythonWithXgboost(): string | undefined {
+  for (const python of ["python3", "/usr/bin/python3"]) {
+    const r = spawnSync(python, ["-c", "import xgboost"], { stdio: "ignore" });
+    if (r.status === 0) return python;
+  }
+  return undefined;
+}
+
+/** Row-major float32 features and uint8 labels, as the XGBoost script reads them. */
+function writeRows(dir: string, name: string, data: GbdtData): void {
+  const n = data.labels.length;
+  const F = data.columns.length;
+  const x = new Float32Array(n * F);
+  for (let r = 0; r < n; r++) for (let f = 0; f < F; f++) x[r * F + f] = data.columns[f][r];
+  writeFileSync(join(dir, `${name}-x.f32`), x);
+  writeFileSync(join(dir, `${name}-y.u8`), Uint8Array.from(data.labels));
+}
+
+function trainXgboost(python: string, dir: string, o: Required<TrainerBenchOptions>): { run: Run; version: string; holdout: Float64Array } {
+  const script = join(dirname(fileURLToPath(import.meta.url)), "trainer-xgboost.py");
+  const args = [script, dir, o.rows, o.features, HOLDOUT_ROWS, o.trees, o.depth, LEARNING_RATE, 1].map(String);
+  const out = JSON.parse(execFileSync(python, args, { encoding: "utf8" }).trim().split("\n").pop()!) as { version: string; wall_s: number; cpu_s: number };
+  const p = readFileSync(join(dir, "holdout-p.f64"));
+  return { run: { wallS: out.wall_s, cpuS: out.cpu_s }, version: out.version, holdout: new Float64Array(new Uint8Array(p).buffer) };
+}
+
+export async function benchTrainer(options: TrainerBenchOptions = {}): Promise<void> {
+  const env = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
+  const fromEnv = { rows: env("BENCH_TRAINER_ROWS"), reps: env("BENCH_TRAINER_REPS") };
+  const given = Object.fromEntries(Object.entries({ ...fromEnv, ...options }).filter(([, v]) => v !== undefined));
+  const o: Required<TrainerBenchOptions> = { ...TRAINER_BENCH_DEFAULTS, ...given };
   console.log(
-    `train        ${fmt(trainMs / 1000, 2)} s wall (${fmt(cpuS, 2)} s CPU)   ${fmt(o.rows / (trainMs / 1000))} rows/s   ${fmt((o.rows * o.trees) / (trainMs / 1000) / 1e6, 1)} M row-trees/s`,
+    `\n## trainer: ${fmt(o.rows)} rows × ${o.features} features, ${o.trees} trees, depth ${o.depth}, learning rate ${LEARNING_RATE}; ${o.reps} runs each`,
   );
+  console.log(`load average before: ${load()} (2 cores here: above 2 the wall clock includes waiting for a core; CPU time is the fairer figure)`);
+  const data = syntheticData(o.rows, o.features, 7);
+  const holdout = syntheticData(HOLDOUT_ROWS, o.features, 8);
 
-  const holdout = syntheticData(100_000, o.features, 8);
-  const p = predictProbaColumns(model, holdout.columns);
-  console.log(`holdout AUC  ${auc(holdout.labels, p).toFixed(4)}`);
+  const python = pythonWithXgboost();
+  const dir = mkdtempSync(join(tmpdir(), "bench-trainer-"));
+  const runs: Record<string, Run[]> = { ours1: [], ours2: [], xgb: [] };
+  let model: GbdtModel | undefined;
+  let model2: GbdtModel | undefined;
+  let xgb: ReturnType<typeof trainXgboost> | undefined;
+  try {
+    if (python) {
+      writeRows(dir, "train", data);
+      writeRows(dir, "holdout", holdout);
+    }
+    // Interleaved, so that a burst of load from elsewhere falls on all of them alike.
+    for (let i = 0; i < o.reps; i++) {
+      const one = trainOurs(data, o, 1);
+      runs.ours1.push(one.run);
+      model = one.model;
+      const two = trainOurs(data, o, 2);
+      runs.ours2.push(two.run);
+      model2 = two.model;
+      if (python) {
+        xgb = trainXgboost(python, dir, o);
+        runs.xgb.push(xgb.run);
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const aucOf = (m: GbdtModel) => auc(holdout.labels, predictProbaColumns(m, holdout.columns)).toFixed(4);
+  const line = (name: string, r: Run[], extra: string) =>
+    console.log(`${name.padEnd(22)} wall ${range(r.map((x) => x.wallS))}   CPU ${range(r.map((x) => x.cpuS))}   ${extra}`);
+  line("ours, 1 thread", runs.ours1, `holdout AUC ${aucOf(model!)}`);
+  line("ours, 2 threads", runs.ours2, `holdout AUC ${aucOf(model2!)}   (${model2!.params.threads} used)`);
+  const ours1 = median(runs.ours1.map((r) => r.wallS));
+  const ours1Cpu = median(runs.ours1.map((r) => r.cpuS));
+  const ours2 = median(runs.ours2.map((r) => r.wallS));
+  if (xgb) {
+    line(`xgboost ${xgb.version}, 1 thread`, runs.xgb, `holdout AUC ${auc(holdout.labels, xgb.holdout).toFixed(4)}   (baseline, same rows, same run)`);
+    const x = median(runs.xgb.map((r) => r.wallS));
+    const xCpu = median(runs.xgb.map((r) => r.cpuS));
+    console.log(
+      `ratio to xgboost        1 thread: ${fmt(ours1 / x, 2)}× wall, ${fmt(ours1Cpu / xCpu, 2)}× CPU (target ≤ 1.5×)   2 threads: ${fmt(ours2 / x, 2)}× wall`,
+    );
+  } else {
+    console.log(
+      `xgboost                not installed for python3 (apt-get install -y python3-xgboost, or pip install xgboost); recorded reference: ${XGBOOST_REFERENCE_S} s on 1 thread`,
+    );
+    console.log(
+      `ratio to the reference  1 thread: ${fmt(ours1 / XGBOOST_REFERENCE_S, 2)}× wall (target ≤ 1.5×)   2 threads: ${fmt(ours2 / XGBOOST_REFERENCE_S, 2)}× wall`,
+    );
+  }
+  console.log(`2 threads vs 1         ${fmt(ours1 / ours2, 2)}× faster (median wall)`);
+  console.log(`load average after: ${load()}`);
 
-  const bytes = exportOnnx(model);
+  const bytes = exportOnnx(model!);
   const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1, interOpNumThreads: 1 });
   console.log(`onnx model   ${fmt(bytes.length / 1024)} KiB`);
   const F = o.features;
@@ -103,6 +220,5 @@ export async function benchTrainer(options: TrainerBenchOptions = {}): Promise<v
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const rows = process.env.BENCH_TRAINER_ROWS ? Number(process.env.BENCH_TRAINER_ROWS) : undefined;
-  await benchTrainer({ rows });
+  await benchTrainer();
 }

@@ -14,6 +14,9 @@ import { startSink } from "../sink/sink.js";
 import { startTrainingSchedule, type ScheduleOptions } from "../trainer/schedule.js";
 import { createMonitor } from "../monitor/monitor.js";
 import type { MonitorOverrides } from "../monitor/options.js";
+import { readOnlineFigures } from "../monitor/online.js";
+import { readAbReport } from "../monitor/reports.js";
+import { compareShadow, type ShadowQuery } from "../monitor/shadow.js";
 
 export interface AnalyticsOptions {
   /** Time between training cycles. @default 6 h */
@@ -71,6 +74,10 @@ serveSupervisor<AnalyticsStart, AnalyticsInfo>(
         methods: {
           trainNow: () => trainer.runNow(),
           monitorCycle: (now?: Date) => monitor.runCycle(now),
+          // What `report ab`, `report shadow` and the monitor's online figures read, for `demo`.
+          abReport: async (experiment?: string) => readAbReport(await runtime.clickhouse(), experiment),
+          shadowReport: async (query: ShadowQuery) => compareShadow(await runtime.clickhouse(), query),
+          onlineFigures: async (window: { from: Date; to: Date }) => readOnlineFigures(await runtime.clickhouse(), config.modelName, window),
         },
         async stop() {
           for (const part of parts.reverse()) await part.stop().catch((err: Error) => log.error({ part: part.name, err: err.message }, "stop failed"));

@@ -1,6 +1,7 @@
 // The shape of a streamserve command; cli/main.ts finds each in cli/commands/<name>.ts.
 import type { Runtime } from "../lib/runtime.js";
 import type { CommandArgs } from "./args.js";
+import { sendJson, sendText } from "../lib/http.js";
 
 export interface Command {
   name: string;
@@ -39,4 +40,23 @@ export function untilSignal(): Promise<NodeJS.Signals> {
     process.on("SIGINT", handler);
     process.on("SIGTERM", handler);
   });
+}
+
+/**
+ * Runs a part that works in the background (features, sink) until SIGINT/SIGTERM, with /metrics and
+ * /healthz (`health` under the part's name) on --http-port; then stops it. Resolves with the exit code.
+ */
+export async function runPartUntilSignal(runtime: Runtime, part: { name: string; health(): unknown; stop(): Promise<void> }): Promise<number> {
+  runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
+  runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", [part.name]: part.health() }));
+  try {
+    await runtime.listenHttp();
+  } catch (err) {
+    await part.stop();
+    throw new Error(`cannot listen on HTTP port ${runtime.config.httpPort} (${(err as Error).message}); pass --http-port (0 picks a free one)`);
+  }
+  const signal = await untilSignal();
+  runtime.log.info({ signal }, `stopping the ${part.name} part`);
+  await part.stop();
+  return 0;
 }

@@ -6,6 +6,7 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { createRuntime } from "../lib/runtime.js";
 import { ConfigError } from "../lib/config.js";
+import { FAST_PATHS } from "../lib/fast-paths.js";
 import { RegistryError } from "../lib/registry.js";
 import { createLogger, LOG_FORMATS, defaultLogFormat, type LogFormat } from "../lib/logger.js";
 import { redactText } from "../lib/redact.js";
@@ -28,7 +29,10 @@ const GLOBAL_FLAGS = `Flags every command takes (environment variable in bracket
   --log-level LEVEL    trace, debug, info, warn, error, silent (default info; warn for commands that
                        print a table or report) [LOG_LEVEL]
   --log-format FORMAT  pretty (one coloured line per event) or json (default: pretty when stderr is a
-                       terminal, json otherwise) [LOG_FORMAT]`;
+                       terminal, json otherwise) [LOG_FORMAT]
+  --redis-client C     the features store's Redis client: resp (hand-written, default) or ioredis [STREAMSERVE_REDIS_CLIENT]
+  --pull P             the features worker's JetStream pull: fast (hand-written, default) or library (nats.js
+                       fetch()) [STREAMSERVE_PULL]`;
 
 /** The flags a command accepts: those its usage text and the global flags name, and its booleans. */
 export function knownFlags(command: Command): string[] {
@@ -87,6 +91,11 @@ export async function main(argv: string[]): Promise<number> {
   if (args.flags.help) {
     console.log(`${command.usage}\n\n${GLOBAL_FLAGS}`);
     return 0;
+  }
+  // The fast paths' choices go to the environment, which the command's threads and child processes inherit.
+  for (const { flag, env } of Object.values(FAST_PATHS)) {
+    const v = stringFlag(args, flag);
+    if (v !== undefined) process.env[env] = v;
   }
   let runtime;
   try {

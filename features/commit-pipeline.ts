@@ -17,7 +17,8 @@
 // worker whose lease moved on (its successor raised the epoch and the version) cannot commit.
 // The projection (public hashes, trending set), when written apart, follows each commit.
 import { setTimeout as sleep } from "node:timers/promises";
-import { RespConnection, RespError, type RespArg, type RespCommand, type RespReply, type RespWriter } from "../lib/resp.js";
+import { RespError, type RespArg, type RespCommand, type RespConnection, type RespReply, type RespWriter } from "../lib/resp.js";
+import { connectResp } from "../lib/resp-client.js";
 import type { ActivityEvent, FeatureView } from "./definitions.js";
 import { distinctField, LeaseLostError, trendOf, unpack, WindowStoreError, type StoreKeys, type WindowStatus } from "./store-keys.js";
 import {
@@ -115,8 +116,8 @@ export class CommitPipeline {
     this.opts = { maxTransactionMs: o.maxTransactionMs };
     this.views = o.views;
     this.bucketMs = o.plan.bucketMs;
-    this.writer = new RespConnection(o.redisUrl, { name: "streamserve-features" });
-    this.reader = new RespConnection(o.redisUrl, { name: "streamserve-features-reader" });
+    this.writer = connectResp(o.redisUrl, { name: "streamserve-features" });
+    this.reader = connectResp(o.redisUrl, { name: "streamserve-features-reader" });
     if (o.plan.reproject) this.projector = o.projection ?? (this.ownProjector = new NodeProjection(o.redisUrl));
     this.include = o.include;
     for (const v of o.views) this.knownWindows.set(v, new Map());

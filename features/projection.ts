@@ -6,7 +6,8 @@
 import calculateSlot from "cluster-key-slot";
 import type { Cluster } from "../lib/redis.js";
 import { clusterNodeUrl } from "../lib/redis-url.js";
-import { RespConnection, RespError, type RespWriter } from "../lib/resp.js";
+import { RespError, type RespConnection, type RespWriter } from "../lib/resp.js";
+import { connectResp } from "../lib/resp-client.js";
 import type { WriteSet } from "./batch-planner.js";
 import { WindowStoreError } from "./store-keys.js";
 import type { WriteEncoder } from "./write-encoder.js";
@@ -22,7 +23,7 @@ export class NodeProjection implements ProjectionSink {
   private readonly conn: RespConnection;
 
   constructor(redisUrl: string) {
-    this.conn = new RespConnection(redisUrl, { name: "streamserve-features-projector" });
+    this.conn = connectResp(redisUrl, { name: "streamserve-features-projector" });
   }
 
   prepare(ws: WriteSet, encoder: WriteEncoder): () => Promise<void> {
@@ -69,7 +70,7 @@ export class ClusterProjection implements ProjectionSink {
 
   private connection(node: string): RespConnection {
     let c = this.conns.get(node);
-    if (!c) this.conns.set(node, (c = new RespConnection(clusterNodeUrl(this.clusterUrl, node), { name: "streamserve-features-projector" })));
+    if (!c) this.conns.set(node, (c = connectResp(clusterNodeUrl(this.clusterUrl, node), { name: "streamserve-features-projector" })));
     return c;
   }
 

@@ -18,8 +18,8 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { AckPolicy, DeliverPolicy, headers as natsHeaders, nanos, type JetStreamClient } from "nats";
 import type { Runtime, Part } from "../lib/runtime.js";
-import { isNotFound } from "../lib/nats.js";
-import { PullConsumer, type PulledMessage, type PullStatus } from "../lib/jetstream-pull.js";
+import { ensureConsumer } from "../lib/durable-consumer.js";
+import { createPullConsumer, type PullConsumer, type PulledMessage, type PullStatus } from "../lib/jetstream-pull.js";
 import type { Logger } from "../lib/logger.js";
 import { ConfigError } from "../lib/config.js";
 import { isClusterUrl } from "../lib/redis-url.js";
@@ -171,12 +171,23 @@ export async function startWorkerLoop(runtime: Runtime, js: JetStreamClient, sto
   const nc = await runtime.nats();
   const durable = runtime.names.consumer(opts.consumerPart);
   const stream = runtime.names.eventsStream;
-  await ensureConsumer(runtime, durable, opts, filterSubject);
+  const jsm = await nc.jetstreamManager();
+  const consumer = {
+    durable_name: durable,
+    filter_subject: filterSubject,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    // Redelivery is retried until it succeeds: what cannot ever succeed is dead-lettered instead.
+    max_deliver: -1,
+    ack_wait: nanos(opts.ackWaitMs),
+    max_ack_pending: opts.maxAckPending,
+  };
+  await ensureConsumer(jsm, stream, consumer);
   const source: MessageSource = {
     pull(onMessage, onStatus) {
-      return new PullConsumer(nc, { stream, consumer: durable, maxWaiting: opts.pullAhead, onMessage, onStatus });
+      return createPullConsumer(nc, { stream, consumer: durable, maxWaiting: opts.pullAhead, onMessage, onStatus });
     },
-    ensure: () => ensureConsumer(runtime, durable, opts, filterSubject),
+    ensure: () => ensureConsumer(jsm, stream, consumer),
     async info() {
       return (await nc.jetstreamManager()).consumers.info(stream, durable);
     },
@@ -193,35 +204,6 @@ interface MessageSource {
   /** Creates the consumer if it is missing. */
   ensure(): Promise<void>;
   info(): Promise<{ num_pending: number; num_ack_pending: number }>;
-}
-
-async function ensureConsumer(runtime: Runtime, durable: string, opts: Opts, filterSubject: string): Promise<void> {
-  const jsm = await (await runtime.nats()).jetstreamManager();
-  const stream = runtime.names.eventsStream;
-  const tunable = { ack_wait: nanos(opts.ackWaitMs), max_ack_pending: opts.maxAckPending };
-  try {
-    await jsm.consumers.info(stream, durable);
-    await jsm.consumers.update(stream, durable, tunable);
-    return;
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-  }
-  try {
-    await jsm.consumers.add(stream, {
-      durable_name: durable,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      filter_subject: filterSubject,
-      // Redelivery is retried until it succeeds: what cannot ever succeed is dead-lettered instead.
-      max_deliver: -1,
-      ...tunable,
-    });
-  } catch (err) {
-    // Another worker created it between our info and add: fine if it now exists.
-    await jsm.consumers.info(stream, durable).catch(() => {
-      throw err;
-    });
-  }
 }
 
 export type Opts = Required<Omit<FeaturesWorkerOptions, Exclude<Unmerged, "pullAhead">>>;

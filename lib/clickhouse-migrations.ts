@@ -310,4 +310,56 @@ export const MIGRATIONS: Migration[] = [
       ORDER BY experiment, is_control DESC, variant`,
     ],
   },
+  {
+    version: 103,
+    name: "A/B CTR columns",
+    statements: [
+      // ab_report with each variant's CTR (clicks per shown item, clustered by user with the delta
+      // method) and the treatment's CTR difference: fixed-horizon, always valid, CUPED-adjusted.
+      `CREATE OR REPLACE VIEW ab_report AS
+      SELECT time, JSONExtractString(details, 'experiment') AS experiment, JSONExtractString(details, 'variant') AS variant,
+        model_name, model_version,
+        JSONExtractBool(details, 'control') AS is_control,
+        JSONExtractUInt(details, 'users') AS users,
+        JSONExtractUInt(details, 'exposures') AS exposures,
+        JSONExtractUInt(details, 'conversions') AS conversions,
+        value AS conversion_rate,
+        JSONExtract(details, 'avg_revenue', 'Nullable(Float64)') AS avg_revenue,
+        JSONExtract(details, 'lift', 'Nullable(Float64)') AS lift,
+        JSONExtract(details, 'lift_lower', 'Nullable(Float64)') AS lift_lower,
+        JSONExtract(details, 'lift_upper', 'Nullable(Float64)') AS lift_upper,
+        if(isNaN(p_value), NULL, p_value) AS p_value,
+        JSONExtract(details, 'revenue_p_value', 'Nullable(Float64)') AS revenue_p_value,
+        JSONExtractBool(details, 'srm') AS srm,
+        JSONExtract(details, 'seq_p_value', 'Nullable(Float64)') AS seq_p_value,
+        JSONExtract(details, 'seq_diff', 'Nullable(Float64)') AS seq_diff,
+        JSONExtract(details, 'seq_lower', 'Nullable(Float64)') AS seq_lower,
+        JSONExtract(details, 'seq_upper', 'Nullable(Float64)') AS seq_upper,
+        JSONExtract(details, 'cuped_diff', 'Nullable(Float64)') AS cuped_diff,
+        JSONExtract(details, 'cuped_lower', 'Nullable(Float64)') AS cuped_lower,
+        JSONExtract(details, 'cuped_upper', 'Nullable(Float64)') AS cuped_upper,
+        JSONExtract(details, 'cuped_p_value', 'Nullable(Float64)') AS cuped_p_value,
+        JSONExtract(details, 'cuped_variance_reduction', 'Nullable(Float64)') AS cuped_variance_reduction,
+        JSONExtract(details, 'shown', 'Nullable(Float64)') AS shown,
+        JSONExtract(details, 'clicks', 'Nullable(Float64)') AS clicks,
+        JSONExtract(details, 'ctr', 'Nullable(Float64)') AS ctr,
+        JSONExtract(details, 'ctr_lift', 'Nullable(Float64)') AS ctr_lift,
+        JSONExtract(details, 'ctr_diff', 'Nullable(Float64)') AS ctr_diff,
+        JSONExtract(details, 'ctr_lower', 'Nullable(Float64)') AS ctr_lower,
+        JSONExtract(details, 'ctr_upper', 'Nullable(Float64)') AS ctr_upper,
+        JSONExtract(details, 'ctr_p_value', 'Nullable(Float64)') AS ctr_p_value,
+        JSONExtract(details, 'ctr_seq_p_value', 'Nullable(Float64)') AS ctr_seq_p_value,
+        JSONExtract(details, 'ctr_seq_lower', 'Nullable(Float64)') AS ctr_seq_lower,
+        JSONExtract(details, 'ctr_seq_upper', 'Nullable(Float64)') AS ctr_seq_upper,
+        JSONExtract(details, 'ctr_cuped_p_value', 'Nullable(Float64)') AS ctr_cuped_p_value,
+        JSONExtract(details, 'ctr_cuped_variance_reduction', 'Nullable(Float64)') AS ctr_cuped_variance_reduction,
+        verdict,
+        JSONExtractString(details, 'note') AS note
+      FROM monitoring
+      WHERE kind = 'ab' AND statistic = 'variant'
+        AND (JSONExtractString(details, 'experiment'), time) IN (
+          SELECT JSONExtractString(details, 'experiment'), max(time) FROM monitoring WHERE kind = 'ab' GROUP BY 1)
+      ORDER BY experiment, is_control DESC, variant`,
+    ],
+  },
 ];

@@ -1,8 +1,9 @@
 // Settings for every part, resolved in one place: explicit overrides (CLI flags) win over the
 // environment, which wins over the defaults below.
 import { resolve } from "node:path";
-import { redactUrl, registerSecret, registerUrlSecrets } from "./redact.js";
-import { isClusterUrl, parseClusterUrl } from "./redis-url.js";
+import { registerSecret, registerUrlSecrets } from "./redact.js";
+import { isClusterUrl, parseClusterUrl, parseRedisUrl, RedisUrlError } from "./redis-url.js";
+import { FAST_PATHS, fastPathChoice, type FastPath } from "./fast-paths.js";
 
 export interface Config {
   /**
@@ -81,6 +82,13 @@ export function loadConfig(overrides: Partial<Config> = {}, env: NodeJS.ProcessE
     throw new ConfigError(`model name "${config.modelName}" may only contain letters, digits, "_" and "-"`);
   }
   checkRedisUrl(config.redisUrl);
+  for (const kind of Object.keys(FAST_PATHS) as FastPath[]) {
+    try {
+      fastPathChoice(kind, env);
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+  }
   for (const key of ["grpcPort", "httpPort", "featureTtlSeconds"] as const) {
     const n = Number(config[key]);
     if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${key} must be a non-negative integer, got "${config[key]}"`);
@@ -94,31 +102,16 @@ export class ConfigError extends Error {
 }
 
 /**
- * What ioredis would otherwise reject later, from inside its connection (an uncaught error, with
- * the URL and its password in it): the scheme, and a database that is not a number. Messages show
- * the URL with its password masked.
+ * What a Redis client would otherwise reject later, from inside its connection (an uncaught error,
+ * with the URL and its password in it): lib/redis-url.ts reads the URL, here, once at start.
  */
 function checkRedisUrl(url: string): void {
-  if (isClusterUrl(url)) {
-    try {
-      parseClusterUrl(url);
-    } catch (err) {
-      throw new ConfigError((err as Error).message);
-    }
-    return;
-  }
-  let u: URL;
   try {
-    u = new URL(url);
-  } catch {
-    throw new ConfigError(`redis URL "${redactUrl(url)}" is not a URL; expected redis://[user:password@]host:port[/db]`);
-  }
-  if (u.protocol !== "redis:" && u.protocol !== "rediss:") {
-    throw new ConfigError(`redis URL "${redactUrl(url)}" must start with redis:// or rediss:// (TLS), or redis+cluster:// for a Redis Cluster`);
-  }
-  const db = u.pathname.replace(/^\//, "");
-  if (db !== "" && !/^\d+$/.test(db)) {
-    throw new ConfigError(`redis URL "${redactUrl(url)}": the database "${db}" after the host must be a number (e.g. redis://127.0.0.1:6379/0)`);
+    if (isClusterUrl(url)) parseClusterUrl(url);
+    else parseRedisUrl(url);
+  } catch (err) {
+    if (err instanceof RedisUrlError) throw new ConfigError(err.message);
+    throw err;
   }
 }
 

@@ -132,8 +132,19 @@ class Malformed {
 /** Looks at a request's bytes before they are decoded; throws a ServiceError to refuse the call. */
 export type Precheck = (bytes: Uint8Array) => void;
 
+/**
+ * A reply a handler encoded itself (a hand-written encoder on the request path); sent as it is.
+ * The handler's encoder must write exactly what toBinary would for the method's output.
+ */
+export class EncodedReply {
+  constructor(readonly bytes: Uint8Array) {}
+}
+
+/** The message's bytes as a Buffer over the same memory (no copy). */
+const asBuffer = (b: Uint8Array) => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+
 function serializer(desc: DescMessage) {
-  return (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(desc, msg));
+  return (msg: MessageShape<DescMessage> | EncodedReply) => asBuffer(msg instanceof EncodedReply ? msg.bytes : toBinary(desc, msg));
 }
 
 /** Encoded size of each decoded request, for servers that budget the memory calls hold. */
@@ -187,11 +198,12 @@ type UnaryMethods<S extends GenServiceMethods> = {
   [K in keyof S as S[K]["methodKind"] extends "unary" ? K : never]: S[K];
 };
 
-export type UnaryHandlers<S extends GenServiceMethods> = {
+/** Handlers of a service's unary methods; with `Encoded` = EncodedReply, a handler may also answer with bytes it encoded. */
+export type UnaryHandlers<S extends GenServiceMethods, Encoded = never> = {
   [K in keyof UnaryMethods<S>]: (
     request: MessageShape<S[K]["input"]>,
     ctx: CallContext,
-  ) => Promise<MessageInitShape<S[K]["output"]>> | MessageInitShape<S[K]["output"]>;
+  ) => Promise<MessageInitShape<S[K]["output"]> | Encoded> | MessageInitShape<S[K]["output"]> | Encoded;
 };
 
 /** Runs around every unary call: admission (auth, load shedding) before, accounting after. */
@@ -206,7 +218,7 @@ const DEADLINE_SLACK_MS = 5;
 /** Builds grpc-js handlers for a service's unary methods. */
 export function unaryImplementation<S extends GenServiceMethods>(
   service: GenService<S>,
-  handlers: UnaryHandlers<S>,
+  handlers: UnaryHandlers<S, EncodedReply>,
   hooks: CallHooks = {},
   shutdown?: AbortSignal,
 ): grpc.UntypedServiceImplementation {
@@ -243,7 +255,7 @@ export function unaryImplementation<S extends GenServiceMethods>(
       const ok = (out: unknown) => {
         let response: unknown;
         try {
-          response = create(m.output, out as MessageInitShape<DescMessage>);
+          response = out instanceof EncodedReply ? out : create(m.output, out as MessageInitShape<DescMessage>);
         } catch (err) {
           return failed(err);
         }

@@ -5,7 +5,7 @@
 import { Cluster, type ClusterOptions, Redis as SingleRedis, type RedisOptions } from "ioredis";
 import type { Logger } from "./logger.js";
 import { redactUrl } from "./logger.js";
-import { isClusterUrl, parseClusterUrl } from "./redis-url.js";
+import { ioredisTargetOptions, isClusterUrl, parseClusterUrl, parseRedisUrl } from "./redis-url.js";
 
 /** A client of one Redis or of a Redis Cluster: the commands both take. */
 export type Redis = SingleRedis | Cluster;
@@ -48,8 +48,14 @@ export function connectRedis(url: string, log: Logger, options: RedisConnectOpti
     };
     redis = new Cluster(target.nodes, clusterOptions);
   } else {
-    const redisOptions: RedisOptions = { ...perConnection, lazyConnect: false, enableOfflineQueue: !serving, retryStrategy: backoff };
-    redis = new SingleRedis(url, redisOptions);
+    const redisOptions: RedisOptions = {
+      ...ioredisTargetOptions(parseRedisUrl(url)),
+      ...perConnection,
+      lazyConnect: false,
+      enableOfflineQueue: !serving,
+      retryStrategy: backoff,
+    };
+    redis = new SingleRedis(redisOptions);
   }
   let down = false;
   redis.on("error", (err) => {

@@ -3,10 +3,11 @@
 // KV bucket to hot-swap; the CLI and the trainer write to it. Every change is also published as a
 // ModelEventLog to LOGS, which the sink keeps in ClickHouse `model_events`.
 import { createHash, randomUUID } from "node:crypto";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { headers, type KV, type NatsConnection, type ObjectStore, type JetStreamClient, type QueuedIterator, type Status } from "nats";
+import { type KV, type NatsConnection, type ObjectStore, type JetStreamClient, type QueuedIterator, type Status } from "nats";
 import { ModelEventLogSchema } from "../gen/streamserve/v1/logs_pb.js";
+import { publishLogMessage } from "./log-message.js";
 import type { Names } from "./config.js";
 
 /** How one model input is obtained at serving time. */
@@ -452,9 +453,7 @@ export class Registry {
       reason: event.reason ?? "",
       detailsJson: event.details ? JSON.stringify(event.details) : "",
     });
-    const h = headers();
-    h.set("Content-Type", "application/protobuf");
-    await this.js.publish(this.names.logsSubject("model_event"), toBinary(ModelEventLogSchema, msg), { msgID: eventId, headers: h });
+    await publishLogMessage(this.js, this.names.logsSubject("model_event"), eventId, ModelEventLogSchema, msg);
   }
 
   /**

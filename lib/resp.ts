@@ -1,14 +1,12 @@
-// A lean Redis connection for the features worker's write path: a whole batch of commands goes
-// out in one socket write and the replies are parsed here, with no object or promise per command.
-// ioredis spends ~13 µs of client CPU per command on our machines (more than Redis spends
-// executing it), and a batch of 2000 events is ~4000 commands; this costs ~1–4 µs. Everything
-// that is not that hot path uses ioredis (lib/redis.ts).
-//
-// Single Redis only (no Cluster redirections). redis:// and rediss:// URLs with user, password
-// and database, as ioredis reads them. A lost connection fails the commands in flight; the next
-// send connects again, so the caller's retry is the reconnect loop.
+// The features store's Redis client, hand-written: a batch of commands goes out in one socket write
+// and the replies are parsed here, with no object or promise per command (why: docs/fast-paths.md).
+// lib/resp-ioredis.ts is the same interface on ioredis, chosen with --redis-client / STREAMSERVE_REDIS_CLIENT.
+// Invariant: replies come back in the order the commands went out; a lost connection fails the
+// commands in flight, and the next send connects again (the caller's retry is the reconnect loop).
+// Single Redis only (no Cluster redirections); URLs are read by lib/redis-url.ts.
 import { connect as netConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
+import { parseRedisUrl, REDIS_CONNECT_TIMEOUT_MS } from "./redis-url.js";
 
 export type RespArg = string | number;
 /**
@@ -30,10 +28,24 @@ export class RespConnectionError extends Error {
 }
 
 export interface RespOptions {
-  /** @default 5000 */
+  /** @default REDIS_CONNECT_TIMEOUT_MS (5000) */
   connectTimeoutMs?: number;
   /** CLIENT SETNAME, shown by CLIENT LIST. @default "streamserve" */
   name?: string;
+}
+
+/** What the features store needs of a Redis connection; both clients implement it. */
+export interface RespConnection {
+  /**
+   * Sends the commands in one write; resolves with one reply per command, in order (an error
+   * reply is a RespError value). With `onConnection` (a `connection` read earlier), fails with a
+   * RespConnectionError instead of sending on a newer connection: what that one had (a WATCH) is gone.
+   */
+  send(commands: readonly RespCommand[], options?: { onConnection?: number }): Promise<RespReply[]>;
+  /** Which connection the next send goes out on if it is still open (they are numbered as made). */
+  readonly connection: number;
+  /** Closes the connection; commands still in flight fail. */
+  close(): void;
 }
 
 interface Waiter {
@@ -43,7 +55,7 @@ interface Waiter {
   reject(err: Error): void;
 }
 
-export class RespConnection {
+export class RespSocketConnection implements RespConnection {
   private socket?: Socket;
   private connecting?: Promise<Socket>;
   private readonly waiters: Waiter[] = [];
@@ -59,11 +71,6 @@ export class RespConnection {
     private readonly options: RespOptions = {},
   ) {}
 
-  /**
-   * Sends the commands in one write; resolves with one reply per command, in order. With
-   * `onConnection` (a `connection` read earlier), fails instead of sending on a newer connection:
-   * what that one had (a WATCH) is gone.
-   */
   async send(commands: readonly RespCommand[], options: { onConnection?: number } = {}): Promise<RespReply[]> {
     if (commands.length === 0) return [];
     const socket = await this.connected();
@@ -73,12 +80,10 @@ export class RespConnection {
     return this.write(socket, commands);
   }
 
-  /** Which connection the next send goes out on if it is still open (they are numbered as made). */
   get connection(): number {
     return this.dials;
   }
 
-  /** Closes the connection; commands still in flight fail. */
   close(): void {
     this.closed = true;
     this.socket?.destroy();
@@ -114,14 +119,15 @@ export class RespConnection {
 
   private async dial(): Promise<Socket> {
     const target = parseRedisUrl(this.url);
+    const timeoutMs = this.options.connectTimeoutMs ?? REDIS_CONNECT_TIMEOUT_MS;
     const socket = await new Promise<Socket>((resolve, reject) => {
       const s = target.tls
         ? tlsConnect({ host: target.host, port: target.port, servername: target.host })
         : netConnect({ host: target.host, port: target.port });
       const timer = setTimeout(() => {
         s.destroy();
-        reject(new RespConnectionError(`Redis at ${target.host}:${target.port} did not answer within ${this.options.connectTimeoutMs ?? 5000} ms`));
-      }, this.options.connectTimeoutMs ?? 5000);
+        reject(new RespConnectionError(`Redis at ${target.host}:${target.port} did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
       s.once(target.tls ? "secureConnect" : "connect", () => {
         clearTimeout(timer);
         s.off("error", onError);
@@ -460,41 +466,4 @@ export function encodeCommandHeader(name: string, args: number): Buffer {
   const w = new RespWriter(64);
   w.command(args).string(name);
   return Buffer.from(w.bytes);
-}
-
-interface RedisTarget {
-  host: string;
-  port: number;
-  tls: boolean;
-  user?: string;
-  password?: string;
-  db: number;
-}
-
-export function parseRedisUrl(url: string): RedisTarget {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new RespConnectionError(`REDIS_URL "${url}" is not a URL: use redis://[user:password@]host[:port][/db]`);
-  }
-  if (u.protocol !== "redis:" && u.protocol !== "rediss:") {
-    throw new RespConnectionError(`REDIS_URL "${url}": the scheme must be redis:// or rediss://`);
-  }
-  const db = u.pathname && u.pathname !== "/" ? Number(u.pathname.slice(1)) : 0;
-  if (!Number.isInteger(db) || db < 0) throw new RespConnectionError(`REDIS_URL "${url}": the database must be a number`);
-  const target: RedisTarget = {
-    host: u.hostname.replace(/^\[|\]$/g, "") || "127.0.0.1",
-    port: u.port ? Number(u.port) : 6379,
-    tls: u.protocol === "rediss:",
-    db,
-  };
-  // ioredis's reading: redis://:password@host (no user) and redis://user:password@host.
-  if (u.password) {
-    target.password = decodeURIComponent(u.password);
-    if (u.username) target.user = decodeURIComponent(u.username);
-  } else if (u.searchParams.get("password")) {
-    target.password = u.searchParams.get("password")!;
-  }
-  return target;
 }

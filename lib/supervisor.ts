@@ -11,6 +11,7 @@ import { execFileSync, fork, type ChildProcess } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { getPriority, setPriority } from "node:os";
 import type { Logger } from "./logger.js";
+import { withDefaults } from "./options.js";
 
 type ToChild = { type: "start"; payload: unknown } | { type: "call"; id: number; method: string; args: unknown[] } | { type: "stop" };
 type FromChild =
@@ -78,8 +79,7 @@ function childExecArgv(): string[] {
 }
 
 export function superviseChild<Start, Info>(options: SuperviseOptions<Start>): SupervisedChild<Info> {
-  const o = { ...SUPERVISE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as SuperviseOptions<Start> &
-    typeof SUPERVISE_DEFAULTS;
+  const o = withDefaults(SUPERVISE_DEFAULTS, options);
   const log = o.log.child({ child: o.name });
   let state: ChildState<Info> = { kind: "stopped" };
   let restarts = 0;

@@ -1,12 +1,8 @@
-// A/B analysis: per experiment and variant, users, exposures, conversions, conversion rate and
-// revenue; each treatment against control with a two-proportion z-test, the relative lift with its
-// confidence interval and Welch's t-test on revenue per user; the sample-ratio-mismatch check of the
-// users seen against the configured split; and a warning while the sample is too small to conclude.
-// The unit of analysis is the user, because users (not requests) are what the router randomizes.
-// Next to the fixed-horizon z-test, which is only valid read once at a planned sample size, each
-// treatment gets the always-valid mSPRT p-value and confidence sequence (stats/sequential.ts), safe
-// to read every cycle, and the CUPED-adjusted difference (stats/cuped.ts) with each user's
-// pre-exposure activity from `user_features` as covariate, with the variance reduction achieved.
+// A/B analysis per experiment and variant, per user (the unit the router randomizes): counts, rates
+// and revenue, each treatment against control (z-test, lift interval, Welch's t on revenue), the
+// sample-ratio-mismatch check, the always-valid mSPRT (stats/sequential.ts) and CUPED (stats/cuped.ts),
+// for conversion and for CTR (clicks per shown item, users as clusters: stats/ratio.ts).
+// What each figure means and when it is valid: monitor/README.md.
 import type { ClickHouse } from "../lib/clickhouse.js";
 import type { Experiment, Registry } from "../lib/registry.js";
 import type { ExperimentOptions } from "./options.js";
@@ -24,6 +20,7 @@ import {
 } from "./stats/ab-tests.js";
 import { alwaysValidPValue, defaultTau2, msprt, sequentialProportionTest, type SequentialResult } from "./stats/sequential.js";
 import { cuped, type CupedSums } from "./stats/cuped.js";
+import { ratioArm, ratioCuped, type RatioSums } from "./stats/ratio.js";
 import { normalQuantile, normalSf } from "./stats/special-functions.js";
 import { floatIn, toClickHouseTime, type MonitoringRow, type Verdict } from "./store.js";
 
@@ -41,6 +38,25 @@ export interface VariantCounts {
   crossovers: number;
   /** Per-user sums of Y = converted (0/1) and X = pre-exposure activity (events), for CUPED. */
   cupedSums?: CupedSums;
+  /** Per-user sums of clicks (c), shown items (s) and X, for the CTR (delta method) and its CUPED. */
+  ctrSums?: RatioSums;
+}
+
+/** A treatment's CTR (clicks per shown item, users as clusters) against control's. */
+export interface CtrComparison {
+  /** Treatment − control, with its fixed-horizon interval and z-test (delta-method variance). */
+  difference: number;
+  lower: number;
+  upper: number;
+  pValue: number;
+  /** Relative lift of the CTR. */
+  lift: number;
+  /** The always-valid test of the difference at this look, and its running minimum p over looks. */
+  sequential: SequentialResult;
+  sequentialPValue: number;
+  sequentialSignificant: boolean;
+  /** CUPED on the ratio metric with the same covariate as conversion's. */
+  cuped?: Omit<CupedComparison, "sequential"> & { sequential: SequentialResult };
 }
 
 /** CUPED-adjusted comparison of a treatment's conversion rate against control. */
@@ -62,6 +78,10 @@ export interface VariantResult extends VariantCounts {
   target: string;
   control: boolean;
   conversionRate: number;
+  /** Items shown to the variant's users, clicks on them, and their ratio. */
+  shown: number;
+  clicks: number;
+  ctr: number;
   /** Treatments only: against control. */
   z?: number;
   pValue?: number;
@@ -77,6 +97,7 @@ export interface VariantResult extends VariantCounts {
   sequentialPValue?: number;
   sequentialSignificant?: boolean;
   cuped?: CupedComparison;
+  ctrTest?: CtrComparison;
   verdict: Verdict;
 }
 
@@ -104,7 +125,7 @@ export function analyzeExperiment(
   counts: readonly VariantCounts[],
   window: { from: Date; to: Date },
   options: ExperimentOptions,
-  previousSequential: ReadonlyMap<string, number> = new Map(),
+  previousSequential: ReadonlyMap<string, PreviousSequential> = new Map(),
 ): ExperimentResult {
   const byName = new Map(counts.map((c) => [c.variant, c]));
   const controlName = experiment.variants.find((v) => v.name === "control")?.name ?? experiment.variants[0]!.name;
@@ -120,12 +141,17 @@ export function analyzeExperiment(
   });
   const variants: VariantResult[] = experiment.variants.map((v) => {
     const c = byName.get(v.name) ?? empty(v.name);
+    const shown = c.ctrSums?.sumS ?? 0;
+    const clicks = c.ctrSums?.sumC ?? 0;
     return {
       ...c,
       traffic: v.traffic,
       target: v.target,
       control: v.name === controlName,
       conversionRate: c.users > 0 ? c.conversions / c.users : NaN,
+      shown,
+      clicks,
+      ctr: shown > 0 ? clicks / shown : NaN,
       verdict: "ok",
     };
   });
@@ -150,9 +176,11 @@ export function analyzeExperiment(
     const tau2 = defaultTau2(control.conversionRate, options.minimumDetectableLift);
     const seqAlpha = 1 - options.confidence;
     t.sequential = sequentialProportionTest(control.conversions, control.users, t.conversions, t.users, tau2, seqAlpha);
-    t.sequentialPValue = alwaysValidPValue(previousSequential.get(t.variant), t.sequential.pValue);
+    const previous = previousSequential.get(t.variant);
+    t.sequentialPValue = alwaysValidPValue(previous?.conversion, t.sequential.pValue);
     t.sequentialSignificant = t.sequentialPValue < options.alpha;
     if (control.cupedSums && t.cupedSums) t.cuped = cupedComparison(control.cupedSums, t.cupedSums, tau2, options);
+    if (control.ctrSums && t.ctrSums) t.ctrTest = ctrComparison(control.ctrSums, t.ctrSums, previous?.ctr, options);
   }
   // Several treatments against one control are several tests: Holm keeps the family-wise error at alpha.
   const adjusted = adjustPValues(
@@ -173,7 +201,8 @@ export function analyzeExperiment(
   const smallest = Math.min(...variants.map((v) => v.users));
   // A difference already significant has been detected; "too small" warns against reading a
   // non-significant result as "no effect" while the sample could not have shown one.
-  const tooSmall = !treatments.some((t) => t.significant) && (!(smallest >= requiredUsers) || control.conversions < 10);
+  const detected = treatments.some((t) => t.significant || t.sequentialSignificant || t.ctrTest?.sequentialSignificant);
+  const tooSmall = !detected && (!(smallest >= requiredUsers) || control.conversions < 10);
   let verdict: Verdict = "ok";
   if (srm.mismatch) {
     verdict = "alert";
@@ -224,6 +253,47 @@ function cupedComparison(control: CupedSums, treatment: CupedSums, tau2: number,
   };
 }
 
+/** The CTR comparison: delta-method variance per arm, z-test, mSPRT (tuned to the minimum detectable lift of control's CTR), CUPED. */
+function ctrComparison(control: RatioSums, treatment: RatioSums, previousP: number | undefined, options: ExperimentOptions): CtrComparison {
+  const a = ratioArm(control);
+  const b = ratioArm(treatment);
+  const difference = b.mean - a.mean;
+  const variance = a.variance / a.n + b.variance / b.n;
+  const se = Math.sqrt(variance);
+  const z = normalQuantile(1 - (1 - options.confidence) / 2);
+  const seqAlpha = 1 - options.confidence;
+  const tau2 = defaultTau2(a.mean, options.minimumDetectableLift);
+  const sequential = msprt(difference, variance, tau2, seqAlpha);
+  const sequentialPValue = alwaysValidPValue(previousP, sequential.pValue);
+  const out: CtrComparison = {
+    difference,
+    lower: difference - z * se,
+    upper: difference + z * se,
+    pValue: se > 0 ? Math.min(1, 2 * normalSf(Math.abs(difference) / se)) : NaN,
+    lift: a.mean > 0 ? difference / a.mean : NaN,
+    sequential,
+    sequentialPValue,
+    sequentialSignificant: sequentialPValue < options.alpha,
+  };
+  const r = ratioCuped([control, treatment]);
+  const [ca, cb] = r.arms as [{ n: number; mean: number; variance: number }, { n: number; mean: number; variance: number }];
+  if (Number.isFinite(r.theta)) {
+    const d = cb.mean - ca.mean;
+    const v = ca.variance / ca.n + cb.variance / cb.n;
+    const s = Math.sqrt(v);
+    out.cuped = {
+      theta: r.theta,
+      varianceReduction: r.varianceReduction,
+      difference: d,
+      lower: d - z * s,
+      upper: d + z * s,
+      pValue: s > 0 ? Math.min(1, 2 * normalSf(Math.abs(d) / s)) : NaN,
+      sequential: msprt(d, v, tau2, seqAlpha),
+    };
+  }
+  return out;
+}
+
 /**
  * Per-variant counts of an experiment in a window, per user first (converted if any request
  * converted), with the CUPED sums: X is the user's events in the `user_features` windows that
@@ -239,18 +309,28 @@ export async function readVariantCounts(
     query: `
       SELECT variant, count() AS users, sum(requests) AS exposures, sum(user_converted) AS conversions, sum(user_revenue) AS revenue,
         avg(user_revenue) AS avg_revenue, varSamp(user_revenue) AS var_revenue, countIf(variants > 1) AS crossovers,
-        sum(user_converted * user_converted) AS sum_y2, sum(pre) AS sum_x, sum(pre * pre) AS sum_x2, sum(pre * user_converted) AS sum_xy
+        sum(user_converted * user_converted) AS sum_y2, sum(pre) AS sum_x, sum(pre * pre) AS sum_x2, sum(pre * user_converted) AS sum_xy,
+        sum(user_clicks) AS sum_c, sum(user_shown) AS sum_s, sum(user_clicks * user_clicks) AS sum_c2, sum(user_shown * user_shown) AS sum_s2,
+        sum(user_clicks * user_shown) AS sum_cs, sum(user_clicks * pre) AS sum_cx, sum(user_shown * pre) AS sum_sx
       FROM (
         SELECT u.*, toFloat64(arraySum(arrayMap(w -> if(w.1 <= u.first_seen AND w.1 > u.first_seen - toIntervalMillisecond({lookback:UInt64}), w.2, 0), f.windows))) AS pre
         FROM (
         SELECT e.user_id AS user_id, argMin(e.variant, e.time) AS variant, uniqExact(e.variant) AS variants, count() AS requests,
-          min(e.time) AS first_seen, toFloat64(max(o.request_converted)) AS user_converted, sum(o.request_revenue) AS user_revenue
+          min(e.time) AS first_seen, toFloat64(max(o.request_converted)) AS user_converted, sum(o.request_revenue) AS user_revenue,
+          toFloat64(sum(o.request_clicks)) AS user_clicks, toFloat64(sum(p.request_shown)) AS user_shown
         FROM (
           SELECT request_id, user_id, variant, time FROM exposures FINAL
           WHERE experiment = {experiment:String} AND time >= {from:DateTime64(3)} AND time < {to:DateTime64(3)}) AS e
         LEFT JOIN (
-          SELECT request_id, max(converted) AS request_converted, sum(revenue) AS request_revenue FROM outcomes FINAL
+          SELECT request_id, max(converted) AS request_converted, sum(revenue) AS request_revenue, uniqExactIf(item_id, clicked = 1) AS request_clicks
+          FROM outcomes FINAL
           WHERE time >= {from:DateTime64(3)} GROUP BY request_id) AS o
+        USING (request_id)
+        LEFT JOIN (
+          SELECT request_id, countIf(position > 0) AS request_shown FROM predictions FINAL
+          WHERE time >= {from:DateTime64(3)} - INTERVAL 1 MINUTE AND time < {to:DateTime64(3)} + INTERVAL 1 MINUTE
+            AND request_id IN (SELECT request_id FROM exposures WHERE experiment = {experiment:String} AND time >= {from:DateTime64(3)} AND time < {to:DateTime64(3)})
+          GROUP BY request_id) AS p
         USING (request_id)
         GROUP BY user_id) AS u
         LEFT JOIN (
@@ -281,6 +361,18 @@ export async function readVariantCounts(
       sumX: floatIn(r.sum_x),
       sumX2: floatIn(r.sum_x2),
       sumXY: floatIn(r.sum_xy),
+    },
+    ctrSums: {
+      n: Number(r.users),
+      sumC: floatIn(r.sum_c),
+      sumS: floatIn(r.sum_s),
+      sumC2: floatIn(r.sum_c2),
+      sumS2: floatIn(r.sum_s2),
+      sumCS: floatIn(r.sum_cs),
+      sumX: floatIn(r.sum_x),
+      sumX2: floatIn(r.sum_x2),
+      sumCX: floatIn(r.sum_cx),
+      sumSX: floatIn(r.sum_sx),
     },
   }));
 }
@@ -322,20 +414,28 @@ export async function checkExperiments(
   return { time: now, experiments: results, rows };
 }
 
-/** Each treatment's smallest always-valid p-value in the analyses stored since the experiment started. */
-async function previousSequentialPValues(ch: ClickHouse, experiment: string, since: Date): Promise<Map<string, number>> {
+/** A treatment's smallest always-valid p-values so far, per metric. */
+export interface PreviousSequential {
+  conversion?: number;
+  ctr?: number;
+}
+
+/** Each treatment's smallest always-valid p-values in the analyses stored since the experiment started. */
+async function previousSequentialPValues(ch: ClickHouse, experiment: string, since: Date): Promise<Map<string, PreviousSequential>> {
   const result = await ch.client.query({
-    query: `SELECT JSONExtractString(details, 'variant') AS variant, min(JSONExtract(details, 'seq_p_value', 'Nullable(Float64)')) AS p
+    query: `SELECT JSONExtractString(details, 'variant') AS variant, min(JSONExtract(details, 'seq_p_value', 'Nullable(Float64)')) AS p,
+        min(JSONExtract(details, 'ctr_seq_p_value', 'Nullable(Float64)')) AS ctr_p
       FROM monitoring
       WHERE kind = 'ab' AND statistic = 'variant' AND time >= {since:DateTime64(3)}
         AND JSONExtractString(details, 'experiment') = {experiment:String}
       GROUP BY variant
-      HAVING p IS NOT NULL`,
+      HAVING p IS NOT NULL OR ctr_p IS NOT NULL`,
     query_params: { experiment, since: toClickHouseTime(since) },
     format: "JSONEachRow",
   });
-  const rows = await result.json<{ variant: string; p: number | string }>();
-  return new Map(rows.map((r) => [r.variant, floatIn(r.p)] as [string, number]).filter(([, p]) => Number.isFinite(p)));
+  const rows = await result.json<{ variant: string; p: number | string | null; ctr_p: number | string | null }>();
+  const finite = (v: number | string | null) => (v === null ? undefined : Number.isFinite(floatIn(v)) ? floatIn(v) : undefined);
+  return new Map(rows.map((r) => [r.variant, { conversion: finite(r.p), ctr: finite(r.ctr_p) }]));
 }
 
 async function recentExperimentNames(ch: ClickHouse, since: Date): Promise<string[]> {
@@ -398,6 +498,25 @@ export function experimentRows(r: ExperimentResult, now: Date, versions: Map<str
       cuped_seq_p_value: v.cuped?.sequential.pValue,
       cuped_seq_lower: v.cuped?.sequential.lower,
       cuped_seq_upper: v.cuped?.sequential.upper,
+      shown: v.shown,
+      clicks: v.clicks,
+      ctr: v.ctr,
+      ctr_diff: v.ctrTest?.difference,
+      ctr_lower: v.ctrTest?.lower,
+      ctr_upper: v.ctrTest?.upper,
+      ctr_p_value: v.ctrTest?.pValue,
+      ctr_lift: v.ctrTest?.lift,
+      ctr_seq_p_value: v.ctrTest?.sequentialPValue,
+      ctr_seq_p_look: v.ctrTest?.sequential.pValue,
+      ctr_seq_significant: v.ctrTest?.sequentialSignificant ?? false,
+      ctr_seq_lower: v.ctrTest?.sequential.lower,
+      ctr_seq_upper: v.ctrTest?.sequential.upper,
+      ctr_cuped_variance_reduction: v.ctrTest?.cuped?.varianceReduction,
+      ctr_cuped_diff: v.ctrTest?.cuped?.difference,
+      ctr_cuped_p_value: v.ctrTest?.cuped?.pValue,
+      ctr_cuped_seq_p_value: v.ctrTest?.cuped?.sequential.pValue,
+      ctr_cuped_seq_lower: v.ctrTest?.cuped?.sequential.lower,
+      ctr_cuped_seq_upper: v.ctrTest?.cuped?.sequential.upper,
       srm: r.srm.mismatch,
       too_small: r.tooSmall,
       required_users: r.requiredUsers,

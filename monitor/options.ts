@@ -1,6 +1,7 @@
 // The monitor's settings: one interface per concern with JSDoc defaults, one frozen object holding
 // every default, one function that merges overrides into it.
 import type { Correction } from "./stats/ab-tests.js";
+import { withDefaults } from "../lib/options.js";
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -153,11 +154,11 @@ export type MonitorOverrides = Partial<Omit<MonitorOptions, "online" | "drift" |
 export function resolveMonitorOptions(overrides: MonitorOverrides = {}): MonitorOptions {
   const o: MonitorOptions = {
     intervalMs: overrides.intervalMs ?? MONITOR_DEFAULTS.intervalMs,
-    online: { ...MONITOR_DEFAULTS.online, ...defined(overrides.online) },
-    drift: { ...MONITOR_DEFAULTS.drift, ...defined(overrides.drift) },
-    quality: { ...MONITOR_DEFAULTS.quality, ...defined(overrides.quality) },
-    experiments: { ...MONITOR_DEFAULTS.experiments, ...defined(overrides.experiments) },
-    alerts: { ...MONITOR_DEFAULTS.alerts, ...defined(overrides.alerts) },
+    online: withDefaults(MONITOR_DEFAULTS.online, overrides.online),
+    drift: withDefaults(MONITOR_DEFAULTS.drift, overrides.drift),
+    quality: withDefaults(MONITOR_DEFAULTS.quality, overrides.quality),
+    experiments: withDefaults(MONITOR_DEFAULTS.experiments, overrides.experiments),
+    alerts: withDefaults(MONITOR_DEFAULTS.alerts, overrides.alerts),
   };
   const check = (ok: boolean, message: string) => {
     if (!ok) throw new RangeError(`monitor options: ${message}`);
@@ -180,10 +181,6 @@ export function resolveMonitorOptions(overrides: MonitorOverrides = {}): Monitor
     check(/^https?:\/\//.test(o.alerts.webhookUrl), `the webhook URL must start with http:// or https://, got "${o.alerts.webhookUrl}"`);
   }
   return o;
-}
-
-function defined<T extends object>(o: T | undefined): Partial<T> {
-  return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 /**

@@ -65,6 +65,20 @@ export interface AbReportRow {
   cupedUpper: number;
   cupedPValue: number;
   varianceReduction: number;
+  /** CTR: items shown, clicks, clicks per shown item; the treatment's difference against control (delta method). */
+  shown: number;
+  clicks: number;
+  ctr: number;
+  ctrLift: number;
+  ctrDiff: number;
+  ctrLower: number;
+  ctrUpper: number;
+  ctrPValue: number;
+  ctrSequentialPValue: number;
+  ctrSequentialLower: number;
+  ctrSequentialUpper: number;
+  ctrCupedPValue: number;
+  ctrVarianceReduction: number;
   verdict: string;
   note: string;
 }
@@ -209,6 +223,19 @@ export async function readAbReport(ch: ClickHouse, experiment?: string): Promise
     cupedUpper: floatIn(r.cuped_upper),
     cupedPValue: floatIn(r.cuped_p_value),
     varianceReduction: floatIn(r.cuped_variance_reduction),
+    shown: floatIn(r.shown),
+    clicks: floatIn(r.clicks),
+    ctr: floatIn(r.ctr),
+    ctrLift: floatIn(r.ctr_lift),
+    ctrDiff: floatIn(r.ctr_diff),
+    ctrLower: floatIn(r.ctr_lower),
+    ctrUpper: floatIn(r.ctr_upper),
+    ctrPValue: floatIn(r.ctr_p_value),
+    ctrSequentialPValue: floatIn(r.ctr_seq_p_value),
+    ctrSequentialLower: floatIn(r.ctr_seq_lower),
+    ctrSequentialUpper: floatIn(r.ctr_seq_upper),
+    ctrCupedPValue: floatIn(r.ctr_cuped_p_value),
+    ctrVarianceReduction: floatIn(r.ctr_cuped_variance_reduction),
     verdict: str(r.verdict),
     note: str(r.note),
   }));

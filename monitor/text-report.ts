@@ -79,6 +79,30 @@ export function experimentRows(results: readonly ExperimentResult[]): Row[] {
   );
 }
 
+/** The CTR side of each experiment: clicks per shown item, users as clusters (delta method). */
+export function experimentCtrRows(results: readonly ExperimentResult[]): Row[] {
+  return results.flatMap((e) =>
+    e.variants.map((v) => {
+      const t = v.ctrTest;
+      return {
+        experiment: e.experiment,
+        variant: v.control ? `${v.variant} (control)` : v.variant,
+        users: v.users,
+        shown: v.shown,
+        clicks: v.clicks,
+        CTR: pct(v.ctr),
+        "CTR lift": v.control ? "" : pct(t?.lift),
+        "95% CI (diff)": v.control ? "" : interval(t?.lower, t?.upper),
+        p: v.control ? "" : pvalue(t?.pValue),
+        "seq p": v.control ? "" : pvalue(t?.sequentialPValue),
+        "diff (always valid)": v.control ? "" : interval(t?.sequential.lower, t?.sequential.upper),
+        "CUPED p": v.control ? "" : pvalue(t?.cuped?.pValue),
+        "var. reduction": v.control ? "" : pct(t?.cuped?.varianceReduction),
+      };
+    }),
+  );
+}
+
 export function driftReportRows(rows: readonly DriftReportRow[]): Row[] {
   return rows.map((r) => ({
     model: r.model,
@@ -131,6 +155,42 @@ export function abReportRows(rows: readonly AbReportRow[]): Row[] {
     "revenue p": r.control ? "" : pvalue(r.revenuePValue),
     verdict: r.verdict,
   }));
+}
+
+/** The CTR side of `report ab`: the same columns as experimentCtrRows, from the stored analysis. */
+export function abCtrReportRows(rows: readonly AbReportRow[]): Row[] {
+  return rows.map((r) => ({
+    experiment: r.experiment,
+    variant: r.control ? `${r.variant} (control)` : r.variant,
+    users: r.users,
+    shown: Number.isFinite(r.shown) ? r.shown : "-",
+    clicks: Number.isFinite(r.clicks) ? r.clicks : "-",
+    CTR: pct(r.ctr),
+    "CTR lift": r.control ? "" : pct(r.ctrLift),
+    "95% CI (diff)": r.control ? "" : interval(r.ctrLower, r.ctrUpper),
+    p: r.control ? "" : pvalue(r.ctrPValue),
+    "seq p": r.control ? "" : pvalue(r.ctrSequentialPValue),
+    "diff (always valid)": r.control ? "" : interval(r.ctrSequentialLower, r.ctrSequentialUpper),
+    "CUPED p": r.control ? "" : pvalue(r.ctrCupedPValue),
+    "var. reduction": r.control ? "" : pct(r.ctrVarianceReduction),
+  }));
+}
+
+/**
+ * What `streamserve report ab` prints: conversion per user, then CTR per shown item, then each
+ * experiment's notes. The demo prints this same text.
+ */
+export function abReportText(rows: readonly AbReportRow[], format: (rows: Row[]) => string): string {
+  const parts = [
+    "conversion (per user: converted at least once)",
+    format(abReportRows(rows)),
+    "",
+    "CTR (clicks per shown item; users as clusters, delta method)",
+    format(abCtrReportRows(rows)),
+  ];
+  const notes = new Map(rows.filter((r) => r.note).map((r) => [r.experiment, r.note]));
+  for (const [experiment, note] of notes) parts.push("", `${experiment}: ${note}`);
+  return parts.join("\n");
 }
 
 export function shadowRows(rows: readonly ShadowComparison[]): Row[] {

@@ -44,8 +44,6 @@ export class ModelManager {
   private initialized = false;
   private readonly swaps;
   private readonly loadFailures;
-  /** When each loaded version last served a request, for unloading the idle on-demand ones. */
-  private readonly lastUsed = new Map<string, number>();
   /** Model names and versions the registry holds, as its watch reports them. */
   private readonly known = new Map<string, Set<string>>();
   private registryState = false;
@@ -184,7 +182,7 @@ export class ModelManager {
     const m = /^\d+$/.test(target) ? this.readyVersion(model, target) : this.routes.get(routeKey(model, target));
     if (m) {
       m.inflight++;
-      this.lastUsed.set(versionKey(m.name, m.version.version), Date.now());
+      m.lastUsedMs = Date.now();
     }
     return m;
   }
@@ -290,14 +288,24 @@ export class ModelManager {
       if (!mv) throw new Error(`model ${model} has no version ${version}`);
       const bytes = await registry.fetchArtifact(mv);
       const loaded = await loadModel(mv, bytes, this.options.session);
-      this.log.info({ model, version, ms: Date.now() - started }, "model version loaded and warmed up");
+      this.log.info(
+        {
+          model,
+          version,
+          ms: Date.now() - started,
+          scorer: loaded.scorer,
+          ...(loaded.native && { trees: loaded.native.description, layout: loaded.native.layout }),
+          ...(loaded.nativeUnavailable && { nativeUnavailable: loaded.nativeUnavailable }),
+        },
+        "model version loaded and warmed up",
+      );
       return loaded;
     })();
     this.versions.set(key, { state: "loading", promise });
     promise.then(
       (m) => {
         this.versions.set(key, { state: "ready", model: m });
-        this.lastUsed.set(key, Date.now());
+        m.lastUsedMs = Date.now();
         this.unloadOverBudget();
       },
       (err: Error) => {
@@ -335,7 +343,6 @@ export class ModelManager {
   private unload(m: OnnxModel): void {
     const key = versionKey(m.name, m.version.version);
     this.versions.delete(key);
-    this.lastUsed.delete(key);
     m.retired = true;
     if (m.inflight === 0) void m.release();
   }
@@ -344,15 +351,14 @@ export class ModelManager {
   private onDemand(): OnnxModel[] {
     const out: OnnxModel[] = [];
     for (const state of this.versions.values()) if (state.state === "ready" && !this.pinned(state.model)) out.push(state.model);
-    const used = (m: OnnxModel) => this.lastUsed.get(versionKey(m.name, m.version.version)) ?? 0;
-    return out.sort((a, b) => used(a) - used(b));
+    return out.sort((a, b) => a.lastUsedMs - b.lastUsedMs);
   }
 
   /** Unloads on-demand versions idle for longer than onDemandIdleMs (also run by a timer). */
   unloadIdle(now = Date.now()): void {
     const idleMs = this.options.onDemandIdleMs ?? 300_000;
     for (const m of this.onDemand()) {
-      if (m.inflight > 0 || now - (this.lastUsed.get(versionKey(m.name, m.version.version)) ?? 0) < idleMs) continue;
+      if (m.inflight > 0 || now - m.lastUsedMs < idleMs) continue;
       this.unloads.inc({ reason: "idle" });
       this.log.info({ model: m.name, version: m.version.version }, "idle on-demand model version unloaded");
       this.unload(m);

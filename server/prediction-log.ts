@@ -9,6 +9,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { PredictionLogSchema, type PredictionLog } from "../gen/streamserve/v1/logs_pb.js";
+import { doubleSet, I64, LEN, utf8Length, VARINT, varintSize, Writer } from "../lib/proto-writer.js";
 
 /** Everything one PredictionLog says, in the shapes the request path has them. */
 export interface PredictionLogFields {
@@ -60,83 +61,6 @@ export function predictionLogMessage(f: PredictionLogFields): PredictionLog {
     latencyMs: f.latencyMs,
     modelFeatureCount: f.modelFeatureCount,
   });
-}
-
-// Wire types.
-const VARINT = 0;
-const I64 = 1;
-const LEN = 2;
-
-/** proto3 omits a double that is +0 (but writes -0), as protobuf-es's isScalarZeroValue says. */
-const doubleSet = (v: number) => !Object.is(v, 0);
-
-function varintSize(v: number): number {
-  let n = 1;
-  while (v >= 128) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
-
-/** UTF-8 length; one byte per char for the ASCII ids and names that are the rule here. */
-function utf8Length(s: string): number {
-  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) >= 0x80) return Buffer.byteLength(s, "utf8");
-  return s.length;
-}
-
-// Doubles go through one scratch value: the same little-endian bytes DataView.setFloat64 writes.
-const scratch = new Float64Array(1);
-const scratchBytes = new Uint8Array(scratch.buffer);
-const littleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
-class Writer {
-  pos = 0;
-  constructor(readonly buf: Buffer) {}
-
-  varint(v: number): void {
-    const buf = this.buf;
-    while (v >= 128) {
-      buf[this.pos++] = (v % 128) | 128;
-      v = Math.floor(v / 128);
-    }
-    buf[this.pos++] = v;
-  }
-  tag(field: number, wireType: number): void {
-    this.varint(field * 8 + wireType);
-  }
-  /** A LEN field: tag, length, UTF-8 bytes (`bytes` from utf8Length). */
-  string(field: number, s: string, bytes: number): void {
-    this.tag(field, LEN);
-    this.varint(bytes);
-    if (bytes === s.length) {
-      const buf = this.buf;
-      let pos = this.pos;
-      for (let i = 0; i < s.length; i++) buf[pos++] = s.charCodeAt(i);
-      this.pos = pos;
-    } else {
-      this.pos += this.buf.write(s, this.pos, "utf8");
-    }
-  }
-  /** A singular string field: omitted when empty, as proto3 does. */
-  optionalString(field: number, s: string, bytes: number): void {
-    if (bytes !== 0) this.string(field, s, bytes);
-  }
-  double(v: number): void {
-    scratch[0] = v;
-    const buf = this.buf;
-    const pos = this.pos;
-    if (littleEndian) {
-      for (let k = 0; k < 8; k++) buf[pos + k] = scratchBytes[k]!;
-    } else {
-      for (let k = 0; k < 8; k++) buf[pos + k] = scratchBytes[7 - k]!;
-    }
-    this.pos = pos + 8;
-  }
-  bytes(b: Uint8Array): void {
-    this.buf.set(b, this.pos);
-    this.pos += b.length;
-  }
 }
 
 /** Encoded `repeated string` blocks (feature_names) by array: the same few lists come back on every request. */

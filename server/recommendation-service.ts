@@ -10,12 +10,13 @@ import { childCache, type MetricsRegistry } from "../lib/metrics.js";
 import type { Redis } from "../lib/redis.js";
 import type { FeatureSpec } from "../lib/registry.js";
 import { assignVariant } from "../lib/experiments.js";
-import { Code, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
+import { Code, EncodedReply, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
 import { RecommendationService, type RecommendRequest, type RecordOutcomeRequest } from "../gen/streamserve/v1/recommendation_pb.js";
 import { ExposureLogSchema, OutcomeLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { allFeatureSpecs, defaultModelFeatures } from "../features/definitions.js";
 import { assemble, lookupFeatures } from "./feature-lookup.js";
 import { encodePredictionLog } from "./prediction-log.js";
+import { encodeRecommendResponse } from "./recommend-response.js";
 import type { ModelManager } from "./model-manager.js";
 import type { OnnxModel } from "./onnx-model.js";
 import type { TrendingCache } from "./trending.js";
@@ -59,7 +60,7 @@ interface LogLayout {
   modelCount: number;
 }
 
-export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<typeof RecommendationService.method> {
+export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<typeof RecommendationService.method, EncodedReply> {
   const { names, limits, log } = deps;
   const logFeatures = deps.logFeatures ?? "all";
   if (!LOG_FEATURES.includes(logFeatures)) throw new RangeError(`logFeatures must be one of ${LOG_FEATURES.join(", ")}, got "${logFeatures}"`);
@@ -76,6 +77,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
   });
   const inferenceBy = childCache((model, version) => inference.labels({ model, version }));
   let lastRedisWarning = 0;
+  const predictionSubject = names.logsSubject("prediction");
   const shadow = createShadowScorer(deps);
 
   // One layout per served feature list (a model version's, or the fallback's), worked out once.
@@ -124,23 +126,26 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
       let scores: Float64Array;
       if (model && candidates.length) {
         const t = performance.now();
-        scores = await model.score(modelInput(features.matrix, features.rows, specs.length, layout.modelCount), features.rows);
+        const scored = model.score(features.matrix, features.rows, specs.length);
+        scores = scored instanceof Float64Array ? scored : await scored;
         inferenceBy(model.name, model.version.version).observe((performance.now() - t) / 1000);
       } else {
         // No model yet: rank by popularity (trending score), ties in the caller's order.
         scores = Float64Array.from(candidates, (c) => deps.trending.score(c));
       }
 
-      const order = candidates.map((_, i) => i).sort((a, b) => scores[b]! - scores[a]! || a - b);
+      const order = new Array<number>(candidates.length);
+      for (let i = 0; i < order.length; i++) order[i] = i;
+      order.sort((a, b) => scores[b]! - scores[a]! || a - b);
       const limit = req.limit || (req.candidates.length ? candidates.length : limits.defaultTrendingLimit);
-      const top = order.slice(0, limit);
+      const top = order.length > limit ? order.slice(0, limit) : order;
       const modelVersion = model?.version.version ?? FALLBACK_VERSION;
       const latencyMs = performance.now() - started;
       requestsBy(modelVersion, variant?.name).inc();
 
       // Log every scored candidate with the exact vector served (and the other logged features), then the exposure.
       const positions = new Uint32Array(candidates.length);
-      top.forEach((idx, p) => (positions[idx] = p + 1));
+      for (let p = 0; p < top.length; p++) positions[top[p]!] = p + 1;
       const now = Date.now();
       const prediction = encodePredictionLog({
         requestId,
@@ -161,7 +166,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
         missingFeatures: features.missing,
         latencyMs,
       });
-      deps.logs.publish(names.logsSubject("prediction"), `prediction:${requestId}`, prediction);
+      deps.logs.publish(predictionSubject, `prediction:${requestId}`, prediction);
       if (experiment && variant) {
         const exposure = create(ExposureLogSchema, {
           requestId,
@@ -177,14 +182,18 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
       // Off the request's path (it starts after this turn); never part of the response.
       shadow(experiment, { requestId, timeMs: now, context, candidates, returned: top.length });
 
-      return {
-        requestId,
-        recommendations: top.map((i) => ({ itemId: candidates[i]!, score: scores[i]! })),
-        modelName: deps.modelName,
-        modelVersion,
-        variant: variant?.name ?? "",
-        latencyMs,
-      };
+      return new EncodedReply(
+        encodeRecommendResponse({
+          requestId,
+          itemIds: candidates,
+          scores,
+          order: top,
+          modelName: deps.modelName,
+          modelVersion,
+          variant: variant?.name ?? "",
+          latencyMs,
+        }),
+      );
     } finally {
       if (model) deps.models.release(model);
     }
@@ -220,24 +229,17 @@ export function validateRecommend(req: RecommendRequest, limits: ServingLimits):
     throw invalidArgument("candidates", `has ${req.candidates.length} items; the limit is ${limits.maxCandidates}`);
   }
   const seen = new Set<string>();
-  req.candidates.forEach((c, i) => {
+  for (let i = 0; i < req.candidates.length; i++) {
+    const c = req.candidates[i]!;
     if (!c) throw invalidArgument(`candidates[${i}]`, "is empty");
     if (c.length > limits.maxIdLength) throw invalidArgument(`candidates[${i}]`, `is longer than ${limits.maxIdLength} characters`);
     if (seen.has(c)) throw invalidArgument(`candidates[${i}]`, `"${c}" is listed twice`);
     seen.add(c);
-  });
+  }
   if (req.limit > limits.maxCandidates) throw invalidArgument("limit", `must be at most ${limits.maxCandidates}`);
   if (req.requestId.length > limits.maxIdLength) throw invalidArgument("request_id", `is longer than ${limits.maxIdLength} characters`);
   if (req.currentPage.length > limits.maxIdLength) throw invalidArgument("current_page", `is longer than ${limits.maxIdLength} characters`);
   if (req.deviceType.length > 64) throw invalidArgument("device_type", "is longer than 64 characters");
-}
-
-/** The model's input: the first `modelWidth` columns of the logged rows (the whole matrix when nothing else is logged). */
-function modelInput(matrix: Float32Array, rows: number, width: number, modelWidth: number): Float32Array {
-  if (width === modelWidth) return matrix;
-  const input = new Float32Array(rows * modelWidth);
-  for (let r = 0; r < rows; r++) input.set(matrix.subarray(r * width, r * width + modelWidth), r * modelWidth);
-  return input;
 }
 
 /** Resolves with the fallback when the work takes longer than `ms` (the work is left to finish). */

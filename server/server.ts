@@ -15,6 +15,7 @@ import { file_streamserve_v1_logs } from "../gen/streamserve/v1/logs_pb.js";
 import { file_streamserve_v1_events } from "../gen/streamserve/v1/events_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { ModelManager, type ModelManagerOptions } from "./model-manager.js";
+import type { ScorerChoice } from "./onnx-model.js";
 import { TrendingCache } from "./trending.js";
 import { LogPublisher } from "./log-publisher.js";
 import { HealthService } from "./health.js";
@@ -45,6 +46,8 @@ export interface ServerOptions {
   spillDir?: string;
   /** Features each prediction log carries: every pipeline feature, or only the model's (see LogFeatures). @default "all" */
   logFeatures?: LogFeatures;
+  /** Which scorer Recommend uses (see ScorerChoice). @default "auto" */
+  scorer?: ScorerChoice;
 }
 
 export interface RunningServer extends Part {
@@ -83,6 +86,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
 
   const models = new ModelManager(log, metrics, {
     ...options.models,
+    session: { scorer: options.scorer ?? "auto" },
     servingAlias: config.servingAlias,
     onLoadFailure: (model, version, error) => {
       // Every failed load is an operator-visible event and an alert, not just a log line.

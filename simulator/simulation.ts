@@ -12,6 +12,7 @@ import type { Logger } from "../lib/logger.js";
 import { Clickstream, type Session, type SimEvent } from "./clickstream.js";
 import { createRandom, type Random } from "./random.js";
 import { World, type SimPage } from "./world.js";
+import { withDefaults } from "../lib/options.js";
 
 export interface SimulationOptions {
   /** @default 1000 */
@@ -104,8 +105,7 @@ export interface Simulation {
 const TICK_MS = 20;
 
 export async function startSimulation(ctx: SimulationContext, options: SimulationOptions = {}): Promise<Simulation> {
-  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const o = { ...SIMULATION_DEFAULTS, ...given } as typeof SIMULATION_DEFAULTS & SimulationOptions;
+  const o = withDefaults(SIMULATION_DEFAULTS, options);
   if (!(o.rate > 0)) throw new RangeError(`rate must be positive, got ${o.rate}`);
   if (!(o.durationMs >= 0)) throw new RangeError(`durationMs must be 0 or more, got ${o.durationMs}`);
   const log = ctx.log.child({ part: "simulator" });

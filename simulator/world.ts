@@ -8,6 +8,7 @@
 // `shift()` changes the world mid-run: mobile sessions grow longer and engage more, and a page
 // that nobody visited becomes the most popular one. Feature and prediction drift are then real.
 import { createRandom, cumulative, type Random } from "./random.js";
+import { withDefaults } from "../lib/options.js";
 
 export const DEVICES = ["desktop", "mobile", "tablet"] as const;
 export type Device = (typeof DEVICES)[number];
@@ -53,14 +54,22 @@ export interface SessionShape {
   meanStepSeconds: number;
 }
 
-/** Coefficients of the hidden click model (logit scale). Exported for the tests and the docs. */
+/**
+ * Coefficients of the hidden click model (logit scale). Exported for the tests and the docs.
+ * Clicks on recommendations are rare enough (about 15 % of shown items under a popularity ranking)
+ * that a user who clicks at most one of three items does not saturate, and appeal spreads them
+ * widely: ranking by appeal gives about 23 %, by the least appeal about 6 %, so a better or worse
+ * ranker shows in the CTR within minutes.
+ */
 export const TRUTH = Object.freeze({
-  intercept: -3.1,
+  intercept: -5.0,
   engagement: 2.4,
   device: { desktop: 0.3, mobile: -0.25, tablet: 0 } as Readonly<Record<Device, number>>,
   /** Added to mobile after the shift. */
   mobileAfterShift: 0.6,
-  appeal: 2.2,
+  appeal: 3.5,
+  /** Weight of appeal in the in-page (browsing) clicks: what makes item CTR a trace of appeal. */
+  browseAppeal: 2.5,
   popularity: 0.25,
   sameTopicAsCurrentPage: 0.7,
   favoriteTopic: 0.5,
@@ -85,7 +94,7 @@ export class World {
   private maxPopularityLog: number;
 
   constructor(options: WorldOptions = {}) {
-    const o = { ...WORLD_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as Required<WorldOptions>;
+    const o = withDefaults(WORLD_DEFAULTS, options) as Required<WorldOptions>;
     if (!Number.isInteger(o.users) || o.users < 1) throw new RangeError(`users must be a positive integer, got ${o.users}`);
     if (!Number.isInteger(o.pages) || o.pages < 2) throw new RangeError(`pages must be an integer of at least 2, got ${o.pages}`);
     const rand = createRandom(o.seed).fork("world");
@@ -176,7 +185,11 @@ export class World {
   /** Probability that a user clicks on a page while browsing it (an in-page click). */
   browseClickProbability(user: SimUser, device: Device, page: SimPage): number {
     return sigmoid(
-      -1.6 + 2.4 * user.engagement + 1.5 * (page.appeal - 0.5) + TRUTH.device[device] + (this.shifted && device === "mobile" ? TRUTH.mobileAfterShift : 0),
+      -1.6 +
+        2.4 * user.engagement +
+        TRUTH.browseAppeal * (page.appeal - 0.5) +
+        TRUTH.device[device] +
+        (this.shifted && device === "mobile" ? TRUTH.mobileAfterShift : 0),
     );
   }
 

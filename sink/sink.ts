@@ -1,14 +1,8 @@
-// The LOGS → ClickHouse sink. One durable pull consumer per log kind takes batches bounded by
-// size and time, turns them into rows, inserts them and acks only once ClickHouse accepted them.
-//
-// Why nothing is lost: a message is acked after its rows are in ClickHouse; while ClickHouse is
-// down the batch in hand is retried with backoff and kept alive with working(), so JetStream
-// neither redelivers it nor hands out more. A crash (kill -9) leaves the batch unacked and
-// JetStream redelivers it after the ack deadline.
-// Why nothing is doubled in what queries return: the tables are ReplacingMergeTree keyed by each
-// message's natural id (request_id, outcome_id, ...), so a row written twice collapses under FINAL.
-// (Insert deduplication tokens would need non_replicated_deduplication_window on the tables, and
-// chDB keeps a SET setting for the rest of its session, so a token would leak into other inserts.)
+// The LOGS → ClickHouse sink: one durable pull consumer per log kind takes batches bounded by size and
+// time, turns them into rows, inserts them, and acks only once ClickHouse accepted them.
+// Invariant: a message is acked only after its rows are in ClickHouse, and a row written twice
+// collapses under FINAL (ReplacingMergeTree by natural id). Why, and why no insert tokens: README,
+// "ClickHouse: what is kept".
 import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg, type NatsConnection, type QueuedIterator, type Status } from "nats";
 import type { ClickHouseClient } from "@clickhouse/client";
 import type { LogKind, Names } from "../lib/config.js";
@@ -16,8 +10,9 @@ import type { ClickHouse } from "../lib/clickhouse.js";
 import type { Logger } from "../lib/logger.js";
 import type { MetricsRegistry } from "../lib/metrics.js";
 import type { Part } from "../lib/runtime.js";
-import { isNotFound } from "../lib/nats.js";
+import { ensureConsumer } from "../lib/durable-consumer.js";
 import { decodeLog, LOG_KINDS, UndecodableLogError, type Row } from "./log-rows.js";
+import { withDefaults } from "../lib/options.js";
 
 export interface SinkOptions {
   /** Log kinds to consume, one durable consumer each. @default every kind */
@@ -59,8 +54,7 @@ export const SINK_DEFAULTS: Readonly<Required<SinkOptions>> = Object.freeze({
 });
 
 export function resolveSinkOptions(options: SinkOptions = {}): Required<SinkOptions> {
-  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const o: Required<SinkOptions> = { ...SINK_DEFAULTS, ...given };
+  const o: Required<SinkOptions> = withDefaults(SINK_DEFAULTS, options);
   o.maxBatchWaitMs = Math.max(1000, o.maxBatchWaitMs);
   for (const key of ["maxBatchMessages", "ackWaitMs", "retryInitialMs", "retryMaxMs", "stopTimeoutMs", "lagIntervalMs"] as const) {
     if (!Number.isFinite(o[key]) || o[key] <= 0) throw new RangeError(`sink option ${key} must be a positive number, got ${o[key]}`);
@@ -383,28 +377,4 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
       log.info({ messagesWritten: stats.messagesWritten, rowsWritten: stats.rowsWritten }, "sink stopped");
     },
   };
-}
-
-type ConsumerManager = Awaited<ReturnType<NatsConnection["jetstreamManager"]>>["consumers"];
-
-/** Adds the durable consumer, or updates the settings that may change on an existing one. */
-async function ensureConsumer(
-  jsm: { consumers: ConsumerManager },
-  stream: string,
-  config: Parameters<ConsumerManager["add"]>[1] & { durable_name: string },
-): Promise<void> {
-  try {
-    const info = await jsm.consumers.info(stream, config.durable_name);
-    if (info.config.filter_subject !== config.filter_subject) {
-      throw new Error(
-        `consumer ${config.durable_name} on ${stream} filters "${info.config.filter_subject}", expected "${config.filter_subject}"; delete it to recreate`,
-      );
-    }
-    if (info.config.ack_wait !== config.ack_wait || info.config.max_ack_pending !== config.max_ack_pending) {
-      await jsm.consumers.update(stream, config.durable_name, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending });
-    }
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    await jsm.consumers.add(stream, config);
-  }
 }

@@ -5,6 +5,7 @@
 import { hostname } from "node:os";
 import type { KV, NatsConnection } from "nats";
 import type { Names } from "../lib/config.js";
+import { withDefaults } from "../lib/options.js";
 
 /** The lock bucket beside the registry's, so a namespace's cleanup can find it. */
 export const lockBucket = (names: Names) => `${names.registryBucket}-locks`;
@@ -29,7 +30,7 @@ export interface LockHolder {
  * Takes the training lock of `model`, or returns the current holder when another cycle has it.
  */
 export async function acquireCycleLock(nc: NatsConnection, names: Names, model: string, options: CycleLockOptions = {}): Promise<CycleLock | LockHolder> {
-  const { ttlMs } = { ...CYCLE_LOCK_DEFAULTS, ...options };
+  const { ttlMs } = withDefaults(CYCLE_LOCK_DEFAULTS, options);
   const kv: KV = await nc.jetstream().views.kv(lockBucket(names), { ttl: ttlMs, history: 1 });
   const key = `train.${model}`;
   const me: LockHolder = { holder: `${hostname()}:${process.pid}`, since: new Date().toISOString() };

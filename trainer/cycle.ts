@@ -4,17 +4,26 @@
 // model_events and the log.
 
 import { writeFileSync } from "node:fs";
-import * as ort from "onnxruntime-node";
 import type { Runtime } from "../lib/runtime.js";
-import type { FeatureSpec, ModelVersion, Registry } from "../lib/registry.js";
-import { defaultModelFeatures } from "../features/definitions.js";
-import { createRandom, trainGbdt, type GbdtModel, type GbdtOptions, type GbdtProgress } from "./gbdt.js";
-import { ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME, exportOnnx } from "./onnx-export.js";
-import { evaluate, splitTrainValid, type Evaluation } from "./metrics.js";
-import { loadFileDataset, loadLoggedDataset, type Dataset, type LabelKind } from "./dataset.js";
+import type { ModelVersion, Registry } from "../lib/registry.js";
+import type { GbdtOptions, GbdtProgress } from "./gbdt.js";
+import { ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME } from "./onnx-export.js";
+import type { Evaluation } from "./metrics.js";
 import { acquireCycleLock, isHeld } from "./cycle-lock.js";
-import { startGuardedRollout } from "./rollout.js";
 import type { RolloutPolicy } from "./rollout-decision.js";
+import {
+  applyDecision,
+  evaluateModels,
+  loadRows,
+  referenceSample,
+  splitRows,
+  trainCandidate,
+  unusableRows,
+  type CycleData,
+  type LoadedRows,
+} from "./cycle-steps.js";
+
+export { referenceSample, scoreOnnx, type CycleData } from "./cycle-steps.js";
 
 /** When a new version may replace production. */
 export interface PromotionPolicy {
@@ -84,11 +93,6 @@ export function decidePromotion(input: PromotionInput, policy: PromotionPolicy =
 
 const fmt = (v: number) => (Number.isFinite(v) ? v.toFixed(4) : String(v));
 const pct = (v: number) => (Number.isFinite(v) ? `${(v * 100).toFixed(2)} %` : String(v));
-
-/** Where the rows come from. */
-export type CycleData =
-  | { kind: "logs"; label?: LabelKind; windowMs?: number; endMs?: number; labelDelayMs?: number }
-  | { kind: "file"; path: string; label: string; format?: string };
 
 export interface CycleOptions extends PromotionPolicy {
   /** Registry model to publish (and whose served predictions are read). @default config.modelName */
@@ -194,42 +198,20 @@ export async function runTrainingCycle(runtime: Runtime, options: CycleOptions =
   }
 }
 
+/** The cycle's steps in order (cycle-steps.ts); every early stop is a decision, recorded like the others. */
 async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, modelName: string, registry: Registry | undefined): Promise<CycleReport> {
   const log = runtime.log.child({ part: "trainer", model: modelName });
   const started = Date.now();
-  const data: CycleData = o.data ?? { kind: "logs" };
-
-  // The production version, if any: its features are read too, to score it on the same rows.
   const production = registry ? await currentProduction(registry, modelName) : undefined;
 
-  const ch = await runtime.clickhouse();
-  let dataset: Dataset;
-  let specs: FeatureSpec[];
-  if (data.kind === "file") {
-    const known = Object.fromEntries([...defaultModelFeatures(), ...(production?.features ?? [])].map((s) => [s.name, s]));
-    const file = await loadFileDataset(ch.client, { path: data.path, label: data.label, format: data.format, specs: known, signal: o.signal });
-    dataset = file;
-    specs = file.specs;
-  } else {
-    const wanted = o.features ? requestedSpecs(o.features, production) : uniqueSpecs([...(production?.features ?? []), ...defaultModelFeatures()]);
-    // Production's features are read as well, to score it on the same rows.
-    const read = uniqueSpecs([...wanted, ...(production?.features ?? [])]);
-    dataset = await loadLoggedDataset(ch.client, {
-      modelName,
-      featureNames: read.map((s) => s.name),
-      label: data.label,
-      windowMs: data.windowMs,
-      endMs: data.endMs,
-      labelDelayMs: data.labelDelayMs,
-      scoredSample: o.referenceSize,
-      seed: o.seed,
-      signal: o.signal,
-    });
-    // Train on the wanted features that were logged with a value in the window.
-    const served = new Set(dataset.featureNames.filter((_, f) => dataset.columns[f].some((v) => !Number.isNaN(v))));
-    specs = wanted.filter((s) => served.has(s.name));
-  }
-
+  const loaded = await loadRows((await runtime.clickhouse()).client, modelName, production, {
+    data: o.data ?? { kind: "logs" },
+    features: o.features,
+    referenceSize: o.referenceSize,
+    seed: o.seed,
+    signal: o.signal,
+  });
+  const { dataset, specs } = loaded;
   const report: CycleReport = {
     model: modelName,
     startedAt: new Date(started).toISOString(),
@@ -237,103 +219,38 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     data: { source: dataset.source, ...dataset.counts, features: specs.map((s) => s.name) },
     decision: { action: "skip", reason: "" },
   };
-  const finish = async (decision: Decision) => {
-    report.decision = decision;
-    report.durationMs = Date.now() - started;
-    const details = {
-      action: decision.action,
-      rows: dataset.counts.rows,
-      positives: dataset.counts.positives,
-      candidate_auc: report.candidate?.auc,
-      production_auc: report.production?.evaluation?.auc,
-      production_version: report.production?.version,
-      source: dataset.source,
-    };
-    log[decision.action === "skip" ? "warn" : "info"](
-      { ...details, version: report.version?.version },
-      `training cycle: ${decision.action}: ${decision.reason}`,
-    );
-    if (registry) {
-      await registry.recordEvent({
-        model_name: modelName,
-        kind: decision.action === "skip" ? "train_skipped" : "train_decision",
-        alias: decision.action === "promote" ? "production" : decision.action === "keep_candidate" || decision.action === "rollout" ? "candidate" : "",
-        from_version: production?.version,
-        to_version: report.version?.version,
-        actor: o.actor,
-        reason: decision.reason,
-        details,
-      });
-    }
-    return report;
-  };
+  const finish = (decision: Decision) => recordDecision(runtime, registry, o, loaded, report, production, decision, started);
 
-  const negatives = dataset.counts.rows - dataset.counts.positives;
-  if (dataset.counts.rows === 0) {
-    const where =
-      dataset.source.kind === "file"
-        ? `in ${dataset.source.path}`
-        : `logged for ${modelName} between ${dataset.source.window_start} and ${dataset.source.window_end}`;
-    return finish({ action: "skip", reason: `no labelled rows ${where}` });
-  }
-  if (specs.length === 0) return finish({ action: "skip", reason: "no feature was served with a value in the window: nothing to learn from" });
-  if (dataset.counts.positives === 0 || negatives === 0) {
-    return finish({ action: "skip", reason: `need both classes to train: ${dataset.counts.positives} positive, ${negatives} negative rows` });
-  }
+  const unusable = unusableRows(loaded, modelName);
+  if (unusable) return finish(unusable);
+  const split = splitRows(loaded, o.validFraction, o.seed);
+  if ("skip" in split) return finish(split.skip);
+  const rows = split.rows;
+  report.data.trainRows = rows.train.labels.length;
+  report.data.validRows = rows.validLabels.length;
 
-  // Split by request so one request's candidates never straddle train and validation.
-  const split = splitTrainValid(dataset.counts.rows, { validFraction: o.validFraction, seed: o.seed }, dataset.groups);
-  report.data.trainRows = split.train.length;
-  report.data.validRows = split.valid.length;
-  const columnOf = (name: string) => dataset.columns[dataset.featureNames.indexOf(name)];
-  const trainCols = specs.map((s) => gather(columnOf(s.name), split.train));
-  const trainLabels = gatherU8(dataset.labels, split.train);
-  const validLabels = gatherU8(dataset.labels, split.valid);
-  let trainPositives = 0;
-  for (const y of trainLabels) trainPositives += y;
-  if (trainPositives === 0 || trainPositives === trainLabels.length || split.valid.length === 0) {
-    return finish({
-      action: "skip",
-      reason: `the split left a side without both classes (${trainLabels.length} train rows, ${split.valid.length} validation rows)`,
-    });
-  }
-
-  const t0 = performance.now();
-  const model = await trainOffThread(
-    { columns: trainCols, labels: trainLabels, featureNames: specs.map((s) => s.name), categorical: specs.map((s) => s.type === "categorical") },
-    o.gbdt ?? {},
-    o.onProgress,
-  );
-  report.trainMs = performance.now() - t0;
+  const trained = await trainCandidate(rows.train, modelName, o.gbdt ?? {}, o.onProgress);
+  const { model, artifact } = trained;
+  report.trainMs = trained.trainMs;
   report.params = { ...model.params, label: String(dataset.source.label), validFraction: o.validFraction, splitSeed: o.seed };
   report.featureGain = Object.fromEntries(model.featureNames.map((n, f) => [n, model.featureGain[f]]));
-  const artifact = exportOnnx(model, { description: `${modelName}: gradient-boosted trees trained by streamserve`, metadata: { model_name: modelName } });
   if (o.outputPath) {
     writeFileSync(o.outputPath, artifact);
     report.outputPath = o.outputPath;
   }
 
   // Both models scored by onnxruntime on the same validation rows: what would be served.
-  report.candidate = evaluate(
-    validLabels,
-    await scoreOnnx(
-      artifact,
-      ONNX_INPUT_NAME,
-      ONNX_PROBABILITIES_NAME,
-      specs.map((s) => gather(columnOf(s.name), split.valid)),
-    ),
+  const evaluations = await evaluateModels(
+    { artifact, features: model.featureNames },
+    rows,
+    production && registry ? { version: production, fetchArtifact: (v) => registry.fetchArtifact(v) } : undefined,
+    dataset.featureNames,
   );
-  if (production && registry) {
-    report.production = { version: production.version };
-    try {
-      const missing = production.features.filter((s) => !dataset.featureNames.includes(s.name)).map((s) => s.name);
-      if (missing.length) throw new Error(`its features ${missing.join(", ")} are not in the data`);
-      const bytes = await registry.fetchArtifact(production);
-      const cols = production.features.map((s) => gather(columnOf(s.name), split.valid));
-      report.production.evaluation = evaluate(validLabels, await scoreOnnx(bytes, production.inputName, production.outputName, cols));
-    } catch (err) {
-      report.production.error = (err as Error).message;
-      log.warn({ err, version: production.version }, "could not evaluate the production model on the validation rows");
+  report.candidate = evaluations.candidate;
+  if (evaluations.production) {
+    report.production = evaluations.production;
+    if (evaluations.production.error) {
+      log.warn({ err: evaluations.production.error, version: production!.version }, "could not evaluate the production model on the validation rows");
     }
   }
 
@@ -363,7 +280,7 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
       calibration_bias: report.candidate.calibrationBias,
       valid_rows: report.candidate.rows,
       valid_positives: report.candidate.positives,
-      train_rows: split.train.length,
+      train_rows: rows.train.labels.length,
       production_auc: report.production?.evaluation?.auc ?? NaN,
     }),
     params: report.params,
@@ -371,7 +288,7 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     // The monitor compares this with every candidate the version scores, shown or not: from logs,
     // the reference is drawn from that same population, not from the rows the last ranking showed.
     reference: referenceSample(
-      dataset.scored ? specs.map((s) => dataset.scored![dataset.featureNames.indexOf(s.name)]!) : trainCols,
+      dataset.scored ? specs.map((s) => dataset.scored![dataset.featureNames.indexOf(s.name)]!) : rows.train.columns,
       specs,
       o.referenceSize,
       o.seed,
@@ -379,122 +296,62 @@ async function runCycle(runtime: Runtime, o: CycleOptions & CycleDefaults, model
     description: `trained on ${dataset.counts.rows} rows (${dataset.source.kind}); ${decision.reason}`,
     actor: o.actor,
   });
-  const version = report.version.version;
-  if (decision.action === "promote" && o.rollout === "guarded" && production) {
-    await registry.setAlias(modelName, "candidate", version, { actor: o.actor, reason: decision.reason, kind: "candidate" });
-    try {
-      const experiment = await startGuardedRollout(registry, {
-        model: modelName,
-        candidate: version,
-        stages: o.rolloutStages,
-        policy: o.rolloutPolicy,
-        actor: o.actor,
-        reason: decision.reason,
-      });
-      report.rollout = { experiment: experiment.name, stages: experiment.rollout!.stages };
-      return finish({
-        action: "rollout",
-        reason: `${decision.reason}; guarded rollout ${experiment.name} started at ${experiment.rollout!.stages[0]} % of users`,
-      });
-    } catch (err) {
-      return finish({ action: "keep_candidate", reason: `${decision.reason}, but the guarded rollout could not start: ${(err as Error).message}` });
-    }
+  const applied = await applyDecision(registry, decision, {
+    model: modelName,
+    version: report.version.version,
+    hasProduction: production !== undefined,
+    rollout: o.rollout,
+    rolloutStages: o.rolloutStages,
+    rolloutPolicy: o.rolloutPolicy,
+    actor: o.actor,
+  });
+  if (applied.rollout) report.rollout = applied.rollout;
+  return finish(applied.decision);
+}
+
+/** The decision into the report, the log and model_events. */
+async function recordDecision(
+  runtime: Runtime,
+  registry: Registry | undefined,
+  o: CycleOptions & CycleDefaults,
+  { dataset }: LoadedRows,
+  report: CycleReport,
+  production: ModelVersion | undefined,
+  decision: Decision,
+  started: number,
+): Promise<CycleReport> {
+  report.decision = decision;
+  report.durationMs = Date.now() - started;
+  const details = {
+    action: decision.action,
+    rows: dataset.counts.rows,
+    positives: dataset.counts.positives,
+    candidate_auc: report.candidate?.auc,
+    production_auc: report.production?.evaluation?.auc,
+    production_version: report.production?.version,
+    source: dataset.source,
+  };
+  runtime.log
+    .child({ part: "trainer", model: report.model })
+    [decision.action === "skip" ? "warn" : "info"]({ ...details, version: report.version?.version }, `training cycle: ${decision.action}: ${decision.reason}`);
+  if (registry) {
+    await registry.recordEvent({
+      model_name: report.model,
+      kind: decision.action === "skip" ? "train_skipped" : "train_decision",
+      alias: decision.action === "promote" ? "production" : decision.action === "keep_candidate" || decision.action === "rollout" ? "candidate" : "",
+      from_version: production?.version,
+      to_version: report.version?.version,
+      actor: o.actor,
+      reason: decision.reason,
+      details,
+    });
   }
-  if (decision.action === "promote") {
-    await registry.setAlias(modelName, "production", version, { actor: o.actor, reason: decision.reason, kind: "promote" });
-  } else {
-    await registry.setAlias(modelName, "candidate", version, { actor: o.actor, reason: decision.reason, kind: "candidate" });
-  }
-  return finish(decision);
+  return report;
 }
 
 async function currentProduction(registry: Registry, name: string): Promise<ModelVersion | undefined> {
   const alias = await registry.getAlias(name, "production");
   return alias ? registry.getVersion(name, alias.version) : undefined;
-}
-
-/**
- * P(positive) per row from an ONNX model: `outputName`'s last column (a [N, 2] probability output)
- * or its only value per row. Columns are in the model's feature order.
- */
-export async function scoreOnnx(bytes: Uint8Array, inputName: string, outputName: string, columns: Float64Array[]): Promise<Float64Array> {
-  const n = columns[0]?.length ?? 0;
-  const F = columns.length;
-  const out = new Float64Array(n);
-  const session = await ort.InferenceSession.create(bytes);
-  try {
-    const batch = 8192;
-    for (let start = 0; start < n; start += batch) {
-      const m = Math.min(batch, n - start);
-      const x = new Float32Array(m * F);
-      for (let i = 0; i < m; i++) for (let f = 0; f < F; f++) x[i * F + f] = columns[f][start + i];
-      const result = await session.run({ [inputName]: new ort.Tensor("float32", x, [m, F]) });
-      const t = result[outputName];
-      if (!t) throw new Error(`the model has no output "${outputName}"`);
-      const width = t.dims.length > 1 ? Number(t.dims[t.dims.length - 1]) : 1;
-      const data = t.data as Float32Array | Float64Array;
-      for (let i = 0; i < m; i++) out[start + i] = Number(data[i * width + width - 1]);
-    }
-  } finally {
-    await session.release();
-  }
-  return out;
-}
-
-/**
- * Trains in a worker thread so a long fit does not stall the event loop of a process that also
- * serves (streamserve up); falls back to this thread where workers are unavailable.
- */
-async function trainOffThread(data: Parameters<typeof trainGbdt>[0], options: GbdtOptions, onProgress?: (p: GbdtProgress) => void): Promise<GbdtModel> {
-  const { trainInWorker } = await import("./train-worker.js");
-  return trainInWorker(data, options, onProgress);
-}
-
-/** Up to `size` finite values per feature, drawn from the training rows with the seed. */
-export function referenceSample(columns: Float64Array[], specs: FeatureSpec[], size: number, seed: number): Record<string, number[]> {
-  const rand = createRandom(seed ^ 0x5eed);
-  const out: Record<string, number[]> = {};
-  specs.forEach((spec, f) => {
-    const finite = columns[f].filter(Number.isFinite);
-    if (finite.length <= size) {
-      out[spec.name] = Array.from(finite);
-      return;
-    }
-    // Partial Fisher–Yates: the first `size` slots become a uniform sample without replacement.
-    for (let i = 0; i < size; i++) {
-      const j = i + Math.floor(rand() * (finite.length - i));
-      const t = finite[i];
-      finite[i] = finite[j];
-      finite[j] = t;
-    }
-    out[spec.name] = Array.from(finite.subarray(0, size));
-  });
-  return out;
-}
-
-function gather(column: Float64Array, idx: Uint32Array): Float64Array {
-  const out = new Float64Array(idx.length);
-  for (let i = 0; i < idx.length; i++) out[i] = column[idx[i]];
-  return out;
-}
-
-function gatherU8(column: Uint8Array, idx: Uint32Array): Uint8Array {
-  const out = new Uint8Array(idx.length);
-  for (let i = 0; i < idx.length; i++) out[i] = column[idx[i]];
-  return out;
-}
-
-/** The specs of the features asked for by name: pipeline and request features, or production's own. */
-function requestedSpecs(names: string[], production: ModelVersion | undefined): FeatureSpec[] {
-  const known = new Map([...(production?.features ?? []), ...defaultModelFeatures()].map((s) => [s.name, s]));
-  const unknown = names.filter((n) => !known.has(n));
-  if (unknown.length) throw new Error(`unknown features ${unknown.join(", ")}; known: ${[...known.keys()].join(", ")}`);
-  return uniqueSpecs(names.map((n) => known.get(n)!));
-}
-
-function uniqueSpecs(specs: FeatureSpec[]): FeatureSpec[] {
-  const seen = new Set<string>();
-  return specs.filter((s) => !seen.has(s.name) && (seen.add(s.name), true));
 }
 
 function finiteOnly(values: Record<string, number>): Record<string, number> {

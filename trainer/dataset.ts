@@ -10,6 +10,7 @@
 import type { ClickHouseClient } from "@clickhouse/client";
 import type { FeatureSpec } from "../lib/registry.js";
 import { createRandom } from "./gbdt.js";
+import { withDefaults } from "../lib/options.js";
 
 export type LabelKind = "clicked" | "converted";
 
@@ -132,7 +133,7 @@ class ColumnBuilder {
  * user never saw them, so their missing click says nothing.
  */
 export async function loadLoggedDataset(client: ClickHouseClient, options: LoggedDatasetOptions): Promise<Dataset> {
-  const o = { ...LOGGED_DATASET_DEFAULTS, ...stripUndefined(options) };
+  const o = withDefaults(LOGGED_DATASET_DEFAULTS, options);
   const endMs = o.endMs ?? Date.now() - o.labelDelayMs;
   const startMs = endMs - o.windowMs;
   const params = { model: o.modelName, start: startMs / 1000, end: endMs / 1000, names: o.featureNames };
@@ -391,10 +392,6 @@ function parseLabel(v: unknown): 0 | 1 | undefined {
 
 function quoteColumn(name: string): string {
   return "`" + name.replace(/\\/g, "\\\\").replace(/`/g, "\\`") + "`";
-}
-
-function stripUndefined<T extends object>(o: T): T {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }
 
 export class DatasetError extends Error {

@@ -14,7 +14,7 @@ export {
   type GbdtTree,
 } from "./gbdt.js";
 export { exportOnnx, ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME, ONNX_LABEL_NAME, type OnnxExportOptions } from "./onnx-export.js";
-export { auc, logLoss, calibration, evaluate, splitTrainValid, type Evaluation, type CalibrationBin } from "./metrics.js";
+export { auc, logLoss, calibration, evaluate, splitTrainValid, type Evaluation, type QuantileCalibrationBin } from "./metrics.js";
 export { loadLoggedDataset, loadFileDataset, countPredictionsSince, DatasetError, type Dataset, type FileDataset } from "./dataset.js";
 export {
   runTrainingCycle,

@@ -1,6 +1,7 @@
 // Evaluation of binary classifiers: exact AUC (ties get average ranks), log-loss, calibration by
 // decile, and the deterministic train/validation split every cycle uses.
 import { rankAuc } from "../lib/auc.js";
+import { withDefaults } from "../lib/options.js";
 
 /**
  * Area under the ROC curve, exactly: the Mann–Whitney statistic with average ranks for tied
@@ -27,7 +28,8 @@ export function logLoss(labels: ArrayLike<number>, probs: ArrayLike<number>, eps
   return s / n;
 }
 
-export interface CalibrationBin {
+/** A calibration bin of (nearly) equal row count: a quantile of the predictions. */
+export interface QuantileCalibrationBin {
   /** Lowest and highest predicted probability in the bin. */
   lower: number;
   upper: number;
@@ -40,13 +42,13 @@ export interface CalibrationBin {
  * Calibration by quantile of the prediction: rows sorted by predicted probability and cut into
  * `bins` groups of (nearly) equal size, each with its mean prediction and observed positive rate.
  */
-export function calibration(labels: ArrayLike<number>, probs: ArrayLike<number>, bins = 10): CalibrationBin[] {
+export function calibration(labels: ArrayLike<number>, probs: ArrayLike<number>, bins = 10): QuantileCalibrationBin[] {
   const n = labels.length;
   if (probs.length !== n) throw new Error(`calibration: ${probs.length} probabilities for ${n} labels`);
   const order = new Uint32Array(n);
   for (let i = 0; i < n; i++) order[i] = i;
   order.sort((a, b) => (probs[a] < probs[b] ? -1 : probs[a] > probs[b] ? 1 : a - b));
-  const out: CalibrationBin[] = [];
+  const out: QuantileCalibrationBin[] = [];
   for (let b = 0; b < bins; b++) {
     const start = Math.floor((b * n) / bins);
     const end = Math.floor(((b + 1) * n) / bins);
@@ -70,7 +72,7 @@ export interface Evaluation {
   logLoss: number;
   /** Mean prediction minus observed rate: a global calibration bias. */
   calibrationBias: number;
-  calibration: CalibrationBin[];
+  calibration: QuantileCalibrationBin[];
 }
 
 export function evaluate(labels: ArrayLike<number>, probs: ArrayLike<number>): Evaluation {
@@ -128,7 +130,7 @@ export interface TrainValidSplit {
  * request cannot leak between training and validation.
  */
 export function splitTrainValid(n: number, options: SplitOptions = {}, keys?: ArrayLike<string>): TrainValidSplit {
-  const { validFraction, seed } = { ...SPLIT_DEFAULTS, ...options };
+  const { validFraction, seed } = withDefaults(SPLIT_DEFAULTS, options);
   if (!(validFraction > 0 && validFraction < 1)) throw new RangeError(`validFraction must be in (0, 1), got ${validFraction}`);
   if (keys && keys.length !== n) throw new Error(`splitTrainValid: ${keys.length} keys for ${n} rows`);
   const cut = validFraction * 4294967296;

@@ -24,6 +24,7 @@ import {
   type TensorShapeProto_Dimension,
 } from "../gen/onnx/onnx_pb.js";
 import type { GbdtModel } from "./gbdt.js";
+import { withDefaults } from "../lib/options.js";
 
 /** Input tensor: float32 [N, F], features in the model's order, NaN for missing. */
 export const ONNX_INPUT_NAME = "features";
@@ -138,7 +139,7 @@ function treeEnsembleAttributes(model: GbdtModel): AttributeProto[] {
 
 /** Serialises the model to ONNX bytes (ir_version 8, opsets "" 13 and ai.onnx.ml 3). */
 export function exportOnnx(model: GbdtModel, options: OnnxExportOptions = {}): Uint8Array {
-  const o = { ...ONNX_EXPORT_DEFAULTS, ...options };
+  const o = withDefaults(ONNX_EXPORT_DEFAULTS, options);
   const F = model.featureNames.length;
   const scalar = (name: string, dataType: DataType, v: number) =>
     dataType === DataType.INT64

@@ -15,6 +15,7 @@ import type { Experiment, ExperimentVariant, Registry, RolloutState } from "../l
 import { RegistryError } from "../lib/registry.js";
 import { toClickHouseTime } from "../monitor/store.js";
 import { decideStage, testsForEvent, ROLLOUT_POLICY_DEFAULTS, type RolloutArmStats, type RolloutPolicy, type StageDecision } from "./rollout-decision.js";
+import { withDefaults } from "../lib/options.js";
 
 export const DEFAULT_STAGES: readonly number[] = Object.freeze([10, 50, 100]);
 export const ROLLOUT_VARIANT = "rollout";
@@ -73,7 +74,7 @@ export async function startGuardedRollout(registry: RolloutRegistry, options: St
   // of the same rollout must not reset it to its first stage.
   const running = (await registry.listExperiments()).find((e) => e.status === "running" && e.model === model);
   if (running) throw new RegistryError(`experiment ${running.name} is already running on ${model}; stop it first`, "conflict");
-  const policy: RolloutPolicy = { ...ROLLOUT_POLICY_DEFAULTS, ...defined(options.policy ?? {}) };
+  const policy: RolloutPolicy = withDefaults(ROLLOUT_POLICY_DEFAULTS, options.policy);
   const now = new Date().toISOString();
   const state: RolloutState = { candidate, baseline: production.version, stages, stage: 0, startedAt: now, stageStartedAt: now, policy: { ...policy } };
   const experiment = await registry.createExperiment({
@@ -286,8 +287,4 @@ export async function readRolloutStats(
     };
   };
   return { rollout: arm(ROLLOUT_VARIANT), baseline: arm(BASELINE_VARIANT) };
-}
-
-function defined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -6,6 +6,7 @@
 import type { Part, Runtime } from "../lib/runtime.js";
 import { countPredictionsSince } from "./dataset.js";
 import { runTrainingCycle, type CycleOptions, type CycleReport } from "./cycle.js";
+import { withDefaults } from "../lib/options.js";
 
 export interface ScheduleOptions extends Omit<CycleOptions, "data" | "signal"> {
   /** Time between the end of one cycle and the start of the next. @default 6 h */
@@ -41,8 +42,7 @@ export interface TrainingSchedule extends Part {
 }
 
 export function startTrainingSchedule(runtime: Runtime, options: ScheduleOptions = {}): TrainingSchedule {
-  const o = { ...SCHEDULE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as ScheduleOptions &
-    typeof SCHEDULE_DEFAULTS;
+  const o = withDefaults(SCHEDULE_DEFAULTS, options);
   const modelName = o.modelName ?? runtime.config.modelName;
   const log = runtime.log.child({ part: "trainer", model: modelName });
   const abort = new AbortController();

@@ -4,9 +4,9 @@
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Command } from "../command.js";
-import { untilSignal } from "../command.js";
+import { runPartUntilSignal, untilSignal } from "../command.js";
 import { durationFlag, numberFlag, UsageError, type CommandArgs } from "../args.js";
-import { sendJson, sendText } from "../../lib/http.js";
+import { sendJson } from "../../lib/http.js";
 import { superviseChild } from "../../lib/supervisor.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
 import { MAX_PARTITIONS } from "../../features/partitions.js";
@@ -77,18 +77,7 @@ Examples:
     if (!Number.isInteger(workers) || workers < 1) throw new UsageError(`--workers must be a whole number of at least 1, got ${workers}`);
     if (workers > 1) return superviseFeatureWorkers(runtime, workers, options);
     const worker = await startFeaturesWorker(runtime, options);
-    runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
-    runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", features: worker.stats }));
-    try {
-      await runtime.listenHttp();
-    } catch (err) {
-      await worker.stop();
-      throw new Error(`cannot listen on HTTP port ${runtime.config.httpPort} (${(err as Error).message}); pass --http-port (0 picks a free one)`);
-    }
-    const signal = await untilSignal();
-    runtime.log.info({ signal }, "stopping the features worker");
-    await worker.stop();
-    return 0;
+    return runPartUntilSignal(runtime, { name: "features", health: () => worker.stats, stop: () => worker.stop() });
   },
 };
 

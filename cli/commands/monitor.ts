@@ -6,7 +6,7 @@ import { durationFlag, numberFlag, stringFlag, UsageError, type CommandArgs } fr
 import { printTable } from "../table.js";
 import { createMonitor, type CycleReport } from "../../monitor/monitor.js";
 import { MONITOR_DEFAULTS, type MonitorOverrides } from "../../monitor/options.js";
-import { experimentRows, featureDriftRows, qualityGroupRows, shadowRows } from "../../monitor/text-report.js";
+import { experimentCtrRows, experimentRows, featureDriftRows, qualityGroupRows, shadowRows } from "../../monitor/text-report.js";
 import { explainClickHouseError } from "../../monitor/store.js";
 
 const USAGE = `Usage:
@@ -73,6 +73,8 @@ function printCycle(report: CycleReport): void {
   console.log("\nExperiments");
   if (e && e.experiments.length) {
     printTable(experimentRows(e.experiments));
+    console.log("CTR (clicks per shown item; users as clusters, delta method)");
+    printTable(experimentCtrRows(e.experiments));
     for (const x of e.experiments) for (const note of x.notes) console.log(`  ${x.experiment}: ${note}`);
   } else if (e) console.log("  no running experiment");
 

@@ -2,9 +2,9 @@
 // report views (shadow: computed now from shadow_predictions), as tables for people or JSON for scripts.
 import type { Command } from "../command.js";
 import { numberFlag, stringFlag, UsageError } from "../args.js";
-import { printTable } from "../table.js";
-import { readAbReport, readDriftReport, readQualityReport } from "../../monitor/reports.js";
-import { abReportRows, driftReportRows, num, qualityReportRows, shadowRows } from "../../monitor/text-report.js";
+import { formatTable, printTable } from "../table.js";
+import { readAbReport, readDriftReport, readQualityReport, type AbReportRow } from "../../monitor/reports.js";
+import { abReportRows, abReportText, driftReportRows, num, qualityReportRows, shadowRows } from "../../monitor/text-report.js";
 import { compareShadow } from "../../monitor/shadow.js";
 import { explainClickHouseError } from "../../monitor/store.js";
 import type { ClickHouse } from "../../lib/clickhouse.js";
@@ -24,7 +24,8 @@ Prints what the monitor stored in ClickHouse (it computes nothing itself; run
   ab        the latest analysis per experiment: users, conversions, rate, revenue per user,
             lift with its 95 % interval, z-test and Welch p-values, sample-ratio mismatch; the
             always-valid (mSPRT) p-value and interval of the rate difference, safe to read every
-            cycle; the CUPED-adjusted p-value and the variance reduction it achieved
+            cycle; the CUPED-adjusted p-value and the variance reduction it achieved; then the
+            same for CTR (clicks per shown item, users as clusters by the delta method)
   shadow    computed now from shadow_predictions (experiments create --shadow VERSION:PERCENT):
             on the requests the shadow scored, its scores against the answering version's (mean
             absolute difference, correlation), rankings (Spearman per request, top-k overlap with
@@ -118,11 +119,8 @@ export const report: Command = {
       console.log(`no ${what} yet: the monitor stores them each cycle (streamserve monitor --once, or streamserve up)`);
       return 0;
     }
-    printTable(rows);
-    if (kind === "ab") {
-      const notes = new Map((json as { experiment: string; note: string }[]).filter((r) => r.note).map((r) => [r.experiment, r.note]));
-      for (const [experiment, note] of notes) console.log(`\n${experiment}: ${note}`);
-    }
+    if (kind === "ab") console.log(abReportText(json as AbReportRow[], formatTable));
+    else printTable(rows);
     return 0;
   },
 };

@@ -5,6 +5,7 @@ import { numberFlag, stringFlag, UsageError, type CommandArgs } from "../args.js
 import { startServer, type ServerOptions } from "../../server/server.js";
 import { isServingWorker, runServingWorker, superviseWorkers } from "../../server/workers.js";
 import { LOG_FEATURES, type LogFeatures } from "../../server/recommendation-service.js";
+import { SCORER_CHOICES, type ScorerChoice } from "../../server/onnx-model.js";
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 
@@ -19,7 +20,10 @@ export const SERVE_FLAGS = `  --tls-cert FILE --tls-key FILE   serve gRPC over T
   --max-inflight N                 calls running at once before RESOURCE_EXHAUSTED (default 1024)
   --max-candidates N               candidates per Recommend (default 1000)
   --log-features all|model         features each prediction log carries: every pipeline feature (all,
-                                   the default) or only the served model's inputs (model)`;
+                                   the default) or only the served model's inputs (model)
+  --scorer auto|onnxruntime|native how Recommend scores: auto (the default) evaluates tree ensembles in
+                                   TypeScript, checked against onnxruntime at load, and anything else
+                                   with onnxruntime; native refuses to load other models`;
 
 export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
   const tokenFile = stringFlag(args, "auth-token-file");
@@ -30,8 +34,13 @@ export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
   if (logFeatures !== undefined && !LOG_FEATURES.includes(logFeatures as LogFeatures)) {
     throw new UsageError(`--log-features must be one of ${LOG_FEATURES.join(", ")}, got "${logFeatures}"`);
   }
+  const scorer = stringFlag(args, "scorer");
+  if (scorer !== undefined && !SCORER_CHOICES.includes(scorer as ScorerChoice)) {
+    throw new UsageError(`--scorer must be one of ${SCORER_CHOICES.join(", ")}, got "${scorer}"`);
+  }
   return {
     ...(logFeatures !== undefined && { logFeatures: logFeatures as LogFeatures }),
+    ...(scorer !== undefined && { scorer: scorer as ScorerChoice }),
     security: {
       tlsCert: stringFlag(args, "tls-cert"),
       tlsKey: stringFlag(args, "tls-key"),

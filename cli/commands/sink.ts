@@ -1,8 +1,7 @@
 // `streamserve sink`: the LOGS → ClickHouse sink on its own, until SIGINT/SIGTERM.
 import type { Command } from "../command.js";
-import { untilSignal } from "../command.js";
+import { runPartUntilSignal } from "../command.js";
 import { durationFlag, listFlag, numberFlag, UsageError, type CommandArgs } from "../args.js";
-import { sendJson, sendText } from "../../lib/http.js";
 import { LOG_KINDS } from "../../sink/log-rows.js";
 import { startSink, type SinkOptions } from "../../sink/sink.js";
 import type { LogKind } from "../../lib/config.js";
@@ -49,13 +48,7 @@ Examples:
     // Apply migrations now; if ClickHouse is down the sink starts anyway and retries each batch.
     await runtime.clickhouse().catch((err) => runtime.log.warn({ err }, "ClickHouse not reachable yet; the sink will retry"));
     const sink = await startSink(runtime, options);
-    runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
-    runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", sink: sink.stats() }));
-    await runtime.listenHttp();
-    const signal = await untilSignal();
-    runtime.log.info({ signal }, "stopping the sink");
-    await sink.stop();
-    return 0;
+    return runPartUntilSignal(runtime, { name: "sink", health: () => sink.stats(), stop: () => sink.stop() });
   },
 };
 

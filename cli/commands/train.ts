@@ -52,6 +52,8 @@ Flags:
   --min-rows N         never promote a model trained on fewer rows (default 1000)
   --trees N --depth N --learning-rate X --min-leaf N --lambda X --seed N   GBDT parameters
                        (defaults 100, 5, 0.1, 20, 1, 42)
+  --threads N          threads building histograms, 1 or more (default 1; one per 50,000 rows
+                       at most); the model records it, as it changes the last bits of the sums
   --json               print the report as JSON
 
 Examples:
@@ -72,6 +74,7 @@ function gbdtOptions(args: CommandArgs): GbdtOptions {
     minSamplesLeaf: positive("min-leaf"),
     lambda: numberFlag(args, "lambda"),
     seed: numberFlag(args, "seed"),
+    threads: positive("threads"),
   };
 }
 
@@ -105,14 +108,19 @@ function cycleOptions(args: CommandArgs): CycleOptions {
       .map((f) => f.trim())
       .filter(Boolean),
     rollout: rolloutFlag(args),
-    rolloutStages: stringFlag(args, "rollout-stages")?.split(",").map(Number),
+    rolloutStages: rolloutStagesFlag(args),
   };
 }
 
-function rolloutFlag(args: CommandArgs): CycleOptions["rollout"] {
+/** --rollout immediate|guarded, shared with `up` (whose continuous trainer takes the same choice). */
+export function rolloutFlag(args: CommandArgs): CycleOptions["rollout"] {
   const v = stringFlag(args, "rollout");
   if (v === undefined || v === "immediate" || v === "guarded") return v;
   throw new UsageError(`--rollout must be immediate or guarded, got "${v}"`);
+}
+
+export function rolloutStagesFlag(args: CommandArgs): number[] | undefined {
+  return stringFlag(args, "rollout-stages")?.split(",").map(Number);
 }
 
 /** A progress line on stderr, rewritten in place on a terminal, every 10 trees otherwise. */

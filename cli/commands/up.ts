@@ -18,9 +18,13 @@ import { startServer, type RunningServer } from "../../server/server.js";
 import type { CycleReport as TrainingReport } from "../../trainer/cycle.js";
 import type { SkippedRun } from "../../trainer/schedule.js";
 import type { CycleReport as MonitoringReport } from "../../monitor/monitor.js";
+import type { AbReportRow } from "../../monitor/reports.js";
+import type { ShadowComparison, ShadowQuery } from "../../monitor/shadow.js";
+import type { OnlineFigures } from "../../monitor/online.js";
 import type { AnalyticsInfo, AnalyticsOptions, AnalyticsStart } from "../analytics-process.js";
 import type { FeaturesInfo, FeaturesStart, FeatureWindows } from "../features-process.js";
 import { serverOptionsFromFlags, SERVE_FLAGS } from "./serve.js";
+import { rolloutFlag, rolloutStagesFlag } from "./train.js";
 
 export interface PlatformOptions extends AnalyticsOptions {
   /** The features' windows when not the definitions' (the demo's compressed schedule). */
@@ -39,6 +43,10 @@ export interface Platform {
   trainer: { runNow(): Promise<TrainingReport | SkippedRun> };
   /** The analytics process's monitor, called over IPC. */
   monitor: { runCycle(now?: Date): Promise<MonitoringReport> };
+  /** What `report ab` and `report shadow` print, and the online figures per version, read in the analytics process. */
+  abReport(experiment?: string): Promise<AbReportRow[]>;
+  shadowReport(query: ShadowQuery): Promise<ShadowComparison[]>;
+  online(window: { from: Date; to: Date }): Promise<OnlineFigures[]>;
   /** The analytics process itself (pid, restarts, state). */
   analytics: SupervisedChild<AnalyticsInfo>;
   /** The features process. */
@@ -130,6 +138,9 @@ export async function startPlatform(runtime: Runtime, args: CommandArgs, options
           analytics.call<TrainingReport | SkippedRun>("trainNow").catch((err: Error): SkippedRun => ({ skipped: true, reason: `failed: ${err.message}` })),
       },
       monitor: { runCycle: (now?: Date) => analytics.call<MonitoringReport>("monitorCycle", now) },
+      abReport: (experiment?: string) => analytics.call<AbReportRow[]>("abReport", experiment),
+      shadowReport: (query: ShadowQuery) => analytics.call<ShadowComparison[]>("shadowReport", query),
+      online: (window: { from: Date; to: Date }) => analytics.call<OnlineFigures[]>("onlineFigures", window),
       grpcPort: server.port,
       httpPort,
       async stop() {
@@ -207,6 +218,10 @@ private instance is started under the data directory.
 
   --train-every DURATION     time between training cycles (default 6h)
   --monitor-every DURATION   time between monitoring cycles (default 1h)
+  --rollout MODE             how the trainer's promotions go out: immediate (default) moves the
+                             production alias at once; guarded rolls the new version out in stages,
+                             each judged online against production (as \`train --rollout guarded\`)
+  --rollout-stages P,Q       guarded: percent of users per stage (default 10,50,100)
   --no-local-services        never start private Redis/NATS instances
 ${SERVE_FLAGS}`,
   async run(args, runtime) {
@@ -216,6 +231,7 @@ ${SERVE_FLAGS}`,
         trainEveryMs: durationFlag(args, "train-every"),
         monitorEveryMs: durationFlag(args, "monitor-every"),
         localServices: !args.flags["no-local-services"],
+        trainer: { ...(rolloutFlag(args) && { rollout: rolloutFlag(args) }), ...(rolloutStagesFlag(args) && { rolloutStages: rolloutStagesFlag(args) }) },
       });
     } catch (err) {
       if (err instanceof MissingServiceError) {

@@ -1,6 +1,7 @@
 // Quality of served scores against observed outcomes: exact AUC (ties count one half), accuracy at a
 // threshold, Brier score, and calibration (reliability bins and the expected calibration error).
 import { rankAuc } from "../../lib/auc.js";
+import { withDefaults } from "../../lib/options.js";
 
 /**
  * Exact ROC AUC by the Mann–Whitney rank sum with mid-ranks for ties: the probability that a random
@@ -34,7 +35,8 @@ export interface QualityOptions {
 
 export const QUALITY_DEFAULTS: Readonly<Required<QualityOptions>> = Object.freeze({ threshold: 0.5, calibrationBins: 10 });
 
-export interface CalibrationBin {
+/** A calibration bin of fixed width: scores in [lower, upper), the k bins splitting [0, 1] evenly (some may be empty). */
+export interface EqualWidthCalibrationBin {
   lower: number;
   upper: number;
   count: number;
@@ -53,7 +55,7 @@ export interface QualityResult {
   ece: number;
   meanPredicted: number;
   observedRate: number;
-  bins: CalibrationBin[];
+  bins: EqualWidthCalibrationBin[];
   /** Pairs skipped because the score was not finite. */
   dropped: number;
   /** Scores outside [0, 1]: calibration treats them as clipped, and says so here. */
@@ -62,7 +64,7 @@ export interface QualityResult {
 
 /** AUC, accuracy, Brier score and calibration of scores (probabilities) against 0/1 outcomes. */
 export function classificationQuality(scores: ArrayLike<number>, labels: ArrayLike<number | boolean>, options: QualityOptions = {}): QualityResult {
-  const opts = { ...QUALITY_DEFAULTS, ...options };
+  const opts = withDefaults(QUALITY_DEFAULTS, options);
   const k = opts.calibrationBins;
   const count = new Array<number>(k).fill(0);
   const predicted = new Array<number>(k).fill(0);
@@ -93,7 +95,7 @@ export function classificationQuality(scores: ArrayLike<number>, labels: ArrayLi
     predicted[b]! += p;
     observed[b]! += y;
   }
-  const bins: CalibrationBin[] = [];
+  const bins: EqualWidthCalibrationBin[] = [];
   let ece = 0;
   for (let b = 0; b < k; b++) {
     const c = count[b]!;

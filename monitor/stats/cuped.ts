@@ -1,13 +1,6 @@
-// CUPED (Deng, Xu, Kohavi, Walker, "Improving the sensitivity of online controlled experiments by
-// utilizing pre-experiment data", 2013): each user's metric Y is adjusted by a covariate X measured
-// before the user was exposed (here, their activity in `user_features`):
-//
-//   Y' = Y − θ (X − X̄),   θ = Cov(X, Y) / Var(X)
-//
-// X is independent of the assignment, so the adjusted difference of means stays unbiased while its
-// variance shrinks by the share ρ² of Y's variance that X explains. θ is pooled over the arms
-// (within-arm covariances, so a treatment effect on Y does not leak into θ); X̄ is the overall mean.
-// Everything is computed from per-arm sums, so ClickHouse aggregates and nothing is read row by row.
+// CUPED (Deng, Xu, Kohavi, Walker 2013): each user's metric Y adjusted by a pre-exposure covariate X,
+// Y' = Y − θ(X − X̄), θ = Cov(X, Y)/Var(X) pooled within arms (monitor/README.md, "CUPED").
+// Invariant: everything comes from per-arm sums, so ClickHouse aggregates and no row is read here.
 import type { MeanArm } from "./sequential.js";
 
 /** Per-arm sums of Y, X and their squares and product over the arm's users. */

@@ -3,6 +3,7 @@
 // goodness-of-fit form, which the A/B sample-ratio check uses).
 import { chiSquareSf } from "./special-functions.js";
 import { cleanSorted, quantileSorted, upperBound } from "./sample.js";
+import { withDefaults } from "../../lib/options.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Kolmogorov–Smirnov
@@ -37,7 +38,7 @@ export interface KsResult {
  * test is conservative, which is the safe side for an alert.
  */
 export function ksTwoSample(a: ArrayLike<number>, b: ArrayLike<number>, options: KsOptions = {}): KsResult {
-  const opts = { ...KS_DEFAULTS, ...options };
+  const opts = withDefaults(KS_DEFAULTS, options);
   const x = cleanSorted(a);
   const y = cleanSorted(b);
   const n = x.values.length;
@@ -150,7 +151,7 @@ export interface PsiResult {
 
 /** PSI of `current` against `reference`, bins from the reference's quantiles. */
 export function psi(reference: ArrayLike<number>, current: ArrayLike<number>, options: PsiOptions = {}): PsiResult {
-  const opts = { ...PSI_DEFAULTS, ...options };
+  const opts = withDefaults(PSI_DEFAULTS, options);
   const ref = cleanSorted(reference);
   const cur = cleanSorted(current);
   const n = ref.values.length;

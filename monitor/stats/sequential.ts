@@ -1,22 +1,8 @@
 // Always-valid inference for a difference of means: the mixture sequential probability ratio test
-// (mSPRT) with a normal mixture (Robbins 1970; Johari, Pekelis, Walsh, "Always valid inference",
-// 2017), as GrowthBook's and Optimizely's sequential engines use it.
-//
-// With θ̂ the observed difference (treatment − control) and V its variance (σ²_A/n_A + σ²_B/n_B),
-// θ̂ ~ N(θ, V). Mixing the alternative θ over N(0, τ²), the likelihood ratio against θ = 0 is
-//
-//   Λ = √(V / (V + τ²)) · exp( τ² θ̂² / (2 V (V + τ²)) )
-//
-// Under H0, Λ over the looks is a nonnegative martingale with mean 1, so by Ville's inequality
-// P(Λ ever ≥ 1/α) ≤ α: the p-value p = min(1, 1/Λ), kept as its running minimum over the looks,
-// may be read at every look and the experiment stopped as soon as p < α. Inverting Λ < 1/α for θ
-// gives the confidence sequence, valid at every look at once:
-//
-//   θ̂ ± √( V (V + τ²) / τ² · ( ln((V + τ²) / V) − 2 ln α ) )
-//
-// τ² is the mixture's spread: the effect size the test is most sensitive to (by default the
-// minimum detectable effect, squared). Normal approximation: it needs enough users per arm for the
-// central limit theorem (a few hundred with conversion rates of a few percent).
+// (mSPRT) with a normal mixture (Johari, Pekelis, Walsh 2017), as GrowthBook's and Optimizely's
+// sequential engines use it. Invariant: the p-value (the running minimum of 1/Λ) and the confidence
+// sequence hold at every look at once, so they may be read each cycle. Formulas and why they hold:
+// monitor/README.md ("A/B you can read while it runs"). Normal approximation: a few hundred users per arm.
 
 export interface SequentialResult {
   /** Observed difference θ̂ and its variance V. */

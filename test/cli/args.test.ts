@@ -96,3 +96,16 @@ it("every flag a command's file reads is one its usage text names (or it would b
     for (const flag of read) assert.ok(known.includes(flag) || flag === "help", `streamserve ${name} reads --${flag} but its usage text does not name it`);
   }
 });
+
+it("up takes the trainer's --rollout choice and refuses a mode it does not know, before starting anything", async () => {
+  const errors: string[] = [];
+  const error = console.error;
+  console.error = (...a: unknown[]) => void errors.push(a.join(" "));
+  try {
+    assert.equal(await main(["up", "--rollout", "sometimes", "--no-local-services", "--log-level", "silent"]), 2);
+  } finally {
+    console.error = error;
+  }
+  assert.match(errors[0]!, /^streamserve up: --rollout must be immediate or guarded, got "sometimes"\n\nUsage: streamserve up/);
+  assert.ok(knownFlags((await loadCommand("up"))!).includes("rollout-stages"));
+});

@@ -190,6 +190,8 @@ describe("streamserve monitor --once and streamserve report", () => {
     assert.match(drift.stdout, /\(score\)/);
     assert.match(quality.stdout, /^hour\s+model\s+version\s+variant/m);
     assert.match(ab.stdout, /^cli-exp\s+control \(control\)/m);
+    // Conversion per user, then CTR per shown item: the two tables report ab prints (and the demo too).
+    assert.match(ab.stdout, /^conversion \(per user[^\n]*\n[\s\S]*^CTR \(clicks per shown item[^\n]*\nexperiment\s+variant\s+users\s+shown\s+clicks\s+CTR/m);
     const rows = JSON.parse(abJson.stdout) as { experiment: string; variant: string; users: number; lift: number }[];
     assert.deepEqual(
       rows.map((r) => r.variant),

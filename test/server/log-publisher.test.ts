@@ -16,6 +16,7 @@ import { createLogger, type Logger } from "../../lib/logger.js";
 import { MetricsRegistry } from "../../lib/metrics.js";
 import { connectNats, type NatsOptions } from "../../lib/nats.js";
 import { LogPublisher, type LogPublisherOptions } from "../../server/log-publisher.js";
+import { PUBLISH_PATHS } from "../../server/log-sender.js";
 
 const SHARED_NATS = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const KINDS = ["prediction", "exposure", "outcome"] as const;
@@ -272,61 +273,64 @@ describe("LogPublisher on the shared NATS", () => {
     cleanups.push(() => nc.close());
   });
 
-  it("publishes in acceptance order across subjects, with Nats-Msg-Id and Content-Type; flush waits for the acks", async () => {
-    const { name, prefix } = await tempStream(nc);
-    const { log, count } = capturedLog();
-    const spillDir = await tempDir();
-    // As the server does: hand over a connection shared with others, which close() must leave open.
-    const { p, counter } = publisher({ connect: () => Promise.resolve(nc), spillDir, log });
-    const run = randomId();
-    const N = 2000;
-    for (let i = 0; i < N; i++) {
-      const m = message(prefix, run, i);
-      // One message with another content type shows it is carried per message.
-      if (i === 7) p.publish(m.subject, m.msgId, m.payload, "application/json");
-      else p.publish(m.subject, m.msgId, m.payload);
-    }
-    await p.flush();
-    // flush() resolved, so every message is acknowledged: the stream must already hold all of them.
-    const messages = await assertStreamHolds(nc, name, ids(run, 0, N));
-    messages.forEach((m, i) => {
-      assert.equal(m.subject, `${prefix}.logs.${KINDS[i % 3]}`);
-      assert.equal(m.body, String(i));
-      assert.equal(m.contentType, i === 7 ? "application/json" : "application/protobuf");
+  // Both publish paths (server/log-sender.ts) keep the same contract.
+  for (const publishPath of PUBLISH_PATHS) {
+    it(`publishes in acceptance order across subjects, with Nats-Msg-Id and Content-Type; flush waits for the acks (${publishPath})`, async () => {
+      const { name, prefix } = await tempStream(nc);
+      const { log, count } = capturedLog();
+      const spillDir = await tempDir();
+      // As the server does: hand over a connection shared with others, which close() must leave open.
+      const { p, counter } = publisher({ connect: () => Promise.resolve(nc), spillDir, log, publishPath });
+      const run = randomId();
+      const N = 2000;
+      for (let i = 0; i < N; i++) {
+        const m = message(prefix, run, i);
+        // One message with another content type shows it is carried per message.
+        if (i === 7) p.publish(m.subject, m.msgId, m.payload, "application/json");
+        else p.publish(m.subject, m.msgId, m.payload);
+      }
+      await p.flush();
+      // flush() resolved, so every message is acknowledged: the stream must already hold all of them.
+      const messages = await assertStreamHolds(nc, name, ids(run, 0, N));
+      messages.forEach((m, i) => {
+        assert.equal(m.subject, `${prefix}.logs.${KINDS[i % 3]}`);
+        assert.equal(m.body, String(i));
+        assert.equal(m.contentType, i === 7 ? "application/json" : "application/protobuf");
+      });
+      assert.equal(p.depth, 0);
+      assert.equal(p.spilled, 0);
+      assert.equal(await counter("streamserve_log_published_total"), N);
+      assert.equal(await counter("streamserve_log_spilled_total"), 0);
+      assert.deepEqual(await spillFiles(spillDir), []);
+      assert.equal(count(/./, WARN), 0, "a healthy run logs no warnings");
+      await p.close();
+      assert.equal(nc.isClosed(), false, "close() leaves the caller's connection open");
     });
-    assert.equal(p.depth, 0);
-    assert.equal(p.spilled, 0);
-    assert.equal(await counter("streamserve_log_published_total"), N);
-    assert.equal(await counter("streamserve_log_spilled_total"), 0);
-    assert.deepEqual(await spillFiles(spillDir), []);
-    assert.equal(count(/./, WARN), 0, "a healthy run logs no warnings");
-    await p.close();
-    assert.equal(nc.isClosed(), false, "close() leaves the caller's connection open");
-  });
 
-  it("drops and counts what can never be stored, without holding up what follows", async () => {
-    const { name, prefix } = await tempStream(nc, { max_msg_size: 256 });
-    const { log, count } = capturedLog();
-    const { p, counter } = publisher({ connect: connectShared, spillDir: await tempDir(), log });
-    const run = randomId();
-    p.publish(`${prefix}.logs.prediction`, `${run}-0`, new Uint8Array(10));
-    p.publish(`${prefix}.logs.prediction`, `${run}-big`, new Uint8Array(1000)); // over the stream's max_msg_size
-    p.publish(`${prefix}.logs.prediction`, `${run}-1`, new Uint8Array(10));
-    // Arguments a caller should never pass: refused on the spot, and publish() still does not throw.
-    p.publish("", `${run}-x`, new Uint8Array(1));
-    p.publish(`${prefix}.logs.prediction`, "", new Uint8Array(1));
-    p.publish(`${prefix}.logs.prediction`, `${run}-y`, "not bytes" as unknown as Uint8Array);
-    await p.flush();
-    await assertStreamHolds(nc, name, [`${run}-0`, `${run}-1`]);
-    assert.equal(await counter("streamserve_log_dropped_total", { reason: "rejected" }), 1);
-    assert.equal(await counter("streamserve_log_dropped_total", { reason: "invalid" }), 3);
-    assert.equal(p.spilled, 0, "a refused message is not spilled and retried forever");
-    await p.close();
-    p.publish(`${prefix}.logs.prediction`, `${run}-late`, new Uint8Array(1));
-    assert.equal(await counter("streamserve_log_dropped_total", { reason: "closed" }), 1);
-    // One line per reason, not per message.
-    assert.equal(count(/dropped logs/), 3);
-  });
+    it(`drops and counts what can never be stored, without holding up what follows (${publishPath})`, async () => {
+      const { name, prefix } = await tempStream(nc, { max_msg_size: 256 });
+      const { log, count } = capturedLog();
+      const { p, counter } = publisher({ connect: connectShared, spillDir: await tempDir(), log, publishPath });
+      const run = randomId();
+      p.publish(`${prefix}.logs.prediction`, `${run}-0`, new Uint8Array(10));
+      p.publish(`${prefix}.logs.prediction`, `${run}-big`, new Uint8Array(1000)); // over the stream's max_msg_size
+      p.publish(`${prefix}.logs.prediction`, `${run}-1`, new Uint8Array(10));
+      // Arguments a caller should never pass: refused on the spot, and publish() still does not throw.
+      p.publish("", `${run}-x`, new Uint8Array(1));
+      p.publish(`${prefix}.logs.prediction`, "", new Uint8Array(1));
+      p.publish(`${prefix}.logs.prediction`, `${run}-y`, "not bytes" as unknown as Uint8Array);
+      await p.flush();
+      await assertStreamHolds(nc, name, [`${run}-0`, `${run}-1`]);
+      assert.equal(await counter("streamserve_log_dropped_total", { reason: "rejected" }), 1);
+      assert.equal(await counter("streamserve_log_dropped_total", { reason: "invalid" }), 3);
+      assert.equal(p.spilled, 0, "a refused message is not spilled and retried forever");
+      await p.close();
+      p.publish(`${prefix}.logs.prediction`, `${run}-late`, new Uint8Array(1));
+      assert.equal(await counter("streamserve_log_dropped_total", { reason: "closed" }), 1);
+      // One line per reason, not per message.
+      assert.equal(count(/dropped logs/), 3);
+    });
+  }
 
   it("spills when the queue outgrows maxBuffered, then replays it in order", async () => {
     const { name, prefix } = await tempStream(nc);
@@ -451,6 +455,37 @@ describe("LogPublisher on the shared NATS", () => {
     await q.close();
   });
 
+  it("asks connect() again when its connection is closed under it, and loses nothing", async () => {
+    const { name, prefix } = await tempStream(nc);
+    const { log } = capturedLog();
+    const made: NatsConnection[] = [];
+    const connect = connector(SHARED_NATS, log, { name: "log-publisher-closed" });
+    const { p, counter } = publisher({
+      connect: async () => {
+        const c = await connect();
+        made.push(c);
+        return c;
+      },
+      spillDir: await tempDir(),
+      log,
+      publishTimeoutMs: 500,
+    });
+    const run = randomId();
+    await publishRange(p, prefix, run, 0, 300, 30);
+    await p.flush();
+    // The connection's owner closes it (as a runtime shutting down a part would) while logs keep coming.
+    const during = feed(p, prefix, run, 300, 900, 30);
+    await waitFor("some of the second range", () => during.next >= 450);
+    await made[0]!.close();
+    await during.done;
+    await waitFor("everything replayed", () => p.spilled === 0 && p.depth === 0 && made.length === 2);
+    await p.flush();
+    await assertStreamHolds(nc, name, ids(run, 0, 900));
+    assert.equal(made.length, 2, "one new connection for the closed one");
+    assert.equal(await counter("streamserve_log_published_total"), 900);
+    await p.close();
+  });
+
   it("an ack lost in transit is retried, and the stream's dedup stores the message once", async () => {
     const { name, prefix } = await tempStream(nc);
     const shared = new URL(SHARED_NATS);
@@ -493,9 +528,11 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     const spillDir = await tempDir();
     const { log, count } = capturedLog();
     const maxBuffered = 200;
+    // Waits (retrying) until a server answers: the connect that hangs while NATS is down.
+    const connect = connector(server.url, log, { waitOnFirstConnect: true, name: "publisher" });
+    let connects = 0;
     const { p, counter } = publisher({
-      // Waits (retrying) until a server answers: the connect that hangs while NATS is down.
-      connect: connector(server.url, log, { waitOnFirstConnect: true, name: "publisher" }),
+      connect: () => (connects++, connect()),
       spillDir,
       log,
       maxBuffered,
@@ -552,6 +589,16 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     await after.done;
     await waitFor("phase 2's spill to be replayed", () => count(REPLAY_DONE) === 2);
     await p.flush();
+    // The admin connection reconnects on its own schedule, and a JetStream API request it sends just
+    // then can time out (the replay may be done within 300 ms of the restart): ask until it answers.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await admin.jetstreamManager({ timeout: 1000 });
+        break;
+      } catch (err) {
+        if ((err as { code?: string }).code !== "TIMEOUT" || attempt === 10) throw err;
+      }
+    }
 
     const N = 4100;
     await assertStreamHolds(admin, stream, ids(run, 0, N));
@@ -566,6 +613,12 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     // Two outages: one warning each, one completion line each; nothing per message.
     assert.equal(count(SPILL_STARTED), 2);
     assert.equal(count(REPLAY_DONE), 2);
+    assert.equal(connects, 1, "nats.js reconnected the one connection; the publisher did not ask for another");
+    // The state metrics agree: back in memory, entered at start and after each of the two replays.
+    assert.equal(await counter("streamserve_log_publisher_state", { state: "memory" }), 1);
+    assert.equal(await counter("streamserve_log_publisher_state", { state: "spilling" }), 0);
+    assert.equal(await counter("streamserve_log_publisher_state_changes_total", { to: "memory" }), 3);
+    assert.ok((await counter("streamserve_log_publisher_state_changes_total", { to: "replaying" })) >= 2);
     const lines = count(/log publisher/);
     assert.ok(lines < 20, `${lines} publisher log lines for ${N} messages`);
 

@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { Clickstream, type SimEvent } from "../../simulator/clickstream.js";
 import { createRandom } from "../../simulator/random.js";
-import { World, type Device } from "../../simulator/world.js";
+import { World, type Device, type SimPage } from "../../simulator/world.js";
 
 function events(seed: number, n: number, opts: { shiftAt?: number; users?: number; pages?: number } = {}): { world: World; events: SimEvent[] } {
   const world = new World({ users: opts.users ?? 300, pages: opts.pages ?? 60, seed });
@@ -115,6 +115,38 @@ describe("simulated world", () => {
     const aucLearned = auc(learned, labels);
     t.diagnostic(`AUC popularity ${aucPopularity.toFixed(3)}, features' signals ${aucLearned.toFixed(3)}`);
     assert.ok(aucLearned > aucPopularity + 0.08, `AUC from the features' signals ${aucLearned.toFixed(3)} vs popularity ${aucPopularity.toFixed(3)}`);
+  });
+
+  it("makes the ranking matter: three of twelve candidates by appeal get far more clicks than by popularity", () => {
+    // The demo's requests: twelve candidates, three shown, the user clicks at most one (scanning
+    // from the top). Expected clicks per shown item under each ranking, from the truth.
+    const world = new World({ users: 800, pages: 120, seed: 42 });
+    const rand = createRandom(7);
+    const rankers = { popularity: (p: SimPage) => p.popularity, appeal: (p: SimPage) => p.appeal, leastAppeal: (p: SimPage) => -p.appeal };
+    const ctr = { popularity: 0, appeal: 0, leastAppeal: 0 };
+    const requests = 5000;
+    for (let r = 0; r < requests; r++) {
+      const u = world.drawUser(rand);
+      const device = world.drawDevice(rand, u);
+      const current = world.drawBrowsePage(rand, u);
+      const candidates = new Set<SimPage>();
+      while (candidates.size < 12) {
+        const p = world.pages[rand.int(world.pages.length)]!;
+        if (p !== current && p.popularity > 0) candidates.add(p);
+      }
+      for (const [name, score] of Object.entries(rankers) as [keyof typeof ctr, (p: SimPage) => number][]) {
+        const shown = [...candidates].sort((a, b) => score(b) - score(a)).slice(0, 3);
+        let none = 1;
+        for (const [i, p] of shown.entries()) {
+          const q = world.clickProbability(u, device, p, current, i + 1);
+          ctr[name] += (none * q) / (3 * requests);
+          none *= 1 - q;
+        }
+      }
+    }
+    assert.ok(ctr.popularity < 0.25, `CTR by popularity ${ctr.popularity.toFixed(3)}: far from one click per request`);
+    assert.ok(ctr.appeal > 1.3 * ctr.popularity, `CTR by appeal ${ctr.appeal.toFixed(3)} vs popularity ${ctr.popularity.toFixed(3)}`);
+    assert.ok(ctr.leastAppeal < 0.6 * ctr.popularity, `CTR by least appeal ${ctr.leastAppeal.toFixed(3)} vs popularity ${ctr.popularity.toFixed(3)}`);
   });
 
   it("ranks by the signals it claims: engagement, appeal, topic, device, position", () => {

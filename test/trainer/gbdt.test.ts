@@ -169,3 +169,30 @@ test("rejects bad input with a clear message", () => {
   assert.throws(() => trainGbdt({ columns: [Float64Array.of(1)], labels: Uint8Array.of(1, 0) }), /column 0 has 1 rows/);
   assert.throws(() => trainGbdt({ columns: [Float64Array.of(1, 2)], labels: Float64Array.of(1, 0.5) }), /expected 0 or 1/);
 });
+
+test("two threads: the same splits as one, reproducible, and the model records the threads used", () => {
+  // Enough rows for two threads (MIN_ROWS_PER_THREAD each); the sums are rounded in two halves,
+  // so only the last bits may differ from one thread.
+  const data = makeData(120_000, 4, 12, (x, rand) => (rand() < 1 / (1 + Math.exp(-(2 * x[0] - x[1] + x[2] * x[3]))) ? 1 : 0));
+  const opts = { numTrees: 15, maxDepth: 4 };
+  const one = trainGbdt(data, { ...opts, threads: 1 });
+  const two = trainGbdt(data, { ...opts, threads: 2 });
+  assert.equal(one.params.threads, 1);
+  assert.equal(two.params.threads, 2);
+  assert.deepEqual(trainGbdt(data, { ...opts, threads: 2 }).trees, two.trees, "two threads are deterministic");
+  for (let t = 0; t < opts.numTrees; t++) {
+    assert.deepEqual(Array.from(two.trees[t].feature), Array.from(one.trees[t].feature), `tree ${t} features`);
+    assert.deepEqual(Array.from(two.trees[t].threshold), Array.from(one.trees[t].threshold), `tree ${t} thresholds`);
+    assert.deepEqual(Array.from(two.trees[t].count), Array.from(one.trees[t].count), `tree ${t} counts`);
+    for (let i = 0; i < one.trees[t].value.length; i++) assert.ok(Math.abs(two.trees[t].value[i] - one.trees[t].value[i]) < 1e-6);
+  }
+  // Small data trains on one thread whatever is asked: a worker would cost more than it saves.
+  assert.equal(
+    trainGbdt(
+      makeData(5000, 2, 1, (x) => (x[0] > 0 ? 1 : 0)),
+      { numTrees: 2, threads: 2 },
+    ).params.threads,
+    1,
+  );
+  assert.throws(() => trainGbdt(data, { numTrees: 1, threads: 0 }), /threads must be an integer/);
+});
