@@ -15,6 +15,7 @@ import { deleteNamespace } from "../lib/nats.js";
 import { createRuntime } from "../lib/runtime.js";
 import { LogPublisher } from "../server/log-publisher.js";
 import type { PublishPath } from "../server/log-sender.js";
+import { withDefaults } from "../lib/options.js";
 
 export interface LogPublisherBenchOptions {
   /** Messages per run. @default 20_000 */
@@ -57,8 +58,7 @@ interface Figures {
 }
 
 export async function benchLogPublisher(options: LogPublisherBenchOptions = {}): Promise<void> {
-  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const o: Required<LogPublisherBenchOptions> = { ...DEFAULTS, ...given };
+  const o: Required<LogPublisherBenchOptions> = withDefaults(DEFAULTS, options);
   const dataDir = mkdtempSync(join(tmpdir(), "bench-log-publisher-"));
   const runtime = createRuntime({ namespace: `bench_logpub_${process.pid}`, dataDir, logLevel: "warn" });
   const log = createLogger("warn");

@@ -13,6 +13,7 @@ import * as ort from "onnxruntime-node";
 import { createRandom, predictProbaColumns, trainGbdt, type GbdtData, type GbdtModel } from "../trainer/gbdt.js";
 import { ONNX_INPUT_NAME, ONNX_PROBABILITIES_NAME, exportOnnx } from "../trainer/onnx-export.js";
 import { auc } from "../trainer/metrics.js";
+import { definedFields, withDefaults } from "../lib/options.js";
 
 /** XGBoost 1.7.4 (Debian's python3-xgboost), hist, one thread, on this benchmark: recorded on the project's 2-core machine. */
 const XGBOOST_REFERENCE_S = 9.1;
@@ -126,8 +127,7 @@ function trainXgboost(python: string, dir: string, o: Required<TrainerBenchOptio
 export async function benchTrainer(options: TrainerBenchOptions = {}): Promise<void> {
   const env = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
   const fromEnv = { rows: env("BENCH_TRAINER_ROWS"), reps: env("BENCH_TRAINER_REPS") };
-  const given = Object.fromEntries(Object.entries({ ...fromEnv, ...options }).filter(([, v]) => v !== undefined));
-  const o: Required<TrainerBenchOptions> = { ...TRAINER_BENCH_DEFAULTS, ...given };
+  const o: Required<TrainerBenchOptions> = withDefaults(TRAINER_BENCH_DEFAULTS, { ...definedFields(fromEnv), ...definedFields(options) });
   console.log(
     `\n## trainer: ${fmt(o.rows)} rows × ${o.features} features, ${o.trees} trees, depth ${o.depth}, learning rate ${LEARNING_RATE}; ${o.reps} runs each`,
   );

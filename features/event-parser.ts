@@ -10,6 +10,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { ActivityEventSchema } from "../gen/streamserve/v1/events_pb.js";
 import type { ActivityEvent } from "./definitions.js";
+import { withDefaults } from "../lib/options.js";
 
 export type DeadLetterReason = "invalid_json" | "invalid_protobuf" | "not_an_object" | "missing_field" | "wrong_type" | "invalid_value" | "absurd_timestamp";
 
@@ -59,8 +60,7 @@ export type EventParser = ((data: Uint8Array, contentType: string | undefined) =
 
 /** A parser with its options resolved once (the worker calls it for every message). */
 export function createEventParser(options: EventParserOptions = {}): EventParser {
-  const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const opts: Required<EventParserOptions> = { ...DEFAULT_EVENT_PARSER_OPTIONS, ...defined };
+  const opts: Required<EventParserOptions> = withDefaults(DEFAULT_EVENT_PARSER_OPTIONS, options);
   const parser = (data: Uint8Array, contentType: string | undefined) => parse(data, contentType, opts);
   return Object.assign(parser, { json: (text: string) => parseJson(text, opts) });
 }

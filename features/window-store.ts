@@ -30,6 +30,7 @@ import type { ProjectionSink } from "./projection.js";
 import { CommitPipeline, type ApplyResult } from "./commit-pipeline.js";
 import { WriteEncoder, publicKey } from "./write-encoder.js";
 import { WindowCloser, type ClosedWindow } from "./window-closer.js";
+import { definedFields } from "../lib/options.js";
 
 export { storeKeys, LeaseLostError, WindowStoreError, type StoreKeys, type WindowStatus } from "./store-keys.js";
 export type { ViewCounts } from "./batch-planner.js";
@@ -92,7 +93,7 @@ export class WindowStore {
     trending: { view: FeatureView; spec: TrendingSpec } | null,
     options: WindowStoreOptions = {},
   ) {
-    const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as WindowStoreOptions;
+    const defined = definedFields(options);
     const opts = { ...DEFAULT_WINDOW_STORE_OPTIONS, ...defined, trendTtlMs: defined.trendTtlMs ?? 10 * (trending?.spec.halfLifeMs ?? 0) };
     const part = options.partition;
     const keys = (this.keys = storeKeys(names.redisPrefix, part && partitionLabel(part.index)));

@@ -14,11 +14,13 @@
 // (features/partitioned-worker.ts).
 import { performance } from "node:perf_hooks";
 import { setImmediate as nextMacrotask, setTimeout as sleep } from "node:timers/promises";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { AckPolicy, DeliverPolicy, headers as natsHeaders, nanos, type JetStreamClient } from "nats";
 import type { Runtime, Part } from "../lib/runtime.js";
 import { ensureConsumer } from "../lib/durable-consumer.js";
+import { publishLogMessage } from "../lib/log-message.js";
+import { definedFields } from "../lib/options.js";
 import { createPullConsumer, type PullConsumer, type PulledMessage, type PullStatus } from "../lib/jetstream-pull.js";
 import type { Logger } from "../lib/logger.js";
 import { ConfigError } from "../lib/config.js";
@@ -157,7 +159,7 @@ export async function startFeaturesWorker(runtime: Runtime, options: FeaturesWor
 
 /** The worker loop's settings from a worker's options, defaults filled in. */
 export function loopOptions(options: FeaturesWorkerOptions): Opts {
-  const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FeaturesWorkerOptions;
+  const defined = definedFields(options);
   const { parser: _p, store: _s, trending: _t, storeThread: _st, partitions: _n, leaseTtlMs: _l, rebalanceMs: _r, ...rest } = defined;
   const merged = { ...DEFAULT_FEATURES_WORKER_OPTIONS, ...rest };
   return { ...merged, pullAhead: defined.pullAhead ?? 2 * merged.maxBatch };
@@ -414,12 +416,13 @@ class Worker implements FeaturesWorker {
       features: w.features,
       eventCount: BigInt(w.eventCount),
     });
-    const h = natsHeaders();
-    h.set("Content-Type", "application/protobuf");
-    await this.js.publish(this.runtime.names.logsSubject("feature_window"), toBinary(FeatureWindowLogSchema, log), {
-      msgID: featureWindowMsgId(w.view.entity, w.entityId, w.windowStart),
-      headers: h,
-    });
+    await publishLogMessage(
+      this.js,
+      this.runtime.names.logsSubject("feature_window"),
+      featureWindowMsgId(w.view.entity, w.entityId, w.windowStart),
+      FeatureWindowLogSchema,
+      log,
+    );
   }
 
   private record(msgs: readonly PulledMessage[], counts: Record<string, ViewCounts>, dead: number, started: number): void {

@@ -26,6 +26,7 @@ import { ACKED, DROPPED, PENDING, PUBLISH_PATHS, type LogSender, type PublishPat
 import { NatsLink } from "./nats-link.js";
 import type { SpillRecord } from "./spill-file.js";
 import { SpillQueue } from "./spill-queue.js";
+import { withDefaults } from "../lib/options.js";
 
 export interface LogPublisherOptions {
   /**
@@ -66,8 +67,7 @@ const DEFAULTS = Object.freeze({
 
 function resolveOptions(options: LogPublisherOptions): ResolvedOptions {
   // An option passed as undefined (straight from an unset config field) keeps its default.
-  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-  const o = { ...DEFAULTS, ...given } as ResolvedOptions;
+  const o = withDefaults(DEFAULTS, options) as ResolvedOptions;
   for (const key of ["maxBuffered", "batchSize", "flushIntervalMs", "publishTimeoutMs", "spillFileBytes"] as const) {
     const v = o[key];
     if (!Number.isFinite(v) || v < (key === "flushIntervalMs" ? 0 : 1)) throw new RangeError(`LogPublisher ${key} must be a positive number, got ${v}`);

@@ -22,6 +22,7 @@ import {
   type CycleData,
   type LoadedRows,
 } from "./cycle-steps.js";
+import { withDefaults } from "../lib/options.js";
 
 export { referenceSample, scoreOnnx, type CycleData } from "./cycle-steps.js";
 
@@ -61,7 +62,7 @@ export interface PromotionInput {
 
 /** The promotion policy as a pure function, every branch with the reason a person reads. */
 export function decidePromotion(input: PromotionInput, policy: PromotionPolicy = {}): Decision {
-  const p = { ...PROMOTION_DEFAULTS, ...stripUndefined(policy) };
+  const p = withDefaults(PROMOTION_DEFAULTS, policy);
   const { candidate, production } = input;
   const keep = (reason: string): Decision => ({ action: "keep_candidate", reason });
   if (!Number.isFinite(candidate.auc) || !Number.isFinite(candidate.logLoss)) {
@@ -175,7 +176,7 @@ export interface CycleReport {
  * report, not an exception. Publishing cycles of one model never overlap, across processes too.
  */
 export async function runTrainingCycle(runtime: Runtime, options: CycleOptions = {}): Promise<CycleReport> {
-  const o: CycleOptions & CycleDefaults = { ...CYCLE_DEFAULTS, ...stripUndefined(options) };
+  const o: CycleOptions & CycleDefaults = withDefaults(CYCLE_DEFAULTS, options);
   const modelName = o.modelName ?? runtime.config.modelName;
   if (!o.publish) return runCycle(runtime, o, modelName, undefined);
   const registry = await runtime.registry();
@@ -356,8 +357,4 @@ async function currentProduction(registry: Registry, name: string): Promise<Mode
 
 function finiteOnly(values: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(values).filter(([, v]) => Number.isFinite(v)));
-}
-
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
