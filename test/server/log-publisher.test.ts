@@ -373,7 +373,9 @@ describe("LogPublisher on the shared NATS", () => {
     const t0 = performance.now();
     await a.p.close();
     const closeMs = performance.now() - t0;
-    assert.ok(closeMs < 300 + 500, `close() took ${closeMs.toFixed(0)} ms with NATS down`);
+    // Its grace (publishTimeoutMs) and then the write of what is held: 500 records and an fsync, which
+    // took over 800 ms at load 15. A close waiting on NATS would not end at all (it retries forever).
+    assert.ok(closeMs < 300 + 2500, `close() took ${closeMs.toFixed(0)} ms with NATS down`);
     assert.equal(a.p.spilled, 500);
     assert.equal(a.p.depth, 0);
     assert.ok((await spillFiles(spillDir)).length >= 1);
