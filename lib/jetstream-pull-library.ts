@@ -18,6 +18,8 @@ export class LibraryPullConsumer implements PullConsumer {
   private stopped = false;
   private connected = true;
   private retryAt = 0;
+  /** Wakes fill() at retryAt; one at a time. */
+  private retryTimer?: ReturnType<typeof setTimeout>;
   /** The fetches in flight, stopped with the consumer. */
   private readonly fetches = new Set<ConsumerMessages>();
   private readonly status: AsyncIterable<{ type: string }> & { stop?(): void };
@@ -58,6 +60,7 @@ export class LibraryPullConsumer implements PullConsumer {
   stop(): void {
     this.stopped = true;
     this.status.stop?.();
+    clearTimeout(this.retryTimer);
     for (const f of this.fetches) f.stop();
   }
 
@@ -76,15 +79,19 @@ export class LibraryPullConsumer implements PullConsumer {
   }
 
   private fill(): void {
-    while (
-      this.consumer &&
-      !this.stopped &&
-      !this.paused &&
-      this.connected &&
-      Date.now() >= this.retryAt &&
-      this.asked + this.opts.batch <= this.opts.maxWaiting
-    ) {
+    while (this.consumer && !this.stopped && !this.paused && this.connected && this.asked + this.opts.batch <= this.opts.maxWaiting) {
       if (this.nc.isClosed()) return;
+      // The timer is armed here, from the same clock as the check: a timer set beside retryAt can
+      // fire a few ms before Date.now() reaches it (libuv's cached loop time), and fill() would then
+      // do nothing with nothing left to wake it.
+      const wait = this.retryAt - Date.now();
+      if (wait > 0) {
+        this.retryTimer ??= setTimeout(() => {
+          this.retryTimer = undefined;
+          this.fill();
+        }, wait).unref();
+        return;
+      }
       this.asked += this.opts.batch;
       void this.fetch(this.consumer);
     }
@@ -110,7 +117,6 @@ export class LibraryPullConsumer implements PullConsumer {
     } catch (err) {
       if (!this.stopped) this.opts.onStatus?.(statusOf(err));
       this.retryAt = Date.now() + RETRY_MS;
-      setTimeout(() => this.fill(), RETRY_MS).unref();
     } finally {
       if (messages) this.fetches.delete(messages);
       this.asked -= this.opts.batch - got;

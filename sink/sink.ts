@@ -220,7 +220,7 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
   }
 
   /** Writes one batch: decode, insert per table, ack. Returns false when stop() gave up on it. */
-  async function writeBatch(kind: LogKind, batch: JsMsg[]): Promise<boolean> {
+  async function writeBatch(kind: LogKind, batch: JsMsg[], firstAt = performance.now()): Promise<boolean> {
     const started = performance.now();
     const entries: Entry[] = [];
     for (const msg of batch) {
@@ -236,8 +236,12 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
         reject(kind, msg, err.message, "undecodable");
       }
     }
-    // Keep the batch's ack deadline from passing while ClickHouse is slow or away.
-    const keepAlive = setInterval(() => entries.forEach((e) => e.msg.working()), Math.max(250, Math.floor(o.ackWaitMs / 3)));
+    // Keep the batch's ack deadline from passing while ClickHouse is slow or away. Its deadline runs
+    // from its first message's delivery, which may have waited out most of the fetch: renew it at once then.
+    const every = Math.max(250, Math.floor(o.ackWaitMs / 3));
+    const keepAliveAll = () => entries.forEach((e) => e.msg.working());
+    if (performance.now() - firstAt >= every) keepAliveAll();
+    const keepAlive = setInterval(keepAliveAll, every);
     try {
       const byTable = new Map<string, Entry[]>();
       for (const e of entries) {
@@ -299,17 +303,19 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
     m.lag.set({ kind }, pending);
   }
 
-  async function fetchBatch(consumer: Consumer): Promise<JsMsg[]> {
+  /** One bounded pull; `firstAt` is when its first message arrived (its ack deadline runs from then). */
+  async function fetchBatch(consumer: Consumer): Promise<{ batch: JsMsg[]; firstAt: number }> {
     const messages = await consumer.fetch({ max_messages: o.maxBatchMessages, expires: o.maxBatchWaitMs });
     fetches.add(messages);
     const batch: JsMsg[] = [];
+    let firstAt = 0;
     try {
       if (stopping) messages.stop();
-      for await (const msg of messages) batch.push(msg);
+      for await (const msg of messages) if (batch.push(msg) === 1) firstAt = performance.now();
     } finally {
       fetches.delete(messages);
     }
-    return batch;
+    return { batch, firstAt };
   }
 
   // One batch at a time, no prefetch: an embedded (chDB) insert of a large batch holds the event
@@ -323,8 +329,9 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
         continue;
       }
       let batch: JsMsg[];
+      let firstAt: number;
       try {
-        batch = await fetchBatch(consumer);
+        ({ batch, firstAt } = await fetchBatch(consumer));
         errorDelay = o.retryInitialMs;
       } catch (err) {
         // NATS away or the consumer missing: the client reconnects by itself; wait and ask again.
@@ -335,7 +342,7 @@ export async function startSink(ctx: SinkContext, options: SinkOptions = {}): Pr
         continue;
       }
       if (batch.length === 0) continue;
-      if (!(await writeBatch(kind, batch))) break;
+      if (!(await writeBatch(kind, batch, firstAt))) break;
     }
   }
 

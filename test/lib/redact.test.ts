@@ -11,8 +11,12 @@ import { uniqueNamespace } from "../helpers.js";
 
 const PASSWORD = "Sup3r-S3cret-Pw";
 
-/** Runs the CLI until it exits (or `runMs` passes, then SIGTERM); returns its exit code and all output. */
-function runCli(args: string[], env: Record<string, string>, runMs = 15_000): Promise<{ code: number | null; output: string }> {
+/**
+ * Runs the CLI until it exits, or until its output matches every pattern in `until` (then SIGTERM, so
+ * its shutdown lines are searched too), or `runMs` passes (SIGTERM); returns its exit code and all output.
+ * Waiting on the output rather than a fixed time keeps a slow (loaded) start from cutting it short.
+ */
+function runCli(args: string[], env: Record<string, string>, until: RegExp[] = [], runMs = 60_000): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
     const child = spawn(
       process.execPath,
@@ -22,8 +26,12 @@ function runCli(args: string[], env: Record<string, string>, runMs = 15_000): Pr
       },
     );
     let output = "";
-    child.stdout.on("data", (d: Buffer) => (output += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (output += d.toString()));
+    const onData = (d: Buffer) => {
+      output += d.toString();
+      if (until.length > 0 && until.every((re) => re.test(output))) child.kill("SIGTERM");
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
     const timer = setTimeout(() => child.kill("SIGTERM"), runMs);
     child.on("exit", (code) => {
       clearTimeout(timer);
@@ -33,8 +41,10 @@ function runCli(args: string[], env: Record<string, string>, runMs = 15_000): Pr
 }
 
 it("a start with a wrong Redis password never writes the password", async () => {
-  const { output } = await runCli(["serve"], { REDIS_URL: `redis://alice:${PASSWORD}@127.0.0.1:6379` }, 8000);
+  // Until it has both served and been refused by Redis: the refusal is where the password could leak.
+  const { output } = await runCli(["serve"], { REDIS_URL: `redis://alice:${PASSWORD}@127.0.0.1:6379` }, [/gRPC listening/, /WRONGPASS/]);
   assert.match(output, /gRPC listening/);
+  assert.match(output, /WRONGPASS/);
   assert.ok(
     !output.includes(PASSWORD),
     `the password is in the output:\n${output

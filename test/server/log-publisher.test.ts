@@ -120,6 +120,8 @@ const spillFiles = async (dir: string) => (await readdir(dir)).filter((f) => f.e
 /** A nats-server of the test's own, so that it can be killed without touching the shared one. */
 class OwnNatsServer {
   private proc?: ChildProcess;
+  /** Whether start() was ever called. */
+  started = false;
   constructor(
     readonly port: number,
     readonly storeDir: string,
@@ -130,6 +132,7 @@ class OwnNatsServer {
     return `nats://127.0.0.1:${this.port}`;
   }
   async start(): Promise<void> {
+    this.started = true;
     const proc = spawn("nats-server", ["-js", "-a", "127.0.0.1", "-p", String(this.port), "-sd", this.storeDir], { stdio: ["ignore", "ignore", "pipe"] });
     this.proc = proc;
     let output = "";
@@ -160,7 +163,9 @@ class OwnNatsServer {
 function connector(url: string, log: Logger, options: NatsOptions = {}) {
   const made: Promise<NatsConnection>[] = [];
   cleanups.push(async () => {
-    for (const attempt of made) await (await attempt.catch(() => undefined))?.close();
+    // Bounded: a connect that waits for a server that never came must not hold up the file's end.
+    const bounded = (attempt: Promise<NatsConnection>) => Promise.race([attempt.catch(() => undefined), delay(10_000, undefined, { ref: false })]);
+    for (const attempt of made) await (await bounded(attempt))?.close();
   });
   return () => {
     const attempt = connectNats(url, log, options);
@@ -368,7 +373,9 @@ describe("LogPublisher on the shared NATS", () => {
     const t0 = performance.now();
     await a.p.close();
     const closeMs = performance.now() - t0;
-    assert.ok(closeMs < 300 + 500, `close() took ${closeMs.toFixed(0)} ms with NATS down`);
+    // Its grace (publishTimeoutMs) and then the write of what is held: 500 records and an fsync, which
+    // took over 800 ms at load 15. A close waiting on NATS would not end at all (it retries forever).
+    assert.ok(closeMs < 300 + 2500, `close() took ${closeMs.toFixed(0)} ms with NATS down`);
     assert.equal(a.p.spilled, 500);
     assert.equal(a.p.depth, 0);
     assert.ok((await spillFiles(spillDir)).length >= 1);
@@ -437,8 +444,10 @@ describe("LogPublisher on the shared NATS", () => {
     const maxBuffered = 5;
     const { p, counter } = publisher({ connect: connector(deadUrl, log), spillDir, log, maxBuffered, publishTimeoutMs: 100 });
     const run = randomId();
-    await publishRange(p, prefix, run, 0, 60, 10);
+    // The cap applies once a write has failed: publish past it only after that failure, not racing it.
+    await publishRange(p, prefix, run, 0, 10, 10);
     await waitFor("a failed spill write", () => count(/cannot write the spill/) === 1);
+    await publishRange(p, prefix, run, 10, 60, 10);
     assert.equal(p.spilled, 0);
     assert.equal(p.depth, maxBuffered * 10, "ten times maxBuffered are held in memory");
     assert.equal(await counter("streamserve_log_dropped_total", { reason: "overflow" }), 60 - maxBuffered * 10);
@@ -530,6 +539,11 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
     const maxBuffered = 200;
     // Waits (retrying) until a server answers: the connect that hangs while NATS is down.
     const connect = connector(server.url, log, { waitOnFirstConnect: true, name: "publisher" });
+    // After a failure before phase 1 the connect above still waits for a server: start it, so the
+    // connection completes and cleanup can close it (cleanups run last-registered first).
+    cleanups.push(async () => {
+      if (!server.started) await server.start();
+    });
     let connects = 0;
     const { p, counter } = publisher({
       connect: () => (connects++, connect()),
@@ -548,8 +562,9 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
 
     // 0. NATS is not there yet: the connection hangs, messages go to disk.
     await publishRange(p, prefix, run, 0, 300, 10);
-    assert.ok(p.depth <= maxBuffered, `depth ${p.depth} with NATS never reached`);
+    // All of it reaches the disk while the connect still hangs: nothing is held in memory for it.
     await waitFor("phase 0 to spill", () => p.spilled === 300);
+    assert.equal(p.depth, 0, `depth ${p.depth} with NATS never reached`);
     assert.ok((await spillFiles(spillDir)).length >= 1);
 
     // 1. NATS comes up; the stream is created a moment later (publishes meanwhile get no responders).
@@ -634,7 +649,9 @@ describe("LogPublisher through NATS outages (own nats-server)", () => {
       `publish() with NATS down: p50 ${p50.toFixed(2)} µs, p99 ${p99.toFixed(2)} µs (array push p99 ${floor99.toFixed(2)} µs), ` +
         `max ${max.toFixed(0)} µs over ${down.timingsNs.length} calls; max depth ${down.maxDepth}`,
     );
-    assert.ok(down.timingsNs.length > 1500);
+    // Timing starts once kill() has returned, which takes longer on a loaded machine while the feed
+    // goes on: a thousand calls still put ten in the p99.
+    assert.ok(down.timingsNs.length >= 1000, `${down.timingsNs.length} publish() calls timed with NATS down`);
     assert.ok(p50 < 1, `publish() p50 ${p50} µs`);
     assert.ok(p99 < floor99 + 20, `publish() p99 ${p99} µs against ${floor99} µs for an array push`);
     // Sampled at the end of a turn: one turn's publishes land before the pump can react, and on a

@@ -51,7 +51,9 @@ describe("sink under outages", () => {
 
   it("holds the logs in JetStream while ClickHouse is closed and writes each exactly once after it reopens", async () => {
     const total = 3000;
-    const ackWaitMs = 1000;
+    // Two seconds: a loaded machine stalls this process for up to ~1.3 s (measured at load 12), and a
+    // stall longer than the ack wait lets any deadline pass, kept alive or not.
+    const ackWaitMs = 2000;
     const sink = await startSink(
       { ...runtime, clickhouse: async () => current ?? Promise.reject(new Error("ClickHouse is down")) },
       { kinds: ["prediction"], maxBatchMessages: 250, ackWaitMs, retryInitialMs: 50, retryMaxMs: 400 },
