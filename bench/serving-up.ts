@@ -133,6 +133,8 @@ export async function benchServingUp(): Promise<void> {
         "--log-level",
         "warn",
       ],
+      // To take the simulator's own Recommend calls out (e.g. "--recommend-share 0"): which part of it costs the tail.
+      ...(process.env.BENCH_SIM_ARGS ?? "").split(" ").filter(Boolean),
     ]);
     // Measured once the simulator is publishing and the features worker has had a moment with it.
     await sim.waitForOutput(/events\s+\d+\/s/, 60_000);
