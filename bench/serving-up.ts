@@ -5,7 +5,8 @@
 import { defaultModelFeatures } from "../features/definitions.js";
 import { measure, pickLoadGenerator, type LoadFigures, type LoadShape } from "./load.js";
 import { fmt, header } from "./measure.js";
-import { startChild, type Child } from "./processes.js";
+import { readdirSync, readFileSync } from "node:fs";
+import { cpuSeconds, descendants, startChild, type Child } from "./processes.js";
 import { DURATION_MS, machineLine, printFigures, printHeaderRow, WARMUP_MS } from "./serving.js";
 import {
   prepareNamespace,
@@ -34,6 +35,47 @@ async function recommendC1(server: RunningStreamserve, load: ReturnType<typeof p
   );
 }
 
+/**
+ * The processes whose CPU a row shows: up's own (serving) and each of its children by role, the
+ * simulator, and the shared redis-server / nats-server (other work on the machine counts there too).
+ * The CPU µs/call column counts the server's whole tree: for up, serving + features + analytics (not the simulator).
+ */
+function rowProcesses(up: RunningStreamserve, sim: Child | undefined): Record<string, number[]> {
+  const cmd = (pid: number) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    } catch {
+      return "";
+    }
+  };
+  const kids = descendants(up.child.pid);
+  const named = (needle: string) => kids.filter((p) => cmd(p).includes(needle));
+  const all = readdirSync("/proc")
+    .filter((e) => /^\d+$/.test(e))
+    .map(Number);
+  return {
+    serving: [up.child.pid],
+    features: named("features-process"),
+    analytics: named("analytics-process"),
+    ...(sim && { simulator: [sim.pid, ...descendants(sim.pid)] }),
+    "redis-server": all.filter((p) => cmd(p).startsWith("redis-server")),
+    "nats-server": all.filter((p) => /(^|\/)nats-server\0/.test(cmd(p))),
+  };
+}
+
+/** Runs `row`; also returns a line with each process's CPU over it, in % of one core. */
+async function withCpuShares<T>(procs: Record<string, number[]>, row: () => Promise<T>): Promise<[T, string]> {
+  const sum = (pids: number[]) => pids.reduce((s, p) => s + cpuSeconds(p), 0);
+  const before = Object.fromEntries(Object.entries(procs).map(([k, pids]) => [k, sum(pids)]));
+  const started = performance.now();
+  const result = await row();
+  const seconds = (performance.now() - started) / 1000;
+  const shares = Object.entries(procs)
+    .filter(([, pids]) => pids.length > 0)
+    .map(([k, pids]) => `${k} ${fmt(((sum(pids) - before[k]!) / seconds) * 100, 0)}%`);
+  return [result, `    CPU over the row with its warm-up, % of one core: ${shares.join(", ")}`];
+}
+
 /** Mean events/s of the simulator's progress lines printed after `from` (an offset in its output). */
 function simulatedRate(sim: Child, from: number): number {
   const rates = [
@@ -58,8 +100,10 @@ export async function benchServingUp(): Promise<void> {
     const server = await startStreamserve(serveNs, "serve");
     try {
       printHeaderRow();
-      alone = await recommendC1(server, load);
+      let cpu: string;
+      [alone, cpu] = await withCpuShares(rowProcesses(server, undefined), () => recommendC1(server, load));
       printFigures("serve alone", C1, alone);
+      console.log(cpu);
     } finally {
       await server.stop();
     }
@@ -72,8 +116,15 @@ export async function benchServingUp(): Promise<void> {
   let sim: Child | undefined;
   try {
     up = await startStreamserve(upNs, "up", ["--no-local-services"]);
-    printFigures("up, no simulator", C1, await recommendC1(up, load));
-    sim = startChild("streamserve simulate", process.execPath, [
+    // Serving answers before its children are up; measured once the banner says they are (their start-up is not serving's cost).
+    await up.child.waitForOutput(/streamserve is up/, 180_000);
+    const [quiet, quietCpu] = await withCpuShares(rowProcesses(up, undefined), () => recommendC1(up!, load));
+    printFigures("up, no simulator", C1, quiet);
+    console.log(quietCpu);
+    // BENCH_SIM_NICE=N runs the simulator (every thread) at nice N: traffic that in production comes from other machines.
+    const simNice = process.env.BENCH_SIM_NICE;
+    sim = startChild("streamserve simulate", simNice ? "nice" : process.execPath, [
+      ...(simNice ? ["-n", simNice, process.execPath] : []),
       ...["--import", "tsx", "cli/main.ts", "simulate", "--rate", String(SIM_RATE), "--duration", `${Math.ceil((WARMUP_MS + UP_DURATION_MS) / 1000) + 120}s`],
       ...[
         "--grpc-address",
@@ -87,13 +138,18 @@ export async function benchServingUp(): Promise<void> {
         "--log-level",
         "warn",
       ],
+      // To take the simulator's own Recommend calls out (e.g. "--recommend-share 0"): which part of it costs the tail.
+      ...(process.env.BENCH_SIM_ARGS ?? "").split(" ").filter(Boolean),
     ]);
     // Measured once the simulator is publishing and the features worker has had a moment with it.
     await sim.waitForOutput(/events\s+\d+\/s/, 60_000);
     const from = sim.output().length;
-    const busy = await recommendC1(up, load);
+    const [busy, busyCpu] = await withCpuShares(rowProcesses(up, sim), () => recommendC1(up!, load));
     printFigures(`up + simulate ${SIM_RATE}/s`, C1, busy);
-    console.log(`simulator: ${fmt(simulatedRate(sim, from), 0)} events/s while measured (asked ${SIM_RATE}); it also calls Recommend on up`);
+    console.log(busyCpu);
+    console.log(
+      `simulator: ${fmt(simulatedRate(sim, from), 0)} events/s while measured (asked ${SIM_RATE}); it also calls Recommend on up${simNice ? `; at nice ${simNice} (BENCH_SIM_NICE)` : ""}`,
+    );
     console.log(`up + simulator p99 / serve alone's: ${fmt(busy.p99Ms, 2)} / ${fmt(alone.p99Ms, 2)} ms = ${fmt(busy.p99Ms / alone.p99Ms, 2)} (target ≤ 1.5)`);
     console.log(
       `up + simulator p99.9 / serve alone's: ${fmt(busy.p999Ms, 2)} / ${fmt(alone.p999Ms, 2)} ms = ${fmt(busy.p999Ms / alone.p999Ms, 2)} (target ≤ 2)`,
