@@ -12,6 +12,7 @@
 // ttlMs + rebalanceMs of its owner dying, and within about two rebalance rounds of a join or a leave.
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { KV, KvEntry, NatsConnection, QueuedIterator } from "nats";
 import type { Logger } from "../lib/logger.js";
 import { partitionLabel } from "./partitions.js";
@@ -23,6 +24,11 @@ export interface LeaseOptions {
   ttlMs?: number;
   /** How often leases are renewed and shares recomputed. @default 1_000 */
   rebalanceMs?: number;
+  /**
+   * How long stop() waits for its partitions to be started and released; past it stop() resolves and
+   * what is left is released as it finishes (after a start that hangs on Redis, say). @default 15_000
+   */
+  stopTimeoutMs?: number;
   /** This worker's id in the bucket. @default host-pid-random */
   workerId?: string;
 }
@@ -126,15 +132,21 @@ export class PartitionLeases {
         });
       }
     })();
-    try {
+    const released = (async () => {
       await Promise.all(this.partitions().map((p) => this.release(p)));
+      // Losses and failed starts still in progress (their partitions are no longer held).
+      while (this.ops.size > 0) await Promise.all(this.ops.values());
+      return true;
+    })();
+    const timeoutMs = this.opts.stopTimeoutMs ?? 15_000;
+    try {
+      if (!(await Promise.race([released, sleep(timeoutMs, false, { ref: false })])))
+        this.log.warn({ partitions: [...this.ops.keys()], timeoutMs }, "partitions not released in time on stop; each is released once started");
     } finally {
       draining = false;
       wake();
     }
     await keepAlive;
-    // Losses and failed starts still in progress (their partitions are no longer held).
-    while (this.ops.size > 0) await Promise.all(this.ops.values());
     await this.kv?.delete(memberKey(this.workerId)).catch(() => undefined);
     this.watcher?.stop();
   }
