@@ -12,6 +12,7 @@
 // ttlMs + rebalanceMs of its owner dying, and within about two rebalance rounds of a join or a leave.
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { KV, KvEntry, NatsConnection, QueuedIterator } from "nats";
 import type { Logger } from "../lib/logger.js";
 import { partitionLabel } from "./partitions.js";
@@ -23,6 +24,11 @@ export interface LeaseOptions {
   ttlMs?: number;
   /** How often leases are renewed and shares recomputed. @default 1_000 */
   rebalanceMs?: number;
+  /**
+   * How long stop() waits for its partitions to be started and released; past it stop() resolves and
+   * what is left is released as it finishes (after a start that hangs on Redis, say). @default 15_000
+   */
+  stopTimeoutMs?: number;
   /** This worker's id in the bucket. @default host-pid-random */
   workerId?: string;
 }
@@ -41,6 +47,8 @@ interface Held {
   epoch: number;
   revision: number;
   renewedAt: number;
+  /** The renewal in flight: a release deletes the lease under the revision it leaves. */
+  renewing?: Promise<void>;
 }
 
 export class PartitionLeases {
@@ -48,8 +56,11 @@ export class PartitionLeases {
   private readonly ttlMs: number;
   private readonly rebalanceMs: number;
   private readonly held = new Map<number, Held>();
-  /** Partitions being started or released: not touched by a rebalance meanwhile. */
-  private readonly busy = new Set<number>();
+  /**
+   * Per partition, its start, release or loss in progress: the next one waits for it, so a
+   * partition's handlers never overlap, and stop() waits for every one (none is left running).
+   */
+  private readonly ops = new Map<number, Promise<void>>();
   private kv?: KV;
   private timer?: NodeJS.Timeout;
   private round?: Promise<void>;
@@ -89,7 +100,8 @@ export class PartitionLeases {
       }
     })().catch((err) => this.log.warn({ err }, "partition lease watch ended"));
     await initialized;
-    await this.rebalance();
+    this.round = this.rebalance();
+    await this.round;
     const tick = () => {
       if (this.stopping) return;
       this.round = this.rebalance()
@@ -101,14 +113,54 @@ export class PartitionLeases {
     this.timer = setTimeout(tick, this.rebalanceMs);
   }
 
-  /** Gives up every lease (after `releasing` finished each) and leaves. */
+  /**
+   * Gives up every lease (after `releasing` finished each) and leaves. A partition being started
+   * is started first, then released; the leases are renewed while their partitions drain.
+   */
   async stop(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.timer);
     await this.round?.catch(() => undefined);
-    await Promise.all(this.partitions().map((p) => this.release(p)));
+    let draining = true;
+    let wake: () => void = () => undefined;
+    const keepAlive = (async () => {
+      while (draining) {
+        await Promise.all(this.partitions().map((p) => this.renew(p)));
+        await new Promise<void>((r) => {
+          wake = r;
+          setTimeout(r, this.rebalanceMs);
+        });
+      }
+    })();
+    const released = (async () => {
+      await Promise.all(this.partitions().map((p) => this.release(p)));
+      // Losses and failed starts still in progress (their partitions are no longer held).
+      while (this.ops.size > 0) await Promise.all(this.ops.values());
+      return true;
+    })();
+    const timeoutMs = this.opts.stopTimeoutMs ?? 15_000;
+    try {
+      if (!(await Promise.race([released, sleep(timeoutMs, false, { ref: false })])))
+        this.log.warn({ partitions: [...this.ops.keys()], timeoutMs }, "partitions not released in time on stop; each is released once started");
+    } finally {
+      draining = false;
+      wake();
+    }
+    await keepAlive;
     await this.kv?.delete(memberKey(this.workerId)).catch(() => undefined);
     this.watcher?.stop();
+  }
+
+  /** Runs a partition's start, release or loss after the one in progress. */
+  private serially(p: number, op: () => Promise<void>): Promise<void> {
+    const next = (this.ops.get(p) ?? Promise.resolve())
+      .then(op)
+      .catch((err) => this.log.warn({ err, partition: p }, "partition lease handler failed"))
+      .finally(() => {
+        if (this.ops.get(p) === next) this.ops.delete(p);
+      });
+    this.ops.set(p, next);
+    return next;
   }
 
   /** One round: renew, read the members, give up above the fair share, take up to it. */
@@ -123,7 +175,7 @@ export class PartitionLeases {
     const P = this.opts.partitions;
     const rank = members.indexOf(this.workerId);
     const share = Math.floor(P / members.length) + (rank < P % members.length ? 1 : 0);
-    const mine = this.partitions().filter((p) => !this.busy.has(p));
+    const mine = this.partitions().filter((p) => !this.ops.has(p));
     // Above the share: give up the highest partitions (drained first, then deleted for the next owner).
     for (const p of mine.slice(share).reverse()) void this.release(p);
     let missing = share - this.held.size;
@@ -132,20 +184,22 @@ export class PartitionLeases {
     const start = Math.floor((rank * P) / members.length);
     for (let i = 0; i < P && missing > 0; i++) {
       const p = (start + i) % P;
-      if (this.held.has(p) || this.busy.has(p)) continue;
+      if (this.held.has(p) || this.ops.has(p)) continue;
+      if (this.stopping) return;
       const revision = await kv.create(leaseKey(p), this.workerId).catch(() => undefined);
       if (revision === undefined) continue;
       missing--;
-      this.held.set(p, { epoch: revision, revision, renewedAt: Date.now() });
-      this.busy.add(p);
-      void this.handlers
-        .acquired(p, revision)
-        .catch(async (err) => {
+      const h: Held = { epoch: revision, revision, renewedAt: Date.now() };
+      this.held.set(p, h);
+      void this.serially(p, async () => {
+        try {
+          await this.handlers.acquired(p, revision);
+        } catch (err) {
           this.log.warn({ err, partition: p }, "could not start a leased partition; giving it up");
-          this.held.delete(p);
-          await kv.delete(leaseKey(p), { previousSeq: revision }).catch(() => undefined);
-        })
-        .finally(() => this.busy.delete(p));
+          if (this.held.get(p) === h) this.held.delete(p);
+          await kv.delete(leaseKey(p), { previousSeq: h.revision }).catch(() => undefined);
+        }
+      });
     }
   }
 
@@ -155,9 +209,14 @@ export class PartitionLeases {
     return [...this.seen].filter(([, at]) => now - at < this.ttlMs).map(([id]) => id);
   }
 
-  private async renew(p: number): Promise<void> {
+  private renew(p: number): Promise<void> {
     const h = this.held.get(p);
-    if (!h) return;
+    if (!h) return Promise.resolve();
+    h.renewing ??= this.renewHeld(p, h).finally(() => (h.renewing = undefined));
+    return h.renewing;
+  }
+
+  private async renewHeld(p: number, h: Held): Promise<void> {
     try {
       h.revision = await this.kv!.update(leaseKey(p), this.workerId, h.revision);
       h.renewedAt = Date.now();
@@ -166,23 +225,26 @@ export class PartitionLeases {
       const expired = Date.now() - h.renewedAt >= this.ttlMs - this.rebalanceMs;
       const taken = /wrong last sequence/i.test((err as Error).message);
       if (!taken && !expired) return;
+      if (this.held.get(p) !== h) return;
       this.held.delete(p);
       this.log.warn({ partition: p, err: (err as Error).message }, "partition lease lost");
-      await this.handlers.lost(p).catch(() => undefined);
+      // After a start in progress: the partition it started is stopped.
+      void this.serially(p, () => this.handlers.lost(p));
     }
   }
 
-  private async release(p: number): Promise<void> {
-    const h = this.held.get(p);
-    if (!h || this.busy.has(p)) return;
-    this.busy.add(p);
-    try {
+  /** Releases the partition once what is in progress on it is done, if it is still held then. */
+  private release(p: number): Promise<void> {
+    return this.serially(p, async () => {
+      const h = this.held.get(p);
+      if (!h) return;
       await this.handlers.releasing(p).catch((err) => this.log.warn({ err, partition: p }, "releasing a partition failed"));
+      // Deleted under the revision of the last renewal (renewals go on while the partition drains).
+      if (this.held.get(p) !== h) return;
       this.held.delete(p);
+      await h.renewing;
       await this.kv!.delete(leaseKey(p), { previousSeq: h.revision }).catch(() => undefined);
-    } finally {
-      this.busy.delete(p);
-    }
+    });
   }
 }
 

@@ -83,7 +83,8 @@ export async function startPartitionedWorker(runtime: Runtime, options: Features
   const leases = new PartitionLeases(
     nc,
     runtime.names.featureLeasesBucket,
-    { partitions: P, ttlMs: options.leaseTtlMs, rebalanceMs: options.rebalanceMs },
+    // A partition's loop stops within stopTimeoutMs and 2 s (worker.ts); a start gets as long again.
+    { partitions: P, ttlMs: options.leaseTtlMs, rebalanceMs: options.rebalanceMs, stopTimeoutMs: 2 * partOpts.stopTimeoutMs + 5_000 },
     {
       async acquired(p, epoch) {
         const store = new ThreadedWindowStore(

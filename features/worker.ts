@@ -76,6 +76,11 @@ export interface FeaturesWorkerOptions {
   /** Durable consumer part name (names.consumer(part)). @default "features" */
   consumerPart?: string;
   /**
+   * How long stop() lets the batches in hand finish; past it the store is closed, which fails
+   * what still waits on Redis (unacked, so redelivered), and stop() resolves soon after. @default 10_000
+   */
+  stopTimeoutMs?: number;
+  /**
    * Apply batches on a worker thread of their own (features/store-thread.ts), leaving this
    * thread to NATS, parsing and acks (and, in `up`, to the gRPC server). @default true
    */
@@ -107,6 +112,7 @@ export const DEFAULT_FEATURES_WORKER_OPTIONS: Readonly<Required<Omit<FeaturesWor
   progressIntervalMs: 10_000,
   lagIntervalMs: 5_000,
   consumerPart: "features",
+  stopTimeoutMs: 10_000,
 });
 
 /** Counters of one worker since it started (the metrics registry has the same, process-wide). */
@@ -217,6 +223,9 @@ export type Opts = Required<Omit<FeaturesWorkerOptions, Exclude<Unmerged, "pullA
  */
 const KILL_AFTER_COMMIT = Number(/^features-after-commit:(\d+)$/.exec(process.env.STREAMSERVE_FAILPOINT ?? "")?.[1] ?? 0);
 
+/** How long stop() still waits once it closed the store of a worker that did not drain in time. */
+const STOP_GRACE_MS = 2000;
+
 class Worker implements FeaturesWorker {
   readonly name = "features";
   readonly stats: FeaturesWorkerStats = { messages: 0, batches: 0, applied: {}, duplicates: {}, late: {}, deadLetters: 0, windowsClosed: {}, conflicts: 0 };
@@ -233,6 +242,7 @@ class Worker implements FeaturesWorker {
   private readonly abort = new AbortController();
   private closing?: Promise<number>;
   private commits = 0;
+  private storeClosed = false;
 
   constructor(
     private readonly runtime: Runtime,
@@ -283,11 +293,26 @@ class Worker implements FeaturesWorker {
       this.abort.abort();
       this.consumer?.stop();
       this.wakeProcessor?.();
-      await Promise.all(this.loops);
-      this.store.close();
+      const drained = Promise.all(this.loops).then(() => true);
+      if (!(await Promise.race([drained, sleep(this.opts.stopTimeoutMs, false, { ref: false })]))) {
+        // Closing the store fails its Redis commands in flight (nothing of theirs is acked); what
+        // still waits on another connection (the closer's ioredis, NATS) is not waited for long.
+        this.log.warn({ stopTimeoutMs: this.opts.stopTimeoutMs, buffered: this.buffer.length }, "features worker did not drain in time; closing its store");
+        this.closeStore();
+        for (const m of this.buffer.splice(0)) m.nak(1000);
+        const left = await Promise.race([drained, sleep(STOP_GRACE_MS, false, { ref: false })]);
+        if (!left) this.log.warn("features worker stopped with work still waiting on Redis or NATS; none of it will be acked");
+      }
+      this.closeStore();
       this.log.info({ ...this.stats, eventTimeHigh: this.high }, "features worker stopped");
     })();
     return this.stopped;
+  }
+
+  private closeStore(): void {
+    if (this.storeClosed) return;
+    this.storeClosed = true;
+    this.store.close();
   }
 
   private highWater(): number {

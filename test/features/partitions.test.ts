@@ -27,6 +27,17 @@ import {
 
 const T0 = Date.UTC(2024, 2, 10, 12, 0, 0);
 const MIN = 60_000;
+/** Resolves as `f` does, or rejects once `ms` passed. */
+async function withinMs<T>(ms: number, what: string, f: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([f(), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 const FAST = { progressIntervalMs: 0, leaseTtlMs: 3000, rebalanceMs: 250, ackWaitMs: 10_000 };
 
 test("partitionOf is stable and spreads ids", () => {
@@ -74,10 +85,14 @@ function threeWorkers(title: string, cluster: boolean): void {
       await Promise.all(workers.map((w) => w.closeDueWindows()));
     });
     after(async () => {
-      for (const w of workers) await w.stop();
-      for (const rt of runtimes) await rt.close();
-      await env?.cleanup();
-      await own?.stop();
+      // Bounded: a stop that never resolves fails here, not as the whole file's timeout.
+      await withinMs(30_000, "the workers' stop", async () => {
+        for (const w of workers) await w.stop();
+      }).finally(async () => {
+        for (const rt of runtimes) await rt.close();
+        await env?.cleanup();
+        await own?.stop();
+      });
     });
 
     test("each partition had one owner: no conflict retries, nothing applied twice", () => {
@@ -116,6 +131,25 @@ function threeWorkers(title: string, cluster: boolean): void {
 }
 
 threeWorkers("three workers on 8 partitions", false);
+
+describe("a worker stopped while it is still starting its partitions", () => {
+  let env: Awaited<ReturnType<typeof testRuntime>>;
+  before(async () => {
+    env = await testRuntime(uniqueNamespace("feat_part_stop"));
+  });
+  after(async () => env?.cleanup());
+
+  test("starts them, then releases every one: no lease left, nothing running", async () => {
+    const w = await startFeaturesWorker(env.runtime, { ...FAST, partitions: 8 });
+    // Its first round took the 8 leases; their partitions are being started as it is stopped.
+    await withinMs(20_000, "stop()", () => w.stop());
+    assert.deepEqual(w.partitions!(), []);
+    const kv = await env.nc.jetstream().views.kv(env.runtime.names.featureLeasesBucket);
+    const leases: string[] = [];
+    for await (const k of await kv.keys("lease.>")) leases.push(k);
+    assert.deepEqual(leases, [], "every lease deleted");
+  });
+});
 threeWorkers("three workers on 8 partitions, on a Redis Cluster (3 masters)", true);
 
 describe("the lease epoch fences a stale owner", () => {
