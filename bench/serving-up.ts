@@ -6,6 +6,7 @@ import { defaultModelFeatures } from "../features/definitions.js";
 import { measure, pickLoadGenerator, type LoadFigures, type LoadShape } from "./load.js";
 import { fmt, header } from "./measure.js";
 import { startChild, type Child } from "./processes.js";
+import { programArgs, programsLine } from "./built-cli.js";
 import { DURATION_MS, machineLine, printFigures, printHeaderRow, WARMUP_MS } from "./serving.js";
 import {
   prepareNamespace,
@@ -50,6 +51,7 @@ export async function benchServingUp(): Promise<void> {
   const load = pickLoadGenerator();
   console.log(`load: ${load.description}; ${WARMUP_MS} ms warm-up + ${UP_DURATION_MS} ms measured per row (2 x BENCH_DURATION_MS)`);
   console.log(machineLine());
+  console.log(programsLine());
   const artifact = syntheticModel(defaultModelFeatures().length);
 
   const serveNs = await prepareNamespace(artifact);
@@ -74,7 +76,8 @@ export async function benchServingUp(): Promise<void> {
     up = await startStreamserve(upNs, "up", ["--no-local-services"]);
     printFigures("up, no simulator", C1, await recommendC1(up, load));
     sim = startChild("streamserve simulate", process.execPath, [
-      ...["--import", "tsx", "cli/main.ts", "simulate", "--rate", String(SIM_RATE), "--duration", `${Math.ceil((WARMUP_MS + UP_DURATION_MS) / 1000) + 120}s`],
+      ...programArgs("cli/main.ts"),
+      ...["simulate", "--rate", String(SIM_RATE), "--duration", `${Math.ceil((WARMUP_MS + UP_DURATION_MS) / 1000) + 120}s`],
       ...[
         "--grpc-address",
         up.address,
