@@ -1,9 +1,13 @@
 // Online features for one Recommend request: the user's hash and every candidate's hash, read in
-// one round trip (on a Redis Cluster, one per master holding some of the keys, all at once:
-// cluster-feature-read.ts), assembled into the row-major matrix the model version declares.
+// one round trip (on one Redis through the hand-written RESP client, feature-connection.ts, or
+// ioredis with --redis-client ioredis; on a Redis Cluster, one per master holding some of the keys,
+// all at once: cluster-feature-read.ts), assembled into the row-major matrix the model version declares.
 // Redis trouble never fails the request: the features take their defaults and the caller logs it.
+import { createHash } from "node:crypto";
 import { isCluster, type Redis } from "../lib/redis.js";
+import { RespError, type RespArg, type RespReply } from "../lib/resp.js";
 import { readAcrossSlots } from "./cluster-feature-read.js";
+import { FeatureConnection } from "./feature-connection.js";
 import type { Names } from "../lib/config.js";
 import type { FeatureSpec } from "../lib/registry.js";
 
@@ -26,8 +30,11 @@ export interface FeatureMatrix {
   unavailable: boolean;
 }
 
+/** Where features are read: the RESP connection (one Redis) or an ioredis client (a cluster, or --redis-client ioredis). */
+export type FeatureSource = Redis | FeatureConnection;
+
 export async function lookupFeatures(
-  redis: Redis,
+  redis: FeatureSource,
   names: Names,
   specs: readonly FeatureSpec[],
   ctx: RequestContext,
@@ -42,16 +49,19 @@ export async function lookupFeatures(
     keys[0] = names.userFeaturesKey(ctx.userId);
     for (let i = 0; i < items.length; i++) keys[i + 1] = names.itemFeaturesKey(items[i]!);
     try {
-      const rows = isCluster(redis)
-        ? await readAcrossSlots(redis, keys, userFields, itemFields)
-        : scriptUnsupported.has(redis)
-          ? await readWithPipeline(redis, keys, userFields, itemFields)
-          : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
-              // Scripting disabled (or a cluster node named as one Redis, CROSSSLOT): use a pipeline.
-              if (!/CROSSSLOT|NOSCRIPT|NOPERM|unknown command|not allowed|disabled/i.test(err.message)) throw err;
-              scriptUnsupported.add(redis);
-              return readWithPipeline(redis, keys, userFields, itemFields);
-            });
+      const rows =
+        redis instanceof FeatureConnection
+          ? await readOnResp(redis, keys, userFields, itemFields)
+          : isCluster(redis)
+            ? await readAcrossSlots(redis, keys, userFields, itemFields)
+            : scriptUnsupported.has(redis)
+              ? await readWithPipeline(redis, keys, userFields, itemFields)
+              : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
+                  // Scripting disabled (or a cluster node named as one Redis, CROSSSLOT): use a pipeline.
+                  if (!SCRIPT_REFUSED.test(err.message)) throw err;
+                  scriptUnsupported.add(redis);
+                  return readWithPipeline(redis, keys, userFields, itemFields);
+                });
       userValues = rows[0] ?? [];
       itemValues = rows.slice(1);
     } catch {
@@ -97,7 +107,11 @@ for i = 1, #KEYS do
 end
 return cjson.encode(out)`;
 
-const scriptUnsupported = new WeakSet<Redis>();
+/** Errors meaning the script cannot run here (scripting disabled, a cluster node named as one Redis): read with a pipeline. */
+const SCRIPT_REFUSED = /CROSSSLOT|NOSCRIPT|NOPERM|unknown command|not allowed|disabled/i;
+const READ_FEATURES_SHA = createHash("sha1").update(READ_FEATURES_LUA).digest("hex");
+
+const scriptUnsupported = new WeakSet<Redis | FeatureConnection>();
 const scriptDefined = new WeakSet<Redis>();
 
 interface PendingRead {
@@ -193,6 +207,82 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
     return v as (string | null)[];
   });
   return keys.map((_, i) => ((i === 0 ? userFields : itemFields).length ? values.shift()! : []));
+}
+
+interface PendingRespRead {
+  command: RespArg[];
+  resolve: (json: string) => void;
+  reject: (err: Error) => void;
+}
+
+const pendingRespReads = new WeakMap<FeatureConnection, PendingRespRead[]>();
+
+/** The script read on the RESP connection, batched per turn of the event loop as on ioredis; a pipeline of HMGETs where scripts are refused. */
+async function readOnResp(conn: FeatureConnection, keys: string[], userFields: string[], itemFields: string[]): Promise<RawValue[][]> {
+  if (!scriptUnsupported.has(conn)) {
+    const command: RespArg[] = ["EVALSHA", READ_FEATURES_SHA, keys.length, ...keys, userFields.length, itemFields.length, ...userFields, ...itemFields];
+    try {
+      return parseRawReply(
+        await new Promise<string>((resolve, reject) => {
+          let batch = pendingRespReads.get(conn);
+          if (!batch) {
+            pendingRespReads.set(conn, (batch = []));
+            setImmediate(() => sendRespBatch(conn));
+          }
+          batch.push({ command, resolve, reject });
+        }),
+      );
+    } catch (err) {
+      if (!(err instanceof RespError) || !SCRIPT_REFUSED.test(err.message)) throw err;
+      scriptUnsupported.add(conn);
+    }
+  }
+  return readWithRespPipeline(conn, keys, userFields, itemFields);
+}
+
+function sendRespBatch(conn: FeatureConnection): void {
+  const batch = pendingRespReads.get(conn)!;
+  pendingRespReads.delete(conn);
+  conn.send(batch.map((r) => r.command)).then(
+    async (replies) => {
+      // NOSCRIPT: Redis does not have the script (restarted, SCRIPT FLUSH): EVAL loads it.
+      const unknown = batch.filter((_, i) => replies[i] instanceof RespError && /^NOSCRIPT/.test((replies[i] as RespError).message));
+      for (const [i, read] of batch.entries()) {
+        const reply = replies[i];
+        if (unknown.includes(read)) continue;
+        if (typeof reply === "string") read.resolve(reply);
+        else read.reject(reply instanceof RespError ? reply : new Error("the feature script returned no string"));
+      }
+      if (!unknown.length) return;
+      try {
+        const retried = await conn.send(unknown.map((r) => ["EVAL", READ_FEATURES_LUA, ...r.command.slice(2)]));
+        unknown.forEach((read, i) => {
+          const reply = retried[i];
+          if (typeof reply === "string") read.resolve(reply);
+          else read.reject(reply instanceof RespError ? reply : new Error("the feature script returned no string"));
+        });
+      } catch (err) {
+        for (const read of unknown) read.reject(err as Error);
+      }
+    },
+    (err: Error) => batch.forEach((read) => read.reject(err)),
+  );
+}
+
+async function readWithRespPipeline(conn: FeatureConnection, keys: string[], userFields: string[], itemFields: string[]): Promise<RawValue[][]> {
+  const commands: RespArg[][] = [];
+  keys.forEach((key, i) => {
+    const fields = i === 0 ? userFields : itemFields;
+    if (fields.length) commands.push(["HMGET", key, ...fields]);
+  });
+  const replies = await conn.send(commands);
+  let next = 0;
+  return keys.map((_, i) => {
+    if (!(i === 0 ? userFields : itemFields).length) return [];
+    const reply: RespReply = replies[next++]!;
+    if (reply instanceof RespError) throw reply;
+    return reply as (string | null)[];
+  });
 }
 
 /** Pure assembly, separate from I/O so it is easy to test and reason about. */
