@@ -5,7 +5,7 @@
 // Redis trouble never fails the request: the features take their defaults and the caller logs it.
 import { createHash } from "node:crypto";
 import { isCluster, type Redis } from "../lib/redis.js";
-import { RespError, type RespArg, type RespReply } from "../lib/resp.js";
+import { encodeArgs, RespError, RespWriter, type RespArg, type RespReply } from "../lib/resp.js";
 import { readAcrossSlots } from "./cluster-feature-read.js";
 import { FeatureConnection } from "./feature-connection.js";
 import type { Names } from "../lib/config.js";
@@ -40,7 +40,8 @@ export async function lookupFeatures(
   ctx: RequestContext,
   items: readonly string[],
 ): Promise<FeatureMatrix> {
-  const { userFields, itemFields } = planFor(specs);
+  const plan = planFor(specs);
+  const { userFields, itemFields } = plan;
   let userValues: RawValue[] = [];
   let itemValues: RawValue[][] = [];
   let unavailable = false;
@@ -51,7 +52,7 @@ export async function lookupFeatures(
     try {
       const rows =
         redis instanceof FeatureConnection
-          ? await readOnResp(redis, keys, userFields, itemFields)
+          ? await readOnResp(redis, keys, plan)
           : isCluster(redis)
             ? await readAcrossSlots(redis, keys, userFields, itemFields)
             : scriptUnsupported.has(redis)
@@ -210,17 +211,21 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
 }
 
 interface PendingRespRead {
-  command: RespArg[];
+  keys: string[];
+  plan: Plan;
   resolve: (json: string) => void;
   reject: (err: Error) => void;
 }
 
 const pendingRespReads = new WeakMap<FeatureConnection, PendingRespRead[]>();
+const EVALSHA_HEAD = encodeArgs("EVALSHA", READ_FEATURES_SHA);
+const EVAL_HEAD = encodeArgs("EVAL", READ_FEATURES_LUA);
+/** The script's arguments after the keys (field counts and names), encoded once per plan: the same on every read. */
+const scriptTails = new WeakMap<Plan, Buffer>();
 
 /** The script read on the RESP connection, batched per turn of the event loop as on ioredis; a pipeline of HMGETs where scripts are refused. */
-async function readOnResp(conn: FeatureConnection, keys: string[], userFields: string[], itemFields: string[]): Promise<RawValue[][]> {
+async function readOnResp(conn: FeatureConnection, keys: string[], plan: Plan): Promise<RawValue[][]> {
   if (!scriptUnsupported.has(conn)) {
-    const command: RespArg[] = ["EVALSHA", READ_FEATURES_SHA, keys.length, ...keys, userFields.length, itemFields.length, ...userFields, ...itemFields];
     try {
       return parseRawReply(
         await new Promise<string>((resolve, reject) => {
@@ -229,7 +234,7 @@ async function readOnResp(conn: FeatureConnection, keys: string[], userFields: s
             pendingRespReads.set(conn, (batch = []));
             setImmediate(() => sendRespBatch(conn));
           }
-          batch.push({ command, resolve, reject });
+          batch.push({ keys, plan, resolve, reject });
         }),
       );
     } catch (err) {
@@ -237,30 +242,48 @@ async function readOnResp(conn: FeatureConnection, keys: string[], userFields: s
       scriptUnsupported.add(conn);
     }
   }
-  return readWithRespPipeline(conn, keys, userFields, itemFields);
+  return readWithRespPipeline(conn, keys, plan.userFields, plan.itemFields);
+}
+
+/** EVALSHA (or EVAL: `head`) of each read, straight into bytes. */
+function encodeScriptReads(reads: readonly PendingRespRead[], head: Buffer): RespWriter {
+  const w = new RespWriter(reads.length * 2048);
+  for (const { keys, plan } of reads) {
+    let tail = scriptTails.get(plan);
+    if (!tail) {
+      tail = encodeArgs(plan.userFields.length, plan.itemFields.length, ...plan.userFields, ...plan.itemFields);
+      scriptTails.set(plan, tail);
+    }
+    w.command(3 + keys.length + 2 + plan.userFields.length + plan.itemFields.length)
+      .raw(head)
+      .number(keys.length);
+    for (const key of keys) w.string(key);
+    w.raw(tail);
+  }
+  return w;
+}
+
+function settle(read: PendingRespRead, reply: RespReply | undefined): void {
+  if (typeof reply === "string") read.resolve(reply);
+  else read.reject(reply instanceof RespError ? reply : new Error("the feature script returned no string"));
 }
 
 function sendRespBatch(conn: FeatureConnection): void {
   const batch = pendingRespReads.get(conn)!;
   pendingRespReads.delete(conn);
-  conn.send(batch.map((r) => r.command)).then(
+  conn.send([encodeScriptReads(batch, EVALSHA_HEAD)]).then(
     async (replies) => {
       // NOSCRIPT: Redis does not have the script (restarted, SCRIPT FLUSH): EVAL loads it.
-      const unknown = batch.filter((_, i) => replies[i] instanceof RespError && /^NOSCRIPT/.test((replies[i] as RespError).message));
-      for (const [i, read] of batch.entries()) {
+      let unknown: PendingRespRead[] | undefined;
+      for (let i = 0; i < batch.length; i++) {
         const reply = replies[i];
-        if (unknown.includes(read)) continue;
-        if (typeof reply === "string") read.resolve(reply);
-        else read.reject(reply instanceof RespError ? reply : new Error("the feature script returned no string"));
+        if (reply instanceof RespError && reply.message.startsWith("NOSCRIPT")) (unknown ??= []).push(batch[i]!);
+        else settle(batch[i]!, reply);
       }
-      if (!unknown.length) return;
+      if (!unknown) return;
       try {
-        const retried = await conn.send(unknown.map((r) => ["EVAL", READ_FEATURES_LUA, ...r.command.slice(2)]));
-        unknown.forEach((read, i) => {
-          const reply = retried[i];
-          if (typeof reply === "string") read.resolve(reply);
-          else read.reject(reply instanceof RespError ? reply : new Error("the feature script returned no string"));
-        });
+        const retried = await conn.send([encodeScriptReads(unknown, EVAL_HEAD)]);
+        unknown.forEach((read, i) => settle(read, retried[i]));
       } catch (err) {
         for (const read of unknown) read.reject(err as Error);
       }
