@@ -12,7 +12,7 @@ import { spawnSync } from "node:child_process";
 import * as ort from "onnxruntime-node";
 import { defaultModelFeatures } from "../features/definitions.js";
 import type { FloorReplies } from "./floor-server.js";
-import { measure, pickLoadGenerator, shapeLabel, type CallTarget, type LoadFigures, type LoadGenerator, type LoadShape } from "./load.js";
+import { measure, pickLoadGenerator, shapeLabel, type CallTarget, type LoadFigures, type LoadShape } from "./load.js";
 import { fmt, header, medianMs, row } from "./measure.js";
 import { nodeFlags, startChild, type Child } from "./processes.js";
 import { programArgs, programsLine } from "./built-cli.js";
