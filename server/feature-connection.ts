@@ -86,5 +86,9 @@ export class FeatureConnection {
 
 /** The serving feature read's client: the RESP connection for one Redis, ioredis for a cluster or with --redis-client ioredis. */
 export function featureSource(url: string, ioredisClient: Redis, log: Logger): Redis | FeatureConnection {
-  return isCluster(ioredisClient) || fastPathChoice("redisClient") === "ioredis" ? ioredisClient : new FeatureConnection(url, log);
+  if (isCluster(ioredisClient) || fastPathChoice("redisClient") === "ioredis") return ioredisClient;
+  const conn = new FeatureConnection(url, log);
+  // Connect now, not on the first Recommend (whose 100 ms budget would include the dial).
+  conn.send([["PING"]]).catch(() => undefined);
+  return conn;
 }
