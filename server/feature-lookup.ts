@@ -245,15 +245,26 @@ async function readOnResp(conn: FeatureConnection, keys: string[], plan: Plan): 
   return readWithRespPipeline(conn, keys, plan.userFields, plan.itemFields);
 }
 
+function tailFor(plan: Plan): Buffer {
+  let tail = scriptTails.get(plan);
+  if (!tail) {
+    tail = encodeArgs(plan.userFields.length, plan.itemFields.length, ...plan.userFields, ...plan.itemFields);
+    scriptTails.set(plan, tail);
+  }
+  return tail;
+}
+
 /** EVALSHA (or EVAL: `head`) of each read, straight into bytes. */
 function encodeScriptReads(reads: readonly PendingRespRead[], head: Buffer): RespWriter {
-  const w = new RespWriter(reads.length * 2048);
+  // Sized to fit (ASCII keys), not guessed: a batch of many large reads would otherwise hold megabytes.
+  let size = 0;
   for (const { keys, plan } of reads) {
-    let tail = scriptTails.get(plan);
-    if (!tail) {
-      tail = encodeArgs(plan.userFields.length, plan.itemFields.length, ...plan.userFields, ...plan.itemFields);
-      scriptTails.set(plan, tail);
-    }
+    size += head.length + tailFor(plan).length + 32;
+    for (const key of keys) size += key.length + 16;
+  }
+  const w = new RespWriter(size);
+  for (const { keys, plan } of reads) {
+    const tail = tailFor(plan);
     w.command(3 + keys.length + 2 + plan.userFields.length + plan.itemFields.length)
       .raw(head)
       .number(keys.length);
