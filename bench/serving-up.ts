@@ -7,6 +7,7 @@ import { measure, pickLoadGenerator, type LoadFigures, type LoadShape } from "./
 import { fmt, header } from "./measure.js";
 import { readdirSync, readFileSync } from "node:fs";
 import { cpuSeconds, descendants, startChild, type Child } from "./processes.js";
+import { programArgs, programsLine } from "./built-cli.js";
 import { DURATION_MS, machineLine, printFigures, printHeaderRow, WARMUP_MS } from "./serving.js";
 import {
   prepareNamespace,
@@ -92,6 +93,7 @@ export async function benchServingUp(): Promise<void> {
   const load = pickLoadGenerator();
   console.log(`load: ${load.description}; ${WARMUP_MS} ms warm-up + ${UP_DURATION_MS} ms measured per row (2 x BENCH_DURATION_MS)`);
   console.log(machineLine());
+  console.log(programsLine());
   const artifact = syntheticModel(defaultModelFeatures().length);
 
   const serveNs = await prepareNamespace(artifact);
@@ -125,7 +127,8 @@ export async function benchServingUp(): Promise<void> {
     const simNice = process.env.BENCH_SIM_NICE;
     sim = startChild("streamserve simulate", simNice ? "nice" : process.execPath, [
       ...(simNice ? ["-n", simNice, process.execPath] : []),
-      ...["--import", "tsx", "cli/main.ts", "simulate", "--rate", String(SIM_RATE), "--duration", `${Math.ceil((WARMUP_MS + UP_DURATION_MS) / 1000) + 120}s`],
+      ...programArgs("cli/main.ts"),
+      ...["simulate", "--rate", String(SIM_RATE), "--duration", `${Math.ceil((WARMUP_MS + UP_DURATION_MS) / 1000) + 120}s`],
       ...[
         "--grpc-address",
         up.address,

@@ -12,9 +12,10 @@ import { spawnSync } from "node:child_process";
 import * as ort from "onnxruntime-node";
 import { defaultModelFeatures } from "../features/definitions.js";
 import type { FloorReplies } from "./floor-server.js";
-import { measure, pickLoadGenerator, shapeLabel, type CallTarget, type LoadFigures, type LoadGenerator, type LoadShape } from "./load.js";
+import { measure, pickLoadGenerator, shapeLabel, type CallTarget, type LoadFigures, type LoadShape } from "./load.js";
 import { fmt, header, medianMs, row } from "./measure.js";
 import { nodeFlags, startChild, type Child } from "./processes.js";
+import { programArgs, programsLine } from "./built-cli.js";
 import {
   BENCH_ITEMS,
   BENCH_USER,
@@ -82,7 +83,7 @@ async function startFloor(replies: FloorReplies): Promise<{ child: Child; addres
   try {
     const file = join(dir, "replies.json");
     writeFileSync(file, JSON.stringify(replies));
-    const child = startChild("floor server", process.execPath, [...nodeFlags(), "--import", "tsx", "bench/floor-server.ts", file]);
+    const child = startChild("floor server", process.execPath, [...nodeFlags(), ...programArgs("bench/floor-server.ts"), file]);
     const [, port] = await child.waitForOutput(/listening (\d+)/, 60_000);
     return { child, address: `127.0.0.1:${port}` };
   } finally {
@@ -92,7 +93,7 @@ async function startFloor(replies: FloorReplies): Promise<{ child: Child; addres
 
 /** Whether `streamserve serve --help` lists --workers. */
 function serveHasWorkers(): boolean {
-  const r = spawnSync(process.execPath, ["--import", "tsx", "cli/main.ts", "serve", "--help"], { cwd: new URL("../", import.meta.url), encoding: "utf8" });
+  const r = spawnSync(process.execPath, [...programArgs("cli/main.ts"), "serve", "--help"], { cwd: new URL("../", import.meta.url), encoding: "utf8" });
   return /--workers\b/.test(r.stdout);
 }
 
@@ -131,6 +132,7 @@ export async function benchServing(): Promise<void> {
   const load = pickLoadGenerator();
   console.log(`load: ${load.description}; ${WARMUP_MS} ms warm-up + ${DURATION_MS} ms measured per row (BENCH_DURATION_MS, BENCH_WARMUP_MS)`);
   console.log(machineLine());
+  console.log(programsLine());
   const artifact = syntheticModel(defaultModelFeatures().length);
   const workers = serveHasWorkers();
   const ns = await prepareNamespace(artifact);

@@ -14,6 +14,7 @@ import { defaultModelFeatures } from "../features/definitions.js";
 import { trainGbdt, createRandom } from "../trainer/gbdt.js";
 import { exportOnnx } from "../trainer/onnx-export.js";
 import { atInterrupt, nodeFlags, startChild, type Child } from "./processes.js";
+import { programArgs } from "./built-cli.js";
 
 export const RECOMMEND_PATH = "/streamserve.v1.RecommendationService/Recommend";
 export const MODEL_INFER_PATH = "/inference.GRPCInferenceService/ModelInfer";
@@ -69,7 +70,8 @@ export async function prepareNamespace(artifact: Uint8Array): Promise<BenchNames
     const file = join(rt.config.dataDir, "bench-model.onnx");
     writeFileSync(file, artifact);
     const push = startChild("models push", process.execPath, [
-      ...["--import", "tsx", "cli/main.ts", "models", "push", "--name", MODEL, "--file", file, "--alias", "production"],
+      ...programArgs("cli/main.ts"),
+      ...["models", "push", "--name", MODEL, "--file", file, "--alias", "production"],
       ...["--features", features.map((f) => f.name).join(","), ...namespaceFlags(rt)],
     ]);
     const code = await push.exited;
@@ -109,7 +111,7 @@ export async function startStreamserve(ns: BenchNamespace, command: "serve" | "u
   const grpcPort = await freePort();
   const httpPort = await freePort();
   const child = startChild(`streamserve ${command}`, process.execPath, [
-    ...[...nodeFlags(), "--import", "tsx", "cli/main.ts", command, ...args],
+    ...[...nodeFlags(), ...programArgs("cli/main.ts"), command, ...args],
     ...["--grpc-port", String(grpcPort), "--http-port", String(httpPort), "--host", "127.0.0.1", ...namespaceFlags(ns.rt)],
   ]);
   const address = `127.0.0.1:${grpcPort}`;

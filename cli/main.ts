@@ -30,7 +30,7 @@ const GLOBAL_FLAGS = `Flags every command takes (environment variable in bracket
                        print a table or report) [LOG_LEVEL]
   --log-format FORMAT  pretty (one coloured line per event) or json (default: pretty when stderr is a
                        terminal, json otherwise) [LOG_FORMAT]
-  --redis-client C     the features store's Redis client: resp (hand-written, default) or ioredis [STREAMSERVE_REDIS_CLIENT]
+  --redis-client C     Redis client of the features store and of serving's feature read: resp (hand-written, default) or ioredis [STREAMSERVE_REDIS_CLIENT]
   --pull P             the features worker's JetStream pull: fast (hand-written, default) or library (nats.js
                        fetch()) [STREAMSERVE_PULL]`;
 

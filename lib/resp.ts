@@ -57,6 +57,8 @@ interface Waiter {
 
 export class RespSocketConnection implements RespConnection {
   private socket?: Socket;
+  /** The socket being dialled (not yet ready): close() ends it too, failing the sends waiting on it. */
+  private dialling?: Socket;
   private connecting?: Promise<Socket>;
   private readonly waiters: Waiter[] = [];
   private rest?: Buffer;
@@ -87,6 +89,7 @@ export class RespSocketConnection implements RespConnection {
   close(): void {
     this.closed = true;
     this.socket?.destroy();
+    this.dialling?.destroy();
     this.socket = undefined;
   }
 
@@ -124,6 +127,7 @@ export class RespSocketConnection implements RespConnection {
       const s = target.tls
         ? tlsConnect({ host: target.host, port: target.port, servername: target.host })
         : netConnect({ host: target.host, port: target.port });
+      this.dialling = s;
       const timer = setTimeout(() => {
         s.destroy();
         reject(new RespConnectionError(`Redis at ${target.host}:${target.port} did not answer within ${timeoutMs} ms`));
@@ -153,7 +157,7 @@ export class RespSocketConnection implements RespConnection {
     if (target.password !== undefined) hello.push(target.user ? ["AUTH", target.user, target.password] : ["AUTH", target.password]);
     if (target.db) hello.push(["SELECT", target.db]);
     hello.push(["CLIENT", "SETNAME", this.options.name ?? "streamserve"]);
-    const replies = await this.write(socket, hello);
+    const replies = await this.write(socket, hello).finally(() => (this.dialling = undefined));
     const failed = replies.find((r) => r instanceof RespError);
     if (failed) {
       socket.destroy();

@@ -1,9 +1,13 @@
 // Online features for one Recommend request: the user's hash and every candidate's hash, read in
-// one round trip (on a Redis Cluster, one per master holding some of the keys, all at once:
-// cluster-feature-read.ts), assembled into the row-major matrix the model version declares.
+// one round trip (on one Redis through the hand-written RESP client, feature-connection.ts, or
+// ioredis with --redis-client ioredis; on a Redis Cluster, one per master holding some of the keys,
+// all at once: cluster-feature-read.ts), assembled into the row-major matrix the model version declares.
 // Redis trouble never fails the request: the features take their defaults and the caller logs it.
+import { createHash } from "node:crypto";
 import { isCluster, type Redis } from "../lib/redis.js";
+import { encodeArgs, RespError, RespWriter, type RespArg, type RespReply } from "../lib/resp.js";
 import { readAcrossSlots } from "./cluster-feature-read.js";
+import { FeatureConnection } from "./feature-connection.js";
 import type { Names } from "../lib/config.js";
 import type { FeatureSpec } from "../lib/registry.js";
 
@@ -26,14 +30,18 @@ export interface FeatureMatrix {
   unavailable: boolean;
 }
 
+/** Where features are read: the RESP connection (one Redis) or an ioredis client (a cluster, or --redis-client ioredis). */
+export type FeatureSource = Redis | FeatureConnection;
+
 export async function lookupFeatures(
-  redis: Redis,
+  redis: FeatureSource,
   names: Names,
   specs: readonly FeatureSpec[],
   ctx: RequestContext,
   items: readonly string[],
 ): Promise<FeatureMatrix> {
-  const { userFields, itemFields } = planFor(specs);
+  const plan = planFor(specs);
+  const { userFields, itemFields } = plan;
   let userValues: RawValue[] = [];
   let itemValues: RawValue[][] = [];
   let unavailable = false;
@@ -42,16 +50,19 @@ export async function lookupFeatures(
     keys[0] = names.userFeaturesKey(ctx.userId);
     for (let i = 0; i < items.length; i++) keys[i + 1] = names.itemFeaturesKey(items[i]!);
     try {
-      const rows = isCluster(redis)
-        ? await readAcrossSlots(redis, keys, userFields, itemFields)
-        : scriptUnsupported.has(redis)
-          ? await readWithPipeline(redis, keys, userFields, itemFields)
-          : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
-              // Scripting disabled (or a cluster node named as one Redis, CROSSSLOT): use a pipeline.
-              if (!/CROSSSLOT|NOSCRIPT|NOPERM|unknown command|not allowed|disabled/i.test(err.message)) throw err;
-              scriptUnsupported.add(redis);
-              return readWithPipeline(redis, keys, userFields, itemFields);
-            });
+      const rows =
+        redis instanceof FeatureConnection
+          ? await readOnResp(redis, keys, plan)
+          : isCluster(redis)
+            ? await readAcrossSlots(redis, keys, userFields, itemFields)
+            : scriptUnsupported.has(redis)
+              ? await readWithPipeline(redis, keys, userFields, itemFields)
+              : await batchedScriptRead(redis, keys, userFields, itemFields).catch((err: Error) => {
+                  // Scripting disabled (or a cluster node named as one Redis, CROSSSLOT): use a pipeline.
+                  if (!SCRIPT_REFUSED.test(err.message)) throw err;
+                  scriptUnsupported.add(redis);
+                  return readWithPipeline(redis, keys, userFields, itemFields);
+                });
       userValues = rows[0] ?? [];
       itemValues = rows.slice(1);
     } catch {
@@ -97,7 +108,11 @@ for i = 1, #KEYS do
 end
 return cjson.encode(out)`;
 
-const scriptUnsupported = new WeakSet<Redis>();
+/** Errors meaning the script cannot run here (scripting disabled, a cluster node named as one Redis): read with a pipeline. */
+const SCRIPT_REFUSED = /CROSSSLOT|NOSCRIPT|NOPERM|unknown command|not allowed|disabled/i;
+const READ_FEATURES_SHA = createHash("sha1").update(READ_FEATURES_LUA).digest("hex");
+
+const scriptUnsupported = new WeakSet<Redis | FeatureConnection>();
 const scriptDefined = new WeakSet<Redis>();
 
 interface PendingRead {
@@ -193,6 +208,115 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
     return v as (string | null)[];
   });
   return keys.map((_, i) => ((i === 0 ? userFields : itemFields).length ? values.shift()! : []));
+}
+
+interface PendingRespRead {
+  keys: string[];
+  plan: Plan;
+  resolve: (json: string) => void;
+  reject: (err: Error) => void;
+}
+
+const pendingRespReads = new WeakMap<FeatureConnection, PendingRespRead[]>();
+const EVALSHA_HEAD = encodeArgs("EVALSHA", READ_FEATURES_SHA);
+const EVAL_HEAD = encodeArgs("EVAL", READ_FEATURES_LUA);
+/** The script's arguments after the keys (field counts and names), encoded once per plan: the same on every read. */
+const scriptTails = new WeakMap<Plan, Buffer>();
+
+/** The script read on the RESP connection, batched per turn of the event loop as on ioredis; a pipeline of HMGETs where scripts are refused. */
+async function readOnResp(conn: FeatureConnection, keys: string[], plan: Plan): Promise<RawValue[][]> {
+  if (!scriptUnsupported.has(conn)) {
+    try {
+      return parseRawReply(
+        await new Promise<string>((resolve, reject) => {
+          let batch = pendingRespReads.get(conn);
+          if (!batch) {
+            pendingRespReads.set(conn, (batch = []));
+            setImmediate(() => sendRespBatch(conn));
+          }
+          batch.push({ keys, plan, resolve, reject });
+        }),
+      );
+    } catch (err) {
+      if (!(err instanceof RespError) || !SCRIPT_REFUSED.test(err.message)) throw err;
+      scriptUnsupported.add(conn);
+    }
+  }
+  return readWithRespPipeline(conn, keys, plan.userFields, plan.itemFields);
+}
+
+function tailFor(plan: Plan): Buffer {
+  let tail = scriptTails.get(plan);
+  if (!tail) {
+    tail = encodeArgs(plan.userFields.length, plan.itemFields.length, ...plan.userFields, ...plan.itemFields);
+    scriptTails.set(plan, tail);
+  }
+  return tail;
+}
+
+/** EVALSHA (or EVAL: `head`) of each read, straight into bytes. */
+function encodeScriptReads(reads: readonly PendingRespRead[], head: Buffer): RespWriter {
+  // Sized to fit (ASCII keys), not guessed: a batch of many large reads would otherwise hold megabytes.
+  let size = 0;
+  for (const { keys, plan } of reads) {
+    size += head.length + tailFor(plan).length + 32;
+    for (const key of keys) size += key.length + 16;
+  }
+  const w = new RespWriter(size);
+  for (const { keys, plan } of reads) {
+    const tail = tailFor(plan);
+    w.command(3 + keys.length + 2 + plan.userFields.length + plan.itemFields.length)
+      .raw(head)
+      .number(keys.length);
+    for (const key of keys) w.string(key);
+    w.raw(tail);
+  }
+  return w;
+}
+
+function settle(read: PendingRespRead, reply: RespReply | undefined): void {
+  if (typeof reply === "string") read.resolve(reply);
+  else read.reject(reply instanceof RespError ? reply : new Error("the feature script returned no string"));
+}
+
+function sendRespBatch(conn: FeatureConnection): void {
+  const batch = pendingRespReads.get(conn)!;
+  pendingRespReads.delete(conn);
+  conn.send([encodeScriptReads(batch, EVALSHA_HEAD)]).then(
+    async (replies) => {
+      // NOSCRIPT: Redis does not have the script (restarted, SCRIPT FLUSH): EVAL loads it.
+      let unknown: PendingRespRead[] | undefined;
+      for (let i = 0; i < batch.length; i++) {
+        const reply = replies[i];
+        if (reply instanceof RespError && reply.message.startsWith("NOSCRIPT")) (unknown ??= []).push(batch[i]!);
+        else settle(batch[i]!, reply);
+      }
+      if (!unknown) return;
+      try {
+        const retried = await conn.send([encodeScriptReads(unknown, EVAL_HEAD)]);
+        unknown.forEach((read, i) => settle(read, retried[i]));
+      } catch (err) {
+        for (const read of unknown) read.reject(err as Error);
+      }
+    },
+    (err: Error) => batch.forEach((read) => read.reject(err)),
+  );
+}
+
+async function readWithRespPipeline(conn: FeatureConnection, keys: string[], userFields: string[], itemFields: string[]): Promise<RawValue[][]> {
+  const commands: RespArg[][] = [];
+  keys.forEach((key, i) => {
+    const fields = i === 0 ? userFields : itemFields;
+    if (fields.length) commands.push(["HMGET", key, ...fields]);
+  });
+  const replies = await conn.send(commands);
+  let next = 0;
+  return keys.map((_, i) => {
+    if (!(i === 0 ? userFields : itemFields).length) return [];
+    const reply: RespReply = replies[next++]!;
+    if (reply instanceof RespError) throw reply;
+    return reply as (string | null)[];
+  });
 }
 
 /** Pure assembly, separate from I/O so it is easy to test and reason about. */

@@ -7,14 +7,13 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Names } from "../lib/config.js";
 import type { Logger } from "../lib/logger.js";
 import { childCache, type MetricsRegistry } from "../lib/metrics.js";
-import type { Redis } from "../lib/redis.js";
 import type { FeatureSpec } from "../lib/registry.js";
 import { assignVariant } from "../lib/experiments.js";
 import { Code, EncodedReply, ServiceError, invalidArgument, type CallContext, type UnaryHandlers } from "../lib/grpc.js";
 import { RecommendationService, type RecommendRequest, type RecordOutcomeRequest } from "../gen/streamserve/v1/recommendation_pb.js";
 import { ExposureLogSchema, OutcomeLogSchema } from "../gen/streamserve/v1/logs_pb.js";
 import { allFeatureSpecs, defaultModelFeatures } from "../features/definitions.js";
-import { assemble, lookupFeatures } from "./feature-lookup.js";
+import { assemble, lookupFeatures, type FeatureSource } from "./feature-lookup.js";
 import { encodePredictionLog } from "./prediction-log.js";
 import { encodeRecommendResponse } from "./recommend-response.js";
 import type { ModelManager } from "./model-manager.js";
@@ -41,7 +40,7 @@ export interface RecommendationDeps {
   /** @default "all" */
   logFeatures?: LogFeatures;
   names: Names;
-  redis: Redis;
+  redis: FeatureSource;
   models: ModelManager;
   trending: TrendingCache;
   logs: LogSink;

@@ -17,6 +17,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1
 import { ModelManager, type ModelManagerOptions } from "./model-manager.js";
 import type { ScorerChoice } from "./onnx-model.js";
 import { TrendingCache } from "./trending.js";
+import { FeatureConnection, featureSource } from "./feature-connection.js";
 import { LogPublisher } from "./log-publisher.js";
 import { HealthService } from "./health.js";
 import { addReflection } from "./reflection.js";
@@ -108,6 +109,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
   if (!(await waitReady(runtime.servingRedis()))) log.warn("Redis is not reachable yet: serving with default features until it is");
   const trending = new TrendingCache(runtime.servingRedis(), names.trendingKey, log);
   await trending.start();
+  const features = featureSource(config.redisUrl, runtime.servingRedis(), log);
 
   const logs = new LogPublisher({
     connect: () => runtime.nats(),
@@ -178,7 +180,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
         modelName: config.modelName,
         logFeatures: options.logFeatures,
         names,
-        redis: runtime.servingRedis(),
+        redis: features,
         models,
         trending,
         logs,
@@ -261,6 +263,7 @@ export async function startServer(runtime: Runtime, options: ServerOptions = {})
       });
       shutdown.abort();
       trending.stop();
+      if (features instanceof FeatureConnection) features.close();
       await logs.close();
       await modelsRun.catch(() => undefined);
       await models.close();

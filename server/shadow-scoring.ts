@@ -9,11 +9,10 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Names } from "../lib/config.js";
 import type { Logger } from "../lib/logger.js";
 import type { MetricsRegistry } from "../lib/metrics.js";
-import type { Redis } from "../lib/redis.js";
 import type { Experiment } from "../lib/registry.js";
 import { assignmentBucket, BUCKETS } from "../lib/experiments.js";
 import { PredictionLogSchema } from "../gen/streamserve/v1/logs_pb.js";
-import { lookupFeatures, type RequestContext } from "./feature-lookup.js";
+import { lookupFeatures, type FeatureSource, type RequestContext } from "./feature-lookup.js";
 import type { ModelManager } from "./model-manager.js";
 
 /** What the shadow needs from the answered request. */
@@ -29,7 +28,7 @@ export interface ShadowRequest {
 export interface ShadowScorerDeps {
   modelName: string;
   names: Names;
-  redis: Redis;
+  redis: FeatureSource;
   models: ModelManager;
   logs: { publish(subject: string, msgId: string, payload: Uint8Array): void };
   log: Logger;
