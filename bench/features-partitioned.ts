@@ -7,9 +7,7 @@
 // CPU per event (for the capacity model in the README). Then 2 workers on a 3-master Redis
 // Cluster of the benchmark's own, next to the 2 workers on one Redis (Redis figures summed over the masters). On a 2-core machine the wall-clock rate
 // cannot grow with workers; what must hold is that adding workers costs no efficiency.
-import { spawn, type ChildProcess } from "node:child_process";
 import { availableParallelism, loadavg } from "node:os";
-import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ActivityEvent } from "../features/definitions.js";
@@ -18,12 +16,11 @@ import { createRuntime, type Runtime } from "../lib/runtime.js";
 import { deleteNamespace } from "../lib/nats.js";
 import { deleteKeysWithPrefix } from "../lib/redis.js";
 import { readdirSync, readFileSync } from "node:fs";
-import { checkApplied, cpuSeconds, makeEvents, publishAll, redisCpuSeconds } from "./features.js";
+import { checkApplied, cpuSeconds, makeEvents, publishAll, redisCpuSeconds, startWorker, type WorkerProcess } from "./features.js";
 import { fmt, header, row } from "./measure.js";
 import { Redis as SingleRedis } from "ioredis";
 import { startRedisCluster } from "../test/redis-cluster.js";
 
-const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const P = 16;
 const WORKERS = [1, 2, 4];
 const EVENTS = Number(process.env.BENCH_FEATURE_PARTITIONED_EVENTS ?? 100_000);
@@ -33,11 +30,7 @@ const EFFICIENCY_TARGET = 0.9;
 /** Leases outlive the pause while the backlog is published. */
 const LEASE_TTL = "120s";
 
-interface Child {
-  child: ChildProcess;
-  exited: Promise<unknown>;
-  httpPort: number;
-}
+type Child = WorkerProcess;
 
 interface RunResult {
   workers: number;
@@ -134,7 +127,7 @@ async function run(workers: number, partitioned: boolean, cluster?: { url: strin
   const js = nc.jetstream();
   const children: Child[] = [];
   try {
-    for (let i = 0; i < workers; i++) children.push(await startWorker(namespace, partitioned, rt.config.redisUrl));
+    for (let i = 0; i < workers; i++) children.push(await startPartitionWorker(namespace, partitioned, rt.config.redisUrl));
     if (partitioned) await waitLeasesShared(rt, workers);
     const drain = () => (partitioned ? waitDrained(rt) : waitUnpartitionedDrained(rt));
     const start = Date.now() - 4 * 60_000;
@@ -184,28 +177,8 @@ async function run(workers: number, partitioned: boolean, cluster?: { url: strin
   }
 }
 
-async function startWorker(namespace: string, partitioned: boolean, redisUrl: string): Promise<Child> {
-  const child = spawn(
-    process.execPath,
-    [
-      ...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean),
-      ...["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0"],
-      ...(partitioned ? ["--partitions", String(P), "--lease-ttl", LEASE_TTL] : []),
-      ...["--progress", "0", "--log-level", "info"],
-    ],
-    { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, REDIS_URL: redisUrl } },
-  );
-  const exited = new Promise((r) => child.on("exit", r));
-  let log = "";
-  await new Promise<void>((resolve, reject) => {
-    child.stderr!.setEncoding("utf8").on("data", (s: string) => {
-      log += s;
-      if (log.includes("features worker consuming") && log.includes("HTTP listening")) resolve();
-    });
-    child.on("exit", (code) => reject(new Error(`features worker exited with ${code}:\n${log.slice(-2000)}`)));
-  });
-  const httpPort = Number(/"port":(\d+),"msg":"HTTP listening/.exec(log)?.[1] ?? 0);
-  return { child, exited, httpPort };
+function startPartitionWorker(namespace: string, partitioned: boolean, redisUrl: string): Promise<Child> {
+  return startWorker(namespace, partitioned ? ["--partitions", String(P), "--lease-ttl", LEASE_TTL] : [], { REDIS_URL: redisUrl });
 }
 
 /** Until every partition is leased and the workers hold fair shares (at most one apart). */

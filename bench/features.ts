@@ -84,7 +84,7 @@ async function benchOneWorker(): Promise<void> {
     const idlePings = pingLatencies(rt);
     await sleep(3000);
     const idlePing = await idlePings.stop();
-    const w = await startWorker(namespace);
+    const w = await startWorker(namespace, ["--batch-size", String(BATCH)]);
     worker = w.child;
     await waitAcked(jsm, rt, WARMUP, 600_000);
     const cpu0 = cpuSeconds(w.child.pid!);
@@ -120,7 +120,7 @@ async function benchOneWorker(): Promise<void> {
     worker = undefined;
 
     // Floors 2 and 3, alone on the machine now.
-    let r0 = await redisCpuSeconds(rt);
+    const r0 = await redisCpuSeconds(rt);
     const rawRedisRate = await rawRedisPipeline(rt, events);
     const rawRedisCpu = (await redisCpuSeconds(rt)) - r0;
     const { rate: storeRate, redisCpu: storeRedisCpu } = await storeOnly(rt, warmup, events);
@@ -279,28 +279,23 @@ async function rawPull(rt: Runtime, nc: Awaited<ReturnType<Runtime["nats"]>>, js
   return total / seconds;
 }
 
-async function startWorker(namespace: string): Promise<{ child: ChildProcess; exited: Promise<unknown>; httpPort: number }> {
+export interface WorkerProcess {
+  child: ChildProcess;
+  exited: Promise<unknown>;
+  httpPort: number;
+}
+
+/** Starts `streamserve features` in a namespace with extra flags (and environment), once it consumes and listens. */
+export async function startWorker(namespace: string, flags: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<WorkerProcess> {
   const child = spawn(
     process.execPath,
-    // The young-generation size the streamserve command runs with (see cli/main.ts).
     [
+      // The young-generation size the streamserve command runs with (see cli/main.ts).
       ...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean),
-      "--import",
-      "tsx",
-      "cli/main.ts",
-      "features",
-      "--namespace",
-      namespace,
-      "--http-port",
-      "0",
-      "--batch-size",
-      String(BATCH),
-      "--progress",
-      "0",
-      "--log-level",
-      "info",
+      ...["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0", ...flags],
+      ...["--progress", "0", "--log-level", "info"],
     ],
-    { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
+    { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } },
   );
   const exited = new Promise((r) => child.on("exit", r));
   let log = "";

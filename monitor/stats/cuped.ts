@@ -55,7 +55,25 @@ export function cuped(arms: readonly CupedSums[]): CupedResult {
   if (arms.length < 2 || arms.some((a) => !(a.n >= 2))) {
     return { theta: NaN, arms: raw.map((r) => ({ ...r, mean: NaN, variance: NaN })), raw, varianceReduction: NaN };
   }
-  // Pooled within-arm covariance and variance (degrees of freedom as weights).
+  return adjustArms(moments, raw);
+}
+
+/** One arm's moments: y the metric (or its linearization), x the covariate, per-user (co)variances. */
+export interface ArmMoments {
+  n: number;
+  my: number;
+  mx: number;
+  vy: number;
+  vx: number;
+  cxy: number;
+}
+
+/**
+ * The CUPED step shared by means and ratios: θ from the pooled within-arm covariance and variance
+ * (degrees of freedom as weights), each arm's mean moved by θ times its covariate's distance from
+ * the overall covariate mean, and the variance reduction of the last arm against the first.
+ */
+export function adjustArms(moments: readonly ArmMoments[], raw: MeanArm[]): CupedResult {
   let cov = 0;
   let varX = 0;
   let n = 0;
@@ -73,9 +91,8 @@ export function cuped(arms: readonly CupedSums[]): CupedResult {
     mean: m.my - theta * (m.mx - meanX),
     variance: Math.max(0, m.vy - 2 * theta * m.cxy + theta * theta * m.vx),
   }));
-  const first = 0;
-  const last = arms.length - 1;
-  const varOf = (a: MeanArm[]) => a[first]!.variance / a[first]!.n + a[last]!.variance / a[last]!.n;
+  const last = moments.length - 1;
+  const varOf = (a: MeanArm[]) => a[0]!.variance / a[0]!.n + a[last]!.variance / a[last]!.n;
   const rawVar = varOf(raw);
   return { theta, arms: adjusted, raw, varianceReduction: rawVar > 0 ? 1 - varOf(adjusted) / rawVar : 0 };
 }

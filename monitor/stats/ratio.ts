@@ -3,6 +3,7 @@
 // L = (c − R·s)/s̄ (monitor/README.md, "CTR, clustered by user").
 // Invariant: everything comes from per-arm sums, so ClickHouse aggregates and no row is read here.
 import type { MeanArm } from "./sequential.js";
+import { adjustArms, type CupedResult } from "./cuped.js";
 
 /** Per-arm sums over users of the numerator c, the denominator s, a covariate x, and their products. */
 export interface RatioSums {
@@ -85,14 +86,8 @@ export function ratioArm(a: RatioSums): MeanArm {
   return { n: a.n, mean: m.ratio, variance: m.varL };
 }
 
-export interface RatioCupedResult {
-  theta: number;
-  /** Adjusted arms, in input order (mean R', per-user variance of the adjusted L). */
-  arms: MeanArm[];
-  raw: MeanArm[];
-  /** 1 − Var(adjusted difference) / Var(raw difference), last arm against the first. */
-  varianceReduction: number;
-}
+/** As CupedResult, the adjusted arms being the ratio R' and the per-user variance of the adjusted linearization L. */
+export type RatioCupedResult = CupedResult;
 
 /** CUPED on a ratio metric over arms given by their sums; arms with fewer than 2 users make every figure NaN. */
 export function ratioCuped(arms: readonly RatioSums[]): RatioCupedResult {
@@ -100,26 +95,8 @@ export function ratioCuped(arms: readonly RatioSums[]): RatioCupedResult {
   if (arms.length < 2 || arms.some((a) => !(a.n >= 2) || !(a.sumS > 0))) {
     return { theta: NaN, arms: raw.map((r) => ({ ...r, mean: NaN, variance: NaN })), raw, varianceReduction: NaN };
   }
-  const m = arms.map(moments);
-  let cov = 0;
-  let varX = 0;
-  let n = 0;
-  let sumX = 0;
-  for (const a of m) {
-    cov += (a.n - 1) * a.covLX;
-    varX += (a.n - 1) * a.varX;
-    n += a.n;
-    sumX += a.n * a.meanX;
-  }
-  const theta = varX > 0 ? cov / varX : 0;
-  const meanX = sumX / n;
-  const adjusted = m.map((a) => ({
-    n: a.n,
-    mean: a.ratio - theta * (a.meanX - meanX),
-    variance: Math.max(0, a.varL - 2 * theta * a.covLX + theta * theta * a.varX),
-  }));
-  const last = arms.length - 1;
-  const varOf = (x: MeanArm[]) => x[0]!.variance / x[0]!.n + x[last]!.variance / x[last]!.n;
-  const rawVar = varOf(raw);
-  return { theta, arms: adjusted, raw, varianceReduction: rawVar > 0 ? 1 - varOf(adjusted) / rawVar : 0 };
+  return adjustArms(
+    arms.map(moments).map((m) => ({ n: m.n, my: m.ratio, mx: m.meanX, vy: m.varL, vx: m.varX, cxy: m.covLX })),
+    raw,
+  );
 }
