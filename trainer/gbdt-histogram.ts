@@ -10,8 +10,10 @@ export const MISSING_BIN = 255;
 /** Categorical codes at or above this share one "other" bin, never a split candidate (so it always goes right, as in ONNX). */
 export const MAX_CATEGORY_CODE = 253;
 export const OTHER_BIN = 254;
-/** Per feature: 256 bins × (gradient, hessian, count). */
-export const HIST_STRIDE = 256 * 3;
+/** Per bin: gradient, hessian, count and a pad, so that one bin never straddles a cache line. */
+export const BIN_FIELDS = 4;
+/** Per feature: 256 bins × BIN_FIELDS. */
+export const HIST_STRIDE = 256 * BIN_FIELDS;
 
 /** Fields of one node in `plan`. */
 export const PLAN_START = 0;
@@ -166,7 +168,7 @@ function rootPass(a: Arena, t: number): void {
     const h = gh[2 * r + 1];
     let o = r * F;
     for (let k = base, end = base + F * HIST_STRIDE; k < end; k += HIST_STRIDE, o++) {
-      const j = k + bins[o] * 3;
+      const j = k + bins[o] * BIN_FIELDS;
       partial[j] += g;
       partial[j + 1] += h;
     }
@@ -177,7 +179,7 @@ function rootPass(a: Arena, t: number): void {
 export function rootCounts(a: Arena): Float64Array {
   const { bins, F, n } = a;
   const counts = new Float64Array(F * HIST_STRIDE);
-  for (let r = 0, o = 0; r < n; r++) for (let k = 0; k < counts.length; k += HIST_STRIDE, o++) counts[k + bins[o] * 3 + 2] += 1;
+  for (let r = 0, o = 0; r < n; r++) for (let k = 0; k < counts.length; k += HIST_STRIDE, o++) counts[k + bins[o] * BIN_FIELDS + 2] += 1;
   return counts;
 }
 
@@ -193,8 +195,8 @@ function addRows(hist: Float64Array, base: number, bins: Uint8Array, F: number, 
     let o = r * F;
     let k = base;
     for (let q = 0; q < pairs; q++, k += 2 * HIST_STRIDE, o += 2) {
-      const j0 = k + bins[o] * 3;
-      const j1 = k + HIST_STRIDE + bins[o + 1] * 3;
+      const j0 = k + bins[o] * BIN_FIELDS;
+      const j1 = k + HIST_STRIDE + bins[o + 1] * BIN_FIELDS;
       hist[j0] += g;
       hist[j0 + 1] += h;
       hist[j0 + 2] += 1;
@@ -203,7 +205,7 @@ function addRows(hist: Float64Array, base: number, bins: Uint8Array, F: number, 
       hist[j1 + 2] += 1;
     }
     if (odd === 1) {
-      const j = k + bins[o] * 3;
+      const j = k + bins[o] * BIN_FIELDS;
       hist[j] += g;
       hist[j + 1] += h;
       hist[j + 2] += 1;
