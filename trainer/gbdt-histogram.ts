@@ -149,30 +149,40 @@ function rootPass(a: Arena, t: number): void {
   const from = chunkStart(0, a.n, t, a.threads);
   const to = chunkStart(0, a.n, t + 1, a.threads);
   const wantLoss = a.planValue[0] === 1;
+  const base = partialOffset(a, t, 0);
+  partial.fill(0, base, base + F * HIST_STRIDE);
+  const pairs = F >> 1;
+  const odd = F & 1;
   // p = 1 / (1 + e^-s); log-loss = log(1 + e^-s) + (1 - y)·s, with s clamped so e^-s stays finite.
+  // One pass: a row's gradient goes into the histogram while it is still in a register.
   let loss = 0;
   for (let r = from; r < to; r++) {
     const sc = Math.min(Math.max(score[r], -35), 35);
     const e = Math.exp(-sc);
     const p = 1 / (1 + e);
-    gh[2 * r] = p - y[r];
-    gh[2 * r + 1] = p * (1 - p);
+    const g = p - y[r];
+    const h = p * (1 - p);
+    gh[2 * r] = g;
+    gh[2 * r + 1] = h;
     if (wantLoss) loss += Math.log1p(e) + (1 - y[r]) * sc;
     idx[r] = r;
-  }
-  a.loss[t] = loss;
-  const base = partialOffset(a, t, 0);
-  partial.fill(0, base, base + F * HIST_STRIDE);
-  for (let r = from; r < to; r++) {
-    const g = gh[2 * r];
-    const h = gh[2 * r + 1];
     let o = r * F;
-    for (let k = base, end = base + F * HIST_STRIDE; k < end; k += HIST_STRIDE, o++) {
+    let k = base;
+    for (let q = 0; q < pairs; q++, k += 2 * HIST_STRIDE, o += 2) {
+      const j0 = k + bins[o] * BIN_FIELDS;
+      const j1 = k + HIST_STRIDE + bins[o + 1] * BIN_FIELDS;
+      partial[j0] += g;
+      partial[j0 + 1] += h;
+      partial[j1] += g;
+      partial[j1 + 1] += h;
+    }
+    if (odd === 1) {
       const j = k + bins[o] * BIN_FIELDS;
       partial[j] += g;
       partial[j + 1] += h;
     }
   }
+  a.loss[t] = loss;
 }
 
 /** The row count per (feature, bin) over all rows, at the count positions of a histogram. */
