@@ -237,16 +237,18 @@ function partitionNode(a: Arena, k: number, t: number): void {
   const build = plan[p + PLAN_BUILD];
   // goLeft(bin) as a table over the 256 bins keeps the loop free of branches.
   const side = sideTable(a, k);
-  let nl = 0;
-  let nr = 0;
+  let l = from;
+  let rt = from;
   for (let i = from; i < to; i++) {
     const r = idx[i];
     const left = side[colBins[col + r]];
-    toLeft[from + nl] = r;
-    toRight[from + nr] = r;
-    nl += left;
-    nr += 1 - left;
+    toLeft[l] = r;
+    toRight[rt] = r;
+    l += left;
+    rt += 1 - left;
   }
+  const nl = l - from;
+  const nr = rt - from;
   a.nLeft[t * a.slots + k] = nl;
   if (build === 0) return;
   const base = partialOffset(a, t, k);
