@@ -4,6 +4,7 @@
 // segment of the arena's row ids.
 
 import {
+  BIN_FIELDS,
   HIST_STRIDE,
   PLAN_BIN,
   PLAN_BUILD,
@@ -81,7 +82,7 @@ export function startTree(ctx: GrowContext, wantLoss: boolean): { loss: number; 
   const rootHist = takeHist(ctx);
   mergePartials(a, 0, rootHist);
   const counts = ctx.rootCounts;
-  for (let j = 2; j < counts.length; j += 3) rootHist[j] = counts[j];
+  for (let j = 2; j < counts.length; j += BIN_FIELDS) rootHist[j] = counts[j];
   return { loss: loss / a.n, rootHist };
 }
 
@@ -109,7 +110,7 @@ export function growTree(ctx: GrowContext, rootHist: Float64Array): GbdtTree {
   tree.count[0] = a.n;
   let g0 = 0;
   let h0 = 0;
-  for (let b = 0; b < 256; b++) (g0 += rootHist[b * 3]), (h0 += rootHist[b * 3 + 1]);
+  for (let b = 0; b < 256; b++) (g0 += rootHist[b * BIN_FIELDS]), (h0 += rootHist[b * BIN_FIELDS + 1]);
   let level: NodeWork[] = [{ id: 0, g: g0, h: h0, c: a.n, start: 0, end: a.n, hist: rootHist }];
 
   for (let depth = 0; depth < maxDepth && level.length > 0; depth++) {

@@ -10,8 +10,10 @@ export const MISSING_BIN = 255;
 /** Categorical codes at or above this share one "other" bin, never a split candidate (so it always goes right, as in ONNX). */
 export const MAX_CATEGORY_CODE = 253;
 export const OTHER_BIN = 254;
-/** Per feature: 256 bins × (gradient, hessian, count). */
-export const HIST_STRIDE = 256 * 3;
+/** Per bin: gradient, hessian, count and a pad, so that one bin never straddles a cache line. */
+export const BIN_FIELDS = 4;
+/** Per feature: 256 bins × BIN_FIELDS. */
+export const HIST_STRIDE = 256 * BIN_FIELDS;
 
 /** Fields of one node in `plan`. */
 export const PLAN_START = 0;
@@ -147,49 +149,73 @@ function rootPass(a: Arena, t: number): void {
   const from = chunkStart(0, a.n, t, a.threads);
   const to = chunkStart(0, a.n, t + 1, a.threads);
   const wantLoss = a.planValue[0] === 1;
+  const base = partialOffset(a, t, 0);
+  partial.fill(0, base, base + F * HIST_STRIDE);
+  const pairs = F >> 1;
+  const odd = F & 1;
   // p = 1 / (1 + e^-s); log-loss = log(1 + e^-s) + (1 - y)·s, with s clamped so e^-s stays finite.
+  // One pass: a row's gradient goes into the histogram while it is still in a register.
   let loss = 0;
   for (let r = from; r < to; r++) {
     const sc = Math.min(Math.max(score[r], -35), 35);
     const e = Math.exp(-sc);
     const p = 1 / (1 + e);
-    gh[2 * r] = p - y[r];
-    gh[2 * r + 1] = p * (1 - p);
+    const g = p - y[r];
+    const h = p * (1 - p);
+    gh[2 * r] = g;
+    gh[2 * r + 1] = h;
     if (wantLoss) loss += Math.log1p(e) + (1 - y[r]) * sc;
     idx[r] = r;
-  }
-  a.loss[t] = loss;
-  const base = partialOffset(a, t, 0);
-  partial.fill(0, base, base + F * HIST_STRIDE);
-  for (let r = from; r < to; r++) {
-    const g = gh[2 * r];
-    const h = gh[2 * r + 1];
     let o = r * F;
-    for (let k = base, end = base + F * HIST_STRIDE; k < end; k += HIST_STRIDE, o++) {
-      const j = k + bins[o] * 3;
+    let k = base;
+    for (let q = 0; q < pairs; q++, k += 2 * HIST_STRIDE, o += 2) {
+      const j0 = k + bins[o] * BIN_FIELDS;
+      const j1 = k + HIST_STRIDE + bins[o + 1] * BIN_FIELDS;
+      partial[j0] += g;
+      partial[j0 + 1] += h;
+      partial[j1] += g;
+      partial[j1 + 1] += h;
+    }
+    if (odd === 1) {
+      const j = k + bins[o] * BIN_FIELDS;
       partial[j] += g;
       partial[j + 1] += h;
     }
   }
+  a.loss[t] = loss;
 }
 
 /** The row count per (feature, bin) over all rows, at the count positions of a histogram. */
 export function rootCounts(a: Arena): Float64Array {
   const { bins, F, n } = a;
   const counts = new Float64Array(F * HIST_STRIDE);
-  for (let r = 0, o = 0; r < n; r++) for (let k = 0; k < counts.length; k += HIST_STRIDE, o++) counts[k + bins[o] * 3 + 2] += 1;
+  for (let r = 0, o = 0; r < n; r++) for (let k = 0; k < counts.length; k += HIST_STRIDE, o++) counts[k + bins[o] * BIN_FIELDS + 2] += 1;
   return counts;
 }
 
 /** Adds rows rows[from..to) to the histogram at `base`. */
 function addRows(hist: Float64Array, base: number, bins: Uint8Array, F: number, gh: Float64Array, rows: Int32Array, from: number, to: number): void {
+  // Two features a step: their adds are independent, so they overlap in the pipeline.
+  const pairs = F >> 1;
+  const odd = F & 1;
   for (let i = from; i < to; i++) {
     const r = rows[i];
     const g = gh[2 * r];
     const h = gh[2 * r + 1];
     let o = r * F;
-    for (let k = base, end = base + F * HIST_STRIDE; k < end; k += HIST_STRIDE, o++) {
-      const j = k + bins[o] * 3;
+    let k = base;
+    for (let q = 0; q < pairs; q++, k += 2 * HIST_STRIDE, o += 2) {
+      const j0 = k + bins[o] * BIN_FIELDS;
+      const j1 = k + HIST_STRIDE + bins[o + 1] * BIN_FIELDS;
+      hist[j0] += g;
+      hist[j0 + 1] += h;
+      hist[j0 + 2] += 1;
+      hist[j1] += g;
+      hist[j1 + 1] += h;
+      hist[j1 + 2] += 1;
+    }
+    if (odd === 1) {
+      const j = k + bins[o] * BIN_FIELDS;
       hist[j] += g;
       hist[j + 1] += h;
       hist[j + 2] += 1;
@@ -211,16 +237,18 @@ function partitionNode(a: Arena, k: number, t: number): void {
   const build = plan[p + PLAN_BUILD];
   // goLeft(bin) as a table over the 256 bins keeps the loop free of branches.
   const side = sideTable(a, k);
-  let nl = 0;
-  let nr = 0;
+  let l = from;
+  let rt = from;
   for (let i = from; i < to; i++) {
     const r = idx[i];
     const left = side[colBins[col + r]];
-    toLeft[from + nl] = r;
-    toRight[from + nr] = r;
-    nl += left;
-    nr += 1 - left;
+    toLeft[l] = r;
+    toRight[rt] = r;
+    l += left;
+    rt += 1 - left;
   }
+  const nl = l - from;
+  const nr = rt - from;
   a.nLeft[t * a.slots + k] = nl;
   if (build === 0) return;
   const base = partialOffset(a, t, k);

@@ -3,7 +3,7 @@
 // before "missing left") and only a strictly larger gain replaces the best, so ties resolve the
 // same way on every run.
 
-import { HIST_STRIDE, MISSING_BIN } from "./gbdt-histogram.js";
+import { BIN_FIELDS, HIST_STRIDE, MISSING_BIN } from "./gbdt-histogram.js";
 
 export interface Split {
   gain: number;
@@ -51,14 +51,14 @@ export function findSplit(hist: Float64Array, node: NodeSums, rules: SplitRules)
   };
   for (let f = 0; f < numBins.length; f++) {
     const base = f * HIST_STRIDE;
-    const mk = base + MISSING_BIN * 3;
+    const mk = base + MISSING_BIN * BIN_FIELDS;
     const gm = hist[mk];
     const hm = hist[mk + 1];
     const cm = hist[mk + 2];
     const nb = numBins[f];
     if (categorical[f]) {
       for (let b = 0; b < nb; b++) {
-        const k = base + b * 3;
+        const k = base + b * BIN_FIELDS;
         const cb = hist[k + 2];
         if (cb === 0) continue;
         const gb = hist[k];
@@ -78,7 +78,7 @@ export function findSplit(hist: Float64Array, node: NodeSums, rules: SplitRules)
     // "has a value" from "missing".
     const lastCandidate = cm > 0 ? nb - 1 : nb - 2;
     for (let b = 0; b <= lastCandidate; b++) {
-      const k = base + b * 3;
+      const k = base + b * BIN_FIELDS;
       gc += hist[k];
       hc += hist[k + 1];
       cc += hist[k + 2];
