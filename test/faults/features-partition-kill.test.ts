@@ -5,8 +5,6 @@
 // nothing applied twice. Once on one Redis, once on a Redis Cluster of the test's own (3 masters).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   assertClosedWindows,
@@ -20,40 +18,26 @@ import {
   uniqueNamespace,
   waitFor,
   waitPartitionsDrained,
+  spawnFeaturesProcess,
+  type FeaturesProcess,
   type TestEvent,
 } from "../features/helpers.js";
 import { partitionLabel } from "../../features/partitions.js";
 import { startRedisCluster, type OwnCluster } from "../redis-cluster.js";
 
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const T0 = Date.UTC(2024, 2, 10, 12, 0, 0);
 const MIN = 60_000;
 const P = 8;
 const LEASE_TTL_MS = 3000;
 
-interface Worker {
-  child: ChildProcess;
-  stderr: string[];
-  exited: Promise<number | null>;
-}
+type Worker = FeaturesProcess;
 
 function startWorker(namespace: string, redisUrl: string): Worker {
-  const child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "cli/main.ts",
-      "features",
-      ...["--namespace", namespace, "--http-port", "0", "--partitions", String(P), "--lease-ttl", `${LEASE_TTL_MS}ms`],
-      ...["--batch-size", "200", "--ack-wait", "3s", "--close-interval", "100ms", "--progress", "0", "--log-level", "info"],
-    ],
-    { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, REDIS_URL: redisUrl } },
+  return spawnFeaturesProcess(
+    namespace,
+    ["--partitions", String(P), "--lease-ttl", `${LEASE_TTL_MS}ms`, "--batch-size", "200", "--ack-wait", "3s", "--close-interval", "100ms"],
+    { REDIS_URL: redisUrl },
   );
-  const stderr: string[] = [];
-  child.stderr!.setEncoding("utf8").on("data", (s: string) => stderr.push(s));
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return { child, stderr, exited };
 }
 
 for (const cluster of [false, true]) {

@@ -2,8 +2,6 @@
 // restart: Redis and the closed windows on LOGS must equal the aggregates computed from the events.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   assertClosedWindows,
@@ -18,49 +16,19 @@ import {
   waitFor,
   type TestEvent,
   closingEvent,
+  spawnFeaturesProcess,
+  type FeaturesProcess,
 } from "./helpers.js";
 import { storeKeys } from "../../features/window-store.js";
 
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const T0 = Date.UTC(2024, 2, 10, 12, 0, 0);
 const MIN = 60_000;
 const ACK_WAIT_MS = 1000;
 
-interface Worker {
-  child: ChildProcess;
-  stderr: string[];
-  exited: Promise<number | null>;
-}
+type Worker = FeaturesProcess;
 
 function startWorker(namespace: string, env: NodeJS.ProcessEnv = {}): Worker {
-  const child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "cli/main.ts",
-      "features",
-      "--namespace",
-      namespace,
-      "--http-port",
-      "0",
-      "--batch-size",
-      "200",
-      "--ack-wait",
-      `${ACK_WAIT_MS}ms`,
-      "--close-interval",
-      "100ms",
-      "--progress",
-      "0",
-      "--log-level",
-      "info",
-    ],
-    { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } },
-  );
-  const stderr: string[] = [];
-  child.stderr!.setEncoding("utf8").on("data", (s: string) => stderr.push(s));
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return { child, stderr, exited };
+  return spawnFeaturesProcess(namespace, ["--batch-size", "200", "--ack-wait", `${ACK_WAIT_MS}ms`, "--close-interval", "100ms"], env);
 }
 
 let env: Awaited<ReturnType<typeof testRuntime>>;

@@ -6,6 +6,8 @@ import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { headers as natsHeaders, type JetStreamClient, type NatsConnection } from "nats";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { createRuntime, type Runtime } from "../../lib/runtime.js";
 import { deleteNamespace } from "../../lib/nats.js";
 import { deleteKeysWithPrefix, isCluster } from "../../lib/redis.js";
@@ -374,4 +376,26 @@ export async function waitPartitionsDrained(nc: NatsConnection, names: Names, pa
     },
     timeoutMs,
   );
+}
+
+/** A `streamserve features` process of a test's own, started from source, its stderr kept for the asserts. */
+export interface FeaturesProcess {
+  child: ChildProcess;
+  stderr: string[];
+  exited: Promise<number | null>;
+}
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+/** Starts `streamserve features --namespace NS --http-port 0 …flags --progress 0 --log-level info` (env over the test's). */
+export function spawnFeaturesProcess(namespace: string, flags: string[], env: NodeJS.ProcessEnv = {}): FeaturesProcess {
+  const child = spawn(
+    process.execPath,
+    [...["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0"], ...flags, ...["--progress", "0", "--log-level", "info"]],
+    { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } },
+  );
+  const stderr: string[] = [];
+  child.stderr!.setEncoding("utf8").on("data", (s: string) => stderr.push(s));
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return { child, stderr, exited };
 }
