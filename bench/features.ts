@@ -22,6 +22,7 @@ import { createPullConsumer, type PullConsumer, type PulledMessage } from "../li
 import { connectResp } from "../lib/resp-client.js";
 import type { RespCommand } from "../lib/resp.js";
 import { fmt, header, row } from "./measure.js";
+import { programArgs, programsLine } from "./built-cli.js";
 import { benchPartitioned } from "./features-partitioned.js";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -52,6 +53,7 @@ export async function benchFeatures(): Promise<void> {
 
 async function benchOneWorker(): Promise<void> {
   header("features: events → one features worker → Redis, vs raw JetStream and raw Redis floors");
+  console.log(programsLine());
   const namespace = `bench_features_${process.pid}`;
   const rt = createRuntime({ namespace, logLevel: "silent" });
   const nc = await rt.nats();
@@ -292,7 +294,8 @@ export async function startWorker(namespace: string, flags: string[] = [], env: 
     [
       // The young-generation size the streamserve command runs with (see cli/main.ts).
       ...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean),
-      ...["--import", "tsx", "cli/main.ts", "features", "--namespace", namespace, "--http-port", "0", ...flags],
+      ...programArgs("cli/main.ts"),
+      ...["features", "--namespace", namespace, "--http-port", "0", ...flags],
       ...["--progress", "0", "--log-level", "info"],
     ],
     { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } },
