@@ -6,7 +6,7 @@
 // HTTP server forwards the dashboard routes to.
 import { createRuntime } from "../lib/runtime.js";
 import { createLogger } from "../lib/logger.js";
-import { sendText } from "../lib/http.js";
+import { childOnlyGuard, sendText } from "../lib/http.js";
 import { lowerOwnPriority, serveSupervisor } from "../lib/supervisor.js";
 import type { Config } from "../lib/config.js";
 import type { Part } from "../lib/runtime.js";
@@ -52,8 +52,10 @@ export const ANALYTICS_POLICY = "idle";
 const log = createLogger(process.env.LOG_LEVEL).child({ process: "analytics" });
 
 serveSupervisor<AnalyticsStart, AnalyticsInfo>(
-  async ({ config, options }) => {
+  async ({ config, options }, parent) => {
     const runtime = createRuntime({ ...config, httpPort: 0, host: "127.0.0.1" }, log);
+    // The dashboard's data is read through up's port (and its token), not around it.
+    runtime.http.setGuard(childOnlyGuard(parent.secret));
     const parts: Part[] = [];
     try {
       // Open (and migrate) ClickHouse first: ready means the dashboard can answer.

@@ -1,6 +1,7 @@
 // The HTTP side of a process: /healthz, /metrics and whatever the parts running in it mount
 // (the monitor's dashboard and JSON API). One server per process, shared by the parts of `up`;
 // `proxyTo` forwards routes to another process's server (`up`'s analytics process).
+import { timingSafeEqual } from "node:crypto";
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Logger } from "./logger.js";
 
@@ -115,6 +116,8 @@ export interface ProxyOptions {
   unavailable: () => string;
   /** Longest wait for the whole answer. @default 60_000 */
   timeoutMs?: number;
+  /** Headers added to every forwarded request (the child's secret). */
+  headers?: () => Record<string, string>;
 }
 
 /**
@@ -137,7 +140,7 @@ export function proxyTo(options: ProxyOptions): HttpHandler {
           port,
           method: req.method,
           path: url.pathname + url.search,
-          headers: { ...req.headers, connection: "close" },
+          headers: { ...req.headers, ...options.headers?.(), connection: "close" },
           timeout: options.timeoutMs ?? 60_000,
         },
         (answer) => {
@@ -156,4 +159,21 @@ export function proxyTo(options: ProxyOptions): HttpHandler {
       res.once("close", () => upstream.destroy());
       req.pipe(upstream);
     });
+}
+
+/** The header a supervised child's private HTTP port requires (its parent's secret, lib/supervisor.ts). */
+export const CHILD_SECRET_HEADER = "x-streamserve-child";
+
+/**
+ * A guard for a child's private loopback port: only requests carrying the secret its parent sent
+ * pass, so another local user cannot read the dashboard's data around `up`'s own token.
+ */
+export function childOnlyGuard(secret: string): HttpGuard {
+  const expected = Buffer.from(secret);
+  return (req, res) => {
+    const given = Buffer.from(String(req.headers[CHILD_SECRET_HEADER] ?? ""));
+    if (given.length === expected.length && timingSafeEqual(given, expected)) return true;
+    sendText(res, 401, `this is a private port of streamserve up: use up's own HTTP port\n`);
+    return false;
+  };
 }

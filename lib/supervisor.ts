@@ -8,12 +8,13 @@
 //   child   serveSupervisor(): lowers its own CPU priority, starts its part, answers calls, and
 //           stops when told or when the parent goes away: no child outlives `up`.
 import { execFileSync, fork, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { readdirSync } from "node:fs";
 import { getPriority, setPriority } from "node:os";
 import type { Logger } from "./logger.js";
 import { withDefaults } from "./options.js";
 
-type ToChild = { type: "start"; payload: unknown } | { type: "call"; id: number; method: string; args: unknown[] } | { type: "stop" };
+type ToChild = { type: "start"; payload: unknown; secret: string } | { type: "call"; id: number; method: string; args: unknown[] } | { type: "stop" };
 type FromChild =
   | { type: "ready"; info: unknown }
   | { type: "result"; id: number; ok: true; value: unknown }
@@ -67,6 +68,8 @@ export interface SupervisedChild<Info> {
   readonly restarts: number;
   /** Settles when the first child is ready (true) or has died trying (false; restarts follow). */
   readonly firstStart: Promise<boolean>;
+  /** Sent to the child with its start message: what its private HTTP port may require (lib/http.ts childOnlyGuard). */
+  readonly secret: string;
   /** Calls a method of the child, waiting (up to readyTimeoutMs) for one that is ready. */
   call<T>(method: string, ...args: unknown[]): Promise<T>;
   /** Stops the child (and any restart) and resolves once it has exited. */
@@ -90,6 +93,7 @@ export function superviseChild<Start, Info>(options: SuperviseOptions<Start>): S
   let settleFirst: (ok: boolean) => void = () => undefined;
   const firstStart = new Promise<boolean>((resolve) => (settleFirst = resolve));
   let exited: (() => void) | undefined;
+  const secret = randomBytes(24).toString("base64url");
 
   const setState = (next: ChildState<Info>) => {
     state = next;
@@ -119,7 +123,7 @@ export function superviseChild<Start, Info>(options: SuperviseOptions<Start>): S
     child.on("error", (err) => log.error({ err, pid: child.pid }, `${o.name} process error`));
     child.once("exit", (code, signal) => onExit(child, code, signal));
     setState({ kind: "starting", child, since: Date.now(), readyTimer });
-    child.send({ type: "start", payload: o.start() } satisfies ToChild);
+    child.send({ type: "start", payload: o.start(), secret } satisfies ToChild);
   };
 
   const onMessage = (child: ChildProcess, m: FromChild) => {
@@ -186,6 +190,7 @@ export function superviseChild<Start, Info>(options: SuperviseOptions<Start>): S
       return restarts;
     },
     firstStart,
+    secret,
     async call<T>(method: string, ...args: unknown[]): Promise<T> {
       const child = await whenReady();
       const id = ++nextCallId;
@@ -246,7 +251,7 @@ export interface ServeOptions {
  * message, starts its part with it and serves calls until stopped. SIGINT and SIGTERM are left to
  * the parent; a stop message or the parent going away stop the part and end the process.
  */
-export function serveSupervisor<Start, Info>(start: (payload: Start) => Promise<ChildPart<Info>>, options: ServeOptions): void {
+export function serveSupervisor<Start, Info>(start: (payload: Start, parent: { secret: string }) => Promise<ChildPart<Info>>, options: ServeOptions): void {
   const { log } = options;
   if (!process.send) {
     console.error("this module is started by `streamserve up`, not on its own");
@@ -279,7 +284,7 @@ export function serveSupervisor<Start, Info>(start: (payload: Start) => Promise<
   process.once("disconnect", () => void stopAndExit("the parent process went away"));
   process.on("message", (m: ToChild) => {
     if (m.type === "start" && !part && !stopping) {
-      part = start(m.payload as Start);
+      part = start(m.payload as Start, { secret: m.secret });
       part.then(
         (p) => send({ type: "ready", info: p.info }),
         (err: Error) => {

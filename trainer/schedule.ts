@@ -91,6 +91,11 @@ export function startTrainingSchedule(runtime: Runtime, options: ScheduleOptions
     if (stopped) return Promise.resolve({ skipped: true, reason: "the trainer is stopped" });
     inFlight = cycle()
       .catch((err): SkippedRun => {
+        // Stopping aborts the cycle's queries: that is no failure to report.
+        if (abort.signal.aborted) {
+          log.info("training cycle cancelled: the trainer is stopping");
+          return { skipped: true, reason: "cancelled: the trainer stopped" };
+        }
         log.error({ err }, "training cycle failed");
         return { skipped: true, reason: `failed: ${(err as Error).message}` };
       })

@@ -12,7 +12,7 @@ import { untilSignal } from "../command.js";
 import { durationFlag, type CommandArgs } from "../args.js";
 import type { Part, Runtime } from "../../lib/runtime.js";
 import { ensureLocalServices, MissingServiceError, type LocalService } from "../../lib/local-services.js";
-import { proxyTo, sendText } from "../../lib/http.js";
+import { CHILD_SECRET_HEADER, proxyTo, sendText } from "../../lib/http.js";
 import { superviseChild, type SupervisedChild } from "../../lib/supervisor.js";
 import { startServer, type RunningServer } from "../../server/server.js";
 import type { CycleReport as TrainingReport } from "../../trainer/cycle.js";
@@ -171,20 +171,20 @@ function mountChildRoutes(runtime: Runtime, analytics: SupervisedChild<Analytics
     analytics.state === "stopping" || analytics.state === "stopped"
       ? "the analytics process is stopping"
       : `the analytics process is ${analytics.state === "starting" ? "starting" : "restarting"} (restarts so far: ${analytics.restarts}); serving is not affected, try again shortly`;
-  const proxy = proxyTo({ port: () => analytics.info?.httpPort, unavailable });
+  const proxy = proxyTo({ port: () => analytics.info?.httpPort, unavailable, headers: () => ({ [CHILD_SECRET_HEADER]: analytics.secret }) });
   for (const path of ["/", "/dashboard", "/api/*"]) runtime.http.route("GET", path, proxy);
   runtime.http.route("GET", "/metrics", async (_req, res) => {
-    const theirs = await Promise.all(children.map((c) => childMetrics(c.info?.httpPort)));
+    const theirs = await Promise.all(children.map((c) => childMetrics(c.info?.httpPort, c.secret)));
     // A family every process has (prom-client's process_* and nodejs_* metrics) shows this process's.
     sendText(res, 200, theirs.reduce(mergeExpositions, await runtime.metrics.render()), runtime.metrics.contentType);
   });
 }
 
 /** A child process's /metrics, or "" when it does not answer within 3 s (a scrape waits up to 10 s by default). */
-async function childMetrics(port: number | undefined): Promise<string> {
+async function childMetrics(port: number | undefined, secret: string): Promise<string> {
   if (port === undefined) return "";
   try {
-    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(3000) });
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { headers: { [CHILD_SECRET_HEADER]: secret }, signal: AbortSignal.timeout(3000) });
     return res.ok ? await res.text() : "";
   } catch {
     return "";

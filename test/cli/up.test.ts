@@ -5,7 +5,7 @@
 import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { freePort, testRuntime, waitFor, type TestRuntime } from "../helpers.js";
 import { createServiceClient } from "../../lib/grpc.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
@@ -55,6 +55,24 @@ const childNamed = (name: string) => platformChildren().find((pid) => cmdline(pi
 
 /** The nice value of every thread of a process (field 19 of stat; 17 after the name). */
 const threadNices = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[16]));
+/** The TCP ports a process listens on (its socket inodes in /proc/net/tcp and tcp6, state 0A). */
+const listeningPorts = (pid: number): number[] => {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {}
+  }
+  return ["tcp", "tcp6"].flatMap((f) =>
+    readFileSync(`/proc/${pid}/net/${f}`, "utf8")
+      .split("\n")
+      .slice(1)
+      .map((l) => l.trim().split(/\s+/))
+      .filter((c) => c[3] === "0A" && inodes.has(c[9]!))
+      .map((c) => Number.parseInt(c[1]!.split(":")[1]!, 16)),
+  );
+};
 /** The scheduling policy of every thread (field 41 of stat): 0 normal, 3 batch, 5 idle. */
 const threadPolicies = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[38]));
 
@@ -131,6 +149,14 @@ it("serves gRPC in one process, features and analytics in lower-priority childre
   assert.match(metrics, /^streamserve_process_up\{process="analytics"\} 1$/m);
   assert.match(metrics, /^streamserve_process_up\{process="features"\} 1$/m);
   assert.equal(metrics.match(/^# TYPE grpc_server_handled_total /gm)?.length, 1, "each family once");
+  // The analytics process's own port serves only up: nothing there answers without its secret.
+  const privatePorts = listeningPorts(analytics);
+  assert.ok(privatePorts.length > 0, "the analytics process listens on a private port");
+  for (const port of privatePorts) {
+    const direct = await fetch(`http://127.0.0.1:${port}/api/models`);
+    assert.equal(direct.status, 401, `port ${port} refuses a request without up's secret`);
+    assert.match(await direct.text(), /use up's own HTTP port/);
+  }
 });
 
 it("keeps serving gRPC while the analytics process is killed, and restarts it", async () => {

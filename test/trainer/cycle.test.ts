@@ -192,6 +192,15 @@ it("the schedule runs one cycle at a time and skips when nothing new was logged"
   }
 });
 
+it("stopping the schedule mid-cycle cancels the cycle, reported as such rather than as a failure", async () => {
+  const reports: unknown[] = [];
+  const schedule = startTrainingSchedule(rt, { initialDelayMs: 3_600_000, labelDelayMs: 0, minRows: 1000, onReport: (r) => reports.push(r) });
+  const running = schedule.runNow();
+  await schedule.stop();
+  assert.deepEqual(await running, { skipped: true, reason: "cancelled: the trainer stopped" });
+  assert.deepEqual(reports, [{ skipped: true, reason: "cancelled: the trainer stopped" }]);
+});
+
 it("a cycle is refused while another process holds the model's training lock", async () => {
   const held = await acquireCycleLock(await rt.nats(), rt.names, "recommender");
   assert.ok(!isHeld(held));
