@@ -43,14 +43,18 @@ export function untilSignal(): Promise<NodeJS.Signals> {
 }
 
 /**
- * Runs a part that works in the background (features, sink) until SIGINT/SIGTERM, with /metrics and
+ * Runs a part that works in the background (features, sink, monitor) until SIGINT/SIGTERM, with /metrics and
  * /healthz (`health` under the part's name) on --http-port; then stops it. Resolves with the exit code.
  */
-export async function runPartUntilSignal(runtime: Runtime, part: { name: string; health(): unknown; stop(): Promise<void> }): Promise<number> {
+export async function runPartUntilSignal(
+  runtime: Runtime,
+  part: { name: string; health(): unknown; stop(): Promise<void> },
+  onListening?: (port: number) => void,
+): Promise<number> {
   runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
   runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", [part.name]: part.health() }));
   try {
-    await runtime.listenHttp();
+    onListening?.(await runtime.listenHttp());
   } catch (err) {
     await part.stop();
     throw new Error(`cannot listen on HTTP port ${runtime.config.httpPort} (${(err as Error).message}); pass --http-port (0 picks a free one)`);

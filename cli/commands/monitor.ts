@@ -1,13 +1,15 @@
 // `streamserve monitor`: drift, quality and A/B checks every hour (or once with --once), alerts on
 // NATS alerts.<kind>, and the dashboard on the HTTP port.
 import type { Command } from "../command.js";
-import { untilSignal } from "../command.js";
+import { runPartUntilSignal } from "../command.js";
 import { durationFlag, numberFlag, stringFlag, UsageError, type CommandArgs } from "../args.js";
 import { printTable } from "../table.js";
 import { createMonitor, type CycleReport } from "../../monitor/monitor.js";
 import { MONITOR_DEFAULTS, type MonitorOverrides } from "../../monitor/options.js";
 import { experimentCtrRows, experimentRows, featureDriftRows, qualityGroupRows, shadowRows } from "../../monitor/text-report.js";
 import { explainClickHouseError } from "../../monitor/store.js";
+import { httpGuard } from "../../server/security.js";
+import { TOKEN_FLAGS, tokensFromFlags } from "./serve.js";
 
 const USAGE = `Usage:
   streamserve monitor [--every 1h] [--window 1h] [--webhook URL] [thresholds]
@@ -33,6 +35,7 @@ Flags:
   --auc-floor X          hourly AUC below this is an alert (default 0.6)
   --label NAME           clicked (default) or converted: the outcome quality is judged on
   --json                 with --once: the findings as JSON
+${TOKEN_FLAGS}
 
 Examples:
   streamserve monitor --once
@@ -123,6 +126,7 @@ export const monitor: Command = {
   name: "monitor",
   summary: "drift, quality and A/B checks on a schedule (--once: one cycle), alerts, dashboard",
   printsReport: (args) => Boolean(args.flags.once),
+  booleans: ["metrics-open"],
   usage: USAGE,
   async run(args, runtime) {
     const o = overrides(args);
@@ -147,14 +151,14 @@ export const monitor: Command = {
       else printCycle(report);
       return report.errors.length ? 1 : 0;
     }
+    // The dashboard shows what was served: with a token, it asks for it as serve's does.
+    const guard = httpGuard(tokensFromFlags(args));
+    if (guard) runtime.http.setGuard(guard);
     m.start();
-    const port = await runtime.listenHttp();
-    console.log(
-      `monitoring ${runtime.config.modelName} every ${Math.round((o.intervalMs ?? MONITOR_DEFAULTS.intervalMs) / 60_000)} min; dashboard http://127.0.0.1:${port}/`,
+    const everyMs = o.intervalMs ?? MONITOR_DEFAULTS.intervalMs;
+    return runPartUntilSignal(runtime, { name: "monitor", health: () => ({ model: runtime.config.modelName, everyMs }), stop: () => m.stop() }, (port) =>
+      console.log(`monitoring ${runtime.config.modelName} every ${Math.round(everyMs / 60_000)} min; dashboard http://127.0.0.1:${port}/`),
     );
-    await untilSignal();
-    await m.stop();
-    return 0;
   },
 };
 

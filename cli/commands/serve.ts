@@ -3,19 +3,23 @@ import type { Command } from "../command.js";
 import { untilSignal } from "../command.js";
 import { numberFlag, stringFlag, UsageError, type CommandArgs } from "../args.js";
 import { startServer, type ServerOptions } from "../../server/server.js";
+import type { SecurityOptions } from "../../server/security.js";
 import { isServingWorker, runServingWorker, superviseWorkers } from "../../server/workers.js";
 import { LOG_FEATURES, type LogFeatures } from "../../server/recommendation-service.js";
 import { SCORER_CHOICES, type ScorerChoice } from "../../server/onnx-model.js";
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 
-export const SERVE_FLAGS = `  --tls-cert FILE --tls-key FILE   serve gRPC over TLS
-  --tls-client-ca FILE             also require client certificates signed by this CA (mTLS)
-  --auth-token-file FILE           require "authorization: Bearer <token>" on every RPC but Health/Check
+/** The token flags of every command with a dashboard (serve, up, monitor). */
+export const TOKEN_FLAGS = `  --auth-token-file FILE           require "authorization: Bearer <token>" on every RPC but Health/Check
                                    and every HTTP endpoint but /healthz (the dashboard asks for it)
                                    [STREAMSERVE_AUTH_TOKEN holds the token itself]
   --metrics-token-file FILE        with a token: /metrics takes this one instead (a scraper's credential)
-  --metrics-open                   with a token: /metrics needs none
+  --metrics-open                   with a token: /metrics needs none`;
+
+export const SERVE_FLAGS = `  --tls-cert FILE --tls-key FILE   serve gRPC over TLS
+  --tls-client-ca FILE             also require client certificates signed by this CA (mTLS)
+${TOKEN_FLAGS}
   --max-connections N              TCP connections to the gRPC port (default 1024)
   --max-inflight N                 calls running at once before RESOURCE_EXHAUSTED (default 1024)
   --max-candidates N               candidates per Recommend (default 1000)
@@ -25,11 +29,16 @@ export const SERVE_FLAGS = `  --tls-cert FILE --tls-key FILE   serve gRPC over T
                                    TypeScript, checked against onnxruntime at load, and anything else
                                    with onnxruntime; native refuses to load other models`;
 
-export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
+/** --auth-token-file (or STREAMSERVE_AUTH_TOKEN), --metrics-token-file and --metrics-open. */
+export function tokensFromFlags(args: CommandArgs): Pick<SecurityOptions, "authToken" | "metrics"> {
   const tokenFile = stringFlag(args, "auth-token-file");
   const authToken = tokenFile ? readFileSync(tokenFile, "utf8").trim() : process.env.STREAMSERVE_AUTH_TOKEN || undefined;
   const metricsTokenFile = stringFlag(args, "metrics-token-file");
   const metrics = metricsTokenFile ? { token: readFileSync(metricsTokenFile, "utf8").trim() } : args.flags["metrics-open"] ? ("open" as const) : undefined;
+  return { authToken, metrics };
+}
+
+export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
   const logFeatures = stringFlag(args, "log-features");
   if (logFeatures !== undefined && !LOG_FEATURES.includes(logFeatures as LogFeatures)) {
     throw new UsageError(`--log-features must be one of ${LOG_FEATURES.join(", ")}, got "${logFeatures}"`);
@@ -45,8 +54,7 @@ export function serverOptionsFromFlags(args: CommandArgs): ServerOptions {
       tlsCert: stringFlag(args, "tls-cert"),
       tlsKey: stringFlag(args, "tls-key"),
       tlsClientCa: stringFlag(args, "tls-client-ca"),
-      authToken,
-      metrics,
+      ...tokensFromFlags(args),
     },
     limits: {
       ...(numberFlag(args, "max-inflight") !== undefined && { maxInflight: numberFlag(args, "max-inflight") }),

@@ -13,6 +13,7 @@ import { EXIT_DRIFT } from "../../cli/commands/drift.js";
 import { publishProduction, testEnvironment } from "./fixtures/environment.js";
 import { TEST_FEATURES, referenceSample } from "./fixtures/synthetic.js";
 import { normals, seededRandom } from "./fixtures/random.js";
+import { freePort, waitFor } from "../helpers.js";
 import type { SeedSpec } from "./fixtures/seed-clickhouse.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -208,6 +209,33 @@ describe("streamserve monitor --once and streamserve report", () => {
     const write = await cli(["report", "sql", "DROP TABLE monitoring"]);
     assert.equal(write.code, 1, describeRun(write));
     assert.match(write.stderr, /readonly/i);
+  });
+
+  it("serves the dashboard behind --auth-token-file, as serve does", async () => {
+    const tokenFile = join(dir, "dashboard-token");
+    writeFileSync(tokenFile, "s3cret-dashboard\n");
+    const port = await freePort();
+    const child = spawn(process.execPath, ["--import", "tsx", "cli/main.ts", "monitor", "--http-port", String(port), "--auth-token-file", tokenFile], {
+      cwd: ROOT,
+      env: { ...process.env, LOG_LEVEL: "error", STREAMSERVE_NAMESPACE: env.namespace, STREAMSERVE_DATA_DIR: dir },
+    });
+    let stdout = "";
+    child.stdout.on("data", (c) => (stdout += c));
+    const closed = new Promise((r) => child.once("close", r));
+    try {
+      await waitFor(() => /dashboard http:\/\//.test(stdout), 60_000, "the dashboard line");
+      const base = `http://127.0.0.1:${port}`;
+      assert.equal((await fetch(`${base}/api/models`)).status, 401, "no token: refused");
+      const ok = await fetch(`${base}/api/models`, { headers: { authorization: "Bearer s3cret-dashboard" } });
+      assert.equal(ok.status, 200);
+      assert.ok(Array.isArray(await ok.json()));
+      assert.equal((await fetch(`${base}/healthz`)).status, 200, "/healthz stays open for probes");
+      const metrics = await fetch(`${base}/metrics`, { headers: { authorization: "Bearer s3cret-dashboard" } });
+      assert.match(await metrics.text(), /^# TYPE streamserve_monitor_cycles_total counter/m);
+    } finally {
+      child.kill("SIGINT");
+      await closed;
+    }
   });
 
   it("rejects a report it does not know, and explains a data directory held by another process", async () => {
