@@ -12,6 +12,7 @@ import { resolveMonitorOptions, type MonitorOptions, type MonitorOverrides } fro
 import { writeMonitoringRows, type MonitoringRow } from "./store.js";
 import { mountDashboard } from "./dashboard.js";
 import { checkRollouts, type RolloutStep } from "../trainer/rollout.js";
+import { rolloutLock } from "../trainer/cycle-lock.js";
 import { readOnlineFigures, type OnlineFigures } from "./online.js";
 import { compareShadow, type ShadowComparison } from "./shadow.js";
 
@@ -84,7 +85,7 @@ export function createMonitor(runtime: Runtime, overrides: MonitorOverrides = {}
     report.quality = await attempt("quality", () => checkQuality(ch, model, now, options.quality));
     report.experiments = await attempt("experiments", async () => checkExperiments(ch, await runtime.registry(), now, options.experiments));
     // Guarded rollouts look at their stage's outcomes every cycle; the decision acts on the registry.
-    report.rollouts = await attempt("rollouts", async () => checkRollouts({ ch, registry: await runtime.registry(), log }, now));
+    report.rollouts = await attempt("rollouts", async () => checkRollouts({ ch, registry: await runtime.registry(), log, lock: rolloutLock(runtime) }, now));
     const recent = { from: new Date(now.getTime() - options.online.windowMs), to: now };
     report.online = await attempt("online", () => readOnlineFigures(ch, model, recent));
     report.shadow = await attempt("shadow", () => compareShadow(ch, recent));

@@ -1,10 +1,12 @@
-// One training cycle per model across processes (a scheduled trainer and a `train --once`, or two
-// trainers by mistake): a key in a JetStream KV bucket created only if absent. The bucket's TTL
-// frees a lock whose holder died; a live holder rewrites its key well within the TTL.
+// One actor at a time across processes: one training cycle per model (a scheduled trainer and a
+// `train --once`, or two trainers by mistake), one look at a guarded rollout (two monitors). A lock
+// is a key in a JetStream KV bucket created only if absent. The bucket's TTL frees a lock whose
+// holder died; a live holder rewrites its key well within the TTL.
 
 import { hostname } from "node:os";
 import type { KV, NatsConnection } from "nats";
 import type { Names } from "../lib/config.js";
+import type { Runtime } from "../lib/runtime.js";
 import { withDefaults } from "../lib/options.js";
 
 /** The lock bucket beside the registry's, so a namespace's cleanup can find it. */
@@ -29,10 +31,18 @@ export interface LockHolder {
 /**
  * Takes the training lock of `model`, or returns the current holder when another cycle has it.
  */
-export async function acquireCycleLock(nc: NatsConnection, names: Names, model: string, options: CycleLockOptions = {}): Promise<CycleLock | LockHolder> {
+export function acquireCycleLock(nc: NatsConnection, names: Names, model: string, options: CycleLockOptions = {}): Promise<CycleLock | LockHolder> {
+  return acquireLock(nc, names, `train.${model}`, options);
+}
+
+/** Takes the lock of one guarded rollout (what a monitor holds while it decides and acts on a stage). */
+export function acquireRolloutLock(nc: NatsConnection, names: Names, experiment: string): Promise<CycleLock | LockHolder> {
+  return acquireLock(nc, names, `rollout.${experiment}`, {});
+}
+
+async function acquireLock(nc: NatsConnection, names: Names, key: string, options: CycleLockOptions): Promise<CycleLock | LockHolder> {
   const { ttlMs } = withDefaults(CYCLE_LOCK_DEFAULTS, options);
   const kv: KV = await nc.jetstream().views.kv(lockBucket(names), { ttl: ttlMs, history: 1 });
-  const key = `train.${model}`;
   const me: LockHolder = { holder: `${hostname()}:${process.pid}`, since: new Date().toISOString() };
   const encode = () => new TextEncoder().encode(JSON.stringify(me));
   let revision: number;
@@ -64,4 +74,9 @@ export async function acquireCycleLock(nc: NatsConnection, names: Names, model: 
 
 export function isHeld(lock: CycleLock | LockHolder): lock is LockHolder {
   return "holder" in lock;
+}
+
+/** checkRollouts' lock (RolloutDeps.lock) on the runtime's NATS. */
+export function rolloutLock(runtime: Pick<Runtime, "nats" | "names">): (experiment: string) => Promise<CycleLock | LockHolder> {
+  return async (experiment) => acquireRolloutLock(await runtime.nats(), runtime.names, experiment);
 }

@@ -16,6 +16,7 @@ import { RegistryError } from "../lib/registry.js";
 import { toClickHouseTime } from "../monitor/store.js";
 import { decideStage, testsForEvent, ROLLOUT_POLICY_DEFAULTS, type RolloutArmStats, type RolloutPolicy, type StageDecision } from "./rollout-decision.js";
 import { withDefaults } from "../lib/options.js";
+import { isHeld, type CycleLock, type LockHolder } from "./cycle-lock.js";
 
 export const DEFAULT_STAGES: readonly number[] = Object.freeze([10, 50, 100]);
 export const ROLLOUT_VARIANT = "rollout";
@@ -35,7 +36,10 @@ export interface StartRolloutOptions {
   reason?: string;
 }
 
-type RolloutRegistry = Pick<Registry, "getAlias" | "getVersion" | "createExperiment" | "stopExperiment" | "listExperiments" | "setAlias" | "recordEvent">;
+type RolloutRegistry = Pick<
+  Registry,
+  "getAlias" | "getVersion" | "createExperiment" | "getExperiment" | "stopExperiment" | "listExperiments" | "setAlias" | "recordEvent"
+>;
 
 /** The routing entry's name: one rollout per model and candidate version. */
 export function rolloutName(model: string, candidate: string): string {
@@ -116,14 +120,30 @@ export interface RolloutDeps {
   registry: RolloutRegistry;
   log?: Logger;
   actor?: string;
+  /**
+   * Takes a rollout's lock (trainer/cycle-lock.ts acquireRolloutLock): with it, two monitors never
+   * act on one stage twice; the second re-reads the rollout once the first is done.
+   */
+  lock?: (experiment: string) => Promise<CycleLock | LockHolder>;
 }
 
 /** Looks at every running rollout once, as of `now`, and acts on each decision. */
 export async function checkRollouts(deps: RolloutDeps, now = new Date()): Promise<RolloutStep[]> {
   const steps: RolloutStep[] = [];
-  for (const e of await deps.registry.listExperiments()) {
-    if (e.status !== "running" || !e.rollout) continue;
-    steps.push(await lookAt(deps, e, e.rollout, now));
+  for (const listed of await deps.registry.listExperiments()) {
+    if (listed.status !== "running" || !listed.rollout) continue;
+    const lock = await deps.lock?.(listed.name);
+    if (lock && isHeld(lock)) {
+      deps.log?.info({ experiment: listed.name, holder: lock.holder }, "guarded rollout: another process is deciding this stage; not looked at now");
+      continue;
+    }
+    try {
+      // Under the lock, the rollout as it is now: another monitor may have moved it since the listing.
+      const e = lock ? await deps.registry.getExperiment(listed.name) : listed;
+      if (e?.status === "running" && e.rollout) steps.push(await lookAt(deps, e, e.rollout, now));
+    } finally {
+      await lock?.release();
+    }
   }
   return steps;
 }

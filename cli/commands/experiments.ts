@@ -4,6 +4,7 @@ import { durationFlag, listFlag, numberFlag, stringFlag, UsageError } from "../a
 import { parseShadow, parseVariant } from "../../lib/experiments.js";
 import { printTable } from "../table.js";
 import { checkRollouts, startGuardedRollout, DEFAULT_STAGES } from "../../trainer/rollout.js";
+import { rolloutLock } from "../../trainer/cycle-lock.js";
 
 const command: Command = {
   name: "experiments",
@@ -80,7 +81,7 @@ Flags:
         return 0;
       }
       case "rollout-check": {
-        const steps = await checkRollouts({ ch: await runtime.clickhouse(), registry, log: runtime.log });
+        const steps = await checkRollouts({ ch: await runtime.clickhouse(), registry, log: runtime.log, lock: rolloutLock(runtime) });
         if (args.flags.json) console.log(JSON.stringify(steps, null, 2));
         else if (!steps.length) console.log("no guarded rollout running");
         else

@@ -16,6 +16,7 @@ import type { Experiment, FeatureSpec } from "../../lib/registry.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 import { logisticModel } from "../fixtures/onnx-models.js";
 import { createRandom } from "../../trainer/gbdt.js";
+import { rolloutLock } from "../../trainer/cycle-lock.js";
 import { checkRollouts, rolloutName, startGuardedRollout } from "../../trainer/rollout.js";
 import { runTrainingCycle } from "../../trainer/cycle.js";
 
@@ -150,8 +151,17 @@ describe("guarded rollout", () => {
     await routed(e, 10, versions.good);
     await traffic("good10");
 
-    const [first] = await checkRollouts({ ch: await rt.clickhouse(), registry });
-    assert.equal(first!.action, "advance", first!.reason);
+    // Two monitors look at once: one decides and advances; the other waits its turn or sees the
+    // new stage, and never advances it again (one rollout_advance event below).
+    const deps = { ch: await rt.clickhouse(), registry, lock: rolloutLock(rt) };
+    const looks = (await Promise.all([checkRollouts(deps), checkRollouts(deps)])).flat();
+    const advanced = looks.filter((s) => s.action === "advance");
+    assert.equal(advanced.length, 1, JSON.stringify(looks.map((s) => [s.percent, s.action, s.reason])));
+    const first = advanced[0];
+    assert.ok(
+      looks.every((s) => s === first || (s.percent === 50 && s.action === "hold")),
+      "the other look, if any, is at 50 % and holds",
+    );
     assert.ok(first!.stats.rollout.users >= 30 && first!.stats.baseline.users >= 300, JSON.stringify(first!.stats));
     const ctr = first!.decision.tests.find((t) => t.name === "ctr")!;
     assert.ok(ctr.rollout > ctr.baseline, `rollout CTR ${ctr.rollout} vs ${ctr.baseline}`);
