@@ -3,7 +3,7 @@
 // TypeScript string so `tsc` ships it with the rest; its script avoids backticks and "${" for that
 // reason. Data is put on the page with textContent and SVG attributes only, never as HTML.
 
-export const DASHBOARD_HTML = String.raw`<!doctype html>
+export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">

@@ -3,7 +3,6 @@
 // null and reads null into a Float64 as 0, which would turn "no value" into a real-looking zero.
 // Floats therefore go out as the strings ClickHouse parses ("nan", "inf") and come back null → NaN.
 import type { ClickHouse } from "../lib/clickhouse.js";
-import type { Logger } from "../lib/logger.js";
 
 export type Verdict = "ok" | "warning" | "alert" | "skipped";
 export type MonitoringKind = "feature_drift" | "prediction_drift" | "quality" | "ab";

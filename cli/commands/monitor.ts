@@ -69,12 +69,12 @@ function printCycle(report: CycleReport): void {
 
   const q = report.quality;
   console.log(`\nQuality from feedback, ${q ? `${q.hours.from.toISOString()} – ${q.hours.to.toISOString()}` : ""}`);
-  if (q && q.groups.length) printTable(qualityGroupRows(q.groups));
+  if (q?.groups.length) printTable(qualityGroupRows(q.groups));
   else if (q) console.log("  no shown predictions in these hours");
 
   const e = report.experiments;
   console.log("\nExperiments");
-  if (e && e.experiments.length) {
+  if (e?.experiments.length) {
     printTable(experimentRows(e.experiments));
     console.log("CTR (clicks per shown item; users as clusters, delta method)");
     printTable(experimentCtrRows(e.experiments));

@@ -82,7 +82,7 @@ describe("sink process killed with SIGKILL", () => {
     // Kill it once it has acked some batches and is busy with more.
     await waitFor(
       "first process under way",
-      async () => first.exitCode === null && (await consumer().catch(() => undefined))?.ack_floor.stream_seq! >= 900,
+      async () => first.exitCode === null && ((await consumer().catch(() => undefined))?.ack_floor.stream_seq ?? 0) >= 900,
       60_000,
       20,
     );

@@ -9,7 +9,7 @@ import { createRuntime, type Runtime } from "../../lib/runtime.js";
 import { deleteNamespace } from "../../lib/nats.js";
 import { queryRows } from "../../lib/clickhouse.js";
 import { decodeLog } from "../../sink/log-rows.js";
-import { startSink, type Sink } from "../../sink/sink.js";
+import { startSink } from "../../sink/sink.js";
 import { ITEMS_PER_PREDICTION, logMessage, publishLogs, tempDir, uniqueNamespace, waitFor, type LogMessage } from "./fixtures/logs.js";
 import type { LogKind } from "../../lib/config.js";
 

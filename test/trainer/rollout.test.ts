@@ -82,7 +82,7 @@ async function traffic(tag: string): Promise<void> {
 /** Waits until the server routes by `experiment` at the given share and answers its rollout users with `version`. */
 async function routed(experiment: Experiment, share: number, version: string): Promise<void> {
   await waitFor(
-    () => server.models.experimentFor(MODEL)?.name === experiment.name && server.models.experimentFor(MODEL)?.variants[0]!.traffic === share,
+    () => server.models.experimentFor(MODEL)?.name === experiment.name && server.models.experimentFor(MODEL)?.variants[0]?.traffic === share,
     20_000,
     `the server to route ${experiment.name} at ${share} %`,
   );
