@@ -50,7 +50,8 @@ serveSupervisor<FeaturesStart, FeaturesInfo>(
       const httpPort = await runtime.listenHttp();
       return {
         info: { pid: process.pid, httpPort, partitions: worker.partitions?.() },
-        methods: {},
+        // `features --workers N` sums every child's series into its one /metrics (prom-client's aggregation, as `serve --workers`).
+        methods: { metricsJson: () => runtime.metrics.registry.getMetricsAsJSON() },
         async stop() {
           await worker.stop().catch((err: Error) => log.error({ err: err.message }, "stop failed"));
           await runtime.close();

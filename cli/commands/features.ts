@@ -6,7 +6,8 @@ import { fileURLToPath } from "node:url";
 import type { Command } from "../command.js";
 import { runPartUntilSignal, untilSignal } from "../command.js";
 import { durationFlag, numberFlag, UsageError, type CommandArgs } from "../args.js";
-import { sendJson } from "../../lib/http.js";
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from "prom-client";
+import { sendJson, sendText } from "../../lib/http.js";
 import { superviseChild } from "../../lib/supervisor.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
 import { MAX_PARTITIONS } from "../../features/partitions.js";
@@ -83,7 +84,8 @@ Examples:
 
 /**
  * N features processes, each a whole worker (its own connections and leases, so it fails alone as
- * a host would), restarted when one dies; this one answers /healthz with each child's state.
+ * a host would), restarted when one dies; this one answers /healthz with each child's state and
+ * /metrics with their series combined (each metric's aggregator: sums for counts).
  */
 async function superviseFeatureWorkers(runtime: Parameters<Command["run"]>[1], workers: number, options: FeaturesWorkerOptions): Promise<number> {
   const js = fileURLToPath(new URL("../features-process.js", import.meta.url));
@@ -96,6 +98,12 @@ async function superviseFeatureWorkers(runtime: Parameters<Command["run"]>[1], w
       workers: children.map((c) => ({ pid: c.pid, state: c.state, restarts: c.restarts, metricsPort: c.info?.httpPort })),
     }),
   );
+  runtime.http.route("GET", "/metrics", async (_req, res) => {
+    const ready = children.filter((c) => c.state === "ready");
+    const each = await Promise.all(ready.map((c) => c.call<MetricObjectWithValues<MetricValue<string>>[]>("metricsJson").catch(() => undefined)));
+    const combined = AggregatorRegistry.aggregate(each.filter((m) => m !== undefined));
+    sendText(res, 200, await combined.metrics(), combined.contentType);
+  });
   await runtime.listenHttp().catch((err: Error) => runtime.log.warn({ err: err.message }, "no HTTP port for /healthz"));
   const signal = await untilSignal();
   runtime.log.info({ signal }, "stopping the features workers");
