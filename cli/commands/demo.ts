@@ -567,6 +567,10 @@ default gRPC or HTTP port is taken, the demo takes a free one (the banner says w
       ok = results.length === 6 && results.every((r) => r.pass);
       say(`The story in ${Math.round((Date.now() - began) / 1000)} s (${ok ? "every phase as narrated" : "NOT every phase as narrated"})`);
       console.log(indent(formatTable(results.map((r) => ({ phase: r.phase, result: r.pass ? "PASS" : "FAIL", measured: r.measured })))));
+      // What serving gave up to keep its budget: a call whose feature read missed it got defaults.
+      const calls = await runtime.metrics.value("grpc_server_handled_total", { method: "/streamserve.v1.RecommendationService/Recommend" });
+      const degraded = await runtime.metrics.value("streamserve_feature_lookup_degraded_total");
+      note(`serving: ${degraded} of ${calls} Recommend calls answered with default features (Redis down or slower than the feature budget)`);
       if (!stop.signal.aborted) {
         say("Where to look");
         note(`dashboard: http://127.0.0.1:${platform.httpPort}/  (model versions, latency, drift, A/B)`);
