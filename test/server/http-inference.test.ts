@@ -6,16 +6,9 @@
 // returns output0 = 2 · input0 + 1 [N,2]; the examples' input1 gets the error a model without it gives.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { create, toBinary } from "@bufbuild/protobuf";
-import {
-  GraphProtoSchema,
-  ModelProtoSchema,
-  NodeProtoSchema,
-  OperatorSetIdProtoSchema,
-  TensorProtoSchema,
-  TensorProto_DataType,
-  ValueInfoProtoSchema,
-} from "../../gen/onnx/onnx_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { GraphProtoSchema, NodeProtoSchema, TensorProtoSchema, TensorProto_DataType } from "../../gen/onnx/onnx_pb.js";
+import { modelBytes, valueInfo } from "../fixtures/onnx-models.js";
 import { testRuntime, waitFor, type TestRuntime } from "../helpers.js";
 import { startServer, type RunningServer, type ServerOptions } from "../../server/server.js";
 import type { FeatureSpec } from "../../lib/registry.js";
@@ -24,11 +17,6 @@ const FEATURES: FeatureSpec[] = [
   { name: "a", source: "user", type: "numeric", default: 0 },
   { name: "b", source: "user", type: "numeric", default: 0 },
 ];
-
-function valueInfo(name: string, elemType: number, dims: (number | string)[]) {
-  const dim = dims.map((d) => ({ value: typeof d === "number" ? { case: "dimValue" as const, value: BigInt(d) } : { case: "dimParam" as const, value: d } }));
-  return create(ValueInfoProtoSchema, { name, type: { value: { case: "tensorType", value: { elemType, shape: { dim } } } } });
-}
 
 /** float32 input0 [N,2] → float32 output0 [N,2] = 2 · input0 + 1. */
 function exampleModel(): Uint8Array {
@@ -45,15 +33,7 @@ function exampleModel(): Uint8Array {
     input: [valueInfo("input0", TensorProto_DataType.FLOAT, ["N", 2])],
     output: [valueInfo("output0", TensorProto_DataType.FLOAT, ["N", 2])],
   });
-  return toBinary(
-    ModelProtoSchema,
-    create(ModelProtoSchema, {
-      irVersion: 8n,
-      producerName: "streamserve-test",
-      graph,
-      opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })],
-    }),
-  );
+  return modelBytes(graph);
 }
 
 /** The KServe v2 REST spec's inference request example, as printed (its BOOL input gives 1 value for shape [3]). */
