@@ -102,7 +102,11 @@ export interface Simulation {
   stop(): Promise<SimulationCounters>;
 }
 
-const TICK_MS = 20;
+/**
+ * Events due are sent every tick. Short, so that arrivals (and the Recommend calls they make) come
+ * spread out as a site's many independent users' do, not as bursts that queue on the server.
+ */
+const TICK_MS = 5;
 
 export async function startSimulation(ctx: SimulationContext, options: SimulationOptions = {}): Promise<Simulation> {
   const o = withDefaults(SIMULATION_DEFAULTS, options);
