@@ -62,7 +62,7 @@ interface RunResult {
 }
 
 export async function benchPartitioned(): Promise<void> {
-  header(`features, partitioned: 1, 2 and 4 workers on P = ${P} partitions (router + per-partition leases)`);
+  header(`features, partitioned: ${WORKERS.join(", ")} workers on P = ${P} partitions (router + per-partition leases)`);
   console.log(
     `${EVENTS} events drained as a backlog after ${WARMUP} warm-up events per worker process; worker CPU from /proc (the worker processes, every thread), ` +
       `Redis commands from INFO stats; machine load average ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores`,
@@ -149,7 +149,7 @@ export async function benchPartitioned(): Promise<void> {
   console.log(
     `worker CPU per event, main threads + other threads (GC helpers, compiler): ${[u, ...results]
       .map((r) => `${fmt(r.mainThreadUs, 1)} + ${fmt(r.otherThreadsUs, 1)} µs`)
-      .join(" / ")} (P = 1, then ${WORKERS.join(", ")} workers)`,
+      .join(" / ")} (P = 1, whose other threads include its store thread; then ${WORKERS.join(", ")} workers)`,
   );
 }
 
