@@ -1,12 +1,17 @@
 // Partitioned features benchmark: 1, 2 and 4 `streamserve features --partitions 16` processes on
-// one stream, next to one unpartitioned worker measured the same way. Each run warms the workers
-// up on events of their own, stops them (SIGSTOP; leases outlive the pause), publishes the
-// measured events as a backlog, resumes them and measures the drain: events/s, the conflict retries the workers counted (their /metrics: 0 when each partition has
-// one writer), the workers' CPU per event (all processes, from /proc) and events per worker
-// CPU-second, judged against the one-worker run's (target: within 10 %), and Redis commands and
-// CPU per event (for the capacity model in the README). Then 2 workers on a 3-master Redis
-// Cluster of the benchmark's own, next to the 2 workers on one Redis (Redis figures summed over the masters). On a 2-core machine the wall-clock rate
-// cannot grow with workers; what must hold is that adding workers costs no efficiency.
+// one stream, next to one unpartitioned worker measured the same way. Each run warms every worker
+// process up on WARMUP events' worth of work of its own (N workers get N × WARMUP warm-up events,
+// so each routes and applies as many as the one worker did: a process's JIT and heap settle per
+// process), stops them (SIGSTOP; leases outlive the pause), publishes the measured events as a
+// backlog, resumes them and measures the drain: events/s, the conflict retries the workers counted
+// (their /metrics: 0 when each partition has one writer), the workers' CPU per event and events
+// per worker CPU-second, judged against the one-worker run's (target: within 10 %), and Redis
+// commands and CPU per event (for the capacity model in the README). Worker CPU is the worker
+// processes' only (every thread, from /proc), the same set in every row; nats-server and Redis
+// are reported apart (both are shared with other clients on this machine). Then 2 workers on a
+// 3-master Redis Cluster of the benchmark's own, next to the 2 workers on one Redis (Redis figures
+// summed over the masters). On a 2-core machine the wall-clock rate cannot grow with workers; what
+// must hold is that adding workers costs no efficiency.
 import { availableParallelism, loadavg } from "node:os";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -22,7 +27,9 @@ import { Redis as SingleRedis } from "ioredis";
 import { startRedisCluster } from "../test/redis-cluster.js";
 
 const P = 16;
-const WORKERS = [1, 2, 4];
+/** BENCH_FEATURE_PARTITIONED_WORKERS=1,4 and BENCH_FEATURE_PARTITIONED_CLUSTER=0 shorten a run while iterating. */
+const WORKERS = (process.env.BENCH_FEATURE_PARTITIONED_WORKERS ?? "1,2,4").split(",").map(Number);
+const CLUSTER_RUN = process.env.BENCH_FEATURE_PARTITIONED_CLUSTER !== "0";
 const EVENTS = Number(process.env.BENCH_FEATURE_PARTITIONED_EVENTS ?? 100_000);
 const WARMUP = Number(process.env.BENCH_FEATURE_PARTITIONED_WARMUP ?? 50_000);
 /** Events per worker CPU-second of N workers against one worker's: the target. */
@@ -42,23 +49,35 @@ interface RunResult {
   redisCpuUs: number;
   natsCpuUs: number;
   drainSeconds: number;
+  /** Per 1000 events: the batches of every loop (router and partitions) and the store's transactions. */
+  batchesPerK: number;
+  transactionsPerK: number;
+  /** Per event, summed over the worker processes: read and write syscalls, context switches, and the system CPU share. */
+  syscalls: number;
+  switches: number;
+  systemShare: number;
+  /** Worker CPU per event (µs): the processes' main threads, and their other threads (V8's GC helpers and compiler, libuv). */
+  mainThreadUs: number;
+  otherThreadsUs: number;
 }
 
 export async function benchPartitioned(): Promise<void> {
-  header(`features, partitioned: 1, 2 and 4 workers on P = ${P} partitions (router + per-partition leases)`);
+  header(`features, partitioned: ${WORKERS.join(", ")} workers on P = ${P} partitions (router + per-partition leases)`);
   console.log(
-    `${EVENTS} events drained as a backlog after ${WARMUP} warm-up events; worker CPU from /proc (every process), ` +
+    `${EVENTS} events drained as a backlog after ${WARMUP} warm-up events per worker process; worker CPU from /proc (the worker processes, every thread), ` +
       `Redis commands from INFO stats; machine load average ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores`,
   );
   const unpartitioned = await run(1, false);
   const results: RunResult[] = [];
   for (const n of WORKERS) results.push(await run(n, true));
-  const cluster = await startRedisCluster();
-  let onCluster: RunResult;
-  try {
-    onCluster = await run(2, true, { url: cluster.url, ports: cluster.nodes.map((n) => n.port) });
-  } finally {
-    await cluster.stop();
+  let onCluster: RunResult | undefined;
+  if (CLUSTER_RUN) {
+    const cluster = await startRedisCluster();
+    try {
+      onCluster = await run(2, true, { url: cluster.url, ports: cluster.nodes.map((n) => n.port) });
+    } finally {
+      await cluster.stop();
+    }
   }
   const base = results[0]!;
   const W = [10, 10, 10, 16, 22, 18, 16, 16];
@@ -94,27 +113,43 @@ export async function benchPartitioned(): Promise<void> {
     );
   }
   const c = onCluster;
-  row(
-    [
-      "2, cluster",
-      Math.round(c.rate),
-      c.conflicts,
-      `${fmt(c.workerCpuUs, 1)} µs`,
-      Math.round(c.perCpuSecond),
-      `${fmt(c.perCpuSecond / base.perCpuSecond, 2)}`,
-      fmt(c.redisCommands, 1),
-      `${fmt(c.redisCpuUs, 1)} µs`,
-    ],
-    W,
-  );
-  console.log(
-    `"2, cluster": the 2 workers on a 3-master Redis Cluster (own instances on this machine), Redis commands and CPU summed over the masters; ` +
-      `against 2 workers on one Redis: ${fmt(c.perCpuSecond / results[1]!.perCpuSecond, 2)} of its events per worker CPU-second`,
-  );
+  if (c) {
+    row(
+      [
+        "2, cluster",
+        Math.round(c.rate),
+        c.conflicts,
+        `${fmt(c.workerCpuUs, 1)} µs`,
+        Math.round(c.perCpuSecond),
+        `${fmt(c.perCpuSecond / base.perCpuSecond, 2)}`,
+        fmt(c.redisCommands, 1),
+        `${fmt(c.redisCpuUs, 1)} µs`,
+      ],
+      W,
+    );
+    console.log(
+      `"2, cluster": the 2 workers on a 3-master Redis Cluster (own instances on this machine), Redis commands and CPU summed over the masters; ` +
+        `against 2 workers on one Redis: ${fmt(c.perCpuSecond / (results.find((r) => r.workers === 2) ?? base).perCpuSecond, 2)} of its events per worker CPU-second`,
+    );
+  }
   console.log(
     `target: conflict retries 0 and events per worker CPU-second of 2 and 4 workers within ${Math.round((1 - EFFICIENCY_TARGET) * 100)} % of one worker's; ` +
-      `nats-server CPU per event ${[u, ...results].map((r) => `${fmt(r.natsCpuUs, 1)} µs`).join(" / ")} (P = 1, then 1, 2, 4 workers); ` +
+      `nats-server CPU per event ${[u, ...results].map((r) => `${fmt(r.natsCpuUs, 1)} µs`).join(" / ")} (P = 1, then ${WORKERS.join(", ")} workers); ` +
       `the P = 1 row is today's unpartitioned worker, measured the same way: what the router's hop and per-partition batches cost; load average now ${loadavg()[0]!.toFixed(1)}`,
+  );
+  console.log(
+    `per 1000 events, batches (every loop's: router and partitions) / store transactions: ${[u, ...results]
+      .map((r) => `${fmt(r.batchesPerK, 1)} / ${fmt(r.transactionsPerK, 1)}`)
+      .join(", ")} (P = 1, then ${WORKERS.join(", ")} workers); worker + nats-server CPU per event ${[u, ...results]
+      .map((r) => `${fmt(r.workerCpuUs + r.natsCpuUs, 1)} µs`)
+      .join(" / ")}; worker syscalls / context switches per event, system share of worker CPU: ${[u, ...results]
+      .map((r) => `${fmt(r.syscalls, 2)} / ${fmt(r.switches, 3)}, ${Math.round(r.systemShare * 100)} %`)
+      .join("; ")}`,
+  );
+  console.log(
+    `worker CPU per event, main threads + other threads (GC helpers, compiler): ${[u, ...results]
+      .map((r) => `${fmt(r.mainThreadUs, 1)} + ${fmt(r.otherThreadsUs, 1)} µs`)
+      .join(" / ")} (P = 1, whose other threads include its store thread; then ${WORKERS.join(", ")} workers)`,
   );
 }
 
@@ -131,17 +166,21 @@ async function run(workers: number, partitioned: boolean, cluster?: { url: strin
     if (partitioned) await waitLeasesShared(rt, workers);
     const drain = () => (partitioned ? waitDrained(rt) : waitUnpartitionedDrained(rt));
     const start = Date.now() - 4 * 60_000;
-    const warmup = makeEvents(WARMUP, start, 4 * 60_000, "w");
+    // As many warm-up events per worker process as the one worker gets (see the file header).
+    const warmup = makeEvents(WARMUP * workers, start, 4 * 60_000, "w");
     const events = makeEvents(EVENTS, start, 4 * 60_000);
     const encode = (e: ActivityEvent) => new TextEncoder().encode(JSON.stringify(e));
     await publishAll(js, rt.names.eventsSubject, warmup.map(encode));
     await drain();
     const conflicts0 = await conflicts(children);
+    const loops0 = await loopCounts(children);
     for (const c of children) c.child.kill("SIGSTOP");
     await publishAll(js, rt.names.eventsSubject, events.map(encode));
     const natsPid = sharedNatsPid();
     const cpu = () => children.reduce((a, c) => a + cpuSeconds(c.child.pid!), 0);
     const cpu0 = cpu();
+    const os0 = osCounts(children);
+    const threads0 = threadCpu(children);
     const redis0 = await redisCpu();
     const cmds0 = await redisCommands();
     const nats0 = natsPid ? safeCpu(natsPid) : NaN;
@@ -150,10 +189,13 @@ async function run(workers: number, partitioned: boolean, cluster?: { url: strin
     await drain();
     const drainSeconds = (performance.now() - t) / 1000;
     const workerCpu = cpu() - cpu0;
+    const os1 = osCounts(children);
+    const threads1 = threadCpu(children);
     const redisCpuUsed = (await redisCpu()) - redis0;
     const cmds = (await redisCommands()) - cmds0;
     const natsCpu = natsPid ? safeCpu(natsPid) - nats0 : NaN;
     const conflictCount = (await conflicts(children)) - conflicts0;
+    const loops1 = await loopCounts(children);
     await checkApplied(rt, events);
     return {
       workers,
@@ -165,6 +207,13 @@ async function run(workers: number, partitioned: boolean, cluster?: { url: strin
       redisCpuUs: (redisCpuUsed * 1e6) / EVENTS,
       natsCpuUs: (natsCpu * 1e6) / EVENTS,
       drainSeconds,
+      batchesPerK: ((loops1.batches - loops0.batches) * 1000) / EVENTS,
+      transactionsPerK: ((loops1.transactions - loops0.transactions) * 1000) / EVENTS,
+      syscalls: (os1.syscalls - os0.syscalls) / EVENTS,
+      switches: (os1.switches - os0.switches) / EVENTS,
+      systemShare: (os1.system - os0.system) / workerCpu,
+      mainThreadUs: ((threads1.main - threads0.main) * 1e6) / EVENTS,
+      otherThreadsUs: ((threads1.others - threads0.others) * 1e6) / EVENTS,
     };
   } finally {
     for (const c of children) c.child.kill("SIGCONT");
@@ -271,6 +320,51 @@ async function nodeStats(ports: readonly number[]): Promise<{ cpu: number; comma
     }
   }
   return { cpu, commands };
+}
+
+/** The worker processes' CPU seconds so far: their main threads', and their other threads' (those that ended are not counted). */
+function threadCpu(children: readonly Child[]): { main: number; others: number } {
+  let main = 0;
+  let others = 0;
+  for (const c of children) {
+    const pid = c.child.pid!;
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        if (Number(t) === pid) main += cpuSeconds(pid, pid);
+        else others += cpuSeconds(pid, Number(t));
+      } catch {
+        /* ended meanwhile */
+      }
+    }
+  }
+  return { main, others };
+}
+
+/** The worker processes' read and write syscalls, context switches and system CPU seconds so far (/proc). */
+function osCounts(children: readonly Child[]): { syscalls: number; switches: number; system: number } {
+  let syscalls = 0;
+  let switches = 0;
+  let system = 0;
+  for (const c of children) {
+    const io = readFileSync(`/proc/${c.child.pid}/io`, "utf8");
+    syscalls += Number(/^syscr: (\d+)/m.exec(io)![1]) + Number(/^syscw: (\d+)/m.exec(io)![1]);
+    const status = readFileSync(`/proc/${c.child.pid}/status`, "utf8");
+    switches += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)![1]) + Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)![1]);
+    system += Number(readFileSync(`/proc/${c.child.pid}/stat`, "utf8").split(") ")[1]!.split(" ")[12]) / 100;
+  }
+  return { syscalls, switches, system };
+}
+
+/** The workers' batches (every loop's) and store transactions so far, from their /metrics. */
+async function loopCounts(children: readonly Child[]): Promise<{ batches: number; transactions: number }> {
+  let batches = 0;
+  let transactions = 0;
+  for (const c of children) {
+    const text = await (await fetch(`http://127.0.0.1:${c.httpPort}/metrics`)).text();
+    batches += Number(/^streamserve_features_batch_size_count (\S+)$/m.exec(text)?.[1] ?? 0);
+    transactions += Number(/^streamserve_features_transaction_redis_seconds_count (\S+)$/m.exec(text)?.[1] ?? 0);
+  }
+  return { batches, transactions };
 }
 
 /** The workers' conflict retries so far (streamserve_features_conflict_retries_total on each /metrics). */
