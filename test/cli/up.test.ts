@@ -6,7 +6,7 @@ import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
-import { freePort, testRuntime, waitFor, type TestRuntime } from "../helpers.js";
+import { freePort, procStat as stat, testRuntime, threadNices, threadPolicies, waitFor, type TestRuntime } from "../helpers.js";
 import { createServiceClient } from "../../lib/grpc.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 
@@ -14,16 +14,6 @@ let rt: TestRuntime;
 let up: ChildProcess;
 let out = "";
 let exited: Promise<number | null>;
-
-/** Fields of /proc/<pid>/stat after the command name (which may hold spaces). */
-function stat(path: string): string[] | undefined {
-  try {
-    const text = readFileSync(path, "utf8");
-    return text.slice(text.lastIndexOf(")") + 2).split(" ");
-  } catch {
-    return undefined;
-  }
-}
 
 /** Live processes whose parent is `pid`. */
 function childrenOf(pid: number): number[] {
@@ -52,11 +42,6 @@ const cmdline = (pid: number) => {
 const platformChildren = () => childrenOf(up.pid!).filter((pid) => /cli\/\w+-process\./.test(cmdline(pid)));
 /** The child running cli/<name>-process. */
 const childNamed = (name: string) => platformChildren().find((pid) => cmdline(pid).includes(`cli/${name}-process.`));
-
-/** The nice value of every thread of a process (field 19 of stat; 17 after the name). */
-const threadNices = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[16]));
-/** The scheduling policy of every thread (field 41 of stat): 0 normal, 3 batch, 5 idle. */
-const threadPolicies = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[38]));
 
 before(async () => {
   rt = testRuntime();
