@@ -7,7 +7,7 @@
 // window store alone (its transactions, no NATS).
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
-import { availableParallelism, loadavg } from "node:os";
+import { availableParallelism, getPriority, loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -86,8 +86,12 @@ async function benchOneWorker(): Promise<void> {
     const idlePings = pingLatencies(rt);
     await sleep(3000);
     const idlePing = await idlePings.stop();
-    const w = await startWorker(namespace, ["--batch-size", String(BATCH)]);
+    // BENCH_FEATURE_WORKER_FLAGS: more flags for the worker (e.g. "--nice 0 --max-transaction-ms 2" for an A/B).
+    const extra = (process.env.BENCH_FEATURE_WORKER_FLAGS ?? "").split(" ").filter(Boolean);
+    const w = await startWorker(namespace, ["--batch-size", String(BATCH), ...extra]);
     worker = w.child;
+    // `features` lowers its own priority (--nice, default 5 with SCHED_BATCH) before it consumes.
+    const workerNice = getPriority(w.child.pid!);
     await waitAcked(jsm, rt, WARMUP, 600_000);
     const cpu0 = cpuSeconds(w.child.pid!);
     const threads0 = threadCpuSeconds(w.child.pid!);
@@ -145,7 +149,7 @@ async function benchOneWorker(): Promise<void> {
       W,
     );
     console.log(
-      `worker process: ${fmt(workerCpu, 2)} CPU-s in ${fmt(drainSeconds, 2)} s (${fmt(workerCpu / drainSeconds, 2)} cores), ` +
+      `worker process (nice ${workerNice}): ${fmt(workerCpu, 2)} CPU-s in ${fmt(drainSeconds, 2)} s (${fmt(workerCpu / drainSeconds, 2)} cores), ` +
         `${Math.round(EVENTS / workerCpu)} events per worker CPU-second; ${fmt(workerRate / rawRedisRate, 2)} of the raw Redis pipeline; ` +
         `machine load average ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores`,
     );

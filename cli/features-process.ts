@@ -10,6 +10,8 @@ import { serveSupervisor } from "../lib/supervisor.js";
 import type { Config } from "../lib/config.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../features/worker.js";
 import { FEATURE_VIEWS } from "../features/definitions.js";
+// Measured against nice 0 with `up` + the simulator at 1000 events/s, and with a draining worker against Redis's other clients (README).
+import { FEATURES_NICE, FEATURES_POLICY } from "./commands/features.js";
 
 /** The windows of every view, when not the definitions' (the demo's compressed schedule). */
 export interface FeatureWindows {
@@ -32,11 +34,6 @@ export interface FeaturesInfo {
   /** Partitioned: the partitions it held when it became ready. */
   partitions?: number[];
 }
-
-/** Nice value of the features process; measured against 0 with `up` + the simulator at 1000 events/s (README). */
-export const FEATURES_NICE = 5;
-/** Scheduling class of the features process: it takes its share but never preempts a waking request. */
-export const FEATURES_POLICY = "batch";
 
 const log = createLogger(process.env.LOG_LEVEL).child({ process: "features" });
 

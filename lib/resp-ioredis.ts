@@ -2,12 +2,21 @@
 // RespConnection interface (chosen with --redis-client ioredis). Invariant, as there: replies in
 // command order, and a lost connection fails what is in flight rather than resending it on a new
 // connection, where a WATCH it depends on no longer holds.
-import { Redis, ReplyError } from "ioredis";
+// ioredis is loaded only when such a connection is made: loading it defines a String subclass
+// (its RESP3 VerbatimString), after which V8 runs every s.charCodeAt() several times slower,
+// and the store thread's hand-written encoder is made of those.
+import { createRequire } from "node:module";
+import type { Redis, ReplyError as IoredisReplyError } from "ioredis";
 import { ioredisTargetOptions, parseRedisUrl } from "./redis-url.js";
 import { RespConnectionError, RespError, type RespCommand, type RespConnection, type RespOptions, type RespReply } from "./resp.js";
 
+type Ioredis = { Redis: typeof Redis; ReplyError: typeof IoredisReplyError };
+let ioredis: Ioredis | undefined;
+const loadIoredis = (): Ioredis => (ioredis ??= createRequire(import.meta.url)("ioredis") as Ioredis);
+
 export class IoredisRespConnection implements RespConnection {
   private readonly redis: Redis;
+  private readonly ReplyError = loadIoredis().ReplyError;
   private connecting?: Promise<void>;
   private dials = 0;
   private closed = false;
@@ -15,7 +24,7 @@ export class IoredisRespConnection implements RespConnection {
 
   constructor(url: string, options: RespOptions = {}) {
     const target = ioredisTargetOptions(parseRedisUrl(url));
-    this.redis = new Redis({
+    this.redis = new (loadIoredis().Redis)({
       ...target,
       connectTimeout: options.connectTimeoutMs ?? target.connectTimeout,
       connectionName: options.name ?? "streamserve",
@@ -52,7 +61,7 @@ export class IoredisRespConnection implements RespConnection {
     const results = (await pipeline.exec()) ?? [];
     return results.map(([err, reply]) => {
       if (!err) return fromIoredis(reply);
-      if (err instanceof ReplyError) return new RespError(err.message);
+      if (err instanceof this.ReplyError) return new RespError(err.message);
       throw new RespConnectionError(`the Redis connection was lost: ${err.message}`, { cause: err });
     });
   }
@@ -70,7 +79,7 @@ export class IoredisRespConnection implements RespConnection {
       .connect()
       .catch((failed: Error) => {
         const err = this.lastError ?? failed;
-        const why = err instanceof ReplyError ? `Redis refused the connection: ${err.message}` : `cannot connect to Redis: ${err.message}`;
+        const why = err instanceof this.ReplyError ? `Redis refused the connection: ${err.message}` : `cannot connect to Redis: ${err.message}`;
         throw new RespConnectionError(why, { cause: err });
       })
       .finally(() => (this.connecting = undefined));

@@ -1,7 +1,7 @@
 // Shared test setup: an isolated runtime per test file (a unique namespace for streams, buckets,
 // consumers and Redis keys; a temporary data directory for the embedded ClickHouse and spill
 // files) and the cleanup that removes it from the shared Redis and NATS afterwards.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
@@ -68,3 +68,18 @@ export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 10_000
 export function cliArgs(rt: Runtime, command: string, ...flags: string[]): string[] {
   return ["--import", "tsx", "cli/main.ts", command, "--namespace", rt.config.namespace, "--data-dir", rt.config.dataDir, "--host", "127.0.0.1", ...flags];
 }
+
+/** Fields of /proc/<pid>/stat after the command name (which may hold spaces). */
+export function procStat(path: string): string[] | undefined {
+  try {
+    const text = readFileSync(path, "utf8");
+    return text.slice(text.lastIndexOf(")") + 2).split(" ");
+  } catch {
+    return undefined;
+  }
+}
+
+/** The nice value of every thread of a process (field 19 of stat; 17 after the name). */
+export const threadNices = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(procStat(`/proc/${pid}/task/${t}/stat`)?.[16]));
+/** The scheduling policy of every thread (field 41 of stat): 0 normal, 3 batch, 5 idle. */
+export const threadPolicies = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(procStat(`/proc/${pid}/task/${t}/stat`)?.[38]));

@@ -8,10 +8,18 @@ import { runPartUntilSignal, untilSignal } from "../command.js";
 import { durationFlag, numberFlag, UsageError, type CommandArgs } from "../args.js";
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from "prom-client";
 import { sendJson, sendText } from "../../lib/http.js";
-import { superviseChild } from "../../lib/supervisor.js";
+import { lowerOwnPriority, superviseChild, type SchedulingPolicy } from "../../lib/supervisor.js";
 import { startFeaturesWorker, type FeaturesWorkerOptions } from "../../features/worker.js";
 import { MAX_PARTITIONS } from "../../features/partitions.js";
 import type { FeaturesInfo, FeaturesStart } from "../features-process.js";
+
+/**
+ * Nice value of a features worker, in \`up\` and alone: below Redis, NATS and serving, so that a
+ * draining worker does not take the core a Redis command or a request waits for (README).
+ */
+export const FEATURES_NICE = 5;
+/** Scheduling class of a features worker: it takes its share but never preempts a waking Redis or request. */
+export const FEATURES_POLICY: SchedulingPolicy = "batch";
 
 export const FEATURES_FLAGS = `  --batch-size N        most events taken and acked as one batch (default 2000)
   --in-flight N         batches taken at once: one committing in Redis, one computed, the rest waiting (default 3)
@@ -25,7 +33,9 @@ export const FEATURES_FLAGS = `  --batch-size N        most events taken and ack
                         the same P (default 1: one store that workers take turns on). With P > 1 workers
                         lease partitions from NATS KV and each partition has one writer (README: Deployment)
   --lease-ttl DUR       how long a dead worker's partition leases live before others take them (default 6s)
-  --workers N           run N worker processes here, supervised (default 1)`;
+  --workers N           run N worker processes here, supervised (default 1)
+  --nice N              the worker's nice value, with SCHED_BATCH (default 5, as in up and for --workers N's
+                        processes: Redis, NATS and serving on this machine get a core first); 0 keeps the caller's`;
 
 export function featuresOptionsFromFlags(args: CommandArgs): FeaturesWorkerOptions {
   const positiveInt = (name: string): number | undefined => {
@@ -76,7 +86,10 @@ Examples:
     const options = featuresOptionsFromFlags(args);
     const workers = numberFlag(args, "workers") ?? 1;
     if (!Number.isInteger(workers) || workers < 1) throw new UsageError(`--workers must be a whole number of at least 1, got ${workers}`);
+    const nice = numberFlag(args, "nice") ?? FEATURES_NICE;
+    if (!Number.isInteger(nice) || nice < 0 || nice > 19) throw new UsageError(`--nice must be a whole number from 0 to 19, got ${nice}`);
     if (workers > 1) return superviseFeatureWorkers(runtime, workers, options);
+    if (nice > 0) runtime.log.info({ nice: lowerOwnPriority(nice, FEATURES_POLICY), policy: FEATURES_POLICY }, "features worker priority lowered");
     const worker = await startFeaturesWorker(runtime, options);
     return runPartUntilSignal(runtime, { name: "features", health: () => worker.stats, stop: () => worker.stop() });
   },

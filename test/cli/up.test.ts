@@ -6,7 +6,7 @@ import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { freePort, testRuntime, waitFor, type TestRuntime } from "../helpers.js";
+import { freePort, procStat as stat, testRuntime, threadNices, threadPolicies, waitFor, type TestRuntime } from "../helpers.js";
 import { createServiceClient } from "../../lib/grpc.js";
 import { RecommendationService } from "../../gen/streamserve/v1/recommendation_pb.js";
 
@@ -14,16 +14,6 @@ let rt: TestRuntime;
 let up: ChildProcess;
 let out = "";
 let exited: Promise<number | null>;
-
-/** Fields of /proc/<pid>/stat after the command name (which may hold spaces). */
-function stat(path: string): string[] | undefined {
-  try {
-    const text = readFileSync(path, "utf8");
-    return text.slice(text.lastIndexOf(")") + 2).split(" ");
-  } catch {
-    return undefined;
-  }
-}
 
 /** Live processes whose parent is `pid`. */
 function childrenOf(pid: number): number[] {
@@ -53,8 +43,6 @@ const platformChildren = () => childrenOf(up.pid!).filter((pid) => /cli\/\w+-pro
 /** The child running cli/<name>-process. */
 const childNamed = (name: string) => platformChildren().find((pid) => cmdline(pid).includes(`cli/${name}-process.`));
 
-/** The nice value of every thread of a process (field 19 of stat; 17 after the name). */
-const threadNices = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[16]));
 /** The TCP ports a process listens on (its socket inodes in /proc/net/tcp and tcp6, state 0A). */
 const listeningPorts = (pid: number): number[] => {
   const inodes = new Set<string>();
@@ -73,8 +61,6 @@ const listeningPorts = (pid: number): number[] => {
       .map((c) => Number.parseInt(c[1]!.split(":")[1]!, 16)),
   );
 };
-/** The scheduling policy of every thread (field 41 of stat): 0 normal, 3 batch, 5 idle. */
-const threadPolicies = (pid: number) => readdirSync(`/proc/${pid}/task`).map((t) => Number(stat(`/proc/${pid}/task/${t}/stat`)?.[38]));
 
 before(async () => {
   rt = testRuntime();

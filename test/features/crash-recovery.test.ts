@@ -20,6 +20,7 @@ import {
   type FeaturesProcess,
 } from "./helpers.js";
 import { storeKeys } from "../../features/window-store.js";
+import { threadNices, threadPolicies } from "../helpers.js";
 
 const T0 = Date.UTC(2024, 2, 10, 12, 0, 0);
 const MIN = 60_000;
@@ -111,6 +112,17 @@ test("kill -9 between commit and acks and at arbitrary points, restart: features
   running.push(last);
 
   await waitConsumerDrained(nc, names, 60_000);
+  // `features` runs below Redis, NATS and serving: every thread at nice 5, SCHED_BATCH (3) on Linux.
+  if (process.platform === "linux") {
+    assert.ok(
+      threadNices(last.child.pid!).every((n) => n >= 5),
+      `every thread at nice >= 5: ${threadNices(last.child.pid!).join(" ")}`,
+    );
+    assert.ok(
+      threadPolicies(last.child.pid!).every((p) => p === 3),
+      `every thread SCHED_BATCH: ${threadPolicies(last.child.pid!).join(" ")}`,
+    );
+  }
   await publishEvents(js, names, [flush]);
   await waitConsumerDrained(nc, names);
   const expected = expectedWindows([...events, flush]);

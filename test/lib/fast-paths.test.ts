@@ -47,3 +47,17 @@ test("the --pull and --redis-client flags set the same choice, refused the same 
   assert.equal(run.status, 2, run.stderr);
   assert.match(run.stderr, /STREAMSERVE_PULL \(--pull\) must be fast or library, got "quick"/);
 });
+
+test("the store thread's modules do not load ioredis on the default path (its String subclass slows charCodeAt)", () => {
+  const root = fileURLToPath(new URL("../../", import.meta.url));
+  const script = `
+    await import("./features/store-thread.ts");
+    const { connectResp } = await import("./lib/resp-client.ts");
+    connectResp("redis://127.0.0.1:1").close();
+    const { createRequire } = await import("node:module");
+    const cache = Object.keys(createRequire(import.meta.url).cache);
+    console.log(cache.filter((k) => k.includes("/node_modules/ioredis/")).length);`;
+  const run = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { cwd: root, encoding: "utf8", timeout: 60_000 });
+  assert.equal(run.status, 0, run.stderr);
+  assert.equal(run.stdout.trim(), "0");
+});
