@@ -33,6 +33,10 @@ export const TASK_SCORE = 3;
 export const TASK_ROUTE_SCORE = 4;
 export const TASK_EXIT = 5;
 
+/** Bounds of e^-score in the gradients (a score clamped to ±35). */
+const EXP_35 = Math.exp(35);
+const EXP_MINUS_35 = Math.exp(-35);
+
 /**
  * The memory every thread shares (SharedArrayBuffers when there are workers). `plan` and
  * `planValue` describe the current task's nodes, written by the main thread before each task.
@@ -48,7 +52,11 @@ export interface Arena {
   /** The same bins column-major: colBins[f * n + row], for moving rows (one feature's bins are dense). */
   colBins: Uint8Array;
   y: Uint8Array;
-  score: Float64Array;
+  /**
+   * e^-score of each row, the score being the model's log-odds so far. Adding a leaf value v is a
+   * multiplication by e^-v, so the gradients need no Math.exp per row (p = 1 / (1 + e^-score)).
+   */
+  expNeg: Float64Array;
   /** Gradient and hessian of row r at 2r and 2r + 1. */
   gh: Float64Array;
   /** Row ids grouped by node: each node owns a segment, sorted ascending. */
@@ -79,7 +87,7 @@ export function allocateArena(n: number, F: number, threads: number, slots: numb
     bins: new Uint8Array(mem(n * F)),
     colBins: new Uint8Array(mem(n * F)),
     y: new Uint8Array(mem(n)),
-    score: new Float64Array(mem(n * 8)),
+    expNeg: new Float64Array(mem(n * 8)),
     gh: new Float64Array(mem(n * 16)),
     idx: new Int32Array(mem(n * 4)),
     toLeft: new Int32Array(mem(n * 4)),
@@ -108,7 +116,7 @@ export function arenaFromBuffers(b: ArenaBuffers): Arena {
     bins: new Uint8Array(b.bins),
     colBins: new Uint8Array(b.colBins),
     y: new Uint8Array(b.y),
-    score: new Float64Array(b.score),
+    expNeg: new Float64Array(b.expNeg),
     gh: new Float64Array(b.gh),
     idx: new Int32Array(b.idx),
     toLeft: new Int32Array(b.toLeft),
@@ -145,7 +153,7 @@ export function runTask(a: Arena, kind: number, count: number, t: number): void 
  * same every round (rootCounts).
  */
 function rootPass(a: Arena, t: number): void {
-  const { score, y, gh, idx, bins, partial, F } = a;
+  const { expNeg, y, gh, idx, bins, partial, F } = a;
   const from = chunkStart(0, a.n, t, a.threads);
   const to = chunkStart(0, a.n, t + 1, a.threads);
   const wantLoss = a.planValue[0] === 1;
@@ -153,19 +161,26 @@ function rootPass(a: Arena, t: number): void {
   partial.fill(0, base, base + F * HIST_STRIDE);
   const pairs = F >> 1;
   const odd = F & 1;
-  // p = 1 / (1 + e^-s); log-loss = log(1 + e^-s) + (1 - y)·s, with s clamped so e^-s stays finite.
-  // One pass: a row's gradient goes into the histogram while it is still in a register.
+  // p = 1 / (1 + e^-s), with e^-s clamped to e^±35 so that it stays finite. log-loss: log(1 + e^-s)
+  // for y = 1, log(1 + e^s) for y = 0. Two loops, so that the loss's Math.log1p, a call, stays out
+  // of the histogram loop.
   let loss = 0;
   for (let r = from; r < to; r++) {
-    const sc = Math.min(Math.max(score[r], -35), 35);
-    const e = Math.exp(-sc);
+    const e = Math.min(Math.max(expNeg[r], EXP_MINUS_35), EXP_35);
     const p = 1 / (1 + e);
-    const g = p - y[r];
-    const h = p * (1 - p);
-    gh[2 * r] = g;
-    gh[2 * r + 1] = h;
-    if (wantLoss) loss += Math.log1p(e) + (1 - y[r]) * sc;
+    gh[2 * r] = p - y[r];
+    gh[2 * r + 1] = p * (1 - p);
     idx[r] = r;
+  }
+  if (wantLoss) {
+    for (let r = from; r < to; r++) {
+      const e = Math.min(Math.max(expNeg[r], EXP_MINUS_35), EXP_35);
+      loss += y[r] === 1 ? Math.log1p(e) : Math.log1p(1 / e);
+    }
+  }
+  for (let r = from; r < to; r++) {
+    const g = gh[2 * r];
+    const h = gh[2 * r + 1];
     let o = r * F;
     let k = base;
     for (let q = 0; q < pairs; q++, k += 2 * HIST_STRIDE, o += 2) {
@@ -258,7 +273,7 @@ function partitionNode(a: Arena, k: number, t: number): void {
 }
 
 const sides = new Uint8Array(256);
-/** [right leaf, left leaf], indexed by the side table. */
+/** e^-value of [right leaf, left leaf], indexed by the side table. */
 const leafValues = new Float64Array(2);
 
 /** 1 for the bins of node k's split that go left. */
@@ -273,28 +288,28 @@ function sideTable(a: Arena, k: number): Uint8Array {
 
 /** Thread t's chunk of node k, whose children are leaves: each row's score gets its leaf's value. */
 function routeToLeaves(a: Arena, k: number, t: number): void {
-  const { plan, idx, colBins, score } = a;
+  const { plan, idx, colBins, expNeg } = a;
   const p = k * PLAN_STRIDE;
   const from = chunkStart(plan[p + PLAN_START], plan[p + PLAN_END], t, a.threads);
   const to = chunkStart(plan[p + PLAN_START], plan[p + PLAN_END], t + 1, a.threads);
   const col = plan[p + PLAN_FEATURE] * a.n;
   const side = sideTable(a, k);
-  leafValues[0] = a.planValue[2 * k + 1];
-  leafValues[1] = a.planValue[2 * k];
+  leafValues[0] = Math.exp(-a.planValue[2 * k + 1]);
+  leafValues[1] = Math.exp(-a.planValue[2 * k]);
   for (let i = from; i < to; i++) {
     const r = idx[i];
-    score[r] += leafValues[side[colBins[col + r]]];
+    expNeg[r] *= leafValues[side[colBins[col + r]]];
   }
 }
 
 /** Adds leaf k's value to the scores of thread t's chunk of its rows. */
 function scoreLeaf(a: Arena, k: number, t: number): void {
-  const { plan, idx, score } = a;
+  const { plan, idx, expNeg } = a;
   const p = k * PLAN_STRIDE;
   const from = chunkStart(plan[p + PLAN_START], plan[p + PLAN_END], t, a.threads);
   const to = chunkStart(plan[p + PLAN_START], plan[p + PLAN_END], t + 1, a.threads);
-  const v = a.planValue[k];
-  for (let i = from; i < to; i++) score[idx[i]] += v;
+  const m = Math.exp(-a.planValue[k]);
+  for (let i = from; i < to; i++) expNeg[idx[i]] *= m;
 }
 
 /** Main thread, after TASK_ROOT or TASK_PARTITION: the histogram of slot k summed over the threads into `out`. */
