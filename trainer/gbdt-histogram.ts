@@ -61,8 +61,7 @@ export interface Arena {
   gh: Float64Array;
   /** Row ids grouped by node: each node owns a segment, sorted ascending. */
   idx: Int32Array;
-  /** Per thread's chunk of a node: the rows going left / right, in order, from the chunk's start. */
-  toLeft: Int32Array;
+  /** Per thread's chunk of a node: the rows going right, in order, from the chunk's start (those going left stay in idx). */
   toRight: Int32Array;
   /** Histograms built by each thread: thread t, slot k at ((t * slots) + k) * F * HIST_STRIDE. */
   partial: Float64Array;
@@ -90,7 +89,6 @@ export function allocateArena(n: number, F: number, threads: number, slots: numb
     expNeg: new Float64Array(mem(n * 8)),
     gh: new Float64Array(mem(n * 16)),
     idx: new Int32Array(mem(n * 4)),
-    toLeft: new Int32Array(mem(n * 4)),
     toRight: new Int32Array(mem(n * 4)),
     partial: new Float64Array(mem(threads * slots * F * HIST_STRIDE * 8)),
     plan: new Int32Array(mem(slots * PLAN_STRIDE * 4)),
@@ -119,7 +117,6 @@ export function arenaFromBuffers(b: ArenaBuffers): Arena {
     expNeg: new Float64Array(b.expNeg),
     gh: new Float64Array(b.gh),
     idx: new Int32Array(b.idx),
-    toLeft: new Int32Array(b.toLeft),
     toRight: new Int32Array(b.toRight),
     partial: new Float64Array(b.partial),
     plan: new Int32Array(b.plan),
@@ -243,12 +240,13 @@ function addRows(hist: Float64Array, base: number, bins: Uint8Array, F: number, 
 }
 
 /**
- * Thread t's chunk of node k's segment: its rows are written, in order, to toLeft / toRight from
- * the chunk's start, then the rows of the child named by PLAN_BUILD are added to slot k. Two
- * passes, because "which side" is a coin flip the branch predictor cannot learn.
+ * Thread t's chunk of node k's segment: its rows going left are packed, in order, at the chunk's
+ * start in idx (the write never passes the read), those going right written to toRight from the
+ * chunk's start; then the rows of the child named by PLAN_BUILD are added to slot k. Two passes,
+ * because "which side" is a coin flip the branch predictor cannot learn.
  */
 function partitionNode(a: Arena, k: number, t: number): void {
-  const { plan, idx, bins, colBins, F, gh, toLeft, toRight, partial } = a;
+  const { plan, idx, bins, colBins, F, gh, toRight, partial } = a;
   const p = k * PLAN_STRIDE;
   const from = chunkStart(plan[p + PLAN_START], plan[p + PLAN_END], t, a.threads);
   const to = chunkStart(plan[p + PLAN_START], plan[p + PLAN_END], t + 1, a.threads);
@@ -261,7 +259,7 @@ function partitionNode(a: Arena, k: number, t: number): void {
   for (let i = from; i < to; i++) {
     const r = idx[i];
     const left = side[colBins[col + r]];
-    toLeft[l] = r;
+    idx[l] = r;
     toRight[rt] = r;
     l += left;
     rt += 1 - left;
@@ -272,7 +270,7 @@ function partitionNode(a: Arena, k: number, t: number): void {
   if (build === 0) return;
   const base = partialOffset(a, t, k);
   partial.fill(0, base, base + F * HIST_STRIDE);
-  if (build === 1) addRows(partial, base, bins, F, gh, toLeft, from, from + nl);
+  if (build === 1) addRows(partial, base, bins, F, gh, idx, from, from + nl);
   else addRows(partial, base, bins, F, gh, toRight, from, from + nr);
 }
 
@@ -332,14 +330,16 @@ export function mergePartials(a: Arena, k: number, out: Float64Array): void {
  * rows, each in ascending order (thread chunks are consecutive). Returns the number of left rows.
  */
 export function collectPartition(a: Arena, k: number): number {
-  const { plan, idx, toLeft, toRight, nLeft, threads, slots } = a;
+  const { plan, idx, toRight, nLeft, threads, slots } = a;
   const p = k * PLAN_STRIDE;
   const start = plan[p + PLAN_START];
   const end = plan[p + PLAN_END];
-  let at = start;
-  for (let t = 0; t < threads; t++) {
+  // Thread 0's left rows are in place; each later thread's move down (copyWithin allows the overlap,
+  // and never reaches the next thread's rows, which start at or after this one's end).
+  let at = start + nLeft[k];
+  for (let t = 1; t < threads; t++) {
     const from = chunkStart(start, end, t, threads);
-    idx.set(toLeft.subarray(from, from + nLeft[t * slots + k]), at);
+    idx.copyWithin(at, from, from + nLeft[t * slots + k]);
     at += nLeft[t * slots + k];
   }
   const lefts = at - start;
