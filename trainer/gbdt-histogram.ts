@@ -157,8 +157,8 @@ function rootPass(a: Arena, t: number): void {
   const base = partialOffset(a, t, 0);
   partial.fill(0, base, base + F * HIST_STRIDE);
   // p = 1 / (1 + e^-s), with e^-s clamped to e^±35 so that it stays finite. log-loss: log(1 + e^-s)
-  // for y = 1, log(1 + e^s) for y = 0, in a loop of its own: Math.log1p is a call, and a call in
-  // the histogram loop would spill its registers. One row's g and h go to the histogram from registers.
+  // for y = 1, log(1 + e^s) for y = 0, in a loop of its own so that the histogram loop makes no
+  // call (with Math.exp in it, that loop was slower than two loops). g and h go in from registers.
   let loss = 0;
   for (let r = from; r < to; r++) {
     const e = Math.min(Math.max(expNeg[r], EXP_MINUS_35), EXP_35);
