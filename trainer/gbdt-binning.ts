@@ -98,8 +98,30 @@ function transpose(bins: Uint8Array, colBins: Uint8Array, n: number, F: number, 
   for (let r = 0, o = f, c = f * n; r < n; r++, o += F) colBins[c + r] = bins[o];
 }
 
+/** Order-preserving key of a float32 value: its bits, sign-flipped so that keys compare as the values do. */
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+function orderKey(v: number): number {
+  f32[0] = v + 0; // -0 → +0: they are equal to <=, so they must share a key
+  const bits = u32[0];
+  return bits >= 0x80000000 ? ~bits >>> 0 : (bits | 0x80000000) >>> 0;
+}
+
+/** Buckets of the lookup that narrows each value's bin search: by the top 16 bits of the key. */
+const BUCKETS = 65536;
+const lookup = new Uint16Array(BUCKETS + 1);
+
 function binNumeric(col: ArrayLike<number>, e: Float64Array, n: number, F: number, f: number, bins: Uint8Array): void {
   const last = e.length - 1;
+  // lookup[B]: the first bin whose edge has a key in bucket B or later. A value in bucket B has its
+  // bin in [lookup[B], lookup[B + 1]], so the binary search below runs over that range only
+  // (the same answer as over all bins, in a step or two on most data).
+  let b = 0;
+  for (let B = 0; B < BUCKETS; B++) {
+    while (b < last && orderKey(e[b]) >>> 16 < B) b++;
+    lookup[B] = b;
+  }
+  lookup[BUCKETS] = last;
   for (let r = 0, o = f; r < n; r++, o += F) {
     const v = Math.fround(col[r]);
     if (Number.isNaN(v)) {
@@ -107,8 +129,11 @@ function binNumeric(col: ArrayLike<number>, e: Float64Array, n: number, F: numbe
       continue;
     }
     // first b with v <= e[b]; e[last] is +Infinity so the search always lands
-    let lo = 0;
-    let hi = last;
+    f32[0] = v + 0;
+    const bits = u32[0];
+    const B = (bits >= 0x80000000 ? ~bits : bits | 0x80000000) >>> 16;
+    let lo = lookup[B];
+    let hi = lookup[B + 1];
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       if (v <= e[mid]) hi = mid;

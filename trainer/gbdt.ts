@@ -220,7 +220,7 @@ export function trainGbdt(data: GbdtData, options: GbdtOptions = {}, onProgress?
     const opts: ResolvedGbdtOptions = Object.freeze({ ...resolved, threads: arena.threads });
     const prior = positives / n;
     const baseScore = Math.fround(Math.log(prior / (1 - prior)));
-    arena.score.fill(baseScore);
+    arena.expNeg.fill(Math.exp(-baseScore));
     const ctx: GrowContext = {
       arena,
       team,
