@@ -54,7 +54,8 @@ export async function runPartUntilSignal(
   runtime.http.route("GET", "/metrics", async (_req, res) => sendText(res, 200, await runtime.metrics.render(), runtime.metrics.contentType));
   runtime.http.route("GET", "/healthz", (_req, res) => sendJson(res, 200, { status: "ok", [part.name]: part.health() }));
   try {
-    onListening?.(await runtime.listenHttp());
+    const port = await runtime.listenHttp();
+    onListening?.(port);
   } catch (err) {
     await part.stop();
     throw new Error(`cannot listen on HTTP port ${runtime.config.httpPort} (${(err as Error).message}); pass --http-port (0 picks a free one)`);

@@ -1,5 +1,6 @@
-// `streamserve features --workers N`: N supervised processes behind one HTTP port, whose /healthz
-// shows each child and whose /metrics sums their series (each event applied once across them).
+// `streamserve features` answers /healthz and /metrics on --http-port; with --workers N, N
+// supervised processes sit behind that port, whose /healthz shows each child and whose /metrics
+// sums their series (each event applied once across them).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -78,4 +79,22 @@ test("two workers behind one port: /healthz lists both, /metrics adds their coun
   assert.match(metrics, /^# TYPE process_cpu_seconds_total counter$/m);
   child.kill("SIGTERM");
   await exited;
+});
+
+test("one worker answers /healthz and /metrics on its --http-port", async () => {
+  const port = await freePort();
+  const one = spawn(
+    process.execPath,
+    ["--import", "tsx", "cli/main.ts", "features", "--namespace", env.runtime.config.namespace, "--http-port", String(port), "--progress", "0"],
+    { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, LOG_LEVEL: "warn" } },
+  );
+  const exited = new Promise((r) => one.once("exit", r));
+  try {
+    const health = await waitFor("/healthz", async () => (await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.json(), 60_000, 200);
+    assert.equal((health as { status: string }).status, "ok");
+    assert.match(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text(), /^# TYPE streamserve_features_messages_total counter$/m);
+  } finally {
+    one.kill("SIGTERM");
+    await exited;
+  }
 });
