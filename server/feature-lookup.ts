@@ -5,7 +5,7 @@
 // Redis trouble never fails the request: the features take their defaults and the caller logs it.
 import { createHash } from "node:crypto";
 import { isCluster, type Redis } from "../lib/redis.js";
-import { encodeArgs, RespError, RespWriter, type RespArg, type RespReply } from "../lib/resp.js";
+import { encodeArgs, RespError, RespWriter, type RespArg, type RespRawReply, type RespReply } from "../lib/resp.js";
 import { readAcrossSlots } from "./cluster-feature-read.js";
 import { FeatureConnection } from "./feature-connection.js";
 import type { Names } from "../lib/config.js";
@@ -17,8 +17,13 @@ export interface RequestContext {
   deviceType: string;
 }
 
-/** A value as read: a string, or null/false (Lua's nil) when the hash or field is absent. */
-type RawValue = string | null | false;
+/**
+ * A value as read: a string, or null/false (Lua's nil) when the hash or field is absent; or, from
+ * the byte parser (parseScriptBytes), the number it already parsed (null when it is not one).
+ */
+type RawValue = ScriptValue | number;
+/** A value of the script's JSON reply. */
+type ScriptValue = string | null | false;
 
 export interface FeatureMatrix {
   /** rows × features, row-major, in the order of `specs`. */
@@ -181,10 +186,10 @@ function scriptArgs(keys: string[], userFields: string[], itemFields: string[]):
 }
 
 /** The script's rows as Lua encodes them: a missing field (nil) is false, a row without fields `{}`. */
-function parseRawReply(json: string): RawValue[][] {
-  const rows = JSON.parse(json) as (RawValue[] | Record<string, never>)[];
+function parseRawReply(json: string): ScriptValue[][] {
+  const rows = JSON.parse(json) as (ScriptValue[] | Record<string, never>)[];
   for (let i = 0; i < rows.length; i++) if (!Array.isArray(rows[i])) rows[i] = [];
-  return rows as RawValue[][];
+  return rows as ScriptValue[][];
 }
 
 function parseScriptReply(json: string): (string | null)[][] {
@@ -213,7 +218,8 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
 interface PendingRespRead {
   keys: string[];
   plan: Plan;
-  resolve: (json: string) => void;
+  /** The script's JSON, as bytes (the RESP client's bulkAsBytes) or a string. */
+  resolve: (json: string | Buffer) => void;
   reject: (err: Error) => void;
 }
 
@@ -227,16 +233,17 @@ const scriptTails = new WeakMap<Plan, Buffer>();
 async function readOnResp(conn: FeatureConnection, keys: string[], plan: Plan): Promise<RawValue[][]> {
   if (!scriptUnsupported.has(conn)) {
     try {
-      return parseRawReply(
-        await new Promise<string>((resolve, reject) => {
-          let batch = pendingRespReads.get(conn);
-          if (!batch) {
-            pendingRespReads.set(conn, (batch = []));
-            setImmediate(() => sendRespBatch(conn));
-          }
-          batch.push({ keys, plan, resolve, reject });
-        }),
-      );
+      const json = await new Promise<string | Buffer>((resolve, reject) => {
+        let batch = pendingRespReads.get(conn);
+        if (!batch) {
+          pendingRespReads.set(conn, (batch = []));
+          setImmediate(() => sendRespBatch(conn));
+        }
+        batch.push({ keys, plan, resolve, reject });
+      });
+      if (typeof json === "string") return parseRawReply(json);
+      // Anything the byte parser does not expect goes to JSON.parse, the library path.
+      return parseScriptBytes(json) ?? parseRawReply(json.toString("utf8"));
     } catch (err) {
       if (!(err instanceof RespError) || !SCRIPT_REFUSED.test(err.message)) throw err;
       scriptUnsupported.add(conn);
@@ -274,15 +281,15 @@ function encodeScriptReads(reads: readonly PendingRespRead[], head: Buffer): Res
   return w;
 }
 
-function settle(read: PendingRespRead, reply: RespReply | undefined): void {
-  if (typeof reply === "string") read.resolve(reply);
+function settle(read: PendingRespRead, reply: RespRawReply | undefined): void {
+  if (typeof reply === "string" || Buffer.isBuffer(reply)) read.resolve(reply);
   else read.reject(reply instanceof RespError ? reply : new Error("the feature script returned no string"));
 }
 
 function sendRespBatch(conn: FeatureConnection): void {
   const batch = pendingRespReads.get(conn)!;
   pendingRespReads.delete(conn);
-  conn.send([encodeScriptReads(batch, EVALSHA_HEAD)]).then(
+  conn.send([encodeScriptReads(batch, EVALSHA_HEAD)], BULK_AS_BYTES).then(
     async (replies) => {
       // NOSCRIPT: Redis does not have the script (restarted, SCRIPT FLUSH): EVAL loads it.
       let unknown: PendingRespRead[] | undefined;
@@ -293,7 +300,7 @@ function sendRespBatch(conn: FeatureConnection): void {
       }
       if (!unknown) return;
       try {
-        const retried = await conn.send([encodeScriptReads(unknown, EVAL_HEAD)]);
+        const retried = await conn.send([encodeScriptReads(unknown, EVAL_HEAD)], BULK_AS_BYTES);
         unknown.forEach((read, i) => settle(read, retried[i]));
       } catch (err) {
         for (const read of unknown) read.reject(err as Error);
@@ -301,6 +308,105 @@ function sendRespBatch(conn: FeatureConnection): void {
     },
     (err: Error) => batch.forEach((read) => read.reject(err)),
   );
+}
+
+const BULK_AS_BYTES = { bulkAsBytes: true } as const;
+
+/** Exact powers of ten (all of them doubles with no rounding) for the decimal fast path. */
+const POW10 = Array.from({ length: 16 }, (_, k) => 10 ** k);
+
+/**
+ * The script's JSON reply (as cjson writes it: no spaces, `{}` for a row without fields, false for
+ * nil) read straight from its bytes, each value parsed to the number parseNumber would make of the
+ * string (null when it makes none): no reply string, no strings per value, no JSON.parse. The
+ * result is what parseRawReply gives, values already parsed; undefined for anything else (the
+ * caller then uses parseRawReply).
+ */
+export function parseScriptBytes(b: Buffer): RawValue[][] | undefined {
+  const n = b.length;
+  let p = 0;
+  if (b[p++] !== 0x5b) return undefined; // [
+  const rows: RawValue[][] = [];
+  if (b[p] === 0x5d) return p + 1 === n ? rows : undefined;
+  for (;;) {
+    const c = b[p];
+    if (c === 0x7b) {
+      // {}
+      if (b[p + 1] !== 0x7d) return undefined;
+      rows.push([]);
+      p += 2;
+    } else if (c === 0x5b) {
+      p++;
+      const row: RawValue[] = [];
+      if (b[p] === 0x5d) p++;
+      else
+        for (;;) {
+          const v = b[p];
+          if (v === 0x22) {
+            // A string: plain ASCII without escapes is parsed here, anything else through JSON.parse.
+            let q = p + 1;
+            let plain = true;
+            while (q < n) {
+              const x = b[q]!;
+              if (x === 0x22) break;
+              if (x === 0x5c) {
+                plain = false;
+                q += 2;
+                continue;
+              }
+              if (x >= 0x80) plain = false;
+              q++;
+            }
+            if (q >= n) return undefined;
+            row.push(plain ? asciiNumber(b, p + 1, q) : (parseNumber(JSON.parse(b.toString("utf8", p, q + 1)) as string) ?? null));
+            p = q + 1;
+          } else if (v === 0x66 && b[p + 1] === 0x61 && b[p + 2] === 0x6c && b[p + 3] === 0x73 && b[p + 4] === 0x65) {
+            // false
+            row.push(false);
+            p += 5;
+          } else return undefined;
+          if (b[p] === 0x2c) p++;
+          else if (b[p] === 0x5d) {
+            p++;
+            break;
+          } else return undefined;
+        }
+      rows.push(row);
+    } else return undefined;
+    if (b[p] === 0x2c) p++;
+    else if (b[p] === 0x5d) return p + 1 === n ? rows : undefined;
+    else return undefined;
+  }
+}
+
+/**
+ * Number(s) of the ASCII string in b[from, to), or null where parseNumber gives none. Decimals of
+ * at most 15 digits are exact here: the digits are an exact integer and 10^k an exact double, so
+ * their quotient is the correctly rounded value, as Number's; other forms go through Number.
+ */
+function asciiNumber(b: Buffer, from: number, to: number): number | null {
+  if (from === to) return null;
+  let i = from;
+  const negative = b[i] === 0x2d;
+  if (negative) i++;
+  let m = 0;
+  let digits = 0;
+  let fraction = -1;
+  for (; i < to; i++) {
+    const c = b[i]!;
+    if (c >= 0x30 && c <= 0x39) {
+      m = m * 10 + (c - 0x30);
+      digits++;
+      if (fraction >= 0) fraction++;
+    } else if (c === 0x2e && fraction < 0) fraction = 0;
+    else break;
+  }
+  if (i === to && digits > 0 && digits <= 15 && fraction !== 0) {
+    const v = fraction > 0 ? m / POW10[fraction]! : m;
+    return negative ? -v : v;
+  }
+  const v = Number(b.toString("latin1", from, to));
+  return Number.isFinite(v) ? v : null;
 }
 
 async function readWithRespPipeline(conn: FeatureConnection, keys: string[], userFields: string[], itemFields: string[]): Promise<RawValue[][]> {
@@ -358,6 +464,7 @@ export function assemble(
 }
 
 function parseNumber(raw: RawValue | undefined): number | undefined {
+  if (typeof raw === "number") return raw;
   if (raw === null || raw === undefined || raw === false || raw === "") return undefined;
   const n = Number(raw);
   return Number.isFinite(n) ? n : undefined;

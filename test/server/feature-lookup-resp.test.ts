@@ -91,6 +91,31 @@ it("reads the rows ioredis reads, reads started together in one write", async ()
   }
 });
 
+it("parses the reply's bytes to the values JSON.parse and Number make of it, odd values included", async () => {
+  const odd = ["", " 3 ", "1e3", "0x10", "Infinity", "-0", "1.", ".5", "-.25", "+7", "007.50", "12345678901234567", "123456789012345", "0.1"];
+  odd.push("3.141592653589793", "1/2", "é", '"q"', "\\", "NaN", "-", "1e-320", "9007199254740993", "abc");
+  for (let i = 0; i < 200; i++) odd.push(String((Math.random() - 0.5) * 10 ** Math.floor(Math.random() * 12)), (Math.random() * 100).toFixed(i % 9));
+  const items = odd.map((_, i) => `odd${i}`);
+  for (const [i, v] of odd.entries()) await admin.hset(names.itemFeaturesKey(items[i]!), { item_views_5min: v });
+  const single = new Redis({ port, host: "127.0.0.1" });
+  try {
+    const viaIoredis = await lookupFeatures(single, names, SPECS, CTX, items);
+    const viaResp = await read(items);
+    assert.equal(viaResp.unavailable, false);
+    assert.deepEqual(Array.from(viaResp.matrix), Array.from(viaIoredis.matrix));
+    assert.deepEqual(viaResp.missing, viaIoredis.missing);
+    // Checked against Number itself, not only against the other client.
+    const width = SPECS.length;
+    odd.forEach((v, i) => {
+      const n = v === "" ? NaN : Number(v);
+      assert.ok(Object.is(viaResp.matrix[i * width], Math.fround(Number.isFinite(n) ? n : 0)), `"${v}"`);
+    });
+  } finally {
+    single.disconnect();
+    await admin.del(...items.map((i) => names.itemFeaturesKey(i)));
+  }
+});
+
 it("loads the script again after SCRIPT FLUSH (NOSCRIPT)", async () => {
   await admin.script("FLUSH");
   const cached = async () => Number(/number_of_cached_scripts:(\d+)/.exec(await admin.info("memory"))?.[1]);
