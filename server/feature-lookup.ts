@@ -51,13 +51,18 @@ export async function lookupFeatures(
   let itemValues: RawValue[][] = [];
   let unavailable = false;
   if (userFields.length || itemFields.length) {
-    const keys = new Array<string>(items.length + 1);
-    keys[0] = names.userFeaturesKey(ctx.userId);
-    for (let i = 0; i < items.length; i++) keys[i + 1] = names.itemFeaturesKey(items[i]!);
+    const keyList = () => {
+      const keys = new Array<string>(items.length + 1);
+      keys[0] = names.userFeaturesKey(ctx.userId);
+      for (let i = 0; i < items.length; i++) keys[i + 1] = names.itemFeaturesKey(items[i]!);
+      return keys;
+    };
     try {
+      // The RESP path writes the keys from bytes it keeps (itemKeyBytes): no key strings to build.
+      const keys = redis instanceof FeatureConnection ? [] : keyList();
       const rows =
         redis instanceof FeatureConnection
-          ? await readOnResp(redis, keys, plan)
+          ? await readOnResp(redis, names, ctx.userId, items, plan, keyList)
           : isCluster(redis)
             ? await readAcrossSlots(redis, keys, userFields, itemFields)
             : scriptUnsupported.has(redis)
@@ -216,7 +221,9 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
 }
 
 interface PendingRespRead {
-  keys: string[];
+  userKey: string;
+  /** Each candidate's key, RESP-encoded (itemKeyBytes). */
+  itemKeys: Buffer[];
   plan: Plan;
   /** The script's JSON, as bytes (the RESP client's bulkAsBytes) or a string. */
   resolve: (json: string | Buffer) => void;
@@ -229,9 +236,36 @@ const EVAL_HEAD = encodeArgs("EVAL", READ_FEATURES_LUA);
 /** The script's arguments after the keys (field counts and names), encoded once per plan: the same on every read. */
 const scriptTails = new WeakMap<Plan, Buffer>();
 
+/** Bound on itemKeyBytes's entries per Names (a catalog's hot items); past it the cache starts again. */
+const ITEM_KEY_CACHE = 20_000;
+const itemKeyCaches = new WeakMap<Names, Map<string, Buffer>>();
+
+/** An item's feature key as a RESP bulk string, kept: the same candidates come back request after request. */
+function itemKeyBytes(names: Names, item: string): Buffer {
+  let cache = itemKeyCaches.get(names);
+  if (!cache) itemKeyCaches.set(names, (cache = new Map()));
+  let bytes = cache.get(item);
+  if (!bytes) {
+    if (cache.size >= ITEM_KEY_CACHE) cache.clear();
+    bytes = encodeArgs(names.itemFeaturesKey(item));
+    cache.set(item, bytes);
+  }
+  return bytes;
+}
+
 /** The script read on the RESP connection, batched per turn of the event loop as on ioredis; a pipeline of HMGETs where scripts are refused. */
-async function readOnResp(conn: FeatureConnection, keys: string[], plan: Plan): Promise<RawValue[][]> {
+async function readOnResp(
+  conn: FeatureConnection,
+  names: Names,
+  userId: string,
+  items: readonly string[],
+  plan: Plan,
+  keyList: () => string[],
+): Promise<RawValue[][]> {
   if (!scriptUnsupported.has(conn)) {
+    const userKey = names.userFeaturesKey(userId);
+    const itemKeys = new Array<Buffer>(items.length);
+    for (let i = 0; i < items.length; i++) itemKeys[i] = itemKeyBytes(names, items[i]!);
     try {
       const json = await new Promise<string | Buffer>((resolve, reject) => {
         let batch = pendingRespReads.get(conn);
@@ -239,7 +273,7 @@ async function readOnResp(conn: FeatureConnection, keys: string[], plan: Plan): 
           pendingRespReads.set(conn, (batch = []));
           setImmediate(() => sendRespBatch(conn));
         }
-        batch.push({ keys, plan, resolve, reject });
+        batch.push({ userKey, itemKeys, plan, resolve, reject });
       });
       if (typeof json === "string") return parseRawReply(json);
       // Anything the byte parser does not expect goes to JSON.parse, the library path.
@@ -249,7 +283,7 @@ async function readOnResp(conn: FeatureConnection, keys: string[], plan: Plan): 
       scriptUnsupported.add(conn);
     }
   }
-  return readWithRespPipeline(conn, keys, plan.userFields, plan.itemFields);
+  return readWithRespPipeline(conn, keyList(), plan.userFields, plan.itemFields);
 }
 
 function tailFor(plan: Plan): Buffer {
@@ -265,17 +299,19 @@ function tailFor(plan: Plan): Buffer {
 function encodeScriptReads(reads: readonly PendingRespRead[], head: Buffer): RespWriter {
   // Sized to fit (ASCII keys), not guessed: a batch of many large reads would otherwise hold megabytes.
   let size = 0;
-  for (const { keys, plan } of reads) {
-    size += head.length + tailFor(plan).length + 32;
-    for (const key of keys) size += key.length + 16;
+  for (const { userKey, itemKeys, plan } of reads) {
+    size += head.length + tailFor(plan).length + 32 + userKey.length + 16;
+    for (const key of itemKeys) size += key.length;
   }
   const w = new RespWriter(size);
-  for (const { keys, plan } of reads) {
+  for (const { userKey, itemKeys, plan } of reads) {
     const tail = tailFor(plan);
-    w.command(3 + keys.length + 2 + plan.userFields.length + plan.itemFields.length)
+    const keys = 1 + itemKeys.length;
+    w.command(3 + keys + 2 + plan.userFields.length + plan.itemFields.length)
       .raw(head)
-      .number(keys.length);
-    for (const key of keys) w.string(key);
+      .number(keys)
+      .string(userKey);
+    for (const key of itemKeys) w.raw(key);
     w.raw(tail);
   }
   return w;
