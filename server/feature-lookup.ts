@@ -353,10 +353,11 @@ const POW10 = Array.from({ length: 16 }, (_, k) => 10 ** k);
 
 /**
  * The script's JSON reply (as cjson writes it: no spaces, `{}` for a row without fields, false for
- * nil) read straight from its bytes, each value parsed to the number parseNumber would make of the
- * string (null when it makes none): no reply string, no strings per value, no JSON.parse. The
- * result is what parseRawReply gives, values already parsed; undefined for anything else (the
- * caller then uses parseRawReply).
+ * nil) read straight from its bytes when every value is a plain decimal of at most 15 digits (the
+ * common case: counts, short decimals), each parsed to the number Number makes of it: no reply
+ * string, no string per value, no JSON.parse. Anything else (an exponent, 16+ digits, an escape,
+ * a shape it does not expect) gives undefined, and the caller reads the reply with parseRawReply,
+ * which is faster at those.
  */
 export function parseScriptBytes(b: Buffer): RawValue[][] | undefined {
   const n = b.length;
@@ -394,7 +395,11 @@ export function parseScriptBytes(b: Buffer): RawValue[][] | undefined {
               q++;
             }
             if (q >= n) return undefined;
-            row.push(plain ? asciiNumber(b, p + 1, q) : (parseNumber(JSON.parse(b.toString("utf8", p, q + 1)) as string) ?? null));
+            // Other forms (exponents, 16+ digits, escapes): JSON.parse and Number are faster at those,
+            // and the reply is read that way from the start.
+            const value = plain ? decimal(b, p + 1, q) : undefined;
+            if (value === undefined) return undefined;
+            row.push(value);
             p = q + 1;
           } else if (v === 0x66 && b[p + 1] === 0x61 && b[p + 2] === 0x6c && b[p + 3] === 0x73 && b[p + 4] === 0x65) {
             // false
@@ -416,11 +421,11 @@ export function parseScriptBytes(b: Buffer): RawValue[][] | undefined {
 }
 
 /**
- * Number(s) of the ASCII string in b[from, to), or null where parseNumber gives none. Decimals of
- * at most 15 digits are exact here: the digits are an exact integer and 10^k an exact double, so
- * their quotient is the correctly rounded value, as Number's; other forms go through Number.
+ * Number(s) of the ASCII string in b[from, to) when it is a plain decimal of at most 15 digits
+ * (null for ""), else undefined. Exact: the digits are an exact integer and 10^k an exact double,
+ * so their quotient is the correctly rounded value, as Number's.
  */
-function asciiNumber(b: Buffer, from: number, to: number): number | null {
+function decimal(b: Buffer, from: number, to: number): number | null | undefined {
   if (from === to) return null;
   let i = from;
   const negative = b[i] === 0x2d;
@@ -431,18 +436,17 @@ function asciiNumber(b: Buffer, from: number, to: number): number | null {
   for (; i < to; i++) {
     const c = b[i]!;
     if (c >= 0x30 && c <= 0x39) {
+      if (++digits > 15) return undefined;
       m = m * 10 + (c - 0x30);
-      digits++;
       if (fraction >= 0) fraction++;
     } else if (c === 0x2e && fraction < 0) fraction = 0;
     else break;
   }
-  if (i === to && digits > 0 && digits <= 15 && fraction !== 0) {
+  if (i === to && digits > 0 && fraction !== 0) {
     const v = fraction > 0 ? m / POW10[fraction]! : m;
     return negative ? -v : v;
   }
-  const v = Number(b.toString("latin1", from, to));
-  return Number.isFinite(v) ? v : null;
+  return undefined;
 }
 
 async function readWithRespPipeline(conn: FeatureConnection, keys: string[], userFields: string[], itemFields: string[]): Promise<RawValue[][]> {
