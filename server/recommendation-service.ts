@@ -230,13 +230,19 @@ export function validateRecommend(req: RecommendRequest, limits: ServingLimits):
   if (req.candidates.length > limits.maxCandidates) {
     throw invalidArgument("candidates", `has ${req.candidates.length} items; the limit is ${limits.maxCandidates}`);
   }
-  const seen = new Set<string>();
-  for (let i = 0; i < req.candidates.length; i++) {
-    const c = req.candidates[i]!;
+  const candidates = req.candidates;
+  // A short list is checked for repeats pairwise (no Set per request); a long one with a Set.
+  const seen = candidates.length > 32 ? new Set<string>() : undefined;
+  for (let i = 0; i < candidates.length; i++) {
+    const c = candidates[i]!;
     if (!c) throw invalidArgument(`candidates[${i}]`, "is empty");
     if (c.length > limits.maxIdLength) throw invalidArgument(`candidates[${i}]`, `is longer than ${limits.maxIdLength} characters`);
-    if (seen.has(c)) throw invalidArgument(`candidates[${i}]`, `"${c}" is listed twice`);
-    seen.add(c);
+    let repeated = false;
+    if (seen) {
+      repeated = seen.has(c);
+      seen.add(c);
+    } else for (let j = 0; j < i && !repeated; j++) repeated = candidates[j] === c;
+    if (repeated) throw invalidArgument(`candidates[${i}]`, `"${c}" is listed twice`);
   }
   if (req.limit > limits.maxCandidates) throw invalidArgument("limit", `must be at most ${limits.maxCandidates}`);
   if (req.requestId.length > limits.maxIdLength) throw invalidArgument("request_id", `is longer than ${limits.maxIdLength} characters`);
