@@ -87,6 +87,8 @@ export interface H2loadRun {
 export function h2loadArgs(run: H2loadRun): string[] {
   return [
     ...["-c", String(run.connections), "-m", String(run.streams), "-t", "1"],
+    // BENCH_RPS: a fixed offered rate per connection, so that CPU per call compares at equal batching on a busy machine.
+    ...(process.env.BENCH_RPS ? [`--rps=${process.env.BENCH_RPS}`] : []),
     ...["-D", `${run.durationMs}ms`, "-d", run.bodyFile, "--log-file", run.logFile],
     ...["-H", "content-type: application/grpc", "-H", "te: trailers", run.url],
   ];

@@ -98,21 +98,27 @@ class UnaryCallContext implements CallContext {
     if (this.cancelled) {
       this.controller.abort();
     } else if (!this.done) {
-      this.call.once("cancelled", this.abort);
+      // Bound here, not per call: most calls never get this far.
+      const onAbort = (this.onAbort = () => this.abort());
+      this.call.once("cancelled", onAbort);
       this.watched.add(this);
-      if (this.deadline !== Infinity) this.timer = setTimeout(this.abort, Math.max(0, this.deadline - Date.now()));
+      if (this.deadline !== Infinity) this.timer = setTimeout(onAbort, Math.max(0, this.deadline - Date.now()));
     }
     return this.controller.signal;
   }
 
-  readonly abort = (): void => this.controller?.abort();
+  private onAbort?: () => void;
+
+  abort(): void {
+    this.controller?.abort();
+  }
 
   /** The call is answered: nothing may fire for it any more. */
   end(): void {
     this.done = true;
     if (!this.controller) return;
     if (this.timer) clearTimeout(this.timer);
-    this.call.removeListener("cancelled", this.abort);
+    if (this.onAbort) this.call.removeListener("cancelled", this.onAbort);
     this.watched.delete(this);
   }
 }

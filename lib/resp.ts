@@ -34,6 +34,18 @@ export interface RespOptions {
   name?: string;
 }
 
+export interface RespSendOptions {
+  onConnection?: number;
+  /**
+   * Top-level bulk string replies may come back as the bytes (a Buffer) instead of a string, for
+   * a caller that parses them itself; a client may ignore it (ioredis does), so strings stay possible.
+   */
+  bulkAsBytes?: boolean;
+}
+
+/** A reply of a send with `bulkAsBytes`. */
+export type RespRawReply = RespReply | Buffer;
+
 /** What the features store needs of a Redis connection; both clients implement it. */
 export interface RespConnection {
   /**
@@ -41,7 +53,8 @@ export interface RespConnection {
    * reply is a RespError value). With `onConnection` (a `connection` read earlier), fails with a
    * RespConnectionError instead of sending on a newer connection: what that one had (a WATCH) is gone.
    */
-  send(commands: readonly RespCommand[], options?: { onConnection?: number }): Promise<RespReply[]>;
+  send(commands: readonly RespCommand[], options: RespSendOptions & { bulkAsBytes: true }): Promise<RespRawReply[]>;
+  send(commands: readonly RespCommand[], options?: RespSendOptions): Promise<RespReply[]>;
   /** Which connection the next send goes out on if it is still open (they are numbered as made). */
   readonly connection: number;
   /** Closes the connection; commands still in flight fail. */
@@ -50,6 +63,8 @@ export interface RespConnection {
 
 interface Waiter {
   left: number;
+  /** Top-level bulk strings as bytes (RespSendOptions.bulkAsBytes). */
+  bytes: boolean;
   replies: RespReply[];
   resolve(replies: RespReply[]): void;
   reject(err: Error): void;
@@ -73,13 +88,16 @@ export class RespSocketConnection implements RespConnection {
     private readonly options: RespOptions = {},
   ) {}
 
-  async send(commands: readonly RespCommand[], options: { onConnection?: number } = {}): Promise<RespReply[]> {
+  send(commands: readonly RespCommand[], options: RespSendOptions & { bulkAsBytes: true }): Promise<RespRawReply[]>;
+  send(commands: readonly RespCommand[], options?: RespSendOptions): Promise<RespReply[]>;
+  async send(commands: readonly RespCommand[], options: RespSendOptions = {}): Promise<RespRawReply[]> {
     if (commands.length === 0) return [];
-    const socket = await this.connected();
+    // Connected: no await (a microtask turn per read on the request path).
+    const socket = this.socket ?? (await this.connected());
     if (options.onConnection !== undefined && options.onConnection !== this.dials) {
       throw new RespConnectionError("the Redis connection was replaced since the commands it depends on");
     }
-    return this.write(socket, commands);
+    return this.write(socket, commands, options.bulkAsBytes === true);
   }
 
   get connection(): number {
@@ -93,11 +111,11 @@ export class RespSocketConnection implements RespConnection {
     this.socket = undefined;
   }
 
-  private write(socket: Socket, commands: readonly RespCommand[]): Promise<RespReply[]> {
+  private write(socket: Socket, commands: readonly RespCommand[], bytes = false): Promise<RespReply[]> {
     let count = 0;
     for (const c of commands) count += "bytes" in c ? c.count : 1;
     return new Promise((resolve, reject) => {
-      this.waiters.push({ left: count, replies: [], resolve, reject });
+      this.waiters.push({ left: count, bytes, replies: [], resolve, reject });
       // Argument lists are encoded here; encoded blocks go out as they are, all in one writev.
       socket.cork();
       let args: RespWriter | undefined;
@@ -219,7 +237,11 @@ export class RespSocketConnection implements RespConnection {
             break;
           }
           if (next + len + 2 > buf.length) return pos;
-          value = buf.toString("utf8", next, next + len);
+          // A socket's chunks are never reused: the view stays valid (it keeps the chunk alive until parsed).
+          value =
+            this.arrays.length === 0 && this.waiters[0]?.bytes === true
+              ? (buf.subarray(next, next + len) as unknown as RespReply)
+              : buf.toString("utf8", next, next + len);
           next += len + 2;
           break;
         }

@@ -4,7 +4,7 @@
 // answered within the command timeout drops the connection, failing what is in flight, so that a
 // stalled Redis cannot pile up reads. Invariant: a read either gets its replies or fails, soon.
 import { connectResp } from "../lib/resp-client.js";
-import { RespConnectionError, type RespCommand, type RespConnection, type RespReply } from "../lib/resp.js";
+import { RespConnectionError, type RespCommand, type RespConnection, type RespRawReply, type RespReply } from "../lib/resp.js";
 import { redactUrl, type Logger } from "../lib/logger.js";
 import { fastPathChoice } from "../lib/fast-paths.js";
 import { isCluster, type Redis } from "../lib/redis.js";
@@ -27,8 +27,13 @@ export class FeatureConnection {
     this.conn = this.open();
   }
 
-  /** Sends the commands in one write; one reply per command (error replies as RespError values). */
-  async send(commands: readonly RespCommand[]): Promise<RespReply[]> {
+  /**
+   * Sends the commands in one write; one reply per command (error replies as RespError values).
+   * With `bulkAsBytes`, top-level bulk replies may be Buffers (see RespSendOptions).
+   */
+  send(commands: readonly RespCommand[], options: { bulkAsBytes: true }): Promise<RespRawReply[]>;
+  send(commands: readonly RespCommand[]): Promise<RespReply[]>;
+  async send(commands: readonly RespCommand[], options?: { bulkAsBytes: true }): Promise<RespRawReply[]> {
     if (this.closed) throw new RespConnectionError("the feature connection is closed");
     if (this.downUntil > Date.now()) throw new RespConnectionError("Redis unavailable (reconnecting)");
     const conn = this.conn;
@@ -36,7 +41,7 @@ export class FeatureConnection {
     this.inFlight.push(started);
     this.timer ??= setTimeout(() => this.checkTimeouts(), this.commandTimeoutMs).unref();
     try {
-      const replies = await conn.send(commands);
+      const replies: RespRawReply[] = options ? await conn.send(commands, options) : await conn.send(commands);
       if (this.down) this.log.info({ url: redactUrl(this.url) }, "Redis back");
       this.down = false;
       this.failures = 0;

@@ -5,7 +5,7 @@
 // Redis trouble never fails the request: the features take their defaults and the caller logs it.
 import { createHash } from "node:crypto";
 import { isCluster, type Redis } from "../lib/redis.js";
-import { encodeArgs, RespError, RespWriter, type RespArg, type RespReply } from "../lib/resp.js";
+import { encodeArgs, RespError, RespWriter, type RespArg, type RespRawReply, type RespReply } from "../lib/resp.js";
 import { readAcrossSlots } from "./cluster-feature-read.js";
 import { FeatureConnection } from "./feature-connection.js";
 import type { Names } from "../lib/config.js";
@@ -17,8 +17,13 @@ export interface RequestContext {
   deviceType: string;
 }
 
-/** A value as read: a string, or null/false (Lua's nil) when the hash or field is absent. */
-type RawValue = string | null | false;
+/**
+ * A value as read: a string, or null/false (Lua's nil) when the hash or field is absent; or, from
+ * the byte parser (parseScriptBytes), the number it already parsed (null when it is not one).
+ */
+type RawValue = ScriptValue | number;
+/** A value of the script's JSON reply. */
+type ScriptValue = string | null | false;
 
 export interface FeatureMatrix {
   /** rows × features, row-major, in the order of `specs`. */
@@ -46,13 +51,18 @@ export async function lookupFeatures(
   let itemValues: RawValue[][] = [];
   let unavailable = false;
   if (userFields.length || itemFields.length) {
-    const keys = new Array<string>(items.length + 1);
-    keys[0] = names.userFeaturesKey(ctx.userId);
-    for (let i = 0; i < items.length; i++) keys[i + 1] = names.itemFeaturesKey(items[i]!);
+    const keyList = () => {
+      const keys = new Array<string>(items.length + 1);
+      keys[0] = names.userFeaturesKey(ctx.userId);
+      for (let i = 0; i < items.length; i++) keys[i + 1] = names.itemFeaturesKey(items[i]!);
+      return keys;
+    };
     try {
+      // The RESP path writes the keys from bytes it keeps (itemKeyBytes): no key strings to build.
+      const keys = redis instanceof FeatureConnection ? [] : keyList();
       const rows =
         redis instanceof FeatureConnection
-          ? await readOnResp(redis, keys, plan)
+          ? await readOnResp(redis, names, ctx.userId, items, plan, keyList)
           : isCluster(redis)
             ? await readAcrossSlots(redis, keys, userFields, itemFields)
             : scriptUnsupported.has(redis)
@@ -181,10 +191,10 @@ function scriptArgs(keys: string[], userFields: string[], itemFields: string[]):
 }
 
 /** The script's rows as Lua encodes them: a missing field (nil) is false, a row without fields `{}`. */
-function parseRawReply(json: string): RawValue[][] {
-  const rows = JSON.parse(json) as (RawValue[] | Record<string, never>)[];
+function parseRawReply(json: string): ScriptValue[][] {
+  const rows = JSON.parse(json) as (ScriptValue[] | Record<string, never>)[];
   for (let i = 0; i < rows.length; i++) if (!Array.isArray(rows[i])) rows[i] = [];
-  return rows as RawValue[][];
+  return rows as ScriptValue[][];
 }
 
 function parseScriptReply(json: string): (string | null)[][] {
@@ -211,9 +221,12 @@ export async function readWithPipeline(redis: Redis, keys: string[], userFields:
 }
 
 interface PendingRespRead {
-  keys: string[];
+  userKey: string;
+  /** Each candidate's key, RESP-encoded (itemKeyBytes). */
+  itemKeys: Buffer[];
   plan: Plan;
-  resolve: (json: string) => void;
+  /** The script's JSON, as bytes (the RESP client's bulkAsBytes) or a string. */
+  resolve: (json: string | Buffer) => void;
   reject: (err: Error) => void;
 }
 
@@ -223,26 +236,54 @@ const EVAL_HEAD = encodeArgs("EVAL", READ_FEATURES_LUA);
 /** The script's arguments after the keys (field counts and names), encoded once per plan: the same on every read. */
 const scriptTails = new WeakMap<Plan, Buffer>();
 
+/** Bound on itemKeyBytes's entries per Names (a catalog's hot items); past it the cache starts again. */
+const ITEM_KEY_CACHE = 20_000;
+const itemKeyCaches = new WeakMap<Names, Map<string, Buffer>>();
+
+/** An item's feature key as a RESP bulk string, kept: the same candidates come back request after request. */
+function itemKeyBytes(names: Names, item: string): Buffer {
+  let cache = itemKeyCaches.get(names);
+  if (!cache) itemKeyCaches.set(names, (cache = new Map()));
+  let bytes = cache.get(item);
+  if (!bytes) {
+    if (cache.size >= ITEM_KEY_CACHE) cache.clear();
+    bytes = encodeArgs(names.itemFeaturesKey(item));
+    cache.set(item, bytes);
+  }
+  return bytes;
+}
+
 /** The script read on the RESP connection, batched per turn of the event loop as on ioredis; a pipeline of HMGETs where scripts are refused. */
-async function readOnResp(conn: FeatureConnection, keys: string[], plan: Plan): Promise<RawValue[][]> {
+async function readOnResp(
+  conn: FeatureConnection,
+  names: Names,
+  userId: string,
+  items: readonly string[],
+  plan: Plan,
+  keyList: () => string[],
+): Promise<RawValue[][]> {
   if (!scriptUnsupported.has(conn)) {
+    const userKey = names.userFeaturesKey(userId);
+    const itemKeys = new Array<Buffer>(items.length);
+    for (let i = 0; i < items.length; i++) itemKeys[i] = itemKeyBytes(names, items[i]!);
     try {
-      return parseRawReply(
-        await new Promise<string>((resolve, reject) => {
-          let batch = pendingRespReads.get(conn);
-          if (!batch) {
-            pendingRespReads.set(conn, (batch = []));
-            setImmediate(() => sendRespBatch(conn));
-          }
-          batch.push({ keys, plan, resolve, reject });
-        }),
-      );
+      const json = await new Promise<string | Buffer>((resolve, reject) => {
+        let batch = pendingRespReads.get(conn);
+        if (!batch) {
+          pendingRespReads.set(conn, (batch = []));
+          setImmediate(() => sendRespBatch(conn));
+        }
+        batch.push({ userKey, itemKeys, plan, resolve, reject });
+      });
+      if (typeof json === "string") return parseRawReply(json);
+      // Anything the byte parser does not expect goes to JSON.parse, the library path.
+      return parseScriptBytes(json) ?? parseRawReply(json.toString("utf8"));
     } catch (err) {
       if (!(err instanceof RespError) || !SCRIPT_REFUSED.test(err.message)) throw err;
       scriptUnsupported.add(conn);
     }
   }
-  return readWithRespPipeline(conn, keys, plan.userFields, plan.itemFields);
+  return readWithRespPipeline(conn, keyList(), plan.userFields, plan.itemFields);
 }
 
 function tailFor(plan: Plan): Buffer {
@@ -258,31 +299,33 @@ function tailFor(plan: Plan): Buffer {
 function encodeScriptReads(reads: readonly PendingRespRead[], head: Buffer): RespWriter {
   // Sized to fit (ASCII keys), not guessed: a batch of many large reads would otherwise hold megabytes.
   let size = 0;
-  for (const { keys, plan } of reads) {
-    size += head.length + tailFor(plan).length + 32;
-    for (const key of keys) size += key.length + 16;
+  for (const { userKey, itemKeys, plan } of reads) {
+    size += head.length + tailFor(plan).length + 32 + userKey.length + 16;
+    for (const key of itemKeys) size += key.length;
   }
   const w = new RespWriter(size);
-  for (const { keys, plan } of reads) {
+  for (const { userKey, itemKeys, plan } of reads) {
     const tail = tailFor(plan);
-    w.command(3 + keys.length + 2 + plan.userFields.length + plan.itemFields.length)
+    const keys = 1 + itemKeys.length;
+    w.command(3 + keys + 2 + plan.userFields.length + plan.itemFields.length)
       .raw(head)
-      .number(keys.length);
-    for (const key of keys) w.string(key);
+      .number(keys)
+      .string(userKey);
+    for (const key of itemKeys) w.raw(key);
     w.raw(tail);
   }
   return w;
 }
 
-function settle(read: PendingRespRead, reply: RespReply | undefined): void {
-  if (typeof reply === "string") read.resolve(reply);
+function settle(read: PendingRespRead, reply: RespRawReply | undefined): void {
+  if (typeof reply === "string" || Buffer.isBuffer(reply)) read.resolve(reply);
   else read.reject(reply instanceof RespError ? reply : new Error("the feature script returned no string"));
 }
 
 function sendRespBatch(conn: FeatureConnection): void {
   const batch = pendingRespReads.get(conn)!;
   pendingRespReads.delete(conn);
-  conn.send([encodeScriptReads(batch, EVALSHA_HEAD)]).then(
+  conn.send([encodeScriptReads(batch, EVALSHA_HEAD)], BULK_AS_BYTES).then(
     async (replies) => {
       // NOSCRIPT: Redis does not have the script (restarted, SCRIPT FLUSH): EVAL loads it.
       let unknown: PendingRespRead[] | undefined;
@@ -293,7 +336,7 @@ function sendRespBatch(conn: FeatureConnection): void {
       }
       if (!unknown) return;
       try {
-        const retried = await conn.send([encodeScriptReads(unknown, EVAL_HEAD)]);
+        const retried = await conn.send([encodeScriptReads(unknown, EVAL_HEAD)], BULK_AS_BYTES);
         unknown.forEach((read, i) => settle(read, retried[i]));
       } catch (err) {
         for (const read of unknown) read.reject(err as Error);
@@ -301,6 +344,109 @@ function sendRespBatch(conn: FeatureConnection): void {
     },
     (err: Error) => batch.forEach((read) => read.reject(err)),
   );
+}
+
+const BULK_AS_BYTES = { bulkAsBytes: true } as const;
+
+/** Exact powers of ten (all of them doubles with no rounding) for the decimal fast path. */
+const POW10 = Array.from({ length: 16 }, (_, k) => 10 ** k);
+
+/**
+ * The script's JSON reply (as cjson writes it: no spaces, `{}` for a row without fields, false for
+ * nil) read straight from its bytes when every value is a plain decimal of at most 15 digits (the
+ * common case: counts, short decimals), each parsed to the number Number makes of it: no reply
+ * string, no string per value, no JSON.parse. Anything else (an exponent, 16+ digits, an escape,
+ * a shape it does not expect) gives undefined, and the caller reads the reply with parseRawReply,
+ * which is faster at those.
+ */
+export function parseScriptBytes(b: Buffer): RawValue[][] | undefined {
+  const n = b.length;
+  let p = 0;
+  if (b[p++] !== 0x5b) return undefined; // [
+  const rows: RawValue[][] = [];
+  if (b[p] === 0x5d) return p + 1 === n ? rows : undefined;
+  for (;;) {
+    const c = b[p];
+    if (c === 0x7b) {
+      // {}
+      if (b[p + 1] !== 0x7d) return undefined;
+      rows.push([]);
+      p += 2;
+    } else if (c === 0x5b) {
+      p++;
+      const row: RawValue[] = [];
+      if (b[p] === 0x5d) p++;
+      else
+        for (;;) {
+          const v = b[p];
+          if (v === 0x22) {
+            // A string: plain ASCII without escapes is parsed here, anything else through JSON.parse.
+            let q = p + 1;
+            let plain = true;
+            while (q < n) {
+              const x = b[q]!;
+              if (x === 0x22) break;
+              if (x === 0x5c) {
+                plain = false;
+                q += 2;
+                continue;
+              }
+              if (x >= 0x80) plain = false;
+              q++;
+            }
+            if (q >= n) return undefined;
+            // Other forms (exponents, 16+ digits, escapes): JSON.parse and Number are faster at those,
+            // and the reply is read that way from the start.
+            const value = plain ? decimal(b, p + 1, q) : undefined;
+            if (value === undefined) return undefined;
+            row.push(value);
+            p = q + 1;
+          } else if (v === 0x66 && b[p + 1] === 0x61 && b[p + 2] === 0x6c && b[p + 3] === 0x73 && b[p + 4] === 0x65) {
+            // false
+            row.push(false);
+            p += 5;
+          } else return undefined;
+          if (b[p] === 0x2c) p++;
+          else if (b[p] === 0x5d) {
+            p++;
+            break;
+          } else return undefined;
+        }
+      rows.push(row);
+    } else return undefined;
+    if (b[p] === 0x2c) p++;
+    else if (b[p] === 0x5d) return p + 1 === n ? rows : undefined;
+    else return undefined;
+  }
+}
+
+/**
+ * Number(s) of the ASCII string in b[from, to) when it is a plain decimal of at most 15 digits
+ * (null for ""), else undefined. Exact: the digits are an exact integer and 10^k an exact double,
+ * so their quotient is the correctly rounded value, as Number's.
+ */
+function decimal(b: Buffer, from: number, to: number): number | null | undefined {
+  if (from === to) return null;
+  let i = from;
+  const negative = b[i] === 0x2d;
+  if (negative) i++;
+  let m = 0;
+  let digits = 0;
+  let fraction = -1;
+  for (; i < to; i++) {
+    const c = b[i]!;
+    if (c >= 0x30 && c <= 0x39) {
+      if (++digits > 15) return undefined;
+      m = m * 10 + (c - 0x30);
+      if (fraction >= 0) fraction++;
+    } else if (c === 0x2e && fraction < 0) fraction = 0;
+    else break;
+  }
+  if (i === to && digits > 0 && fraction !== 0) {
+    const v = fraction > 0 ? m / POW10[fraction]! : m;
+    return negative ? -v : v;
+  }
+  return undefined;
 }
 
 async function readWithRespPipeline(conn: FeatureConnection, keys: string[], userFields: string[], itemFields: string[]): Promise<RawValue[][]> {
@@ -358,6 +504,7 @@ export function assemble(
 }
 
 function parseNumber(raw: RawValue | undefined): number | undefined {
+  if (typeof raw === "number") return raw;
   if (raw === null || raw === undefined || raw === false || raw === "") return undefined;
   const n = Number(raw);
   return Number.isFinite(n) ? n : undefined;

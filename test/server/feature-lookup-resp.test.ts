@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { Redis } from "ioredis";
 import { freePort, uniqueNamespace, waitFor } from "../helpers.js";
-import { lookupFeatures } from "../../server/feature-lookup.js";
+import { lookupFeatures, parseScriptBytes } from "../../server/feature-lookup.js";
 import { FeatureConnection } from "../../server/feature-connection.js";
 import { names as namesOf, loadConfig } from "../../lib/config.js";
 import { createLogger } from "../../lib/logger.js";
@@ -90,6 +90,51 @@ it("reads the rows ioredis reads, reads started together in one write", async ()
     single.disconnect();
   }
 });
+
+// Plain decimals (read from the reply's bytes) and other forms (the reply then goes through JSON.parse).
+const PLAIN = ["0", "-0", "3", "007.50", ".5", "-.25", "123456789012345", "0.1", "-12.125", ""];
+for (let i = 0; i < 200; i++) PLAIN.push((Math.random() * 10 ** (i % 8) * (i % 2 ? -1 : 1)).toFixed(i % 8));
+const ODD = [" 3 ", "1e3", "0x10", "Infinity", "1.", "+7", "12345678901234567", "3.141592653589793", "1/2", "é", '"q"', "\\", "NaN", "-", "1e-320", "abc"];
+const numberOf = (v: string) => {
+  const n = v === "" ? NaN : Number(v);
+  return Number.isFinite(n) ? n : null;
+};
+
+it("parses a reply of plain decimals from its bytes to the numbers Number makes of them", () => {
+  const rows = [PLAIN.slice(0, 7), [], PLAIN.slice(7)];
+  const bytes = Buffer.from(JSON.stringify(rows.map((r) => (r.length ? r : {}))).replace('"", ', "false, "));
+  const parsed = parseScriptBytes(bytes);
+  assert.ok(parsed, "read from the bytes");
+  const expected = (JSON.parse(bytes.toString()) as (string | false)[][] | object[]).map((r) =>
+    Array.isArray(r) ? r.map((v) => (v === false ? false : numberOf(v))) : [],
+  );
+  assert.equal(parsed.length, expected.length);
+  parsed.forEach((row, i) => row.forEach((v, j) => assert.ok(Object.is(v, expected[i]![j]), `row ${i} value ${j}: ${v} vs ${expected[i]![j]}`)));
+  for (const odd of ODD) assert.equal(parseScriptBytes(Buffer.from(JSON.stringify([[odd]]))), undefined, odd);
+});
+
+for (const [label, values] of [
+  ["plain decimals", PLAIN],
+  ["odd values", [...ODD, ...PLAIN.slice(0, 20)]],
+] as const) {
+  it(`reads ${label} as ioredis and Number do`, async () => {
+    const items = values.map((_, i) => `odd${i}`);
+    for (const [i, v] of values.entries()) await admin.hset(names.itemFeaturesKey(items[i]!), { item_views_5min: v });
+    const single = new Redis({ port, host: "127.0.0.1" });
+    try {
+      const viaIoredis = await lookupFeatures(single, names, SPECS, CTX, items);
+      const viaResp = await read(items);
+      assert.equal(viaResp.unavailable, false);
+      assert.deepEqual(Array.from(viaResp.matrix), Array.from(viaIoredis.matrix));
+      assert.deepEqual(viaResp.missing, viaIoredis.missing);
+      // Checked against Number itself, not only against the other client.
+      values.forEach((v, i) => assert.ok(Object.is(viaResp.matrix[i * SPECS.length], Math.fround(numberOf(v) ?? 0)), `"${v}"`));
+    } finally {
+      single.disconnect();
+      await admin.del(...items.map((i) => names.itemFeaturesKey(i)));
+    }
+  });
+}
 
 it("loads the script again after SCRIPT FLUSH (NOSCRIPT)", async () => {
   await admin.script("FLUSH");

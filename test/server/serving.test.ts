@@ -160,3 +160,19 @@ describe("Recommend", () => {
     }
   });
 });
+
+it("names the first repeated candidate, in short lists (pairwise) and long ones (a Set) alike", async () => {
+  const { validateRecommend } = await import("../../server/recommendation-service.js");
+  const { DEFAULT_LIMITS } = await import("../../server/limits.js");
+  const { create } = await import("@bufbuild/protobuf");
+  const { RecommendRequestSchema } = await import("../../gen/streamserve/v1/recommendation_pb.js");
+  for (const n of [5, 32, 33, 200]) {
+    const candidates = Array.from({ length: n }, (_, i) => `c${i}`);
+    validateRecommend(create(RecommendRequestSchema, { userId: "u", candidates }), DEFAULT_LIMITS);
+    candidates.push("c3", "c1");
+    assert.throws(
+      () => validateRecommend(create(RecommendRequestSchema, { userId: "u", candidates }), DEFAULT_LIMITS),
+      new RegExp(`candidates\\[${n}\\]: "c3" is listed twice`),
+    );
+  }
+});
