@@ -82,51 +82,31 @@ export async function benchPartitioned(): Promise<void> {
   const base = results[0]!;
   const W = [10, 10, 10, 16, 22, 18, 16, 16];
   row(["workers", "events/s", "conflicts", "worker CPU/event", "events per worker CPU-s", "vs 1 worker", "Redis cmds/event", "Redis CPU/event"], W);
-  const u = unpartitioned;
-  row(
-    [
-      "1 (P = 1)",
-      Math.round(u.rate),
-      u.conflicts,
-      `${fmt(u.workerCpuUs, 1)} µs`,
-      Math.round(u.perCpuSecond),
-      `${fmt(u.perCpuSecond / base.perCpuSecond, 2)} (floor)`,
-      fmt(u.redisCommands, 1),
-      `${fmt(u.redisCpuUs, 1)} µs`,
-    ],
-    W,
-  );
-  for (const r of results) {
-    const ratio = r.perCpuSecond / base.perCpuSecond;
+  /** One table row: a run's figures, its ratio to one partitioned worker's as `ratio` says it. */
+  const runRow = (label: string | number, r: typeof base, ratio: string) =>
     row(
       [
-        r.workers,
+        label,
         Math.round(r.rate),
         r.conflicts,
         `${fmt(r.workerCpuUs, 1)} µs`,
         Math.round(r.perCpuSecond),
-        `${fmt(ratio, 2)}${r === base ? "" : ratio >= EFFICIENCY_TARGET ? " (met)" : " (NOT met)"}`,
+        ratio,
         fmt(r.redisCommands, 1),
         `${fmt(r.redisCpuUs, 1)} µs`,
       ],
       W,
     );
+  const vsBase = (r: typeof base) => fmt(r.perCpuSecond / base.perCpuSecond, 2);
+  const u = unpartitioned;
+  runRow("1 (P = 1)", u, `${vsBase(u)} (floor)`);
+  for (const r of results) {
+    const verdict = r === base ? "" : r.perCpuSecond / base.perCpuSecond >= EFFICIENCY_TARGET ? " (met)" : " (NOT met)";
+    runRow(r.workers, r, `${vsBase(r)}${verdict}`);
   }
   const c = onCluster;
   if (c) {
-    row(
-      [
-        "2, cluster",
-        Math.round(c.rate),
-        c.conflicts,
-        `${fmt(c.workerCpuUs, 1)} µs`,
-        Math.round(c.perCpuSecond),
-        `${fmt(c.perCpuSecond / base.perCpuSecond, 2)}`,
-        fmt(c.redisCommands, 1),
-        `${fmt(c.redisCpuUs, 1)} µs`,
-      ],
-      W,
-    );
+    runRow("2, cluster", c, vsBase(c));
     console.log(
       `"2, cluster": the 2 workers on a 3-master Redis Cluster (own instances on this machine), Redis commands and CPU summed over the masters; ` +
         `against 2 workers on one Redis: ${fmt(c.perCpuSecond / (results.find((r) => r.workers === 2) ?? base).perCpuSecond, 2)} of its events per worker CPU-second`,
