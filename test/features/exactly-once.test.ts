@@ -56,8 +56,7 @@ describe("redelivery and republishing", () => {
   // (no Nats-Msg-Id, so JetStream stores both); every 25th is retried with the same Nats-Msg-Id,
   // which JetStream itself drops.
   const stream: TestEvent[] = base.flatMap((e, i) => (i % 10 === 0 ? [e, e] : i % 25 === 0 ? [e, e] : [e]));
-  const msgIdOf = (e: TestEvent, i: number) =>
-    Number(e.event_id.slice(1)) % 25 === 0 && Number(e.event_id.slice(1)) % 10 !== 0 ? `pub-${e.event_id}` : undefined;
+  const msgIdOf = (e: TestEvent) => (Number(e.event_id.slice(1)) % 25 === 0 && Number(e.event_id.slice(1)) % 10 !== 0 ? `pub-${e.event_id}` : undefined);
   const republished = base.filter((_, i) => i % 10 === 0).length;
 
   before(async () => {

@@ -197,7 +197,7 @@ describe("inference.GRPCInferenceService", () => {
   });
 
   it("answers INVALID_ARGUMENT, not INTERNAL, to bytes that are not a request", async () => {
-    const raw = client.raw as unknown as { makeUnaryRequest: Function };
+    const raw = client.raw as unknown as { makeUnaryRequest: (...args: unknown[]) => void };
     const err = await new Promise<{ code: number; details: string }>((resolve) =>
       raw.makeUnaryRequest(
         "/inference.GRPCInferenceService/ModelInfer",

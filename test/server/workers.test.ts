@@ -19,7 +19,7 @@ const FEATURES: FeatureSpec[] = [
   { name: "item_clicks_5min", source: "item", type: "numeric", default: 0 },
 ];
 
-interface Health {
+interface HealthBody {
   status: string;
   version: string;
   workers: { worker: number; pid: number | null; ready: boolean; version: string | null }[];
@@ -40,7 +40,7 @@ const connect = () => {
   clients.push(c);
   return c;
 };
-const health = async (): Promise<Health> => (await fetch(`http://127.0.0.1:${httpPort}/healthz`)).json() as Promise<Health>;
+const health = async (): Promise<HealthBody> => (await fetch(`http://127.0.0.1:${httpPort}/healthz`)).json() as Promise<HealthBody>;
 const metrics = async () => (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
 const handledOk = (text: string) =>
   Number(/^grpc_server_handled_total\{method="\/streamserve\.v1\.RecommendationService\/Recommend",code="OK"\} (\d+)/m.exec(text)?.[1] ?? 0);
