@@ -1,15 +1,18 @@
 // Secrets stay out of logs and error messages: every line a failing start writes (stdout and
 // stderr, every log level) is searched for the password, and a bad database or scheme in the Redis
 // URL is a configuration error that names the fix.
-import { it } from "node:test";
+import { after, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { Writable } from "node:stream";
 import { createLogger } from "../../lib/logger.js";
 import { redactText, registerUrlSecrets } from "../../lib/redact.js";
-import { uniqueNamespace } from "../helpers.js";
+import { testRuntime } from "../helpers.js";
 
 const PASSWORD = "Sup3r-S3cret-Pw";
+/** The namespace every start here uses, removed afterwards (a serve that started creates its registry buckets). */
+const rt = testRuntime();
+after(() => rt.cleanup());
 
 /**
  * Runs the CLI until it exits, or until its output matches every pattern in `until` (then SIGTERM, so
@@ -20,7 +23,7 @@ function runCli(args: string[], env: Record<string, string>, until: RegExp[] = [
   return new Promise((resolve) => {
     const child = spawn(
       process.execPath,
-      ["--import", "tsx", "cli/main.ts", ...args, "--grpc-port", "0", "--http-port", "0", "--namespace", uniqueNamespace("redact")],
+      ["--import", "tsx", "cli/main.ts", ...args, "--grpc-port", "0", "--http-port", "0", "--namespace", rt.config.namespace],
       {
         env: { ...process.env, LOG_LEVEL: "trace", ...env },
       },
