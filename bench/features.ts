@@ -23,6 +23,7 @@ import { connectResp } from "../lib/resp-client.js";
 import type { RespCommand } from "../lib/resp.js";
 import { fmt, header, row } from "./measure.js";
 import { programArgs, programsLine } from "./built-cli.js";
+import { nodeFlags } from "./processes.js";
 import { benchPartitioned } from "./features-partitioned.js";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -296,8 +297,7 @@ export async function startWorker(namespace: string, flags: string[] = [], env: 
   const child = spawn(
     process.execPath,
     [
-      // The young-generation size the streamserve command runs with (see cli/main.ts).
-      ...(process.env.BENCH_NODE_FLAGS ?? "--max-semi-space-size=64").split(" ").filter(Boolean),
+      ...nodeFlags(),
       ...programArgs("cli/main.ts"),
       ...["features", "--namespace", namespace, "--http-port", "0", ...flags],
       ...["--progress", "0", "--log-level", "info"],

@@ -161,6 +161,14 @@ export function proxyTo(options: ProxyOptions): HttpHandler {
     });
 }
 
+/** Whether `given` is `expected`, compared in constant time (a token, a secret; a Buffer when checked per call). */
+export function sameSecret(given: string | undefined, expected: string | Buffer): boolean {
+  if (given === undefined) return false;
+  const a = Buffer.from(given);
+  const b = typeof expected === "string" ? Buffer.from(expected) : expected;
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
 /** The header a supervised child's private HTTP port requires (its parent's secret, lib/supervisor.ts). */
 export const CHILD_SECRET_HEADER = "x-streamserve-child";
 
@@ -169,10 +177,9 @@ export const CHILD_SECRET_HEADER = "x-streamserve-child";
  * pass, so another local user cannot read the dashboard's data around `up`'s own token.
  */
 export function childOnlyGuard(secret: string): HttpGuard {
-  const expected = Buffer.from(secret);
   return (req, res) => {
-    const given = Buffer.from(String(req.headers[CHILD_SECRET_HEADER] ?? ""));
-    if (given.length === expected.length && timingSafeEqual(given, expected)) return true;
+    const given = req.headers[CHILD_SECRET_HEADER];
+    if (sameSecret(typeof given === "string" ? given : undefined, secret)) return true;
     sendText(res, 401, `this is a private port of streamserve up: use up's own HTTP port\n`);
     return false;
   };

@@ -21,7 +21,6 @@ import type { OnnxModel } from "./onnx-model.js";
 import type { TrendingCache } from "./trending.js";
 import type { ServingLimits } from "./limits.js";
 import { createShadowScorer } from "./shadow-scoring.js";
-import { ExpiryQueue } from "../lib/expiry-queue.js";
 
 /** Where logs go; the server's LogPublisher. publish() must never block or throw. */
 export interface LogSink {
@@ -78,8 +77,6 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
   const inferenceBy = childCache((model, version) => inference.labels({ model, version }));
   let lastRedisWarning = 0;
   const predictionSubject = names.logsSubject("prediction");
-  // Every read has the same budget: one timer for all of them.
-  const featureBudget = new ExpiryQueue<() => void>(limits.featureTimeoutMs, (giveUp) => giveUp());
   const shadow = createShadowScorer(deps);
 
   // One layout per served feature list (a model version's, or the fallback's), worked out once.
@@ -112,7 +109,7 @@ export function recommendationHandlers(deps: RecommendationDeps): UnaryHandlers<
       const context = { userId: req.userId, currentPage: req.currentPage, deviceType: req.deviceType };
       const features = await withTimeout(
         lookupFeatures(deps.redis, names, specs, context, candidates),
-        featureBudget,
+        limits.featureTimeoutMs,
         // Too slow counts as unavailable: the same assembly as a failed read, defaults for stored features.
         () => assemble(specs, context, candidates, [], [], true),
       );
@@ -230,19 +227,13 @@ export function validateRecommend(req: RecommendRequest, limits: ServingLimits):
   if (req.candidates.length > limits.maxCandidates) {
     throw invalidArgument("candidates", `has ${req.candidates.length} items; the limit is ${limits.maxCandidates}`);
   }
-  const candidates = req.candidates;
-  // A short list is checked for repeats pairwise (no Set per request); a long one with a Set.
-  const seen = candidates.length > 32 ? new Set<string>() : undefined;
-  for (let i = 0; i < candidates.length; i++) {
-    const c = candidates[i]!;
+  const seen = new Set<string>();
+  for (let i = 0; i < req.candidates.length; i++) {
+    const c = req.candidates[i]!;
     if (!c) throw invalidArgument(`candidates[${i}]`, "is empty");
     if (c.length > limits.maxIdLength) throw invalidArgument(`candidates[${i}]`, `is longer than ${limits.maxIdLength} characters`);
-    let repeated = false;
-    if (seen) {
-      repeated = seen.has(c);
-      seen.add(c);
-    } else for (let j = 0; j < i && !repeated; j++) repeated = candidates[j] === c;
-    if (repeated) throw invalidArgument(`candidates[${i}]`, `"${c}" is listed twice`);
+    if (seen.has(c)) throw invalidArgument(`candidates[${i}]`, `"${c}" is listed twice`);
+    seen.add(c);
   }
   if (req.limit > limits.maxCandidates) throw invalidArgument("limit", `must be at most ${limits.maxCandidates}`);
   if (req.requestId.length > limits.maxIdLength) throw invalidArgument("request_id", `is longer than ${limits.maxIdLength} characters`);
@@ -250,14 +241,13 @@ export function validateRecommend(req: RecommendRequest, limits: ServingLimits):
   if (req.deviceType.length > 64) throw invalidArgument("device_type", "is longer than 64 characters");
 }
 
-/** Resolves with the fallback when the work takes longer than the budget's delay (the work is left to finish). */
-function withTimeout<T>(work: Promise<T>, budget: ExpiryQueue<() => void>, fallback: () => T): Promise<T> {
+/** Resolves with the fallback when the work takes longer than `ms` (the work is left to finish). */
+function withTimeout<T>(work: Promise<T>, ms: number, fallback: () => T): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const giveUp = () => resolve(fallback());
-    budget.add(giveUp);
+    const timer = setTimeout(() => resolve(fallback()), ms);
     work.then(
-      (v) => (budget.delete(giveUp), resolve(v)),
-      (err: unknown) => (budget.delete(giveUp), reject(err)),
+      (v) => (clearTimeout(timer), resolve(v)),
+      (err: unknown) => (clearTimeout(timer), reject(err)),
     );
   });
 }

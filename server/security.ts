@@ -5,11 +5,10 @@
 // Prometheus scrapers often hold a separate credential. The dashboard takes the token from the
 // browser: a login form, or a `?token=` link, either of which stores it in an HttpOnly cookie.
 import { readFileSync } from "node:fs";
-import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { grpc, ServiceError, Code } from "../lib/grpc.js";
 import { registerSecret } from "../lib/redact.js";
-import { sendJson, sendText, type HttpGuard } from "../lib/http.js";
+import { sameSecret, sendJson, sendText, type HttpGuard } from "../lib/http.js";
 
 export interface SecurityOptions {
   /** PEM files for TLS. Without them the server speaks plaintext. */
@@ -43,8 +42,7 @@ export function tokenChecker(options: SecurityOptions = {}): (path: string, meta
   const expected = Buffer.from(`Bearer ${token}`);
   return (path, metadata) => {
     if (UNAUTHENTICATED_PATHS.has(path)) return;
-    const given = Buffer.from(String(metadata.get("authorization")[0] ?? ""));
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+    if (!sameSecret(String(metadata.get("authorization")[0] ?? ""), expected)) {
       throw new ServiceError(Code.UNAUTHENTICATED, "missing or wrong token: send metadata `authorization: Bearer <token>`");
     }
   };
@@ -63,12 +61,6 @@ export function httpGuard(options: SecurityOptions = {}): HttpGuard | undefined 
   registerSecret(token);
   const metrics = options.metrics ?? "token";
   if (typeof metrics === "object") registerSecret(metrics.token);
-  const matches = (given: string | undefined, expected: string) => {
-    if (given === undefined) return false;
-    const a = Buffer.from(given);
-    const b = Buffer.from(expected);
-    return a.length === b.length && timingSafeEqual(a, b);
-  };
   return (req, res, url) => {
     if (url.pathname === "/healthz") return true;
     // The REST inference API checks the same token itself (its probes excepted) and answers in the protocol's JSON.
@@ -77,13 +69,13 @@ export function httpGuard(options: SecurityOptions = {}): HttpGuard | undefined 
     if (url.pathname === "/metrics") {
       if (metrics === "open") return true;
       const expected = typeof metrics === "object" ? metrics.token : token;
-      if (matches(bearer, expected)) return true;
+      if (sameSecret(bearer, expected)) return true;
       sendText(res, 401, "unauthorized: send `authorization: Bearer <metrics token>`\n");
       return false;
     }
-    if (matches(bearer, token) || matches(cookie(req, COOKIE), token)) return true;
+    if (sameSecret(bearer, token) || sameSecret(cookie(req, COOKIE), token)) return true;
     const handoff = url.searchParams.get("token");
-    if (handoff !== null && matches(handoff, token)) {
+    if (handoff !== null && sameSecret(handoff, token)) {
       url.searchParams.delete("token");
       res.writeHead(303, {
         "set-cookie": `${COOKIE}=${encodeURIComponent(token)}; HttpOnly; SameSite=Strict; Path=/`,

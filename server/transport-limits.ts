@@ -18,7 +18,6 @@
 import { createServer, type Server as NetServer, type Socket } from "node:net";
 import { constants as h2, type ServerHttp2Stream } from "node:http2";
 import { grpc, wireSize } from "../lib/grpc.js";
-import { ExpiryQueue } from "../lib/expiry-queue.js";
 import type { ServingLimits } from "./limits.js";
 
 export type TransportLimits = Pick<
@@ -59,14 +58,6 @@ interface Tracked {
   unary: boolean;
   /** Cancelled by `reclaim`, its close still to come. */
   releasing: boolean;
-  /** Its request is complete (or it was answered or cancelled): the read timeout no longer applies. */
-  read: boolean;
-  /** Answered (its status sent). */
-  answered: boolean;
-  /** In the write timeout's queue. */
-  writeArmed: boolean;
-  /** Refuses the call whose request did not arrive in time. */
-  readTimedOut: () => void;
 }
 
 /** Per-call accounting: what each call's stream still holds, and when it is gone. */
@@ -78,9 +69,6 @@ export class CallGuard {
   private readonly unread = new Set<Tracked>();
   private releasingBytes = 0;
   private releasingCalls = 0;
-  /** Calls whose request is still arriving, and answers still being written: one timer each for all. */
-  private readonly reads: ExpiryQueue<Tracked>;
-  private readonly writes: ExpiryQueue<Tracked>;
 
   /**
    * @param authorize Throws a ServiceError to refuse a streaming call (reflection, Health/Watch)
@@ -89,20 +77,7 @@ export class CallGuard {
   constructor(
     private readonly limits: Pick<TransportLimits, "requestReadTimeoutMs" | "responseWriteTimeoutMs">,
     private readonly authorize: (path: string, metadata: grpc.Metadata) => void = () => undefined,
-  ) {
-    this.reads = new ExpiryQueue(limits.requestReadTimeoutMs, (t) => t.readTimedOut(), true);
-    // A client that leaves its response unread does not hold it (or its call slot) forever.
-    this.writes = new ExpiryQueue(
-      limits.responseWriteTimeoutMs,
-      (t) => {
-        t.writeArmed = false;
-        const stream = t.stream;
-        if (stream.destroyed || stream.closed) return;
-        if (t.answered || stream.writableLength > 0) stream.close(h2.NGHTTP2_CANCEL);
-      },
-      true,
-    );
-  }
+  ) {}
 
   /** Request and response bytes of calls whose stream has not closed yet (answers unread included). */
   get heldBytes(): number {
@@ -146,31 +121,23 @@ export class CallGuard {
   readonly interceptor: grpc.ServerInterceptor = (method, call) => {
     const stream = guardedStream(call);
     if (!stream) return new grpc.ServerInterceptingCall(call);
-    const t: Tracked = {
-      stream,
-      bytes: 0,
-      closed: false,
-      onClosed: [],
-      unary: !method.requestStream && !method.responseStream,
-      releasing: false,
-      read: false,
-      answered: false,
-      writeArmed: false,
-      // Whatever is still arriving is not a request a client is waiting on.
-      readTimedOut: () =>
-        call.sendStatus({
-          code: grpc.status.DEADLINE_EXCEEDED,
-          details: `the request did not arrive within ${this.limits.requestReadTimeoutMs} ms`,
-          metadata: null,
-        }),
-    };
+    const t: Tracked = { stream, bytes: 0, closed: false, onClosed: [], unary: !method.requestStream && !method.responseStream, releasing: false };
     this.open++;
     let halfClosed = false;
-    this.reads.add(t);
+    let answered = false;
+    let writeTimer: NodeJS.Timeout | undefined;
+    let readTimer: NodeJS.Timeout | undefined = setTimeout(() => {
+      // Whatever is still arriving is not a request a client is waiting on.
+      call.sendStatus({
+        code: grpc.status.DEADLINE_EXCEEDED,
+        details: `the request did not arrive within ${this.limits.requestReadTimeoutMs} ms`,
+        metadata: null,
+      });
+    }, this.limits.requestReadTimeoutMs);
+    readTimer.unref();
     const stopReadTimer = () => {
-      if (t.read) return;
-      t.read = true;
-      this.reads.delete(t);
+      if (readTimer) clearTimeout(readTimer);
+      readTimer = undefined;
     };
     const hold = (bytes: number) => {
       t.bytes += bytes;
@@ -178,7 +145,7 @@ export class CallGuard {
     };
     stream.once("close", () => {
       stopReadTimer();
-      this.writes.delete(t);
+      if (writeTimer) clearTimeout(writeTimer);
       t.closed = true;
       this.held -= t.bytes;
       this.unread.delete(t);
@@ -198,12 +165,16 @@ export class CallGuard {
         if (!stream.destroyed && !stream.closed) stream.close(h2.NGHTTP2_NO_ERROR);
       });
     };
-    // The write timeout (see the constructor) runs from the first write not yet flushed.
+    // A client that leaves its response unread does not hold it (or its call slot) forever.
     const armWriteTimer = () => {
-      if (t.writeArmed || stream.closed) return;
-      t.writeArmed = true;
+      if (writeTimer || stream.closed) return;
       this.unread.add(t);
-      this.writes.add(t);
+      writeTimer = setTimeout(() => {
+        writeTimer = undefined;
+        if (stream.destroyed || stream.closed) return;
+        if (answered || stream.writableLength > 0) stream.close(h2.NGHTTP2_CANCEL);
+      }, this.limits.responseWriteTimeoutMs);
+      writeTimer.unref();
     };
     const listener = new grpc.ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
@@ -246,7 +217,7 @@ export class CallGuard {
       })
       .withSendStatus((status, next) => {
         stopReadTimer();
-        t.answered = true;
+        answered = true;
         next(status);
         stopReading();
         armWriteTimer();
